@@ -1,0 +1,1 @@
+"""The `klpfleet` command line."""

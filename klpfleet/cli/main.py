@@ -1,0 +1,100 @@
+"""Entry point. Subcommands are imported only when invoked, so `klpfleet --help` stays fast."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from klpfleet import __version__
+
+# name -> (module, attribute, one-line help). The help text lives here so --help imports nothing.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "db": ("klpfleet.cli.db_cmds", "db", "Create or migrate the inventory database."),
+    "inventory": ("klpfleet.cli.inventory_cmds", "inventory", "Import hosts from Ansible inventories."),
+    "patch": ("klpfleet.cli.patch_cmds", "patch", "Register and inspect livepatch artifacts."),
+    "status": ("klpfleet.cli.status_cmds", "status", "The fleet at a glance (exit 0/1/2/3 for monitoring)."),
+    "hosts": ("klpfleet.cli.status_cmds", "hosts", "List hosts, filtered by patch state, patch, group or label."),
+    "host": ("klpfleet.cli.status_cmds", "host", "One host: per-patch state and recent events."),
+    "events": ("klpfleet.cli.status_cmds", "events_cmd", "The audit trail, newest first."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[cmd_name]
+        command: click.Command = getattr(importlib.import_module(module), attr)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--db", "db_url", envvar="KLPFLEET_DB", metavar="URL",
+              help="Database URL or SQLite path (env KLPFLEET_DB; default: SQLite under the XDG data dir).")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.version_option(__version__, prog_name="klpfleet")
+@click.pass_context
+def cli(ctx: click.Context, db_url: str | None, debug: bool) -> None:
+    """Roll kernel livepatches across a fleet of Linux servers."""
+    ctx.obj = {"db_url": db_url, "debug": debug}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        rc = cli.main(args=args, prog_name="klpfleet", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        rc = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        rc = exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("klpfleet: aborted", err=True)
+        rc = 130
+    except KeyboardInterrupt:
+        click.echo("klpfleet: interrupted", err=True)
+        rc = 130
+    except BaseException as exc:  # noqa: BLE001 - the one place every error becomes one line
+        if debug or isinstance(exc, SystemExit):
+            raise
+        rc = report(exc)
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def report(exc: BaseException) -> int:
+    from klpfleet.errors import KlpfleetError
+
+    if isinstance(exc, KlpfleetError):
+        click.echo(f"klpfleet: error: {exc}", err=True)
+        return exc.exit_code
+    try:
+        from sqlalchemy.exc import OperationalError, SQLAlchemyError
+    except ImportError:  # pragma: no cover
+        SQLAlchemyError = OperationalError = ()  # type: ignore[assignment,misc]
+    if isinstance(exc, SQLAlchemyError):
+        orig: Any = getattr(exc, "orig", None) or exc
+        first = (str(orig).strip().splitlines() or [type(exc).__name__])[0]
+        click.echo(f"klpfleet: database error: {first}", err=True)
+        return 3 if isinstance(exc, OperationalError) else 1
+    if isinstance(exc, OSError):
+        click.echo(f"klpfleet: error: {exc}", err=True)
+        return 1
+    click.echo(f"klpfleet: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+               err=True)
+    return 70
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""One renderer for every read command: records in, table / json / yaml out.
+
+Data goes to stdout, diagnostics to stderr. Tables use rich on a terminal and plain aligned text
+when piped; rich honours NO_COLOR. JSON and YAML carry a schema_version and ISO-8601 UTC times.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+SCHEMA_VERSION = 1
+FORMATS = ("table", "json", "yaml")
+
+
+def output_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "-o", "--output", "output", type=click.Choice(FORMATS), default="table", show_default=True,
+        help="Output format.",
+    )(func)
+
+
+def iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def envelope(kind: str, data: Any) -> dict[str, Any]:
+    return {"schema_version": SCHEMA_VERSION, "kind": kind, "generated_at": iso(datetime.now(UTC)),
+            "data": plain(data)}
+
+
+def emit(kind: str, data: Any, fmt: str, table: Callable[[Any, Any], None]) -> None:
+    if fmt == "json":
+        doc = envelope(kind, data)
+        sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    elif fmt == "yaml":
+        import yaml
+
+        doc = envelope(kind, data)
+        sys.stdout.write(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False))
+    else:
+        table(data, console())
+
+
+def console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        return Console(file=stream, highlight=False)
+    return Console(file=stream, highlight=False, color_system=None, width=250, soft_wrap=True)
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]], out: Any) -> None:
+    from rich import box
+    from rich.table import Table
+
+    terminal = out.is_terminal
+    t = Table(title=title if terminal else None, box=box.SIMPLE_HEAD if terminal else None,
+              show_edge=False, pad_edge=False, header_style="bold" if terminal else "")
+    for column in columns:
+        t.add_column(column, overflow="fold")
+    for row in rows:
+        t.add_row(*(cell(v) for v in row))
+    if title and not terminal:
+        out.print(f"# {title}", markup=False)
+    out.print(t)
+
+
+def cell(value: Any) -> str:
+    from rich.markup import escape
+
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    if isinstance(value, dict):
+        return escape(", ".join(f"{k}={v}" for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return escape(", ".join(str(v) for v in value))
+    return escape(str(value))
+
+
+def info(message: str) -> None:
+    """A diagnostic line for people: stderr, so stdout stays data."""
+    click.echo(message, err=True)

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import click
+
+from klpfleet.cli.context import database
+from klpfleet.cli.output import emit, info, output_option, table
+from klpfleet.registry.modinfo import read_livepatch
+from klpfleet.registry.patches import add_patch, find_patches
+from klpfleet.views import list_patches, patch_record
+
+
+@click.group()
+def patch() -> None:
+    """Register and inspect livepatch artifacts."""
+
+
+@patch.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--description", help="What the patch fixes.")
+@click.option("--cve", "cves", multiple=True, help="CVE id it fixes; repeatable.")
+@output_option
+@click.pass_context
+def add(ctx: click.Context, file: str, description: str | None, cves: tuple[str, ...], output: str) -> None:
+    """Register FILE.ko: reads .modinfo, checksums it, keeps a copy. The same file twice is a no-op."""
+    read_livepatch(file)  # refuse a bad file before touching the database
+    db = database(ctx)
+    with db.session.begin() as session:
+        row, created = add_patch(session, file, description=description, cves=list(cves))
+        record = patch_record(session, row)
+    info(f"{'registered' if created else 'already registered'}: {row.name} {row.sha256[:12]} "
+         f"for {row.kernel_release}")
+    emit("patch", record, output, _patch_table)
+
+
+@patch.command("list")
+@output_option
+@click.pass_context
+def list_(ctx: click.Context, output: str) -> None:
+    """Every registered patch."""
+    with database(ctx).session() as session:
+        rows = list_patches(session)
+    emit("patch.list", rows, output, lambda rows, out: table(
+        None, ["name", "sha256", "kernel release", "size", "cves", "applied hosts", "added"],
+        [[r["name"], r["sha256"][:12], r["kernel_release"], r["size"], r["cves"], r["applied_hosts"],
+          r["added_at"]] for r in rows], out))
+
+
+@patch.command()
+@click.argument("ref")
+@output_option
+@click.pass_context
+def show(ctx: click.Context, ref: str, output: str) -> None:
+    """One patch by name, name@sha-prefix or sha256 prefix; every match when the name is ambiguous."""
+    from klpfleet.errors import UsageError
+
+    with database(ctx).session() as session:
+        found = find_patches(session, ref)
+        if not found:
+            raise UsageError(f"no patch {ref!r} (see `klpfleet patch list`)")
+        records = [patch_record(session, p, with_states=True) for p in found]
+    emit("patch.show", records, output, lambda recs, out: [_patch_table(r, out) for r in recs])
+
+
+def _patch_table(record: dict, out) -> None:  # type: ignore[no-untyped-def, type-arg]
+    rows = [[k, v] for k, v in record.items() if k not in ("rollouts",)]
+    table(record["name"], ["field", "value"], rows, out)

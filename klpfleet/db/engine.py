@@ -1,0 +1,124 @@
+"""Opening the database: URL resolution, SQLite pragmas, and the schema gate every command passes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from klpfleet.errors import DatabaseError
+
+# The Alembic revision this code expects. tests/test_migrations.py checks it equals the scripts' head,
+# so the schema gate needs no Alembic import on the hot path of every command.
+SCHEMA_HEAD = "0001"
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "klpfleet"
+
+
+def default_url() -> str:
+    return f"sqlite:///{default_data_dir() / 'klpfleet.db'}"
+
+
+def resolve_url(url: str | None) -> str:
+    """--db beats KLPFLEET_DB beats the embedded SQLite default. A bare path means SQLite."""
+    url = url or os.environ.get("KLPFLEET_DB") or default_url()
+    if "://" not in url:
+        url = f"sqlite:///{os.path.abspath(url)}"
+    return url
+
+
+def _sqlite_pragmas(dbapi_connection, connection_record) -> None:  # type: ignore[no-untyped-def]
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+@dataclass
+class Database:
+    url: str
+    engine: Engine
+    session: sessionmaker[Session]
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    def display_url(self) -> str:
+        return make_url(self.url).render_as_string(hide_password=True)
+
+
+def open_database(url: str | None = None, *, create: bool = False) -> Database:
+    """Open (but do not migrate) the database. A missing SQLite file is only created when `create`."""
+    resolved = resolve_url(url)
+    try:
+        parsed = make_url(resolved)
+    except ArgumentError as exc:
+        raise DatabaseError(f"bad database URL {resolved!r}: {exc}") from None
+    kwargs: dict = {}
+    if parsed.get_backend_name() == "sqlite":
+        db_path = parsed.database
+        if db_path and db_path != ":memory:":
+            path = Path(db_path)
+            if not path.exists():
+                if not create:
+                    raise DatabaseError(
+                        f"no database at {path}: run `klpfleet db upgrade` to create it"
+                    )
+                path.parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_MS / 1000}
+    elif parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        resolved = parsed.render_as_string(hide_password=False)
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except (NoSuchModuleError, ModuleNotFoundError) as exc:
+        raise DatabaseError(f"unsupported database URL {parsed.render_as_string()!r}: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return Database(resolved, engine, sessionmaker(engine, expire_on_commit=False))
+
+
+def current_revision(db: Database) -> str | None:
+    try:
+        with db.engine.connect() as conn:
+            if not inspect(conn).has_table("alembic_version"):
+                return None
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot reach the database {db.display_url()}: {_first_line(exc)}") from None
+
+
+def require_current_schema(db: Database) -> None:
+    revision = current_revision(db)
+    if revision == SCHEMA_HEAD:
+        return
+    where = "empty" if revision is None else f"at schema {revision}"
+    raise DatabaseError(
+        f"database {db.display_url()} is {where}, this klpfleet needs schema {SCHEMA_HEAD}: "
+        "run `klpfleet db upgrade`"
+    )
+
+
+def connect(url: str | None = None) -> Database:
+    """Open the database for an ordinary command: it must exist and be at the current schema."""
+    db = open_database(url)
+    require_current_schema(db)
+    return db
+
+
+def _first_line(exc: BaseException) -> str:
+    text_ = str(getattr(exc, "orig", None) or exc).strip()
+    return text_.splitlines()[0] if text_ else type(exc).__name__

@@ -1,0 +1,50 @@
+"""Writing the append-only event log. Every state change goes through record()."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from functools import cache
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from klpfleet.db.models import Event, Host, Patch, Rollout
+
+
+@cache
+def default_actor() -> str:
+    """Who is acting: KLPFLEET_ACTOR when set (AWX, cron), else user@machine."""
+    explicit = os.environ.get("KLPFLEET_ACTOR")
+    if explicit:
+        return explicit
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def record(
+    session: Session,
+    kind: str,
+    *,
+    actor: str | None = None,
+    host: Host | None = None,
+    patch: Patch | None = None,
+    rollout: Rollout | None = None,
+    **details: Any,
+) -> Event:
+    event = Event(
+        actor=actor or default_actor(),
+        kind=kind,
+        host_id=host.id if host is not None else None,
+        host_name=host.name if host is not None else None,
+        patch_id=patch.id if patch is not None else None,
+        patch_name=patch.name if patch is not None else None,
+        rollout_id=rollout.id if rollout is not None else None,
+        details=details,
+    )
+    session.add(event)
+    return event

@@ -1,0 +1,258 @@
+"""The inventory database: hosts, patch artifacts, per-host patch state, rollouts and the event log.
+
+Typed SQLAlchemy 2 declarative models. Portable types only, so the same schema runs on SQLite and
+PostgreSQL; the naming convention lets Alembic alter constraints on SQLite in batch mode.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on the way in and out; SQLite stores naive text, so reattach UTC on load."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+host_groups = Table(
+    "host_groups",
+    Base.metadata,
+    Column("host_id", ForeignKey("hosts.id", ondelete="CASCADE"), primary_key=True),
+    Column("group_id", ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+class Host(Base):
+    __tablename__ = "hosts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    # How to reach it, as Ansible would (ansible_host/port/user/ssh key file).
+    address: Mapped[str | None] = mapped_column(String(255))
+    port: Mapped[int | None]
+    user: Mapped[str | None] = mapped_column(String(255))
+    key_file: Mapped[str | None] = mapped_column(Text)
+    # Non-secret connection and klpfleet vars kept for probe and the inventory plugin
+    # (ansible_connection, ansible_python_interpreter, klp_backend, klp_sim_root ...).
+    vars: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    kernel_release: Mapped[str | None] = mapped_column(String(255), index=True)
+    livepatch_supported: Mapped[bool | None]
+    reachable: Mapped[bool | None]
+    last_seen: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    groups: Mapped[list[Group]] = relationship(secondary=host_groups, back_populates="hosts")
+    labels: Mapped[list[HostLabel]] = relationship(
+        back_populates="host", cascade="all, delete-orphan", passive_deletes=True
+    )
+    patch_states: Mapped[list[HostPatch]] = relationship(
+        back_populates="host", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Group(Base):
+    __tablename__ = "groups"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+
+    hosts: Mapped[list[Host]] = relationship(secondary=host_groups, back_populates="groups")
+
+
+class HostLabel(Base):
+    """A failure-domain style label (zone, rack, region ...) used for grouping and wave planning."""
+
+    __tablename__ = "host_labels"
+
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
+
+    host: Mapped[Host] = relationship(back_populates="labels")
+
+    __table_args__ = (Index("ix_host_labels_key_value", "key", "value"),)
+
+
+class Patch(Base):
+    """A livepatch artifact (.ko), identified by its content."""
+
+    __tablename__ = "patches"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), index=True)  # .modinfo name: also the sysfs dir name
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    srcversion: Mapped[str | None] = mapped_column(String(64))
+    vermagic: Mapped[str] = mapped_column(Text)
+    kernel_release: Mapped[str] = mapped_column(String(255), index=True)
+    depends: Mapped[list[Any]] = mapped_column(default=list)
+    size: Mapped[int] = mapped_column(BigInteger)
+    description: Mapped[str | None] = mapped_column(Text)
+    cves: Mapped[list[Any]] = mapped_column(default=list)
+    path: Mapped[str] = mapped_column(Text)  # the stored copy, in the artifact store
+    source_path: Mapped[str | None] = mapped_column(Text)  # where it was added from
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class HostPatch(Base):
+    """What klpfleet knows about one patch on one host."""
+
+    __tablename__ = "host_patches"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"))
+    patch_id: Mapped[int] = mapped_column(ForeignKey("patches.id", ondelete="CASCADE"))
+    state: Mapped[str] = mapped_column(String(32))
+    enabled: Mapped[bool | None]
+    transition: Mapped[bool | None]
+    stack_order: Mapped[int | None]
+    replace: Mapped[bool | None]
+    objects: Mapped[dict[str, Any]] = mapped_column(default=dict)  # object name -> patched (bool)
+    last_outcome: Mapped[str | None] = mapped_column(String(32))
+    error_code: Mapped[str | None] = mapped_column(String(64))  # the module's stable klp_error
+    errno: Mapped[int | None]
+    refused_object: Mapped[str | None] = mapped_column(String(255))
+    stalled_tasks: Mapped[list[Any]] = mapped_column(default=list)
+    attempts: Mapped[int] = mapped_column(default=0)
+    observed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    observed_by: Mapped[str] = mapped_column(String(255))
+
+    host: Mapped[Host] = relationship(back_populates="patch_states")
+    patch: Mapped[Patch] = relationship()
+
+    __table_args__ = (
+        UniqueConstraint("host_id", "patch_id"),
+        Index("ix_host_patches_patch_id_state", "patch_id", "state"),
+        Index("ix_host_patches_state", "state"),
+    )
+
+
+class Rollout(Base):
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patch_id: Mapped[int] = mapped_column(ForeignKey("patches.id"))
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    selector: Mapped[str | None] = mapped_column(Text)  # host pattern or group it was planned over
+    policy: Mapped[dict[str, Any]] = mapped_column(default=dict)  # waves, budgets, bake, health check ...
+    current_wave: Mapped[int | None]
+    pause_reason: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    # One driver at a time: a lease with a fencing token, taken by a conditional UPDATE.
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires: Mapped[datetime | None]
+    lease_token: Mapped[int] = mapped_column(default=0)
+
+    patch: Mapped[Patch] = relationship()
+    waves: Mapped[list[Wave]] = relationship(
+        back_populates="rollout", order_by="Wave.index", cascade="all, delete-orphan"
+    )
+
+
+class Wave(Base):
+    __tablename__ = "waves"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"))
+    index: Mapped[int]
+    domain: Mapped[str | None] = mapped_column(String(255))  # label value when planned --by LABEL
+    status: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    rollout: Mapped[Rollout] = relationship(back_populates="waves")
+    hosts: Mapped[list[WaveHost]] = relationship(back_populates="wave", cascade="all, delete-orphan")
+
+    __table_args__ = (UniqueConstraint("rollout_id", "index"),)
+
+
+class WaveHost(Base):
+    __tablename__ = "wave_hosts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    wave_id: Mapped[int] = mapped_column(ForeignKey("waves.id", ondelete="CASCADE"))
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"), index=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(default=0)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    wave: Mapped[Wave] = relationship(back_populates="hosts")
+    host: Mapped[Host] = relationship()
+
+    __table_args__ = (UniqueConstraint("rollout_id", "host_id"),)
+
+
+class Event(Base):
+    """Append-only audit trail. Names are copied in so events outlive the rows they mention."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(64), index=True)
+    host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"))
+    host_name: Mapped[str | None] = mapped_column(String(255))
+    patch_id: Mapped[int | None] = mapped_column(ForeignKey("patches.id", ondelete="SET NULL"))
+    patch_name: Mapped[str | None] = mapped_column(String(255))
+    rollout_id: Mapped[int | None] = mapped_column(ForeignKey("rollouts.id", ondelete="SET NULL"), index=True)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    __table_args__ = (Index("ix_events_host_id_at", "host_id", "at"),)

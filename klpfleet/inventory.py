@@ -1,0 +1,210 @@
+"""Importing hosts from any Ansible inventory source, read by ansible-core's own inventory manager.
+
+Only what klpfleet needs is kept: connection vars, klp_* vars, groups and failure-domain labels.
+Secrets (passwords, become passwords, vault values) are never read into the database.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from klpfleet.db import events
+from klpfleet.db.models import Group, Host, HostLabel
+from klpfleet.errors import UsageError
+
+DEFAULT_LABEL_KEYS = ("zone", "rack", "region", "datacenter", "failure_domain")
+# Host vars copied verbatim into hosts.vars: how to connect, and klpfleet's own settings.
+KEPT_VARS = (
+    "ansible_connection",
+    "ansible_python_interpreter",
+    "ansible_ssh_common_args",
+    "ansible_ssh_extra_args",
+)
+KEPT_PREFIX = "klp_"
+SECRET_MARKERS = ("pass", "secret", "token", "vault")
+
+# Host names are stored and later handed to Ansible, SSH and the shell-free probe. They are never
+# interpolated into a command, but a name no DNS or Ansible pattern could mean is refused up front.
+HOST_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@\[\]-]{0,252}$")
+
+
+@dataclass
+class InventoryHost:
+    name: str
+    address: str | None
+    port: int | None
+    user: str | None
+    key_file: str | None
+    vars: dict[str, Any]
+    groups: list[str]
+    labels: dict[str, str]
+
+
+@dataclass
+class ImportResult:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {k: len(getattr(self, k)) for k in ("added", "updated", "unchanged", "removed")}
+
+
+def _prepare_ansible_env() -> None:
+    # A source Ansible cannot parse must fail the import, not become an empty inventory with a warning.
+    os.environ.setdefault("ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED", "True")
+    os.environ.setdefault("ANSIBLE_INVENTORY_UNPARSED_WARNING", "False")
+    os.environ.setdefault("ANSIBLE_LOCALHOST_WARNING", "False")
+
+
+def read_inventory(sources: list[str], label_keys: tuple[str, ...] = DEFAULT_LABEL_KEYS) -> list[InventoryHost]:
+    for source in sources:
+        if "," not in source and not os.path.exists(source):
+            raise UsageError(f"inventory source {source!r} does not exist")
+    _prepare_ansible_env()
+    from ansible.errors import AnsibleError
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.vars.manager import VariableManager
+
+    loader = DataLoader()
+    try:
+        manager = InventoryManager(loader=loader, sources=sources)
+        variables = VariableManager(loader=loader, inventory=manager)
+        hosts = []
+        for host in manager.get_hosts():
+            hostvars = variables.get_vars(host=host, include_hostvars=False, include_delegate_to=False)
+            hosts.append(_to_inventory_host(host.name, hostvars, [g.name for g in host.get_groups()], label_keys))
+    except AnsibleError as exc:
+        message = " ".join(str(exc.message if hasattr(exc, "message") else exc).split())
+        raise UsageError(f"cannot read inventory: {message}") from None
+    return hosts
+
+
+def _to_inventory_host(
+    name: str, hostvars: dict[str, Any], groups: list[str], label_keys: tuple[str, ...]
+) -> InventoryHost:
+    if not HOST_NAME_RE.match(name):
+        raise UsageError(f"refusing inventory host name {name!r}: not a host name")
+
+    def text(key: str) -> str | None:
+        value = hostvars.get(key)
+        return None if value is None else str(value)
+
+    port = hostvars.get("ansible_port")
+    try:
+        port = None if port is None else int(port)
+    except (TypeError, ValueError):
+        raise UsageError(f"host {name!r}: ansible_port {port!r} is not a number") from None
+    if port is not None and not 0 < port < 65536:
+        raise UsageError(f"host {name!r}: ansible_port {port} is out of range")
+
+    kept = {k: _plain(hostvars[k]) for k in KEPT_VARS if k in hostvars}
+    for key, value in hostvars.items():
+        if key.startswith(KEPT_PREFIX) and not any(m in key for m in SECRET_MARKERS):
+            kept[key] = _plain(value)
+
+    labels: dict[str, str] = {}
+    extra = hostvars.get("klp_labels")
+    if isinstance(extra, dict):
+        labels.update({str(k): str(v) for k, v in extra.items()})
+    for key in label_keys:
+        if key in hostvars and hostvars[key] is not None:
+            labels[key] = str(hostvars[key])
+
+    return InventoryHost(
+        name=name,
+        address=text("ansible_host"),
+        port=port,
+        user=text("ansible_user"),
+        key_file=text("ansible_ssh_private_key_file") or text("ansible_private_key_file"),
+        vars=kept,
+        groups=sorted(g for g in groups if g not in ("all", "ungrouped")),
+        labels=labels,
+    )
+
+
+def _plain(value: Any) -> Any:
+    """Ansible hands back its own str/dict subclasses; store plain JSON types."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    return str(value)
+
+
+def apply_import(session: Session, found: list[InventoryHost], *, prune: bool) -> ImportResult:
+    result = ImportResult()
+    seen: set[str] = set()
+    for h in found:
+        if h.name in seen:
+            raise UsageError(f"host {h.name!r} appears twice across the inventory sources")
+        seen.add(h.name)
+
+    existing = {
+        h.name: h
+        for h in session.scalars(select(Host).options(selectinload(Host.groups), selectinload(Host.labels)))
+    }
+    groups = {g.name: g for g in session.scalars(select(Group))}
+
+    def group(name: str) -> Group:
+        if name not in groups:
+            groups[name] = Group(name=name)
+            session.add(groups[name])
+        return groups[name]
+
+    for h in found:
+        row = existing.get(h.name)
+        if row is None:
+            row = Host(name=h.name)
+            session.add(row)
+            before = None
+        else:
+            before = _snapshot(row)
+        row.address, row.port, row.user, row.key_file = h.address, h.port, h.user, h.key_file
+        row.vars = h.vars
+        if sorted(g.name for g in row.groups) != h.groups:
+            row.groups = [group(g) for g in h.groups]
+        if {lb.key: lb.value for lb in row.labels} != h.labels:
+            row.labels = [HostLabel(key=k, value=v) for k, v in sorted(h.labels.items())]
+        after = _snapshot(row)
+        if before is None:
+            result.added.append(h.name)
+            session.flush()
+            events.record(session, "host.added", host=row, **after)
+        elif before != after:
+            result.updated.append(h.name)
+            changed = {k: {"from": before[k], "to": after[k]} for k in after if before[k] != after[k]}
+            events.record(session, "host.updated", host=row, changes=changed)
+        else:
+            result.unchanged.append(h.name)
+
+    if prune:
+        for name, row in existing.items():
+            if name not in seen:
+                result.removed.append(name)
+                events.record(session, "host.removed", host=row)
+                session.flush()
+                session.delete(row)
+    return result
+
+
+def _snapshot(row: Host) -> dict[str, Any]:
+    return {
+        "address": row.address,
+        "port": row.port,
+        "user": row.user,
+        "key_file": row.key_file,
+        "vars": dict(row.vars or {}),
+        "groups": sorted(g.name for g in row.groups),
+        "labels": {lb.key: lb.value for lb in row.labels},
+    }

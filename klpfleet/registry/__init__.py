@@ -1,0 +1,1 @@
+"""The patch registry: livepatch artifacts, identified by content, kept in an artifact store."""

@@ -1,0 +1,108 @@
+"""Registering, listing and finding patch artifacts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from klpfleet.db import events
+from klpfleet.db.engine import default_data_dir
+from klpfleet.db.models import Patch
+from klpfleet.errors import UsageError
+from klpfleet.registry.modinfo import read_livepatch
+
+CVE_PREFIX = "CVE-"
+
+
+def artifact_store() -> Path:
+    """Content-addressed copies of every registered .ko, so a file edited or deleted later changes nothing."""
+    return Path(os.environ.get("KLPFLEET_ARTIFACTS") or default_data_dir() / "artifacts")
+
+
+def _store_copy(src: Path, sha256: str, name: str) -> Path:
+    dest_dir = artifact_store() / sha256
+    dest = dest_dir / f"{name}.ko"
+    if dest.exists():
+        return dest
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=".incoming-")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def validate_cves(cves: list[str]) -> list[str]:
+    out = []
+    for cve in cves:
+        cve = cve.strip().upper()
+        parts = cve.split("-")
+        if len(parts) != 3 or parts[0] != "CVE" or not parts[1].isdigit() or not parts[2].isdigit():
+            raise UsageError(f"{cve!r} is not a CVE id (CVE-YYYY-NNNN)")
+        out.append(cve)
+    return out
+
+
+def add_patch(
+    session: Session, path: str | Path, *, description: str | None = None, cves: list[str] | None = None
+) -> tuple[Patch, bool]:
+    """Register a livepatch .ko. Returns (patch, created); the same content twice is a no-op."""
+    src = Path(path)
+    cve_list = validate_cves(cves or [])
+    info = read_livepatch(src)
+    existing = session.scalar(select(Patch).where(Patch.sha256 == info.sha256))
+    if existing is not None:
+        return existing, False
+    stored = _store_copy(src, info.sha256, info.name)
+    patch = Patch(
+        name=info.name,
+        sha256=info.sha256,
+        srcversion=info.srcversion,
+        vermagic=info.vermagic,
+        kernel_release=info.kernel_release,
+        depends=info.depends,
+        size=info.size,
+        description=description,
+        cves=cve_list,
+        path=str(stored),
+        source_path=str(src.resolve()),
+    )
+    session.add(patch)
+    session.flush()
+    events.record(session, "patch.added", patch=patch, sha256=info.sha256, kernel_release=info.kernel_release)
+    return patch, True
+
+
+def find_patches(session: Session, ref: str) -> list[Patch]:
+    """A patch by name, `name@sha-prefix`, sha256 prefix (>= 8 hex) or `#id`."""
+    query = select(Patch).order_by(Patch.added_at, Patch.id)
+    if ref.startswith("#") and ref[1:].isdigit():
+        return list(session.scalars(query.where(Patch.id == int(ref[1:]))))
+    name, _, sha = ref.partition("@")
+    if sha:
+        return list(session.scalars(query.where(Patch.name == name, Patch.sha256.startswith(sha.lower()))))
+    found = list(session.scalars(query.where(Patch.name == ref)))
+    if not found and len(ref) >= 8 and all(c in "0123456789abcdef" for c in ref.lower()):
+        found = list(session.scalars(query.where(Patch.sha256.startswith(ref.lower()))))
+    return found
+
+
+def get_patch(session: Session, ref: str) -> Patch:
+    """Exactly one patch, or a UsageError that lists the candidates."""
+    found = find_patches(session, ref)
+    if not found:
+        raise UsageError(f"no patch {ref!r} (see `klpfleet patch list`)")
+    if len(found) > 1:
+        options = ", ".join(f"{p.name}@{p.sha256[:12]}" for p in found)
+        raise UsageError(f"{ref!r} matches {len(found)} patches; name one: {options}")
+    return found[0]

@@ -1,0 +1,282 @@
+"""Read models: the records the read commands print. Plain dicts and lists, no rendering here."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session, selectinload
+
+from klpfleet.db.models import Event, Group, Host, HostLabel, HostPatch, Patch, Rollout, host_groups
+from klpfleet.errors import UsageError
+from klpfleet.registry.patches import get_patch
+from klpfleet.states import (
+    ACTIVE_ROLLOUT_STATUSES,
+    ATTENTION_REASONS,
+    ATTENTION_STATES,
+    CRITICAL_STATES,
+    PatchState,
+)
+
+HEALTH_EXIT = {"healthy": 0, "degraded": 1, "critical": 2}
+
+
+def fleet_status(session: Session, attention_limit: int = 50) -> dict[str, Any]:
+    total, reachable, unreachable = session.execute(
+        select(
+            func.count(Host.id),
+            func.count(Host.id).filter(Host.reachable.is_(True)),
+            func.count(Host.id).filter(Host.reachable.is_(False)),
+        )
+    ).one()
+    by_kernel = {
+        (release or "unknown"): count
+        for release, count in session.execute(
+            select(Host.kernel_release, func.count(Host.id)).group_by(Host.kernel_release).order_by(Host.kernel_release)
+        )
+    }
+
+    counts: dict[int, dict[str, int]] = defaultdict(dict)
+    for patch_id, state, count in session.execute(
+        select(HostPatch.patch_id, HostPatch.state, func.count()).group_by(HostPatch.patch_id, HostPatch.state)
+    ):
+        counts[patch_id][state] = count
+    patches = [
+        {
+            "name": p.name,
+            "sha256": p.sha256,
+            "kernel_release": p.kernel_release,
+            "states": dict(sorted(counts.get(p.id, {}).items())),
+        }
+        for p in session.scalars(select(Patch).order_by(Patch.name, Patch.added_at))
+    ]
+
+    rollouts = [
+        {"id": r.id, "patch": r.patch.name, "status": r.status, "current_wave": r.current_wave,
+         "waves": len(r.waves), "pause_reason": r.pause_reason}
+        for r in session.scalars(
+            select(Rollout)
+            .where(Rollout.status.in_([s.value for s in ACTIVE_ROLLOUT_STATUSES]))
+            .options(selectinload(Rollout.patch), selectinload(Rollout.waves))
+            .order_by(Rollout.id)
+        )
+    ]
+
+    attention_filter = or_(HostPatch.state.in_([s.value for s in ATTENTION_STATES]))
+    state_counts = dict(
+        session.execute(
+            select(HostPatch.state, func.count()).where(attention_filter).group_by(HostPatch.state)
+        ).all()
+    )
+    attention_rows = session.execute(
+        select(Host.name, Patch.name, HostPatch.state, HostPatch.error_code, HostPatch.observed_at)
+        .join(HostPatch, HostPatch.host_id == Host.id)
+        .join(Patch, Patch.id == HostPatch.patch_id)
+        .where(attention_filter)
+        .order_by(HostPatch.observed_at.desc(), Host.name)
+        .limit(attention_limit)
+    ).all()
+    unreachable_hosts = session.execute(
+        select(Host.name, Host.last_seen).where(Host.reachable.is_(False)).order_by(Host.name).limit(attention_limit)
+    ).all()
+    attention: list[dict[str, Any]] = [
+        {"host": h, "patch": p, "state": s, "reason": ATTENTION_REASONS[PatchState(s)], "error_code": e,
+         "observed_at": at}
+        for h, p, s, e, at in attention_rows
+    ]
+    attention += [
+        {"host": h, "patch": None, "state": "unreachable", "reason": "host unreachable", "error_code": None,
+         "observed_at": seen}
+        for h, seen in unreachable_hosts
+    ]
+
+    if any(state_counts.get(s.value) for s in CRITICAL_STATES):
+        health = "critical"
+    elif state_counts or unreachable:
+        health = "degraded"
+    else:
+        health = "healthy"
+    return {
+        "health": health,
+        "hosts": {"total": total, "reachable": reachable, "unreachable": unreachable,
+                  "by_kernel_release": by_kernel},
+        "patches": patches,
+        "rollouts": rollouts,
+        "attention": {
+            "total": sum(state_counts.values()) + unreachable,
+            "by_state": dict(sorted(state_counts.items())),
+            "hosts": attention[:attention_limit],
+        },
+    }
+
+
+def list_hosts(
+    session: Session,
+    *,
+    state: str | None = None,
+    patch: str | None = None,
+    group: str | None = None,
+    label: tuple[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    if state is not None and state not in {s.value for s in PatchState}:
+        raise UsageError(f"unknown state {state!r}; one of: {', '.join(s.value for s in PatchState)}")
+    query = select(Host).order_by(Host.name)
+    patch_row = get_patch(session, patch) if patch else None
+    if state or patch_row:
+        conditions = [HostPatch.host_id == Host.id]
+        if state:
+            conditions.append(HostPatch.state == state)
+        if patch_row:
+            conditions.append(HostPatch.patch_id == patch_row.id)
+        query = query.where(select(HostPatch.id).where(and_(*conditions)).exists())
+    if group:
+        group_row = session.scalar(select(Group).where(Group.name == group))
+        if group_row is None:
+            raise UsageError(f"no group {group!r}")
+        query = query.where(
+            select(host_groups.c.host_id)
+            .where(host_groups.c.host_id == Host.id, host_groups.c.group_id == group_row.id)
+            .exists()
+        )
+    if label:
+        key, value = label
+        query = query.where(
+            select(HostLabel.host_id)
+            .where(HostLabel.host_id == Host.id, HostLabel.key == key, HostLabel.value == value)
+            .exists()
+        )
+    hosts = list(session.scalars(query))
+    ids = [h.id for h in hosts]
+    per_host: dict[int, dict[str, str]] = defaultdict(dict)
+    labels: dict[int, dict[str, str]] = defaultdict(dict)
+    for chunk_start in range(0, len(ids), 20_000):
+        chunk = ids[chunk_start : chunk_start + 20_000]
+        for host_id, name, st in session.execute(
+            select(HostPatch.host_id, Patch.name, HostPatch.state)
+            .join(Patch, Patch.id == HostPatch.patch_id)
+            .where(HostPatch.host_id.in_(chunk))
+        ):
+            per_host[host_id][name] = st
+        for host_id, k, v in session.execute(
+            select(HostLabel.host_id, HostLabel.key, HostLabel.value).where(HostLabel.host_id.in_(chunk))
+        ):
+            labels[host_id][k] = v
+    return [
+        {
+            "name": h.name,
+            "address": h.address,
+            "kernel_release": h.kernel_release,
+            "reachable": h.reachable,
+            "labels": labels.get(h.id, {}),
+            "patches": per_host.get(h.id, {}),
+            "last_seen": h.last_seen,
+        }
+        for h in hosts
+    ]
+
+
+def get_host(session: Session, name: str) -> Host:
+    host = session.scalar(
+        select(Host).where(Host.name == name).options(selectinload(Host.groups), selectinload(Host.labels))
+    )
+    if host is None:
+        raise UsageError(f"no host {name!r} (see `klpfleet hosts`)")
+    return host
+
+
+def host_detail(session: Session, name: str, event_limit: int = 20) -> dict[str, Any]:
+    host = get_host(session, name)
+    states = session.execute(
+        select(HostPatch, Patch).join(Patch, Patch.id == HostPatch.patch_id).where(HostPatch.host_id == host.id)
+        .order_by(HostPatch.stack_order.is_(None), HostPatch.stack_order, Patch.name)
+    ).all()
+    recent = session.scalars(
+        select(Event).where(Event.host_id == host.id).order_by(Event.at.desc(), Event.id.desc()).limit(event_limit)
+    )
+    return {
+        "name": host.name,
+        "address": host.address,
+        "port": host.port,
+        "user": host.user,
+        "kernel_release": host.kernel_release,
+        "livepatch_supported": host.livepatch_supported,
+        "reachable": host.reachable,
+        "last_seen": host.last_seen,
+        "groups": sorted(g.name for g in host.groups),
+        "labels": {lb.key: lb.value for lb in host.labels},
+        "vars": host.vars,
+        "patches": [
+            {
+                "patch": p.name,
+                "sha256": p.sha256,
+                "state": hp.state,
+                "enabled": hp.enabled,
+                "transition": hp.transition,
+                "stack_order": hp.stack_order,
+                "replace": hp.replace,
+                "objects": hp.objects,
+                "last_outcome": hp.last_outcome,
+                "error_code": hp.error_code,
+                "errno": hp.errno,
+                "refused_object": hp.refused_object,
+                "stalled_tasks": hp.stalled_tasks,
+                "attempts": hp.attempts,
+                "observed_at": hp.observed_at,
+                "observed_by": hp.observed_by,
+            }
+            for hp, p in states
+        ],
+        "events": [event_record(e) for e in recent],
+    }
+
+
+def event_record(e: Event) -> dict[str, Any]:
+    return {"at": e.at, "actor": e.actor, "kind": e.kind, "host": e.host_name, "patch": e.patch_name,
+            "rollout": e.rollout_id, "details": e.details}
+
+
+def patch_record(session: Session, p: Patch, *, with_states: bool = False) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "name": p.name,
+        "sha256": p.sha256,
+        "srcversion": p.srcversion,
+        "kernel_release": p.kernel_release,
+        "vermagic": p.vermagic,
+        "depends": p.depends,
+        "size": p.size,
+        "description": p.description,
+        "cves": p.cves,
+        "path": p.path,
+        "source_path": p.source_path,
+        "added_at": p.added_at,
+    }
+    if with_states:
+        record["states"] = dict(
+            session.execute(
+                select(HostPatch.state, func.count()).where(HostPatch.patch_id == p.id).group_by(HostPatch.state)
+            ).all()
+        )
+        record["rollouts"] = [
+            {"id": r.id, "status": r.status, "created_at": r.created_at}
+            for r in session.scalars(select(Rollout).where(Rollout.patch_id == p.id).order_by(Rollout.id))
+        ]
+    return record
+
+
+def list_patches(session: Session) -> list[dict[str, Any]]:
+    applied = dict(
+        session.execute(
+            select(HostPatch.patch_id, func.count())
+            .where(HostPatch.state == PatchState.APPLIED.value)
+            .group_by(HostPatch.patch_id)
+        ).all()
+    )
+    rows = []
+    for p in session.scalars(select(Patch).order_by(Patch.name, Patch.added_at)):
+        record = patch_record(session, p)
+        record["applied_hosts"] = applied.get(p.id, 0)
+        rows.append(record)
+    return rows
+
+
