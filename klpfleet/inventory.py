@@ -6,8 +6,10 @@ Secrets (passwords, become passwords, vault values) are never read into the data
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,16 +78,46 @@ def read_inventory(sources: list[str], label_keys: tuple[str, ...] = DEFAULT_LAB
 
     loader = DataLoader()
     try:
-        manager = InventoryManager(loader=loader, sources=sources)
+        with _captured_ansible_warnings() as warnings:
+            manager = InventoryManager(loader=loader, sources=sources)
         variables = VariableManager(loader=loader, inventory=manager)
         hosts = []
         for host in manager.get_hosts():
-            hostvars = variables.get_vars(host=host, include_hostvars=False, include_delegate_to=False)
+            hostvars = variables.get_vars(host=host, include_hostvars=False)
             hosts.append(_to_inventory_host(host.name, hostvars, [g.name for g in host.get_groups()], label_keys))
     except AnsibleError as exc:
-        message = " ".join(str(exc.message if hasattr(exc, "message") else exc).split())
-        raise UsageError(f"cannot read inventory: {message}") from None
+        message = " ".join(str(getattr(exc, "message", exc)).split())
+        detail = f" ({warnings[0]})" if warnings else ""
+        raise UsageError(f"cannot read inventory: {message}{detail}") from None
     return hosts
+
+
+@contextlib.contextmanager
+def _captured_ansible_warnings() -> Iterator[list[str]]:
+    """Ansible prints a multi-line warning per plugin that fails to parse a source; keep the first line of
+    each instead, so a bad inventory is reported as one line."""
+    from ansible.utils.display import Display
+
+    display = Display()
+    caught: list[str] = []
+
+    def error_as_warning(msg: str | None = None, exception: BaseException | None = None, **_: Any) -> None:
+        text = str(getattr(exception, "message", None) or exception or msg or "")
+        caught.append(" ".join(text.split("\n")[0].split()))
+
+    def warning(msg: str, *_: Any, **__: Any) -> None:
+        caught.append(" ".join(str(msg).split("\n")[0].split()))
+
+    saved = display.__dict__.get("error_as_warning"), display.__dict__.get("warning")
+    display.error_as_warning, display.warning = error_as_warning, warning
+    try:
+        yield caught
+    finally:
+        for name, value in zip(("error_as_warning", "warning"), saved, strict=True):
+            if value is None:
+                display.__dict__.pop(name, None)
+            else:
+                setattr(display, name, value)
 
 
 def _to_inventory_host(
@@ -151,8 +183,7 @@ def apply_import(session: Session, found: list[InventoryHost], *, prune: bool) -
         seen.add(h.name)
 
     existing = {
-        h.name: h
-        for h in session.scalars(select(Host).options(selectinload(Host.groups), selectinload(Host.labels)))
+        h.name: h for h in session.scalars(select(Host).options(selectinload(Host.groups), selectinload(Host.labels)))
     }
     groups = {g.name: g for g in session.scalars(select(Group))}
 

@@ -8,25 +8,23 @@ from enum import StrEnum
 
 
 class PatchState(StrEnum):
-    PENDING = "pending"              # planned for this host, nothing done yet
-    LOADING = "loading"              # insmod issued, result not yet known
+    PENDING = "pending"  # planned for this host, nothing done yet
+    LOADING = "loading"  # insmod issued, result not yet known
     TRANSITIONING = "transitioning"  # loaded and enabled, the kernel's transition has not completed
-    APPLIED = "applied"              # enabled, transition complete
-    REFUSED = "refused"              # a pre-patch callback refused; the kernel cleaned up
-    STALLED = "stalled"              # transition did not complete in time (tasks sleeping in patched code)
-    FAILED = "failed"                # any other failure (see error_code/errno)
-    UNLOADING = "unloading"          # disable issued, unpatching transition or rmmod pending
-    ABSENT = "absent"                # not loaded on the host
-    UNREACHABLE = "unreachable"      # the host could not be reached when last tried
-    FORCED = "forced"                # applied with force: the module can never be removed before reboot
-    DRIFT = "drift"                  # the database's belief and the host's report disagree
+    APPLIED = "applied"  # enabled, transition complete
+    REFUSED = "refused"  # a pre-patch callback refused; the kernel cleaned up
+    STALLED = "stalled"  # transition did not complete in time (tasks sleeping in patched code)
+    FAILED = "failed"  # any other failure (see error_code/errno)
+    UNLOADING = "unloading"  # disable issued, unpatching transition or rmmod pending
+    ABSENT = "absent"  # not loaded on the host
+    UNREACHABLE = "unreachable"  # the host could not be reached when last tried
+    FORCED = "forced"  # applied with force: the module can never be removed before reboot
+    DRIFT = "drift"  # the database's belief and the host's report disagree
 
 
 # How `klpfleet status` rates each state: the worst one found sets the exit code.
 CRITICAL_STATES = frozenset({PatchState.STALLED, PatchState.FAILED})
-DEGRADED_STATES = frozenset(
-    {PatchState.REFUSED, PatchState.UNREACHABLE, PatchState.FORCED, PatchState.DRIFT}
-)
+DEGRADED_STATES = frozenset({PatchState.REFUSED, PatchState.UNREACHABLE, PatchState.FORCED, PatchState.DRIFT})
 ATTENTION_STATES = CRITICAL_STATES | DEGRADED_STATES
 
 ATTENTION_REASONS = {

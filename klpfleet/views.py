@@ -5,110 +5,13 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from klpfleet.db.models import Event, Group, Host, HostLabel, HostPatch, Patch, Rollout, host_groups
 from klpfleet.errors import UsageError
 from klpfleet.registry.patches import get_patch
-from klpfleet.states import (
-    ACTIVE_ROLLOUT_STATUSES,
-    ATTENTION_REASONS,
-    ATTENTION_STATES,
-    CRITICAL_STATES,
-    PatchState,
-)
-
-HEALTH_EXIT = {"healthy": 0, "degraded": 1, "critical": 2}
-
-
-def fleet_status(session: Session, attention_limit: int = 50) -> dict[str, Any]:
-    total, reachable, unreachable = session.execute(
-        select(
-            func.count(Host.id),
-            func.count(Host.id).filter(Host.reachable.is_(True)),
-            func.count(Host.id).filter(Host.reachable.is_(False)),
-        )
-    ).one()
-    by_kernel = {
-        (release or "unknown"): count
-        for release, count in session.execute(
-            select(Host.kernel_release, func.count(Host.id)).group_by(Host.kernel_release).order_by(Host.kernel_release)
-        )
-    }
-
-    counts: dict[int, dict[str, int]] = defaultdict(dict)
-    for patch_id, state, count in session.execute(
-        select(HostPatch.patch_id, HostPatch.state, func.count()).group_by(HostPatch.patch_id, HostPatch.state)
-    ):
-        counts[patch_id][state] = count
-    patches = [
-        {
-            "name": p.name,
-            "sha256": p.sha256,
-            "kernel_release": p.kernel_release,
-            "states": dict(sorted(counts.get(p.id, {}).items())),
-        }
-        for p in session.scalars(select(Patch).order_by(Patch.name, Patch.added_at))
-    ]
-
-    rollouts = [
-        {"id": r.id, "patch": r.patch.name, "status": r.status, "current_wave": r.current_wave,
-         "waves": len(r.waves), "pause_reason": r.pause_reason}
-        for r in session.scalars(
-            select(Rollout)
-            .where(Rollout.status.in_([s.value for s in ACTIVE_ROLLOUT_STATUSES]))
-            .options(selectinload(Rollout.patch), selectinload(Rollout.waves))
-            .order_by(Rollout.id)
-        )
-    ]
-
-    attention_filter = or_(HostPatch.state.in_([s.value for s in ATTENTION_STATES]))
-    state_counts = dict(
-        session.execute(
-            select(HostPatch.state, func.count()).where(attention_filter).group_by(HostPatch.state)
-        ).all()
-    )
-    attention_rows = session.execute(
-        select(Host.name, Patch.name, HostPatch.state, HostPatch.error_code, HostPatch.observed_at)
-        .join(HostPatch, HostPatch.host_id == Host.id)
-        .join(Patch, Patch.id == HostPatch.patch_id)
-        .where(attention_filter)
-        .order_by(HostPatch.observed_at.desc(), Host.name)
-        .limit(attention_limit)
-    ).all()
-    unreachable_hosts = session.execute(
-        select(Host.name, Host.last_seen).where(Host.reachable.is_(False)).order_by(Host.name).limit(attention_limit)
-    ).all()
-    attention: list[dict[str, Any]] = [
-        {"host": h, "patch": p, "state": s, "reason": ATTENTION_REASONS[PatchState(s)], "error_code": e,
-         "observed_at": at}
-        for h, p, s, e, at in attention_rows
-    ]
-    attention += [
-        {"host": h, "patch": None, "state": "unreachable", "reason": "host unreachable", "error_code": None,
-         "observed_at": seen}
-        for h, seen in unreachable_hosts
-    ]
-
-    if any(state_counts.get(s.value) for s in CRITICAL_STATES):
-        health = "critical"
-    elif state_counts or unreachable:
-        health = "degraded"
-    else:
-        health = "healthy"
-    return {
-        "health": health,
-        "hosts": {"total": total, "reachable": reachable, "unreachable": unreachable,
-                  "by_kernel_release": by_kernel},
-        "patches": patches,
-        "rollouts": rollouts,
-        "attention": {
-            "total": sum(state_counts.values()) + unreachable,
-            "by_state": dict(sorted(state_counts.items())),
-            "hosts": attention[:attention_limit],
-        },
-    }
+from klpfleet.states import PatchState
 
 
 def list_hosts(
@@ -188,7 +91,9 @@ def get_host(session: Session, name: str) -> Host:
 def host_detail(session: Session, name: str, event_limit: int = 20) -> dict[str, Any]:
     host = get_host(session, name)
     states = session.execute(
-        select(HostPatch, Patch).join(Patch, Patch.id == HostPatch.patch_id).where(HostPatch.host_id == host.id)
+        select(HostPatch, Patch)
+        .join(Patch, Patch.id == HostPatch.patch_id)
+        .where(HostPatch.host_id == host.id)
         .order_by(HostPatch.stack_order.is_(None), HostPatch.stack_order, Patch.name)
     ).all()
     recent = session.scalars(
@@ -232,8 +137,15 @@ def host_detail(session: Session, name: str, event_limit: int = 20) -> dict[str,
 
 
 def event_record(e: Event) -> dict[str, Any]:
-    return {"at": e.at, "actor": e.actor, "kind": e.kind, "host": e.host_name, "patch": e.patch_name,
-            "rollout": e.rollout_id, "details": e.details}
+    return {
+        "at": e.at,
+        "actor": e.actor,
+        "kind": e.kind,
+        "host": e.host_name,
+        "patch": e.patch_name,
+        "rollout": e.rollout_id,
+        "details": e.details,
+    }
 
 
 def patch_record(session: Session, p: Patch, *, with_states: bool = False) -> dict[str, Any]:
@@ -278,5 +190,3 @@ def list_patches(session: Session) -> list[dict[str, Any]]:
         record["applied_hosts"] = applied.get(p.id, 0)
         rows.append(record)
     return rows
-
-

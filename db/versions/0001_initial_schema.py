@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
 revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -160,9 +159,7 @@ def upgrade() -> None:
         sa.Column("patch_name", sa.String(length=255), nullable=True),
         sa.Column("rollout_id", sa.Integer(), nullable=True),
         sa.Column("details", sa.JSON(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["host_id"], ["hosts.id"], name=op.f("fk_events_host_id_hosts"), ondelete="SET NULL"
-        ),
+        sa.ForeignKeyConstraint(["host_id"], ["hosts.id"], name=op.f("fk_events_host_id_hosts"), ondelete="SET NULL"),
         sa.ForeignKeyConstraint(
             ["patch_id"], ["patches.id"], name=op.f("fk_events_patch_id_patches"), ondelete="SET NULL"
         ),

@@ -48,10 +48,22 @@ def current(ctx: click.Context, output: str) -> None:
     """Show the database's schema revision and the one this klpfleet needs."""
     database = open_database(ctx.find_root().obj["db_url"])
     revision = current_revision(database)
-    data = {"url": database.display_url(), "revision": revision, "required": SCHEMA_HEAD,
-            "up_to_date": revision == SCHEMA_HEAD}
-    emit("db.current", data, output,
-         lambda d, out: table(None, ["url", "revision", "required", "up to date"],
-                              [[d["url"], d["revision"], d["required"], d["up_to_date"]]], out))
+    data = {
+        "url": database.display_url(),
+        "revision": revision,
+        "required": SCHEMA_HEAD,
+        "up_to_date": revision == SCHEMA_HEAD,
+    }
+    emit(
+        "db.current",
+        data,
+        output,
+        lambda d, out: table(
+            None,
+            ["url", "revision", "required", "up to date"],
+            [[d["url"], d["revision"], d["required"], d["up_to_date"]]],
+            out,
+        ),
+    )
     if revision != SCHEMA_HEAD:
         ctx.exit(1)

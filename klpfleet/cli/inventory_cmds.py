@@ -13,11 +13,23 @@ def inventory() -> None:
 
 
 @inventory.command("import")
-@click.option("-i", "--inventory", "sources", multiple=True, required=True, metavar="SOURCE",
-              help="Any Ansible inventory source (file, directory, plugin config); repeatable.")
+@click.option(
+    "-i",
+    "--inventory",
+    "sources",
+    multiple=True,
+    required=True,
+    metavar="SOURCE",
+    help="Any Ansible inventory source (file, directory, plugin config); repeatable.",
+)
 @click.option("--prune", is_flag=True, help="Remove hosts the sources no longer list.")
-@click.option("--label", "labels", multiple=True, metavar="VAR",
-              help=f"Host var to keep as a label (default: {', '.join(DEFAULT_LABEL_KEYS)} and klp_labels).")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="VAR",
+    help=f"Host var to keep as a label (default: {', '.join(DEFAULT_LABEL_KEYS)} and klp_labels).",
+)
 @output_option
 @click.pass_context
 def import_(ctx: click.Context, sources: tuple[str, ...], prune: bool, labels: tuple[str, ...], output: str) -> None:
@@ -27,6 +39,14 @@ def import_(ctx: click.Context, sources: tuple[str, ...], prune: bool, labels: t
     with db.session.begin() as session:
         result = apply_import(session, found, prune=prune)
     counts = result.counts()
-    emit("inventory.import", {"sources": list(sources), **counts, "hosts": len(found)}, output,
-         lambda d, out: table(None, ["added", "updated", "unchanged", "removed"],
-                              [[d["added"], d["updated"], d["unchanged"], d["removed"]]], out))
+    emit(
+        "inventory.import",
+        {"sources": list(sources), **counts, "hosts": len(found)},
+        output,
+        lambda d, out: table(
+            None,
+            ["added", "updated", "unchanged", "removed"],
+            [[d["added"], d["updated"], d["unchanged"], d["removed"]]],
+            out,
+        ),
+    )

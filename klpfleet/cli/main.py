@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "hosts": ("klpfleet.cli.status_cmds", "hosts", "List hosts, filtered by patch state, patch, group or label."),
     "host": ("klpfleet.cli.status_cmds", "host", "One host: per-patch state and recent events."),
     "events": ("klpfleet.cli.status_cmds", "events_cmd", "The audit trail, newest first."),
+    "demo": ("klpfleet.cli.demo_cmds", "demo", "Run the end-to-end demonstration on a fleet of its own."),
 }
 
 
@@ -40,8 +41,13 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--db", "db_url", envvar="KLPFLEET_DB", metavar="URL",
-              help="Database URL or SQLite path (env KLPFLEET_DB; default: SQLite under the XDG data dir).")
+@click.option(
+    "--db",
+    "db_url",
+    envvar="KLPFLEET_DB",
+    metavar="URL",
+    help="Database URL or SQLite path (env KLPFLEET_DB; default: SQLite under the XDG data dir).",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 @click.version_option(__version__, prog_name="klpfleet")
 @click.pass_context
@@ -57,8 +63,12 @@ def main(argv: list[str] | None = None) -> None:
         rc = cli.main(args=args, prog_name="klpfleet", standalone_mode=False)
     except click.exceptions.Exit as exc:
         rc = exc.exit_code
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "klpfleet"
+        click.echo(f"klpfleet: error: {exc.format_message()} (see '{where} --help')", err=True)
+        rc = exc.exit_code
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"klpfleet: error: {exc.format_message()}", err=True)
         rc = exc.exit_code
     except click.exceptions.Abort:
         click.echo("klpfleet: aborted", err=True)
@@ -66,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("klpfleet: interrupted", err=True)
         rc = 130
-    except BaseException as exc:  # noqa: BLE001 - the one place every error becomes one line
+    except BaseException as exc:
         if debug or isinstance(exc, SystemExit):
             raise
         rc = report(exc)
@@ -91,8 +101,7 @@ def report(exc: BaseException) -> int:
     if isinstance(exc, OSError):
         click.echo(f"klpfleet: error: {exc}", err=True)
         return 1
-    click.echo(f"klpfleet: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-               err=True)
+    click.echo(f"klpfleet: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
     return 70
 
 

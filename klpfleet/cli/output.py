@@ -20,7 +20,12 @@ FORMATS = ("table", "json", "yaml")
 
 def output_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
-        "-o", "--output", "output", type=click.Choice(FORMATS), default="table", show_default=True,
+        "-o",
+        "--output",
+        "output",
+        type=click.Choice(FORMATS),
+        default="table",
+        show_default=True,
         help="Output format.",
     )(func)
 
@@ -40,8 +45,7 @@ def plain(value: Any) -> Any:
 
 
 def envelope(kind: str, data: Any) -> dict[str, Any]:
-    return {"schema_version": SCHEMA_VERSION, "kind": kind, "generated_at": iso(datetime.now(UTC)),
-            "data": plain(data)}
+    return {"schema_version": SCHEMA_VERSION, "kind": kind, "generated_at": iso(datetime.now(UTC)), "data": plain(data)}
 
 
 def emit(kind: str, data: Any, fmt: str, table: Callable[[Any, Any], None]) -> None:
@@ -71,8 +75,13 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     from rich.table import Table
 
     terminal = out.is_terminal
-    t = Table(title=title if terminal else None, box=box.SIMPLE_HEAD if terminal else None,
-              show_edge=False, pad_edge=False, header_style="bold" if terminal else "")
+    t = Table(
+        title=title if terminal else None,
+        box=box.SIMPLE_HEAD if terminal else None,
+        show_edge=False,
+        pad_edge=False,
+        header_style="bold" if terminal else "",
+    )
     for column in columns:
         t.add_column(column, overflow="fold")
     for row in rows:

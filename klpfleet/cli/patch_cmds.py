@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from klpfleet.cli.context import database
@@ -27,8 +29,7 @@ def add(ctx: click.Context, file: str, description: str | None, cves: tuple[str,
     with db.session.begin() as session:
         row, created = add_patch(session, file, description=description, cves=list(cves))
         record = patch_record(session, row)
-    info(f"{'registered' if created else 'already registered'}: {row.name} {row.sha256[:12]} "
-         f"for {row.kernel_release}")
+    info(f"{'registered' if created else 'already registered'}: {row.name} {row.sha256[:12]} for {row.kernel_release}")
     emit("patch", record, output, _patch_table)
 
 
@@ -39,10 +40,28 @@ def list_(ctx: click.Context, output: str) -> None:
     """Every registered patch."""
     with database(ctx).session() as session:
         rows = list_patches(session)
-    emit("patch.list", rows, output, lambda rows, out: table(
-        None, ["name", "sha256", "kernel release", "size", "cves", "applied hosts", "added"],
-        [[r["name"], r["sha256"][:12], r["kernel_release"], r["size"], r["cves"], r["applied_hosts"],
-          r["added_at"]] for r in rows], out))
+    emit(
+        "patch.list",
+        rows,
+        output,
+        lambda rows, out: table(
+            None,
+            ["name", "sha256", "kernel release", "size", "cves", "applied hosts", "added"],
+            [
+                [
+                    r["name"],
+                    r["sha256"][:12],
+                    r["kernel_release"],
+                    r["size"],
+                    r["cves"],
+                    r["applied_hosts"],
+                    r["added_at"],
+                ]
+                for r in rows
+            ],
+            out,
+        ),
+    )
 
 
 @patch.command()
@@ -58,9 +77,14 @@ def show(ctx: click.Context, ref: str, output: str) -> None:
         if not found:
             raise UsageError(f"no patch {ref!r} (see `klpfleet patch list`)")
         records = [patch_record(session, p, with_states=True) for p in found]
-    emit("patch.show", records, output, lambda recs, out: [_patch_table(r, out) for r in recs])
+
+    def render(recs: list[dict[str, Any]], out: Any) -> None:
+        for r in recs:
+            _patch_table(r, out)
+
+    emit("patch.show", records, output, render)
 
 
-def _patch_table(record: dict, out) -> None:  # type: ignore[no-untyped-def, type-arg]
+def _patch_table(record: dict[str, Any], out: Any) -> None:
     rows = [[k, v] for k, v in record.items() if k not in ("rollouts",)]
     table(record["name"], ["field", "value"], rows, out)

@@ -19,11 +19,11 @@ def status(ctx: click.Context, limit: int, output: str) -> None:
     Exit status: 0 healthy, 1 degraded (refused, unreachable, forced or drifted hosts), 2 critical
     (stalled or failed hosts), 3 unknown (the database cannot be read).
     """
-    from klpfleet.views import HEALTH_EXIT, fleet_status
+    from klpfleet.fleet_status import HEALTH_EXIT, fleet_status
 
     try:
-        with database(ctx).session() as session:
-            data = fleet_status(session, attention_limit=limit)
+        with database(ctx).engine.connect() as conn:
+            data = fleet_status(conn, attention_limit=limit)
     except DatabaseError as exc:
         if output == "table":
             raise
@@ -35,23 +35,47 @@ def status(ctx: click.Context, limit: int, output: str) -> None:
 
 def _status_table(d: dict[str, Any], out: Any) -> None:
     hosts = d["hosts"]
-    out.print(f"fleet: {d['health'].upper()}  hosts {hosts['total']} (reachable {hosts['reachable']}, "
-              f"unreachable {hosts['unreachable']})", markup=False)
+    out.print(
+        f"fleet: {d['health'].upper()}  hosts {hosts['total']} (reachable {hosts['reachable']}, "
+        f"unreachable {hosts['unreachable']})",
+        markup=False,
+    )
     table("hosts by kernel release", ["kernel release", "hosts"], sorted(hosts["by_kernel_release"].items()), out)
-    table("patches", ["patch", "sha256", "kernel release", "states"],
-          [[p["name"], p["sha256"][:12], p["kernel_release"], p["states"] or "-"] for p in d["patches"]], out)
+    table(
+        "patches",
+        ["patch", "sha256", "kernel release", "states"],
+        [[p["name"], p["sha256"][:12], p["kernel_release"], p["states"] or "-"] for p in d["patches"]],
+        out,
+    )
     if d["rollouts"]:
-        table("active rollouts", ["id", "patch", "status", "wave", "reason"],
-              [[r["id"], r["patch"], r["status"],
-                f"{(r['current_wave'] or 0) + 1}/{r['waves']}" if r["waves"] else "-", r["pause_reason"]]
-               for r in d["rollouts"]], out)
+        table(
+            "active rollouts",
+            ["id", "patch", "status", "wave", "reason"],
+            [
+                [
+                    r["id"],
+                    r["patch"],
+                    r["status"],
+                    f"{(r['current_wave'] or 0) + 1}/{r['waves']}" if r["waves"] else "-",
+                    r["pause_reason"],
+                ]
+                for r in d["rollouts"]
+            ],
+            out,
+        )
     attention = d["attention"]
     if attention["total"]:
         shown = len(attention["hosts"])
         title = f"needs attention ({attention['total']}" + (f", {shown} shown)" if shown < attention["total"] else ")")
-        table(title, ["host", "patch", "state", "reason", "error", "observed"],
-              [[a["host"], a["patch"], a["state"], a["reason"], a["error_code"], a["observed_at"]]
-               for a in attention["hosts"]], out)
+        table(
+            title,
+            ["host", "patch", "state", "reason", "error", "observed"],
+            [
+                [a["host"], a["patch"], a["state"], a["reason"], a["error_code"], a["observed_at"]]
+                for a in attention["hosts"]
+            ],
+            out,
+        )
 
 
 @click.command()
@@ -61,8 +85,9 @@ def _status_table(d: dict[str, Any], out: Any) -> None:
 @click.option("--label", metavar="KEY=VALUE", help="Only hosts with this label (e.g. zone=a).")
 @output_option
 @click.pass_context
-def hosts(ctx: click.Context, state: str | None, patch_ref: str | None, group: str | None, label: str | None,
-          output: str) -> None:
+def hosts(
+    ctx: click.Context, state: str | None, patch_ref: str | None, group: str | None, label: str | None, output: str
+) -> None:
     """List hosts."""
     from klpfleet.views import list_hosts
 
@@ -74,10 +99,17 @@ def hosts(ctx: click.Context, state: str | None, patch_ref: str | None, group: s
         label_pair = (key, value)
     with database(ctx).session() as session:
         rows = list_hosts(session, state=state, patch=patch_ref, group=group, label=label_pair)
-    emit("hosts", rows, output, lambda rows, out: table(
-        None, ["host", "address", "kernel release", "reachable", "labels", "patches"],
-        [[r["name"], r["address"], r["kernel_release"], r["reachable"], r["labels"], r["patches"]] for r in rows],
-        out))
+    emit(
+        "hosts",
+        rows,
+        output,
+        lambda rows, out: table(
+            None,
+            ["host", "address", "kernel release", "reachable", "labels", "patches"],
+            [[r["name"], r["address"], r["kernel_release"], r["reachable"], r["labels"], r["patches"]] for r in rows],
+            out,
+        ),
+    )
 
 
 @click.command()
@@ -95,20 +127,70 @@ def host(ctx: click.Context, name: str, event_limit: int, output: str) -> None:
 
 
 def _host_table(d: dict[str, Any], out: Any) -> None:
-    table(d["name"], ["field", "value"],
-          [[k, d[k]] for k in ("address", "port", "user", "kernel_release", "livepatch_supported", "reachable",
-                               "last_seen", "groups", "labels")], out)
-    table("patches", ["patch", "state", "enabled", "transition", "stack", "replace", "error", "errno",
-                      "refused object", "attempts", "observed", "by"],
-          [[p["patch"], p["state"], p["enabled"], p["transition"], p["stack_order"], p["replace"], p["error_code"],
-            p["errno"], p["refused_object"], p["attempts"], p["observed_at"], p["observed_by"]]
-           for p in d["patches"]], out)
+    table(
+        d["name"],
+        ["field", "value"],
+        [
+            [k, d[k]]
+            for k in (
+                "address",
+                "port",
+                "user",
+                "kernel_release",
+                "livepatch_supported",
+                "reachable",
+                "last_seen",
+                "groups",
+                "labels",
+            )
+        ],
+        out,
+    )
+    table(
+        "patches",
+        [
+            "patch",
+            "state",
+            "enabled",
+            "transition",
+            "stack",
+            "replace",
+            "error",
+            "errno",
+            "refused object",
+            "attempts",
+            "observed",
+            "by",
+        ],
+        [
+            [
+                p["patch"],
+                p["state"],
+                p["enabled"],
+                p["transition"],
+                p["stack_order"],
+                p["replace"],
+                p["error_code"],
+                p["errno"],
+                p["refused_object"],
+                p["attempts"],
+                p["observed_at"],
+                p["observed_by"],
+            ]
+            for p in d["patches"]
+        ],
+        out,
+    )
     _events_table(d["events"], out)
 
 
 def _events_table(events: list[dict[str, Any]], out: Any) -> None:
-    table("events", ["at", "actor", "kind", "host", "patch", "rollout", "details"],
-          [[e["at"], e["actor"], e["kind"], e["host"], e["patch"], e["rollout"], e["details"]] for e in events], out)
+    table(
+        "events",
+        ["at", "actor", "kind", "host", "patch", "rollout", "details"],
+        [[e["at"], e["actor"], e["kind"], e["host"], e["patch"], e["rollout"], e["details"]] for e in events],
+        out,
+    )
 
 
 @click.command("events")
@@ -118,8 +200,9 @@ def _events_table(events: list[dict[str, Any]], out: Any) -> None:
 @click.option("--limit", default=50, show_default=True)
 @output_option
 @click.pass_context
-def events_cmd(ctx: click.Context, host_name: str | None, rollout_id: int | None, kind: str | None, limit: int,
-               output: str) -> None:
+def events_cmd(
+    ctx: click.Context, host_name: str | None, rollout_id: int | None, kind: str | None, limit: int, output: str
+) -> None:
     """The audit trail, newest first."""
     from sqlalchemy import select
 

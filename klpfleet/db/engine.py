@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
 
 from klpfleet.errors import DatabaseError
+
+if TYPE_CHECKING:  # the ORM costs ~70 ms to import; `klpfleet status` does without it
+    from sqlalchemy.orm import Session, sessionmaker
 
 # The Alembic revision this code expects. tests/test_migrations.py checks it equals the scripts' head,
 # so the schema gate needs no Alembic import on the hot path of every command.
@@ -37,7 +41,7 @@ def resolve_url(url: str | None) -> str:
     return url
 
 
-def _sqlite_pragmas(dbapi_connection, connection_record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     cur = dbapi_connection.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
@@ -50,7 +54,12 @@ def _sqlite_pragmas(dbapi_connection, connection_record) -> None:  # type: ignor
 class Database:
     url: str
     engine: Engine
-    session: sessionmaker[Session]
+
+    @cached_property
+    def session(self) -> sessionmaker[Session]:
+        from sqlalchemy.orm import sessionmaker
+
+        return sessionmaker(self.engine, expire_on_commit=False)
 
     @property
     def is_sqlite(self) -> bool:
@@ -74,9 +83,7 @@ def open_database(url: str | None = None, *, create: bool = False) -> Database:
             path = Path(db_path)
             if not path.exists():
                 if not create:
-                    raise DatabaseError(
-                        f"no database at {path}: run `klpfleet db upgrade` to create it"
-                    )
+                    raise DatabaseError(f"no database at {path}: run `klpfleet db upgrade` to create it")
                 path.parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_MS / 1000}
     elif parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
@@ -88,7 +95,7 @@ def open_database(url: str | None = None, *, create: bool = False) -> Database:
         raise DatabaseError(f"unsupported database URL {parsed.render_as_string()!r}: {exc}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
-    return Database(resolved, engine, sessionmaker(engine, expire_on_commit=False))
+    return Database(resolved, engine)
 
 
 def current_revision(db: Database) -> str | None:
@@ -107,8 +114,7 @@ def require_current_schema(db: Database) -> None:
         return
     where = "empty" if revision is None else f"at schema {revision}"
     raise DatabaseError(
-        f"database {db.display_url()} is {where}, this klpfleet needs schema {SCHEMA_HEAD}: "
-        "run `klpfleet db upgrade`"
+        f"database {db.display_url()} is {where}, this klpfleet needs schema {SCHEMA_HEAD}: run `klpfleet db upgrade`"
     )
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
 
 from klpfleet.db.engine import Database
 
@@ -15,12 +16,12 @@ def script_location() -> str:
     checkout = Path(__file__).resolve().parents[2] / "db"
     if (checkout / "env.py").exists():
         return str(checkout)
-    import klpfleet._migrations as installed  # type: ignore[import-not-found]
+    import klpfleet._migrations as installed
 
     return str(Path(installed.__file__).parent)
 
 
-def _config(connection=None) -> Config:  # type: ignore[no-untyped-def]
+def _config(connection: Connection | None = None) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", script_location())
     cfg.attributes["connection"] = connection

@@ -61,9 +61,7 @@ def read_module(path: str | Path) -> ModuleInfo:
         if not path.is_file():
             raise ModuleFileError(f"{path}: not a regular file")
         if size > MAX_MODULE_BYTES:
-            raise ModuleFileError(
-                f"{path}: {size} bytes is larger than any livepatch module ({MAX_MODULE_BYTES} max)"
-            )
+            raise ModuleFileError(f"{path}: {size} bytes is larger than any livepatch module ({MAX_MODULE_BYTES} max)")
         data = path.read_bytes()
     except OSError as exc:
         raise ModuleFileError(f"{path}: cannot read: {exc.strerror or exc}") from None

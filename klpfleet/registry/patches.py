@@ -14,7 +14,6 @@ from klpfleet.db import events
 from klpfleet.db.engine import default_data_dir
 from klpfleet.db.models import Patch
 from klpfleet.errors import UsageError
-from klpfleet.registry.modinfo import read_livepatch
 
 CVE_PREFIX = "CVE-"
 
@@ -57,6 +56,8 @@ def add_patch(
     session: Session, path: str | Path, *, description: str | None = None, cves: list[str] | None = None
 ) -> tuple[Patch, bool]:
     """Register a livepatch .ko. Returns (patch, created); the same content twice is a no-op."""
+    from klpfleet.registry.modinfo import read_livepatch  # pyelftools only when a file is read
+
     src = Path(path)
     cve_list = validate_cves(cves or [])
     info = read_livepatch(src)

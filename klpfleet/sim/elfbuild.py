@@ -33,7 +33,7 @@ def build_module(modinfo: list[tuple[str, str]], extra_sections: dict[str, bytes
 
     shstrtab = bytearray(b"\0")
     name_offsets = []
-    for name, *_ in sections + [(".shstrtab", 0, 0, b"", 1)]:
+    for name, *_ in [*sections, (".shstrtab", 0, 0, b"", 1)]:
         name_offsets.append(len(shstrtab))
         shstrtab += name.encode() + b"\0"
     sections.append((".shstrtab", SHT_STRTAB, 0, bytes(shstrtab), 1))
@@ -55,8 +55,26 @@ def build_module(modinfo: list[tuple[str, str]], extra_sections: dict[str, bytes
     shnum = len(sections) + 1
     header = struct.pack(
         "<4sBBBBB7sHHIQQQIHHHHHH",
-        b"\x7fELF", 2, 1, 1, 0, 0, b"\0" * 7,  # ELF64, little-endian, version 1, SysV ABI
-        ET_REL, EM_X86_64, 1, 0, 0, shoff, 0, 64, 0, 0, 64, shnum, shnum - 1,
+        b"\x7fELF",
+        2,
+        1,
+        1,
+        0,
+        0,
+        b"\0" * 7,  # ELF64, little-endian, version 1, SysV ABI
+        ET_REL,
+        EM_X86_64,
+        1,
+        0,
+        0,
+        shoff,
+        0,
+        64,
+        0,
+        0,
+        64,
+        shnum,
+        shnum - 1,
     )
     shdrs = bytearray(b"\0" * 64)  # SHN_UNDEF
     for (_name, sh_type, flags, data, align), name_off, offset in zip(sections, name_offsets, offsets, strict=True):

@@ -1,0 +1,83 @@
+"""Recording what was observed about a patch on a host: one upsert of host_patches plus an event.
+
+The Ansible recorder, the probe and the controller all write host patch state through here, so the
+state row and the audit trail can never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from klpfleet.db import events
+from klpfleet.db.models import Host, HostPatch, Patch, utcnow
+from klpfleet.states import PatchState
+
+
+@dataclass
+class PatchObservation:
+    state: PatchState
+    enabled: bool | None = None
+    transition: bool | None = None
+    stack_order: int | None = None
+    replace: bool | None = None
+    objects: dict[str, bool] = field(default_factory=dict)
+    outcome: str | None = None
+    error_code: str | None = None
+    errno: int | None = None
+    refused_object: str | None = None
+    stalled_tasks: list[dict[str, Any]] = field(default_factory=list)
+    attempted: bool = False  # this observation is the result of an attempt to change the host
+
+
+TRACKED = ("enabled", "transition", "stack_order", "replace", "objects", "error_code", "errno", "refused_object")
+
+
+def observe(
+    session: Session,
+    host: Host,
+    patch: Patch,
+    seen: PatchObservation,
+    *,
+    observed_by: str,
+    actor: str | None = None,
+    rollout_id: int | None = None,
+) -> HostPatch:
+    row = session.scalar(select(HostPatch).where(HostPatch.host_id == host.id, HostPatch.patch_id == patch.id))
+    previous = None
+    if row is None:
+        row = HostPatch(host_id=host.id, patch_id=patch.id, state=seen.state.value, observed_by=observed_by)
+        session.add(row)
+    else:
+        previous = row.state
+    before = {k: getattr(row, k) for k in TRACKED}
+    row.state = seen.state.value
+    row.enabled, row.transition = seen.enabled, seen.transition
+    row.stack_order, row.replace = seen.stack_order, seen.replace
+    row.objects = dict(seen.objects)
+    row.error_code, row.errno, row.refused_object = seen.error_code, seen.errno, seen.refused_object
+    row.stalled_tasks = list(seen.stalled_tasks)
+    if seen.outcome is not None:
+        row.last_outcome = seen.outcome
+    if seen.attempted:
+        row.attempts = (row.attempts or 0) + 1
+    row.observed_at = utcnow()
+    row.observed_by = observed_by
+    session.flush()
+
+    after = {k: getattr(row, k) for k in TRACKED}
+    if previous != row.state or before != after or seen.attempted:
+        details: dict[str, Any] = {"from": previous, "to": row.state, "observed_by": observed_by}
+        if seen.outcome:
+            details["outcome"] = seen.outcome
+        for key in ("error_code", "errno", "refused_object"):
+            if after[key] is not None:
+                details[key] = after[key]
+        if seen.stalled_tasks:
+            details["stalled_tasks"] = seen.stalled_tasks
+        event = events.record(session, "patch.state", actor=actor, host=host, patch=patch, **details)
+        event.rollout_id = rollout_id
+    return row

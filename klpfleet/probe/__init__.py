@@ -1,0 +1,1 @@
+"""Read-only fleet probe over SSH."""

@@ -1,0 +1,159 @@
+"""Importing Ansible inventories through ansible-core's inventory manager."""
+
+import textwrap
+
+import pytest
+from sqlalchemy import func, select
+
+from klpfleet.db.models import Event, Host
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def ini(tmp_path):
+    return write(
+        tmp_path / "hosts.ini",
+        """
+        [web]
+        web1 ansible_host=10.0.0.1 ansible_port=2222 ansible_user=ops zone=a rack=r1
+        web2 ansible_host=10.0.0.2 zone=b ansible_password=hunter2 ansible_become_password=root42
+
+        [db]
+        db1 ansible_host=10.0.1.1 zone=a klp_backend=sim klp_sim_root=/tmp/sim/db1
+
+        [web:vars]
+        ansible_ssh_private_key_file=/keys/web
+        klp_api_token=do-not-store
+    """,
+    )
+
+
+def host_rows(db):
+    with db.session() as s:
+        return {h.name: h for h in s.scalars(select(Host))}
+
+
+def event_count(db):
+    with db.session() as s:
+        return s.scalar(select(func.count(Event.id)))
+
+
+def test_ini_import_keeps_connection_vars_groups_and_labels_but_no_secrets(cli, sqlite_db, sqlite_url, ini):
+    result = cli("--db", sqlite_url, "inventory", "import", "-i", ini, "-o", "json")
+    assert result.code == 0, result.err
+    data = result.json()["data"]
+    assert [data[k] for k in ("added", "updated", "unchanged", "removed")] == [3, 0, 0, 0]
+    detail = cli("--db", sqlite_url, "host", "web1", "-o", "json").json()["data"]
+    assert (detail["address"], detail["port"], detail["user"]) == ("10.0.0.1", 2222, "ops")
+    assert detail["groups"] == ["web"]
+    assert detail["labels"] == {"rack": "r1", "zone": "a"}
+    rows = host_rows(sqlite_db)
+    assert rows["web1"].key_file == "/keys/web"  # from [web:vars]
+    assert rows["db1"].vars == {"klp_backend": "sim", "klp_sim_root": "/tmp/sim/db1"}
+    assert rows["db1"].port is None
+    dumped = str([(h.vars, h.address, h.user, h.key_file) for h in rows.values()])
+    for secret in ("hunter2", "root42", "do-not-store"):
+        assert secret not in dumped
+    with sqlite_db.session() as s:
+        assert "hunter2" not in str([e.details for e in s.scalars(select(Event))])
+
+
+def test_import_is_idempotent_and_counts_updates_and_prune(cli, sqlite_db, sqlite_url, ini, tmp_path):
+    cli("--db", sqlite_url, "inventory", "import", "-i", ini)
+    events_after_first = event_count(sqlite_db)
+    second = cli("--db", sqlite_url, "inventory", "import", "-i", ini, "-o", "json").json()["data"]
+    assert (second["added"], second["updated"], second["unchanged"], second["removed"]) == (0, 0, 3, 0)
+    assert event_count(sqlite_db) == events_after_first  # nothing changed, nothing logged
+
+    smaller = write(
+        tmp_path / "smaller.ini",
+        """
+        [web]
+        web1 ansible_host=10.0.0.9 ansible_port=2222 ansible_user=ops zone=a rack=r1
+    """,
+    )
+    no_prune = cli("--db", sqlite_url, "inventory", "import", "-i", smaller, "-o", "json").json()["data"]
+    assert (no_prune["updated"], no_prune["removed"]) == (1, 0)
+    assert set(host_rows(sqlite_db)) == {"web1", "web2", "db1"}
+    pruned = cli("--db", sqlite_url, "inventory", "import", "-i", smaller, "--prune", "-o", "json").json()["data"]
+    assert (pruned["unchanged"], pruned["removed"]) == (1, 2)
+    assert set(host_rows(sqlite_db)) == {"web1"}
+    kinds = [e["kind"] for e in cli("--db", sqlite_url, "events", "--limit", "100", "-o", "json").json()["data"]]
+    assert kinds.count("host.removed") == 2 and kinds.count("host.updated") == 1
+
+
+def test_yaml_and_directory_sources_with_group_vars(cli, sqlite_db, sqlite_url, tmp_path):
+    inv = tmp_path / "inv"
+    write(
+        inv / "fleet.yml",
+        """
+        all:
+          children:
+            prod:
+              hosts:
+                app-01: {ansible_host: 192.0.2.10}
+                app-02: {ansible_host: 192.0.2.11, zone: east}
+    """,
+    )
+    write(
+        inv / "group_vars" / "prod.yml",
+        """
+        zone: west
+        ansible_user: deploy
+        klp_labels: {tier: app}
+    """,
+    )
+    result = cli("--db", sqlite_url, "inventory", "import", "-i", inv, "-o", "json")
+    assert result.code == 0, result.err
+    rows = cli("--db", sqlite_url, "hosts", "-o", "json").json()["data"]
+    labels = {r["name"]: r["labels"] for r in rows}
+    assert labels == {"app-01": {"tier": "app", "zone": "west"}, "app-02": {"tier": "app", "zone": "east"}}
+    assert host_rows(sqlite_db)["app-01"].user == "deploy"
+    by_label = cli("--db", sqlite_url, "hosts", "--label", "zone=east", "-o", "json").json()["data"]
+    assert [r["name"] for r in by_label] == ["app-02"]
+    by_group = cli("--db", sqlite_url, "hosts", "--group", "prod", "-o", "json").json()["data"]
+    assert len(by_group) == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("all:\n  hosts: [unclosed\n", "cannot read inventory"),
+        ("[web\nweb1\n", "cannot read inventory"),
+        ("[web]\nweb1 ansible_port=twenty\n", "is not a number"),
+        ("[web]\nweb1 ansible_port=70000\n", "out of range"),
+        ("all:\n  hosts:\n    'bad;rm -rf /':\n", "refusing inventory host name"),
+        ('all:\n  hosts:\n    "$(reboot)":\n', "refusing inventory host name"),
+        (f"all:\n  hosts:\n    {'a' * 300}:\n", "refusing inventory host name"),
+    ],
+)
+def test_malformed_or_hostile_inventory_is_one_line_and_changes_nothing(
+    cli, sqlite_db, sqlite_url, ini, tmp_path, content, message
+):
+    cli("--db", sqlite_url, "inventory", "import", "-i", ini)
+    before = (sorted(host_rows(sqlite_db)), event_count(sqlite_db))
+    bad = tmp_path / ("bad.yml" if content.startswith("all") else "bad.ini")
+    bad.write_text(content)
+    result = cli("--db", sqlite_url, "inventory", "import", "-i", bad, "--prune")
+    assert result.code != 0
+    assert message in result.err
+    assert len(result.err.strip().splitlines()) == 1, result.err
+    assert (sorted(host_rows(sqlite_db)), event_count(sqlite_db)) == before
+
+
+def test_missing_source_is_refused(cli, sqlite_db, sqlite_url, tmp_path):
+    result = cli("--db", sqlite_url, "inventory", "import", "-i", tmp_path / "none.ini")
+    assert result.code == 2
+    assert "does not exist" in result.err
+
+
+def test_import_on_postgres(cli, pg_url, ini):
+    assert cli("--db", pg_url, "db", "upgrade").code == 0
+    first = cli("--db", pg_url, "inventory", "import", "-i", ini, "-o", "json").json()["data"]
+    again = cli("--db", pg_url, "inventory", "import", "-i", ini, "-o", "json").json()["data"]
+    assert (first["added"], again["unchanged"]) == (3, 3)
