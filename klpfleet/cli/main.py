@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "hosts": ("klpfleet.cli.status_cmds", "hosts", "List hosts, filtered by patch state, patch, group or label."),
     "host": ("klpfleet.cli.status_cmds", "host", "One host: per-patch state and recent events."),
     "events": ("klpfleet.cli.status_cmds", "events_cmd", "The audit trail, newest first."),
+    "sim": ("klpfleet.cli.sim_cmds", "sim", "Simulated kernels, hosts and fleets."),
     "demo": ("klpfleet.cli.demo_cmds", "demo", "Run the end-to-end demonstration on a fleet of its own."),
 }
 

@@ -1,0 +1,1132 @@
+# -*- coding: utf-8 -*-
+# Copyright: klpfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# PRIVATE: internal to the klpfleet.livepatch collection, not a public API.
+"""A simulated Linux kernel with livepatch, as ../shared/docs/kernel-livepatch.md specifies it.
+
+The model answers the same primitive calls as a real host (sysfs/procfs reads and writes with the
+kernel's errno, kmod's tools with their exact stderr and exit status, /dev/kmsg, the clock). Its whole
+state is one JSON document per host, kept in `sim_root`, so every process that touches the host (an
+Ansible module, the probe, a test) sees the same kernel.
+
+Time: the kernel clock advances with wall time times `speed` (0 freezes it), and by every `sleep()`,
+which returns at once. Transitions retry on each whole second of kernel time, so a 60 s timeout or a
+15-retry signal costs microseconds of real time.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import fnmatch
+import json
+import os
+import time
+
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._modinfo import (
+    ModinfoError,
+    first,
+    read_module_file,
+)
+
+SPEC_SECTION = ".klpfleet.spec"
+STATE_FILE = "kernel.json"
+LOG_LIMIT = 20000  # records kept, like a ring buffer
+
+KLP = "/sys/kernel/livepatch"
+TAINT_FLAGS = [  # bit, letter, name
+    (0, "P", "proprietary_module"), (1, "F", "forced_module"), (2, "S", "cpu_out_of_spec"),
+    (3, "R", "forced_rmmod"), (4, "M", "machine_check"), (5, "B", "bad_page"), (6, "U", "user"),
+    (7, "D", "die"), (8, "A", "overridden_acpi_table"), (9, "W", "warn"), (10, "C", "crap"),
+    (11, "I", "firmware_workaround"), (12, "O", "oot_module"), (13, "E", "unsigned_module"),
+    (14, "L", "softlockup"), (15, "K", "livepatch"), (16, "X", "aux"), (17, "T", "randstruct"),
+    (18, "N", "test"),
+]
+TAINT_OOT, TAINT_UNSIGNED, TAINT_LIVEPATCH = 1 << 12, 1 << 13, 1 << 15
+
+MODULE_STATES = {
+    "live": "[MODULE_STATE_LIVE] Normal state",
+    "coming": "[MODULE_STATE_COMING] Full formed, running module_init",
+    "going": "[MODULE_STATE_GOING] Going away",
+}
+
+# kmod's wording: strerror, except where insmod words it otherwise (section 6 of the reference).
+INSMOD_MESSAGES = {
+    errno.EINVAL: "Invalid parameters",
+    errno.ENOEXEC: "Invalid module format",
+    errno.ENOENT: "Unknown symbol in module",
+    errno.ESRCH: "Module has wrong symbol version",
+}
+ERRNO_BY_NAME = {name: num for num, name in errno.errorcode.items()}
+
+
+class KernelError(OSError):
+    def __init__(self, err, path=None):
+        OSError.__init__(self, err, os.strerror(err), path)
+
+
+def errno_value(value):
+    """EBUSY, 16, -16, '-16' -> 16."""
+    if isinstance(value, str) and not value.lstrip("-").isdigit():
+        if value not in ERRNO_BY_NAME:
+            raise ValueError("unknown errno name %r" % value)
+        return ERRNO_BY_NAME[value]
+    return abs(int(value))
+
+
+def release_version(release):
+    parts = []
+    for piece in release.split("-")[0].split(".")[:2]:
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits or 0))
+    while len(parts) < 2:
+        parts.append(0)
+    return tuple(parts)
+
+
+def vermagic_for(release):
+    return "%s SMP preempt mod_unload modversions " % release
+
+
+def kstrtobool(text):
+    s = text.strip()
+    if not s:
+        raise KernelError(errno.EINVAL)
+    c = s[0]
+    if c in "yY1":
+        return True
+    if c in "nN0":
+        return False
+    if c in "oO" and len(s) > 1:
+        if s[1] in "nN":
+            return True
+        if s[1] in "fF":
+            return False
+    raise KernelError(errno.EINVAL)
+
+
+def new_kernel(kernel_release="6.1.0-56-amd64", **options):
+    """A freshly booted kernel's state."""
+    state = {
+        "format": 1,
+        "kernel_release": kernel_release,
+        "livepatch": True,
+        "module_sig": True,        # CONFIG_MODULE_SIG: unsigned modules taint E
+        "sig_enforce": False,
+        "lockdown": "none",         # none | integrity | confidentiality
+        "speed": 1.0,
+        "clock": 5.0,               # seconds since boot
+        "wall": time.time(),
+        "next_tick": 6.0,
+        "seq": 0,
+        "log": [],
+        "debug": {"livepatch": False, "try_switch": False},
+        "taint": 0,
+        "taint_logged": [],
+        "modules": {},              # name -> loaded module, in load order
+        "module_order": [],
+        "patches": [],              # klp_patches: enabled or in transition, in enable order
+        "transition": None,
+        "tasks": [
+            {"pid": 1, "comm": "init", "patch_state": -1},
+            {"pid": 2, "comm": "kthreadd", "patch_state": -1},
+            {"pid": 120, "comm": "sshd", "patch_state": -1},
+        ],
+        "next_pid": 1000,
+        "faults": {},
+        "module_dir": None,         # where modprobe finds modules by name
+        "overrides": {},
+    }
+    state.update(options)
+    return state
+
+
+class SimKernel(object):
+    """The model. Every public method is one thing user space can do to a kernel."""
+
+    def __init__(self, state):
+        self.s = state
+
+    # ------------------------------------------------------------------ clock and log
+
+    def sync_wall_clock(self):
+        now = time.time()
+        elapsed = max(0.0, now - self.s.get("wall", now))
+        self.s["wall"] = now
+        if self.s.get("speed", 1.0) > 0 and elapsed > 0:
+            self.advance(elapsed * self.s["speed"])
+
+    def advance(self, seconds):
+        """Let kernel time pass: transitions retry on each whole second, as klp_transition_work does."""
+        target = self.s["clock"] + max(0.0, seconds)
+        while self.s["transition"] is not None and self.s["next_tick"] <= target:
+            self.s["clock"] = self.s["next_tick"]
+            self.s["next_tick"] += 1.0
+            self._expire_tasks()
+            self._retry_transition()
+        self.s["clock"] = target
+        self._expire_tasks()
+        if self.s["transition"] is None:
+            self.s["next_tick"] = float(int(target) + 1)
+
+    def log(self, text):
+        self.s["seq"] += 1
+        self.s["log"].append([self.s["seq"], round(self.s["clock"], 6), text])
+        if len(self.s["log"]) > LOG_LIMIT:
+            del self.s["log"][: len(self.s["log"]) - LOG_LIMIT]
+
+    def klp(self, text):
+        self.log("livepatch: " + text)
+
+    def klp_debug(self, text):
+        if self.s["debug"].get("livepatch"):
+            self.klp(text)
+
+    def read_log(self, cursor=-1):
+        records = [(seq, ts, text) for seq, ts, text in self.s["log"] if seq > cursor]
+        return records, self.s["seq"]
+
+    # ------------------------------------------------------------------ lookups
+
+    @property
+    def version(self):
+        return release_version(self.s["kernel_release"])
+
+    def patch(self, name):
+        for p in self.s["patches"]:
+            if p["name"] == name:
+                return p
+        return None
+
+    def transition_patch(self):
+        t = self.s["transition"]
+        return self.patch(t["patch"]) if t else None
+
+    def module_loaded(self, name):
+        m = self.s["modules"].get(name)
+        return m is not None and m["state"] in ("live", "coming", "going")
+
+    def object_loaded(self, obj):
+        if obj["name"] == "vmlinux":
+            return True
+        m = self.s["modules"].get(obj["name"])
+        return m is not None and m["state"] in ("live", "coming")
+
+    def obj_label(self, obj):
+        if obj["name"] == "vmlinux":
+            return "vmlinux"
+        m = self.s["modules"].get(obj["name"])
+        return "%s -> %s" % (obj["name"], MODULE_STATES[m["state"] if m else "live"])
+
+    def spec_of(self, patch):
+        return self.s["modules"][patch["module"]]["spec"]
+
+    def obj_spec(self, patch, obj):
+        for o in self.spec_of(patch).get("objects", []):
+            if o["name"] == obj["name"]:
+                return o
+        return {}
+
+    def param(self, module_name, param):
+        m = self.s["modules"].get(module_name)
+        if m is None:
+            return None
+        return m["params"].get(param)
+
+    # ------------------------------------------------------------------ callbacks
+
+    def prev_state_holder(self, patch, state_id):
+        """klp_get_prev_state(): a patch installed before this one that holds the state."""
+        for p in self.s["patches"]:
+            if p is patch or p["name"] == patch["name"]:
+                return None
+            if any(st["id"] == state_id for st in p["states"]):
+                return p
+        return None
+
+    def run_callback(self, patch, obj, which):
+        """Log a callback's lines; return what it returns (only pre_patch returns anything)."""
+        spec = self.spec_of(patch)
+        cb = self.obj_spec(patch, obj).get("callbacks", {}).get(which)
+        ret = 0
+        if cb:
+            lines = cb.get("log", [])
+            state_id = cb.get("prev_state")
+            if state_id is not None and cb.get("log_prev") is not None and self.prev_state_holder(patch, state_id):
+                lines = cb["log_prev"]
+            for line in lines:
+                self.log(line.format(mod=spec["name"], obj=self.obj_label(obj), cb=which))
+            ret = self.resolve(patch["module"], cb.get("ret", 0))
+        if which == "pre_patch" and not ret:
+            ret = self.fault_refusal(patch, obj)
+        return ret
+
+    def resolve(self, module_name, value):
+        if isinstance(value, str) and value.startswith("param:"):
+            value = self.param(module_name, value[6:])
+        try:
+            return int(value or 0)
+        except (TypeError, ValueError):
+            return 0
+
+    def fault_refusal(self, patch, obj):
+        for fault in self.s["faults"].get("refuse", []):
+            if fnmatch.fnmatchcase(patch["name"], fault.get("patch", "*")) and fnmatch.fnmatchcase(
+                obj["name"], fault.get("object", "*")
+            ):
+                return -errno_value(fault.get("errno", "ENODEV"))
+        return 0
+
+    def pre_patch(self, patch, obj):
+        ret = self.run_callback(patch, obj, "pre_patch")
+        if not ret:
+            obj["post_unpatch_enabled"] = True
+        return ret
+
+    def post_patch(self, patch, obj):
+        self.run_callback(patch, obj, "post_patch")
+
+    def pre_unpatch(self, patch, obj):
+        self.run_callback(patch, obj, "pre_unpatch")
+
+    def post_unpatch(self, patch, obj):
+        if obj.get("post_unpatch_enabled"):
+            self.run_callback(patch, obj, "post_unpatch")
+        obj["post_unpatch_enabled"] = False
+
+    def hook(self, patch, obj):
+        """klp_patch_object(): can fail only by a fault (another ftrace user holds the function)."""
+        for fault in self.s["faults"].get("ftrace_busy", []):
+            for func in obj["funcs"]:
+                if fnmatch.fnmatchcase(func, fault.get("function", "*")):
+                    self.klp("failed to register ftrace handler for function '%s' (-16)" % func)
+                    return -errno.EBUSY
+        obj["patched"] = True
+        return 0
+
+    # ------------------------------------------------------------------ transitions
+
+    def start_transition(self, patch, target):
+        self.s["transition"] = {"patch": patch["name"], "target": target, "attempts": 0, "signaled": False}
+        for task in self.s["tasks"]:
+            task["patch_state"] = 1 - target
+        self.klp("'%s': starting %s transition" % (patch["name"], "patching" if target else "unpatching"))
+        self.s["next_tick"] = float(int(self.s["clock"]) + 1)
+
+    def transition_funcs(self):
+        patch = self.transition_patch()
+        funcs = set()
+        for obj in patch["objects"]:
+            if self.object_loaded(obj):
+                funcs.update(obj["funcs"])
+        return funcs
+
+    def blocking_function(self, task, funcs):
+        sleeping = task.get("sleeping_in")
+        if not sleeping:
+            return None
+        for func in sorted(funcs):
+            if any(fnmatch.fnmatchcase(func, pattern) for pattern in sleeping):
+                return func
+        return None
+
+    def try_complete(self):
+        t = self.s["transition"]
+        funcs = self.transition_funcs()
+        stalled = []
+        for task in self.s["tasks"]:
+            if task["patch_state"] == t["target"]:
+                continue
+            func = self.blocking_function(task, funcs)
+            if func is None:
+                task["patch_state"] = t["target"]
+            else:
+                stalled.append((task, func))
+        if stalled:
+            if self.s["debug"].get("try_switch"):
+                for task, func in stalled:
+                    self.klp("klp_try_switch_task: %s:%d is sleeping on function %s" % (task["comm"], task["pid"], func))
+            return False
+        self.complete_transition()
+        return True
+
+    def _retry_transition(self):
+        t = self.s["transition"]
+        if t is None:
+            return
+        if t.get("forced"):
+            self.complete_transition()
+            return
+        t["attempts"] += 1
+        if self.try_complete():
+            return
+        if t["attempts"] % 15 == 0:
+            self.signal_tasks()
+
+    def signal_tasks(self):
+        t = self.s["transition"]
+        if not t["signaled"]:
+            self.klp("signaling remaining tasks")
+            t["signaled"] = True
+        for task in self.s["tasks"]:
+            if task["patch_state"] != t["target"] and task.get("sleeping_in") and not task.get("ignores_signal"):
+                task["sleeping_in"] = None  # the fake signal woke it; it leaves the patched function
+
+    def _expire_tasks(self):
+        now = self.s["clock"]
+        for task in self.s["tasks"]:
+            until = task.get("until")
+            if task.get("sleeping_in") and until is not None and now >= until:
+                task["sleeping_in"] = None
+
+    def complete_transition(self):
+        t = self.s["transition"]
+        patch = self.transition_patch()
+        target = t["target"]
+        self.klp_debug("'%s': completing %s transition" % (patch["name"], "patching" if target else "unpatching"))
+        replaced = []
+        if target == 1 and patch["replace"]:
+            # Replaced patches are unpatched now but freed only after the callbacks below, so
+            # klp_get_prev_state() still finds their states during post_patch. No lines, no callbacks.
+            replaced = [p for p in self.s["patches"] if p is not patch]
+            for old in replaced:
+                for obj in old["objects"]:
+                    obj["patched"] = False
+        if target == 0:
+            for obj in patch["objects"]:
+                obj["patched"] = False
+        for task in self.s["tasks"]:
+            task["patch_state"] = -1
+        for obj in patch["objects"]:
+            if not self.object_loaded(obj):
+                continue
+            if target == 1:
+                self.post_patch(patch, obj)
+            else:
+                self.post_unpatch(patch, obj)
+        self.klp("'%s': %s complete" % (patch["name"], "patching" if target else "unpatching"))
+        self.s["transition"] = None
+        if not patch["enabled"]:
+            self.free_patch(patch)
+        for old in replaced:
+            self.free_patch(old)
+
+    def free_patch(self, patch):
+        self.s["patches"] = [p for p in self.s["patches"] if p is not patch]
+        module = self.s["modules"].get(patch["module"])
+        if module is not None and not patch.get("forced"):
+            module["refcnt"] = max(0, module["refcnt"] - 1)
+
+    # ------------------------------------------------------------------ enable / disable
+
+    def states_compatible(self, spec):
+        new_states = {st["id"]: st["version"] for st in spec.get("states", [])}
+        for old in self.s["patches"]:
+            for st in old["states"]:
+                if st["id"] not in new_states:
+                    if self.patch_replace(spec):
+                        return False
+                elif new_states[st["id"]] < st["version"]:
+                    return False
+        return True
+
+    def patch_replace(self, spec, module_name=None):
+        value = spec.get("replace", False)
+        if isinstance(value, str) and value.startswith("param:"):
+            return bool(self.resolve(module_name or spec["name"], value))
+        return bool(value)
+
+    def klp_enable_patch(self, module):
+        spec = module["spec"]
+        name = spec["name"]
+        if not module["modinfo_livepatch"]:
+            self.klp("module %s is not marked as a livepatch module" % name)
+            return -errno.EINVAL
+        if not self.s["livepatch"]:
+            return -errno.ENODEV
+        if not self.states_compatible(spec):
+            self.klp("Livepatch patch (%s) is not compatible with the already installed livepatches." % name)
+            return -errno.EINVAL
+        patch = {
+            "name": name,
+            "module": name,
+            "enabled": False,
+            "forced": False,
+            "replace": self.patch_replace(spec, name),
+            "states": [dict(st) for st in spec.get("states", [])],
+            "objects": [
+                {"name": o["name"], "funcs": list(o.get("funcs", [])), "patched": False,
+                 "post_unpatch_enabled": False}
+                for o in spec.get("objects", [])
+            ],
+        }
+        if self.s["transition"] is not None:
+            return -errno.EBUSY  # another transition: refused with no log line
+        module["refcnt"] += 1
+        self.s["patches"].append(patch)
+        self.klp("enabling patch '%s'" % name)
+        self.klp_debug("'%s': initializing patching transition" % name)
+        for obj in patch["objects"]:
+            if not self.object_loaded(obj):
+                continue
+            ret = self.pre_patch(patch, obj)
+            if ret:
+                self.klp("pre-patch callback failed for object '%s'" % obj["name"])
+                return self.cancel_enable(patch, ret)
+            ret = self.hook(patch, obj)
+            if ret:
+                self.klp("failed to patch object '%s'" % obj["name"])
+                return self.cancel_enable(patch, ret)
+        self.start_transition(patch, 1)
+        patch["enabled"] = True
+        self.try_complete()
+        return 0
+
+    def cancel_enable(self, patch, ret):
+        self.klp("failed to enable patch '%s'" % patch["name"])
+        self.klp_debug("'%s': canceling patching transition, going to unpatch" % patch["name"])
+        self.s["transition"] = {"patch": patch["name"], "target": 0, "attempts": 0, "signaled": False}
+        self.complete_transition()  # patch["enabled"] is False: it is freed
+        return ret
+
+    def disable_patch(self, patch):
+        if self.s["transition"] is not None:
+            raise KernelError(errno.EBUSY)
+        self.klp_debug("'%s': initializing unpatching transition" % patch["name"])
+        for obj in patch["objects"]:
+            if obj["patched"] and self.object_loaded(obj):
+                self.pre_unpatch(patch, obj)
+        self.start_transition(patch, 0)
+        patch["enabled"] = False
+        self.try_complete()
+
+    def reverse_transition(self, patch):
+        t = self.s["transition"]
+        self.klp_debug("'%s': reversing transition from %s" % (
+            patch["name"], "patching to unpatching" if t["target"] == 1 else "unpatching to patching"))
+        patch["enabled"] = not patch["enabled"]
+        t["target"] = 1 - t["target"]
+        t["attempts"] = 0
+        t["signaled"] = False
+        self.klp("'%s': starting %s transition" % (patch["name"], "patching" if t["target"] else "unpatching"))
+        self.s["next_tick"] = float(int(self.s["clock"]) + 1)
+
+    def force_transition(self, patch):
+        self.klp("forcing remaining tasks to the patched state")
+        t = self.s["transition"]
+        for task in self.s["tasks"]:
+            task["patch_state"] = t["target"]
+        for p in (self.s["patches"] if patch["replace"] else [patch]):
+            p["forced"] = True
+        t["forced"] = True  # completes on the next retry
+
+    # ------------------------------------------------------------------ module load / unload
+
+    def taint(self, flag, key, line):
+        self.s["taint"] |= flag
+        if key not in self.s["taint_logged"]:
+            self.s["taint_logged"].append(key)
+            self.log(line)
+
+    def load_module(self, path, params):
+        """init_module(): returns 0 or -errno."""
+        try:
+            modinfo, sections = read_module_file(path)
+        except ModinfoError:
+            return -errno.ENOEXEC
+        name = first(modinfo, "name")
+        if not name:
+            return -errno.ENOEXEC
+        try:
+            spec = json.loads(sections[SPEC_SECTION].decode("utf-8")) if SPEC_SECTION in sections else {}
+        except ValueError:
+            return -errno.ENOEXEC
+        spec.setdefault("name", name)
+        spec["name"] = name
+        if name in self.s["modules"]:
+            return -errno.EEXIST
+        if not spec.get("signed", False) and self.s["module_sig"]:
+            if self.s["sig_enforce"]:
+                self.log("Loading of unsigned module is rejected")
+                return -errno.EKEYREJECTED
+            if self.s["lockdown"] != "none":
+                self.log("Lockdown: insmod: unsigned module loading is restricted; see man kernel_lockdown.7")
+                return -errno.EPERM
+        vermagic = first(modinfo, "vermagic", "")
+        if vermagic != vermagic_for(self.s["kernel_release"]):
+            self.log("%s: version magic '%s' should be '%s'" % (name, vermagic, vermagic_for(self.s["kernel_release"])))
+            return -errno.ENOEXEC
+        is_lp = first(modinfo, "livepatch") == "Y"
+        if is_lp and not self.s["livepatch"]:
+            self.log("%s: module is marked as livepatch module, but livepatch support is disabled" % name)
+            return -errno.ENOEXEC
+        values = {}
+        for pname, pspec in spec.get("params", {}).items():
+            values[pname] = pspec.get("default")
+        for item in params:
+            key, _, raw = item.partition("=")
+            if key not in spec.get("params", {}):
+                self.log("%s: unknown parameter '%s' ignored" % (name, key))
+                continue
+            try:
+                values[key] = parse_param(spec["params"][key].get("type", "int"), raw)
+            except ValueError:
+                self.log("%s: `%s' invalid for parameter `%s'" % (name, raw, key))
+                return -errno.EINVAL
+        if not first(modinfo, "intree"):
+            self.taint(TAINT_OOT, "oot", "%s: loading out-of-tree module taints kernel." % name)
+        if is_lp:
+            self.taint(TAINT_LIVEPATCH, "livepatch", "%s: tainting kernel with TAINT_LIVEPATCH" % name)
+        if not spec.get("signed", False) and self.s["module_sig"]:
+            self.taint(TAINT_UNSIGNED, "unsigned",
+                       "%s: module verification failed: signature and/or required key missing - tainting kernel" % name)
+        module = {"name": name, "spec": spec, "params": values, "refcnt": 0, "state": "coming",
+                  "modinfo_livepatch": is_lp, "path": os.path.abspath(path)}
+        self.s["modules"][name] = module
+        self.s["module_order"].append(name)
+        ret = self.module_coming(module)
+        if ret == 0:
+            ret = self.module_init(module)
+        if ret:
+            module["state"] = "going"
+            self.module_going_notifier(module)
+            self.forget_module(name)
+            return ret
+        module["state"] = "live"
+        return 0
+
+    def module_coming(self, module):
+        applied = []
+        for patch in list(self.s["patches"]):
+            for obj in patch["objects"]:
+                if obj["name"] != module["name"]:
+                    continue
+                self.klp("applying patch '%s' to loading module '%s'" % (patch["name"], module["name"]))
+                ret = self.pre_patch(patch, obj)
+                if ret:
+                    self.klp("pre-patch callback failed for object '%s'" % obj["name"])
+                else:
+                    ret = self.hook(patch, obj)
+                    if ret:
+                        self.klp("failed to apply patch '%s' to module '%s' (%d)" % (patch["name"], module["name"], ret))
+                if ret:
+                    self.klp("patch '%s' failed for module '%s', refusing to load module '%s'"
+                             % (patch["name"], module["name"], module["name"]))
+                    module["state"] = "going"
+                    for done_patch, done_obj in applied:
+                        self.revert_object(done_patch, done_obj, module)
+                    self.record_refusal(patch, module, obj, ret)
+                    return ret
+                if self.s["transition"] is None or self.s["transition"]["patch"] != patch["name"]:
+                    self.post_patch(patch, obj)
+                applied.append((patch, obj))
+        return 0
+
+    def record_refusal(self, patch, module, obj, ret):
+        self.s.setdefault("refused_loads", []).append(
+            {"patch": patch["name"], "module": module["name"], "object": obj["name"], "errno": -ret,
+             "clock": self.s["clock"]})
+
+    def revert_object(self, patch, obj, module):
+        in_transition = self.s["transition"] is not None and self.s["transition"]["patch"] == patch["name"]
+        if not in_transition and obj["patched"]:
+            self.pre_unpatch(patch, obj)
+        self.klp("reverting patch '%s' on unloading module '%s'" % (patch["name"], module["name"]))
+        obj["patched"] = False
+        self.post_unpatch(patch, obj)
+
+    def module_going_notifier(self, module):
+        for patch in list(self.s["patches"]):
+            for obj in patch["objects"]:
+                if obj["name"] == module["name"] and obj["patched"]:
+                    self.revert_object(patch, obj, module)
+
+    def module_init(self, module):
+        spec = module["spec"]
+        name = module["name"]
+        for line in spec.get("init_log", []):
+            self.log(line.format(mod=name))
+        for task_spec in spec.get("tasks", []):
+            self.start_module_task(module, task_spec)
+        ret = self.resolve(name, spec.get("init_ret", 0))
+        if ret:
+            return ret
+        if module["modinfo_livepatch"] or spec.get("livepatch"):
+            return self.klp_enable_patch(module)
+        return 0
+
+    def start_module_task(self, module, task_spec):
+        name = module["name"]
+        for line in task_spec.get("log_enter", []):
+            self.log(line.format(mod=name))
+        blocks = True
+        if task_spec.get("while_param"):
+            blocks = bool(module["params"].get(task_spec["while_param"]))
+        if not blocks:
+            for line in task_spec.get("log_exit", []):
+                self.log(line.format(mod=name))
+            return
+        seconds = task_spec.get("seconds")
+        self.s["tasks"].append({
+            "pid": self.next_pid(),
+            "comm": task_spec.get("comm", "kworker/0:1"),
+            "patch_state": -1 if self.s["transition"] is None else 1 - self.s["transition"]["target"],
+            "sleeping_in": [task_spec["function"]],
+            "until": None if seconds in (None, "forever") else self.s["clock"] + float(seconds),
+            "ignores_signal": task_spec.get("ignores_signal", True),
+            "module": name,
+            "log_exit": task_spec.get("log_exit", []),
+            "stack": [task_spec["function"]],
+        })
+
+    def next_pid(self):
+        pid = self.s["next_pid"]
+        self.s["next_pid"] += 1
+        return pid
+
+    def forget_module(self, name):
+        self.s["modules"].pop(name, None)
+        self.s["module_order"] = [m for m in self.s["module_order"] if m != name]
+
+    def unload_module(self, name):
+        """delete_module(): returns 0 or -errno."""
+        module = self.s["modules"].get(name)
+        if module is None or module["state"] != "live":
+            return -errno.ENOENT
+        if module["refcnt"] > 0:
+            return -errno.EWOULDBLOCK
+        module["state"] = "going"
+        for task in [t for t in self.s["tasks"] if t.get("module") == name]:
+            for line in task.get("log_exit", []):
+                self.log(line.format(mod=name))
+            self.s["tasks"].remove(task)
+        for line in module["spec"].get("exit_log", []):
+            self.log(line.format(mod=name))
+        self.module_going_notifier(module)
+        self.forget_module(name)
+        return 0
+
+    # ------------------------------------------------------------------ kmod's tools
+
+    def tool(self, argv, cwd=None):
+        tool = os.path.basename(argv[0])
+        args = list(argv[1:])
+        if tool == "insmod":
+            return self.insmod(args, cwd)
+        if tool == "rmmod":
+            return self.rmmod(args)
+        if tool == "modprobe":
+            return self.modprobe(args, cwd)
+        return 127, "", "%s: command not found\n" % tool
+
+    def insmod(self, args, cwd=None):
+        if not args:
+            return 1, "", "Usage:\n\tinsmod [options] filename [args]\n"
+        path = args[0]
+        full = os.path.join(cwd or os.getcwd(), path)
+        if not os.path.isfile(full):
+            return 1, "", "insmod: ERROR: could not load module %s: No such file or directory\n" % path
+        ret = self.load_module(full, args[1:])
+        if ret:
+            err = -ret
+            message = INSMOD_MESSAGES.get(err, os.strerror(err))
+            return 1, "", "insmod: ERROR: could not insert module %s: %s\n" % (path, message)
+        return 0, "", ""
+
+    def rmmod(self, args):
+        names = [a for a in args if not a.startswith("-")]
+        if not names:
+            return 1, "", "rmmod: ERROR: missing module name.\n"
+        rc, err = 0, ""
+        for raw in names:
+            name = os.path.basename(raw)
+            if name.endswith(".ko"):
+                name = name[:-3]
+            name = name.replace("-", "_")
+            ret = self.unload_module(name)
+            if ret == -errno.ENOENT:
+                rc, err = 1, err + "rmmod: ERROR: Module %s is not currently loaded\n" % name
+            elif ret:
+                rc, err = 1, err + "rmmod: ERROR: Module %s is in use\n" % name
+        return rc, "", err
+
+    def modprobe(self, args, cwd=None):
+        remove = "-r" in args
+        names = [a for a in args if not a.startswith("-")]
+        if not names:
+            return 1, "", "modprobe: ERROR: missing parameters. See -h.\n"
+        name = names[0].replace("-", "_")
+        if remove:
+            ret = self.unload_module(name)
+            if ret == -errno.ENOENT:
+                return 0, "", ""
+            if ret:
+                return 1, "", "modprobe: FATAL: Module %s is in use.\n" % name
+            return 0, "", ""
+        if name in self.s["modules"]:
+            return 0, "", ""
+        module_dir = self.s.get("module_dir")
+        path = os.path.join(module_dir, name + ".ko") if module_dir else None
+        if not path or not os.path.isfile(path):
+            return 1, "", "modprobe: FATAL: Module %s not found in directory /lib/modules/%s\n" % (
+                name, self.s["kernel_release"])
+        ret = self.load_module(path, names[1:])
+        if ret:
+            return 1, "", "modprobe: ERROR: could not insert '%s': %s\n" % (name, os.strerror(-ret))
+        return 0, "", ""
+
+    # ------------------------------------------------------------------ the filesystem
+
+    def read(self, path):
+        path = os.path.normpath(path)
+        value = self._read(path)
+        if value is None:
+            raise KernelError(errno.ENOENT, path)
+        return value
+
+    def _read(self, path):
+        if path in self.s["overrides"]:
+            return self.s["overrides"][path]
+        parts = path.strip("/").split("/")
+        if path == "/proc/sys/kernel/osrelease":
+            return self.s["kernel_release"] + "\n"
+        if path == "/proc/sys/kernel/tainted":
+            return "%d\n" % self.s["taint"]
+        if path == "/proc/cmdline":
+            return self.effect(path, "BOOT_IMAGE=/boot/vmlinuz-%s root=/dev/vda ro\n" % self.s["kernel_release"])
+        if path == "/proc/meminfo":
+            return self.effect(path, "MemTotal:        2000000 kB\n")
+        if path == "/sys/module/module/parameters/sig_enforce":
+            return "Y\n" if self.s["sig_enforce"] else "N\n"
+        if path == "/sys/kernel/security/lockdown":
+            return " ".join("[%s]" % m if m == self.s["lockdown"] else m
+                            for m in ("none", "integrity", "confidentiality")) + "\n"
+        if parts[:3] == ["sys", "kernel", "livepatch"] and len(parts) >= 5:
+            return self._read_klp(parts[3:])
+        if parts[:2] == ["sys", "module"] and len(parts) >= 4:
+            return self._read_module(parts[2:])
+        if parts[0] == "proc" and len(parts) >= 3:
+            return self._read_proc(parts[1:])
+        return None
+
+    def effect(self, path, default):
+        """A patched function's visible effect (the selftests' /proc show functions)."""
+        for patch in reversed(self.s["patches"]):
+            effects = self.spec_of(patch).get("effects", {})
+            if path in effects and any(o["patched"] for o in patch["objects"]):
+                return effects[path].format(mod=patch["name"])
+        return default
+
+    def _read_klp(self, rest):
+        patch = self.patch(rest[0])
+        if patch is None:
+            return None
+        attr = rest[1]
+        t = self.s["transition"]
+        v = self.version
+        if len(rest) == 2:
+            if attr == "enabled":
+                return "%d\n" % patch["enabled"]
+            if attr == "transition" and v >= (4, 12):
+                return "%d\n" % (1 if t and t["patch"] == patch["name"] else 0)
+            if attr in ("force", "signal") and self._has_attr(attr):
+                raise KernelError(errno.EACCES)
+            if attr == "replace" and v >= (6, 11):
+                return "%d\n" % patch["replace"]
+            if attr == "stack_order" and v >= (6, 13):
+                return "%d\n" % (self.s["patches"].index(patch) + 1)
+            return None
+        if len(rest) == 3 and rest[2] == "patched" and v >= (6, 0):
+            for obj in patch["objects"]:
+                if obj["name"] == attr:
+                    return "%d\n" % obj["patched"]
+        return None
+
+    def _has_attr(self, attr):
+        v = self.version
+        if attr == "force":
+            return v >= (4, 15)
+        if attr == "signal":
+            return (4, 15) <= v < (5, 1)
+        return False
+
+    def _read_module(self, rest):
+        module = self.s["modules"].get(rest[0])
+        if module is None:
+            return None
+        if rest[1:] == ["refcnt"]:
+            return "%d\n" % module["refcnt"]
+        if rest[1:] == ["initstate"]:
+            return module["state"] + "\n"
+        if len(rest) == 3 and rest[1] == "parameters" and rest[2] in module["params"]:
+            return format_param(module["spec"]["params"][rest[2]].get("type", "int"), module["params"][rest[2]])
+        return None
+
+    def find_task(self, pid):
+        for task in self.s["tasks"]:
+            if task["pid"] == pid:
+                return task
+        return None
+
+    def _read_proc(self, rest):
+        if not rest[0].isdigit():
+            return None
+        task = self.find_task(int(rest[0]))
+        if task is None:
+            return None
+        if rest[1:3] == ["task", str(task["pid"])]:
+            rest = [rest[0]] + rest[3:]
+        leaf = rest[1:]
+        if leaf == ["patch_state"]:
+            return "%d\n" % task["patch_state"]
+        if leaf == ["comm"]:
+            return task["comm"] + "\n"
+        if leaf == ["stack"]:
+            frames = task.get("stack") or []
+            if task.get("sleeping_in"):
+                frames = [f for f in frames if f] or [task["sleeping_in"][0].replace("*", "patched_function")]
+            frames = frames + ["kthread", "ret_from_fork"] if task.get("module") or task.get("sleeping_in") else []
+            return "".join("[<0>] %s+0x%x/0x%x\n" % (f, 0x20 + 8 * i, 0x100) for i, f in enumerate(frames))
+        return None
+
+    def listdir(self, path):
+        path = os.path.normpath(path)
+        parts = path.strip("/").split("/")
+        if path == KLP:
+            if not self.s["livepatch"]:
+                raise KernelError(errno.ENOENT, path)
+            return sorted(p["name"] for p in self.s["patches"])
+        if parts[:3] == ["sys", "kernel", "livepatch"] and len(parts) >= 4:
+            patch = self.patch(parts[3])
+            if patch is None:
+                raise KernelError(errno.ENOENT, path)
+            if len(parts) == 4:
+                names = ["enabled"]
+                v = self.version
+                if v >= (4, 12):
+                    names.append("transition")
+                names += [a for a in ("force", "signal") if self._has_attr(a)]
+                if v >= (6, 11):
+                    names.append("replace")
+                if v >= (6, 13):
+                    names.append("stack_order")
+                return sorted(names + [o["name"] for o in patch["objects"]])
+            for obj in patch["objects"]:
+                if obj["name"] == parts[4] and len(parts) == 5:
+                    names = ["%s,1" % f for f in obj["funcs"]]
+                    if self.version >= (6, 0):
+                        names.append("patched")
+                    return sorted(names)
+            raise KernelError(errno.ENOENT, path)
+        if path == "/sys/module":
+            return sorted(self.s["modules"])
+        if path == "/proc":
+            return sorted(str(t["pid"]) for t in self.s["tasks"])
+        if parts[0] == "proc" and len(parts) == 3 and parts[2] == "task" and parts[1].isdigit():
+            if self.find_task(int(parts[1])) is None:
+                raise KernelError(errno.ENOENT, path)
+            return [parts[1]]
+        raise KernelError(errno.ENOENT, path)
+
+    def exists(self, path):
+        path = os.path.normpath(path)
+        try:
+            self.listdir(path)
+            return True
+        except OSError:
+            pass
+        try:
+            return self._read(path) is not None
+        except OSError:
+            return True  # exists but unreadable (force)
+
+    def is_dir(self, path):
+        try:
+            self.listdir(os.path.normpath(path))
+            return True
+        except OSError:
+            return False
+
+    def write(self, path, data):
+        path = os.path.normpath(path)
+        parts = path.strip("/").split("/")
+        if parts[:3] == ["sys", "kernel", "livepatch"] and len(parts) == 5:
+            patch = self.patch(parts[3])
+            if patch is None:
+                raise KernelError(errno.ENOENT, path)
+            if parts[4] == "enabled":
+                return self.write_enabled(patch, data)
+            if parts[4] == "force" and self._has_attr("force"):
+                return self.write_force(patch, data)
+            if parts[4] == "signal" and self._has_attr("signal"):
+                kstrtobool(data)
+                if self.s["transition"] is not None:
+                    self.signal_tasks()
+                return None
+            if self._read_klp(parts[3:]) is not None:
+                raise KernelError(errno.EACCES, path)
+            raise KernelError(errno.ENOENT, path)
+        if parts[:2] == ["sys", "module"] and len(parts) == 5 and parts[3] == "parameters":
+            module = self.s["modules"].get(parts[2])
+            if module is None or parts[4] not in module["params"]:
+                raise KernelError(errno.ENOENT, path)
+            pspec = module["spec"]["params"][parts[4]]
+            if "w" not in pspec.get("perm", "rw"):
+                raise KernelError(errno.EACCES, path)
+            try:
+                module["params"][parts[4]] = parse_param(pspec.get("type", "int"), data.strip())
+            except ValueError:
+                raise KernelError(errno.EINVAL, path)
+            return None
+        if self.exists(path):
+            raise KernelError(errno.EACCES, path)
+        raise KernelError(errno.ENOENT, path)
+
+    def write_enabled(self, patch, data):
+        enabled = kstrtobool(data)
+        if patch["enabled"] == enabled:
+            raise KernelError(errno.EINVAL)
+        t = self.s["transition"]
+        if t is not None and t["patch"] == patch["name"]:
+            self.reverse_transition(patch)
+        elif not enabled:
+            self.disable_patch(patch)
+        else:
+            raise KernelError(errno.EINVAL)
+
+    def write_force(self, patch, data):
+        if not kstrtobool(data):
+            return
+        t = self.s["transition"]
+        if t is None or t["patch"] != patch["name"]:
+            raise KernelError(errno.EINVAL)
+        self.force_transition(patch)
+
+    # ------------------------------------------------------------------ faults set at boot
+
+    def add_stall(self, function="*", seconds=None, ignores_signal=True, comm="app_worker"):
+        self.s["tasks"].append({
+            "pid": self.next_pid(), "comm": comm, "patch_state": -1, "sleeping_in": [function],
+            "until": None if seconds in (None, "forever") else self.s["clock"] + float(seconds),
+            "ignores_signal": bool(ignores_signal), "stack": [], "log_exit": [],
+        })
+
+
+def parse_param(kind, raw):
+    if kind == "bool":
+        try:
+            return kstrtobool(raw)
+        except OSError:
+            raise ValueError(raw)
+    if kind == "int":
+        return int(raw, 0)
+    return raw
+
+
+def format_param(kind, value):
+    if kind == "bool":
+        return "Y\n" if value else "N\n"
+    return "%s\n" % (value,)
+
+
+# ---------------------------------------------------------------------- persistence and primitives
+
+
+class SimHost(object):
+    """One simulated host's kernel, locked and loaded from its directory for the span of a `with`."""
+
+    def __init__(self, root):
+        self.root = os.path.abspath(root)
+        self._lock_fd = None
+        self.kernel = None
+
+    def __enter__(self):
+        path = os.path.join(self.root, STATE_FILE)
+        if not os.path.exists(path):
+            raise OSError(errno.ENOENT, "no simulated host here (missing %s)" % STATE_FILE, self.root)
+        self._lock_fd = os.open(os.path.join(self.root, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        with open(path) as f:
+            self.kernel = SimKernel(json.load(f))
+        self.kernel.sync_wall_clock()
+        return self.kernel
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None or issubclass(exc_type, OSError):
+                save_state(self.root, self.kernel.s)
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+        return False
+
+
+def save_state(root, state):
+    path = os.path.join(root, STATE_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(state, f, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+def create_host(root, kernel_release="6.1.0-56-amd64", **options):
+    if not os.path.isdir(root):
+        os.makedirs(root)
+    save_state(root, new_kernel(kernel_release, **options))
+
+
+class SimPrimitives(object):
+    """The primitive calls of _primitives.RealPrimitives, answered by the simulated kernel in sim_root."""
+
+    backend = "sim"
+
+    def __init__(self, sim_root, cwd=None):
+        self.root = sim_root
+        self.cwd = cwd  # where relative module paths given to insmod are resolved (default: os.getcwd())
+
+    def _host(self):
+        return SimHost(self.root)
+
+    def read(self, path):
+        with self._host() as k:
+            return k.read(path)
+
+    def write(self, path, data):
+        with self._host() as k:
+            k.write(path, data)
+
+    def listdir(self, path):
+        with self._host() as k:
+            return k.listdir(path)
+
+    def exists(self, path):
+        with self._host() as k:
+            return k.exists(path)
+
+    def is_dir(self, path):
+        with self._host() as k:
+            return k.is_dir(path)
+
+    def run(self, argv):
+        with self._host() as k:
+            return k.tool(argv, self.cwd)
+
+    def read_log(self, cursor=-1):
+        with self._host() as k:
+            return k.read_log(cursor)
+
+    def log_cursor(self):
+        return self.read_log(-1)[1]
+
+    def log_write(self, text):
+        with self._host() as k:
+            k.log(text.rstrip("\n"))
+
+    def now(self):
+        with self._host() as k:
+            return k.s["clock"]
+
+    def sleep(self, seconds):
+        with self._host() as k:
+            k.advance(seconds)

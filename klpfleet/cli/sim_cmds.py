@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from klpfleet.cli.output import emit, info, output_option, table
+
+
+@click.group()
+def sim() -> None:
+    """Simulated kernels, hosts and fleets (for tests, demos and trying things safely)."""
+
+
+@sim.command("build-patch")
+@click.argument("spec_file", metavar="SPEC.yml")
+@click.option("-o", "--out", "out", required=True, metavar="NAME.ko", help="Where to write the module.")
+def build_patch(spec_file: str, out: str) -> None:
+    """Build a simulated module (a real ELF .ko carrying its spec) from SPEC.yml."""
+    from klpfleet.sim.spec import load_spec_file, write_ko
+
+    spec = load_spec_file(spec_file)
+    path = write_ko(spec, out)
+    info(f"built {path} ({spec['name']}, {'livepatch' if spec['livepatch'] else 'module'} for {spec['kernel_release']})")
+
+
+@sim.command("build-catalog")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--kernel-release", default="6.1.0-56-amd64", show_default=True)
+def build_catalog(directory: str, kernel_release: str) -> None:
+    """Write the kernel selftest modules (test_klp_*) as simulated .ko files into DIRECTORY."""
+    from klpfleet.sim import catalog
+    from klpfleet.sim.spec import write_ko
+
+    for name in catalog.names():
+        write_ko(catalog.catalog_spec(name, kernel_release), Path(directory) / f"{name}.ko")
+    info(f"wrote {len(catalog.names())} modules to {directory}")
+
+
+@sim.group()
+def host() -> None:
+    """One simulated host."""
+
+
+@host.command("create")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--kernel-release", default="6.1.0-56-amd64", show_default=True)
+@click.option("--speed", default=1.0, show_default=True, help="Kernel seconds per wall second (0: only sleeps count).")
+def host_create(directory: str, kernel_release: str, speed: float) -> None:
+    """Make a simulated host whose kernel state lives in DIRECTORY."""
+    from klpfleet.sim.fleet import create_host
+
+    create_host(Path(directory), kernel_release, speed=speed)
+    info(f"simulated host in {directory} running {kernel_release}")
+
+
+@host.command("log")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--selftest-filter", is_flag=True, help="Filter as the kernel selftests do.")
+def host_log(directory: str, selftest_filter: bool) -> None:
+    """Print a simulated host's kernel log (like dmesg)."""
+    from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel import SimHost
+
+    from klpfleet.errors import UsageError
+    from klpfleet.sim.scenario import selftest_filter as sf
+
+    try:
+        with SimHost(directory) as kernel:
+            records = list(kernel.s["log"])
+    except OSError as exc:
+        raise UsageError(f"{directory}: {exc.strerror}") from None
+    lines = [f"[{ts:12.6f}] {text}" for _, ts, text in records]
+    if selftest_filter:
+        lines = sf([text for _, _, text in records])
+    click.echo("\n".join(lines))
+
+
+@sim.group()
+def fleet() -> None:
+    """Many simulated hosts and their Ansible inventory."""
+
+
+@fleet.command("create")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--spec", "spec_file", required=True, metavar="FLEET.yml")
+@output_option
+def fleet_create(directory: str, spec_file: str, output: str) -> None:
+    """Make a simulated fleet in DIRECTORY and write DIRECTORY/inventory.yml (registers nothing)."""
+    from klpfleet.sim.fleet import create_fleet, load_fleet_spec
+
+    result = create_fleet(Path(directory), load_fleet_spec(spec_file))
+
+    def render(d: dict[str, Any], out: Any) -> None:
+        table(None, ["hosts", "groups", "hosts with faults", "inventory"],
+              [[d["hosts"], d["groups"], d["faults"], d["inventory"]]], out)
+
+    emit("sim.fleet", result, output, render)
+
+
+@sim.command("run")
+@click.argument("scenario", metavar="SCENARIO.yml")
+@click.option("--kernel-release", default="6.1.0-56-amd64", show_default=True)
+def run(scenario: str, kernel_release: str) -> None:
+    """Run a selftest-style scenario on a fresh simulated host; print its kernel log filtered as the
+    kernel selftests filter it."""
+    from klpfleet.sim.scenario import ScenarioFailed, load_scenario, run_scenario
+
+    steps = load_scenario(scenario)
+    try:
+        lines = run_scenario(steps, kernel_release)
+    except ScenarioFailed as exc:
+        raise ScenarioFailed(f"scenario {scenario}: {exc}") from None
+    click.echo("\n".join(lines))
