@@ -31,8 +31,11 @@ def test_sim_run_cli_prints_the_filtered_log():
         ("steps:\n  - load_failing_mod: test_klp_callbacks_mod\n", "the module loaded"),
         ("steps:\n  - load_mod: test_klp_callbacks_mod\n  - load_mod: test_klp_callbacks_mod\n", "File exists"),
         ("steps:\n  - unload_mod: test_klp_callbacks_mod\n", "refcnt never reached 0"),
-        ("steps:\n  - load_mod: test_klp_callbacks_busy\n    params: block_transition=Y\n"
-         "  - load_lp: test_klp_callbacks_demo\n", "failed to complete transition"),
+        (
+            "steps:\n  - load_mod: test_klp_callbacks_busy\n    params: block_transition=Y\n"
+            "  - load_lp: test_klp_callbacks_demo\n",
+            "failed to complete transition",
+        ),
         ("steps:\n  - load_mod: nosuch_module\n", "unknown test module"),
         ("steps: []\n", "non-empty list"),
         ("steps: [\n", "not valid YAML"),

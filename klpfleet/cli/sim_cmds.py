@@ -22,7 +22,9 @@ def build_patch(spec_file: str, out: str) -> None:
 
     spec = load_spec_file(spec_file)
     path = write_ko(spec, out)
-    info(f"built {path} ({spec['name']}, {'livepatch' if spec['livepatch'] else 'module'} for {spec['kernel_release']})")
+    info(
+        f"built {path} ({spec['name']}, {'livepatch' if spec['livepatch'] else 'module'} for {spec['kernel_release']})"
+    )
 
 
 @sim.command("build-catalog")
@@ -92,8 +94,12 @@ def fleet_create(directory: str, spec_file: str, output: str) -> None:
     result = create_fleet(Path(directory), load_fleet_spec(spec_file))
 
     def render(d: dict[str, Any], out: Any) -> None:
-        table(None, ["hosts", "groups", "hosts with faults", "inventory"],
-              [[d["hosts"], d["groups"], d["faults"], d["inventory"]]], out)
+        table(
+            None,
+            ["hosts", "groups", "hosts with faults", "inventory"],
+            [[d["hosts"], d["groups"], d["faults"], d["inventory"]]],
+            out,
+        )
 
     emit("sim.fleet", result, output, render)
 

@@ -13,8 +13,9 @@ from klpfleet.sim.spec import normalize
 DEMO_CALLBACK = "{mod}: %s_callback: {obj}"
 
 
-def _callbacks(extra: dict[str, list[str]] | None = None, prev: dict[str, list[str]] | None = None,
-               ret: Any = None) -> dict[str, Any]:
+def _callbacks(
+    extra: dict[str, list[str]] | None = None, prev: dict[str, list[str]] | None = None, ret: Any = None
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for cb in ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch"):
         entry: dict[str, Any] = {"log": [DEMO_CALLBACK % cb, *(extra or {}).get(cb, [])]}
@@ -43,47 +44,70 @@ _STATE_PREV = {
 
 def _state_module(name: str, version: int) -> dict[str, Any]:
     return {
-        "name": name, "replace": True, "intree": True, "states": [{"id": 1, "version": version}],
-        "objects": [{"name": "vmlinux",
-                     "callbacks": _callbacks(_STATE_FRESH, _STATE_PREV if version > 1 else None)}],
+        "name": name,
+        "replace": True,
+        "intree": True,
+        "states": [{"id": 1, "version": version}],
+        "objects": [{"name": "vmlinux", "callbacks": _callbacks(_STATE_FRESH, _STATE_PREV if version > 1 else None)}],
     }
 
 
 RAW: dict[str, dict[str, Any]] = {
     "test_klp_callbacks_demo": {
-        "name": "test_klp_callbacks_demo", "intree": True,
+        "name": "test_klp_callbacks_demo",
+        "intree": True,
         "params": {"pre_patch_ret": {"type": "int", "default": 0}},
         "objects": [
             {"name": "vmlinux", "callbacks": _callbacks(ret="param:pre_patch_ret")},
             {"name": "test_klp_callbacks_mod", "callbacks": _callbacks(ret="param:pre_patch_ret")},
-            {"name": "test_klp_callbacks_busy", "funcs": ["busymod_work_func"],
-             "callbacks": _callbacks(ret="param:pre_patch_ret")},
+            {
+                "name": "test_klp_callbacks_busy",
+                "funcs": ["busymod_work_func"],
+                "callbacks": _callbacks(ret="param:pre_patch_ret"),
+            },
         ],
     },
     "test_klp_callbacks_demo2": {
-        "name": "test_klp_callbacks_demo2", "intree": True, "replace": "param:replace",
+        "name": "test_klp_callbacks_demo2",
+        "intree": True,
+        "replace": "param:replace",
         "params": {"replace": {"type": "int", "default": 0}},
         "objects": [{"name": "vmlinux", "callbacks": _callbacks()}],
     },
     "test_klp_callbacks_mod": {
-        "name": "test_klp_callbacks_mod", "intree": True, "livepatch": False,
-        "init_log": ["{mod}: test_klp_callbacks_mod_init"], "exit_log": ["{mod}: test_klp_callbacks_mod_exit"],
+        "name": "test_klp_callbacks_mod",
+        "intree": True,
+        "livepatch": False,
+        "init_log": ["{mod}: test_klp_callbacks_mod_init"],
+        "exit_log": ["{mod}: test_klp_callbacks_mod_exit"],
     },
     "test_klp_callbacks_busy": {
-        "name": "test_klp_callbacks_busy", "intree": True, "livepatch": False,
+        "name": "test_klp_callbacks_busy",
+        "intree": True,
+        "livepatch": False,
         "params": {"block_transition": {"type": "bool", "default": False}},
         "init_log": ["{mod}: test_klp_callbacks_busy_init"],
-        "tasks": [{"function": "busymod_work_func", "comm": "kworker/0:2", "while_param": "block_transition",
-                   "log_enter": ["{mod}: busymod_work_func enter"], "log_exit": ["{mod}: busymod_work_func exit"]}],
+        "tasks": [
+            {
+                "function": "busymod_work_func",
+                "comm": "kworker/0:2",
+                "while_param": "block_transition",
+                "log_enter": ["{mod}: busymod_work_func enter"],
+                "log_exit": ["{mod}: busymod_work_func exit"],
+            }
+        ],
         "exit_log": ["{mod}: test_klp_callbacks_busy_exit"],
     },
     "test_klp_livepatch": {
-        "name": "test_klp_livepatch", "intree": True,
+        "name": "test_klp_livepatch",
+        "intree": True,
         "objects": [{"name": "vmlinux", "funcs": ["cmdline_proc_show"]}],
         "effects": {"/proc/cmdline": "this has been live patched\n"},
     },
     "test_klp_atomic_replace": {
-        "name": "test_klp_atomic_replace", "intree": True, "replace": "param:replace",
+        "name": "test_klp_atomic_replace",
+        "intree": True,
+        "replace": "param:replace",
         "params": {"replace": {"type": "int", "default": 0}},
         "objects": [{"name": "vmlinux", "funcs": ["meminfo_proc_show"]}],
         "effects": {"/proc/meminfo": "{mod}: this has been live patched\n"},

@@ -29,8 +29,14 @@ def _sim():
     return _sim_kernel
 
 
-def create_host(root: Path, kernel_release: str = DEFAULT_KERNEL_RELEASE, *, speed: float = 1.0,
-                faults: dict[str, Any] | None = None, debug: bool = True) -> Path:
+def create_host(
+    root: Path,
+    kernel_release: str = DEFAULT_KERNEL_RELEASE,
+    *,
+    speed: float = 1.0,
+    faults: dict[str, Any] | None = None,
+    debug: bool = True,
+) -> Path:
     """One simulated host in root. Plain modules named in faults['modules'] are loaded at boot."""
     sim = _sim()
     faults = faults or {}
@@ -58,17 +64,23 @@ def create_host(root: Path, kernel_release: str = DEFAULT_KERNEL_RELEASE, *, spe
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
             options.setdefault("faults", {}).setdefault("refuse", []).append(
-                {"patch": str(r.get("patch", "*")), "object": str(r.get("object", "*")), "errno": errno_})
+                {"patch": str(r.get("patch", "*")), "object": str(r.get("object", "*")), "errno": errno_}
+            )
     sim.create_host(str(root), kernel_release, **options)
     stall = faults.get("stall")
     with sim.SimHost(str(root)) as kernel:
         for s in (stall if isinstance(stall, list) else [stall]) if stall else []:
             seconds = s.get("seconds", "forever")
-            kernel.add_stall(str(s.get("function", "*")), None if seconds == "forever" else float(seconds),
-                             bool(s.get("ignores_signal", True)), str(s.get("comm", "app_worker")))
+            kernel.add_stall(
+                str(s.get("function", "*")),
+                None if seconds == "forever" else float(seconds),
+                bool(s.get("ignores_signal", True)),
+                str(s.get("comm", "app_worker")),
+            )
         for name in faults.get("modules", []) or []:
-            spec = normalize({"name": name, "kernel_release": kernel_release, "livepatch": False, "intree": True,
-                              "signed": True})
+            spec = normalize(
+                {"name": name, "kernel_release": kernel_release, "livepatch": False, "intree": True, "signed": True}
+            )
             path = write_ko(spec, module_dir / f"{name}.ko")
             rc, _, err = kernel.tool(["insmod", str(path)])
             if rc:
@@ -133,16 +145,25 @@ def create_fleet(directory: Path, spec: dict[str, Any]) -> dict[str, Any]:
     for i, name in enumerate(names):
         host_faults = faults.get(name, {})
         root = (directory / "hosts" / name).resolve()
-        create_host(root, str(host_faults.get("kernel_release", release)), speed=speed, faults=host_faults,
-                    debug=bool(spec.get("debug", True)))
+        create_host(
+            root,
+            str(host_faults.get("kernel_release", release)),
+            speed=speed,
+            faults=host_faults,
+            debug=bool(spec.get("debug", True)),
+        )
         hostvars: dict[str, Any] = {"klp_sim_root": str(root)}
         for key, values in labels.items():
             value = str(values[i % len(values)])
             hostvars[key] = value
             groups.setdefault(f"{key}_{value}", {"hosts": {}})["hosts"][name] = {}
         if host_faults.get("unreachable"):
-            hostvars.update(ansible_connection="ssh", ansible_host="127.0.0.1", ansible_port=UNREACHABLE_PORT,
-                            klp_sim_unreachable=True)
+            hostvars.update(
+                ansible_connection="ssh",
+                ansible_host="127.0.0.1",
+                ansible_port=UNREACHABLE_PORT,
+                klp_sim_unreachable=True,
+            )
         hosts[name] = hostvars
     inventory = {
         "all": {
@@ -159,5 +180,10 @@ def create_fleet(directory: Path, spec: dict[str, Any]) -> dict[str, Any]:
         "# Simulated fleet written by `klpfleet sim fleet create`; hosts use the simulated kernel in klp_sim_root.\n"
         + yaml.safe_dump(inventory, sort_keys=False, default_flow_style=False)
     )
-    return {"directory": str(directory.resolve()), "inventory": str((directory / "inventory.yml").resolve()),
-            "hosts": len(names), "groups": sorted(groups), "faults": sorted(faults)}
+    return {
+        "directory": str(directory.resolve()),
+        "inventory": str((directory / "inventory.yml").resolve()),
+        "hosts": len(names),
+        "groups": sorted(groups),
+        "faults": sorted(faults),
+    }

@@ -20,8 +20,17 @@ from klpfleet.sim.spec import write_ko
 WAIT_LIMIT = 60.0  # the selftests' loop_until: 600 tries, 0.1 s apart
 POLL = 0.1
 TAINT_RE = re.compile(r"(tainting|taints) kernel")
-STEPS = ("load_mod", "load_lp", "load_lp_nowait", "load_failing_mod", "set_pre_patch_ret", "disable_lp",
-         "unload_lp", "unload_mod", "sleep")
+STEPS = (
+    "load_mod",
+    "load_lp",
+    "load_lp_nowait",
+    "load_failing_mod",
+    "set_pre_patch_ret",
+    "disable_lp",
+    "unload_lp",
+    "unload_mod",
+    "sleep",
+)
 
 
 class ScenarioFailed(KlpfleetError):
@@ -30,7 +39,8 @@ class ScenarioFailed(KlpfleetError):
 
 def selftest_filter(lines: list[str]) -> list[str]:
     return [
-        line for line in lines
+        line
+        for line in lines
         if (line.startswith("% ") or "livepatch:" in line or "test_klp" in line) and not TAINT_RE.search(line)
     ]
 
@@ -67,7 +77,9 @@ def parse_scenario(doc: Any) -> list[Step]:
             steps.append(Step(action, "", value=float(arg)))
         else:
             if arg not in catalog.RAW:
-                raise UsageError(f"scenario step {i + 1}: unknown test module {arg!r}; known: {', '.join(catalog.names())}")
+                raise UsageError(
+                    f"scenario step {i + 1}: unknown test module {arg!r}; known: {', '.join(catalog.names())}"
+                )
             steps.append(Step(action, arg, params=params))
     return steps
 
@@ -119,8 +131,10 @@ class Runner:
             if rc != 0:
                 raise ScenarioFailed(f"{step.action} {name}: {err}")
             if step.action == "load_lp":
-                self.loop_until(lambda: self.read(f"/sys/kernel/livepatch/{name}/transition") == "0",
-                                f"failed to complete transition of {name}")
+                self.loop_until(
+                    lambda: self.read(f"/sys/kernel/livepatch/{name}/transition") == "0",
+                    f"failed to complete transition of {name}",
+                )
         elif step.action == "load_failing_mod":
             rc, err = self.insmod(name, step.params)
             if rc == 0:
@@ -137,11 +151,13 @@ class Runner:
                 self.p.write(path, "0")
             except OSError as exc:
                 raise ScenarioFailed(f"disable_lp {name}: {exc.strerror}") from None
-            self.loop_until(lambda: not self.p.exists(f"/sys/kernel/livepatch/{name}"),
-                            f"failed to disable livepatch {name}")
+            self.loop_until(
+                lambda: not self.p.exists(f"/sys/kernel/livepatch/{name}"), f"failed to disable livepatch {name}"
+            )
         elif step.action in ("unload_lp", "unload_mod"):
-            self.loop_until(lambda: self.read(f"/sys/module/{name}/refcnt") == "0",
-                            f"module {name} refcnt never reached 0")
+            self.loop_until(
+                lambda: self.read(f"/sys/module/{name}/refcnt") == "0", f"module {name} refcnt never reached 0"
+            )
             self.log(f"% rmmod {name}")
             rc, _, err = self.p.run(["rmmod", name])
             if rc != 0:
@@ -161,8 +177,7 @@ def run_scenario(steps: list[Step], kernel_release: str = "6.1.0-56-amd64") -> l
         root = Path(tmp)
         for name in {s.target for s in steps if s.target in catalog.RAW}:
             write_ko(catalog.catalog_spec(name, kernel_release), root / "test_modules" / f"{name}.ko")
-        create_host(str(root / "host"), kernel_release, speed=0.0,
-                    debug={"livepatch": True, "try_switch": False})
+        create_host(str(root / "host"), kernel_release, speed=0.0, debug={"livepatch": True, "try_switch": False})
         prims = SimPrimitives(str(root / "host"), cwd=str(root))
         _, start = prims.read_log(-1)
         runner = Runner(prims)

@@ -60,8 +60,21 @@ def normalize(doc: Any) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise UsageError("spec: must be a mapping")
     unknown = set(doc) - {
-        "name", "kernel_release", "livepatch", "replace", "states", "params", "objects", "tasks", "init_log",
-        "exit_log", "init_ret", "effects", "signed", "intree", "description",
+        "name",
+        "kernel_release",
+        "livepatch",
+        "replace",
+        "states",
+        "params",
+        "objects",
+        "tasks",
+        "init_log",
+        "exit_log",
+        "init_ret",
+        "effects",
+        "signed",
+        "intree",
+        "description",
     }
     if unknown:
         raise UsageError(f"spec: unknown keys {', '.join(sorted(unknown))}")
@@ -81,8 +94,11 @@ def normalize(doc: Any) -> dict[str, Any]:
         ptype = pspec.get("type") or ("bool" if isinstance(pspec.get("default"), bool) else "int")
         if ptype not in PARAM_TYPES:
             raise UsageError(f"spec: param {pname}: type must be one of {', '.join(PARAM_TYPES)}")
-        params[pname] = {"type": ptype, "default": pspec.get("default", False if ptype == "bool" else 0),
-                         "perm": str(pspec.get("perm", "rw"))}
+        params[pname] = {
+            "type": ptype,
+            "default": pspec.get("default", False if ptype == "bool" else 0),
+            "perm": str(pspec.get("perm", "rw")),
+        }
 
     objects = []
     for i, obj in enumerate(doc.get("objects") or []):
@@ -127,11 +143,14 @@ def normalize(doc: Any) -> dict[str, Any]:
         seconds = task.get("seconds", "forever")
         if seconds != "forever" and not isinstance(seconds, int | float):
             raise _fail(f"tasks[{i}].seconds", "a number or 'forever'")
-        entry = {"function": task["function"], "comm": str(task.get("comm", "kworker/0:1")),
-                 "seconds": None if seconds == "forever" else seconds,
-                 "ignores_signal": bool(task.get("ignores_signal", True)),
-                 "log_enter": _str_list(task.get("log_enter"), f"tasks[{i}].log_enter"),
-                 "log_exit": _str_list(task.get("log_exit"), f"tasks[{i}].log_exit")}
+        entry = {
+            "function": task["function"],
+            "comm": str(task.get("comm", "kworker/0:1")),
+            "seconds": None if seconds == "forever" else seconds,
+            "ignores_signal": bool(task.get("ignores_signal", True)),
+            "log_enter": _str_list(task.get("log_enter"), f"tasks[{i}].log_enter"),
+            "log_exit": _str_list(task.get("log_exit"), f"tasks[{i}].log_exit"),
+        }
         if task.get("while_param") is not None:
             if task["while_param"] not in params:
                 raise _fail(f"tasks[{i}].while_param", f"{task['while_param']!r} is not a declared param")

@@ -13,6 +13,7 @@ wording alone. Failures raise LivepatchError with a stable `klp_error` and the p
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -29,9 +30,25 @@ POLL = 0.1
 
 TAINT_LETTERS = "PFSRMBUDAWCIOELKXTN"
 TAINT_NAMES = [
-    "proprietary_module", "forced_module", "cpu_out_of_spec", "forced_rmmod", "machine_check", "bad_page",
-    "user", "die", "overridden_acpi_table", "warn", "crap", "firmware_workaround", "oot_module",
-    "unsigned_module", "softlockup", "livepatch", "aux", "randstruct", "test",
+    "proprietary_module",
+    "forced_module",
+    "cpu_out_of_spec",
+    "forced_rmmod",
+    "machine_check",
+    "bad_page",
+    "user",
+    "die",
+    "overridden_acpi_table",
+    "warn",
+    "crap",
+    "firmware_workaround",
+    "oot_module",
+    "unsigned_module",
+    "softlockup",
+    "livepatch",
+    "aux",
+    "randstruct",
+    "test",
 ]
 
 # kmod words some errnos its own way (reference, section 6); everything else is strerror.
@@ -46,11 +63,14 @@ for _num in sorted(errno.errorcode, reverse=True):
     STRERROR[os.strerror(_num)] = _num
 STRERROR["Operation would block"] = errno.EWOULDBLOCK
 
-RE_LOAD_ERROR = re.compile(r"(?:could not insert module .*|can't insert '.*'|could not insert '.*'): (?P<msg>[^:\n]+)\s*$")
+RE_LOAD_ERROR = re.compile(
+    r"(?:could not insert module .*|can't insert '.*'|could not insert '.*'): (?P<msg>[^:\n]+)\s*$"
+)
 RE_REFUSED_OBJECT = re.compile(r"livepatch: pre-patch callback failed for object '(?P<obj>[^']+)'")
 RE_HOOK_FAILED = re.compile(r"livepatch: failed to patch object '(?P<obj>[^']+)'")
 RE_REFUSED_LOAD = re.compile(
-    r"livepatch: patch '(?P<patch>[^']+)' failed for module '(?P<module>[^']+)', refusing to load module")
+    r"livepatch: patch '(?P<patch>[^']+)' failed for module '(?P<module>[^']+)', refusing to load module"
+)
 RE_STARTING = re.compile(r"livepatch: '(?P<patch>[^']+)': starting (?:patching|unpatching) transition")
 FORCING = "livepatch: forcing remaining tasks to the patched state"
 
@@ -72,6 +92,8 @@ def errno_name(num):
 def errno_from_tool(stderr):
     """The errno behind kmod's (or busybox's) one-line error."""
     for line in reversed(stderr.strip().splitlines()):
+        if re.search(r"Module \S+ is in use", line):
+            return errno.EBUSY  # kmod's rmmod checks the refcount itself and returns -EBUSY
         m = RE_LOAD_ERROR.search(line)
         if m:
             message = m.group("msg").strip()
@@ -207,14 +229,10 @@ class Livepatch(object):
             if state is None or state == -1 or state == target:
                 continue
             task = {"pid": pid, "tid": tid, "patch_state": state, "comm": None, "stack": []}
-            try:
+            with contextlib.suppress(OSError):
                 task["comm"] = self.p.read(base + "/comm").strip()
-            except OSError:
-                pass
-            try:
+            with contextlib.suppress(OSError):
                 task["stack"] = [line.strip() for line in self.p.read(base + "/stack").splitlines() if line.strip()]
-            except OSError:
-                pass
             stalled.append(task)
             if len(stalled) >= limit:
                 break
@@ -228,10 +246,8 @@ class Livepatch(object):
 
     def signatures(self):
         enforced = None
-        try:
+        with contextlib.suppress(OSError):
             enforced = self.p.read("/sys/module/module/parameters/sig_enforce").strip() in ("Y", "1")
-        except OSError:
-            pass
         lockdown = None
         try:
             m = re.search(r"\[(\w+)\]", self.p.read("/sys/kernel/security/lockdown"))
@@ -253,8 +269,15 @@ class Livepatch(object):
                 continue
             m = RE_REFUSED_LOAD.search(text)
             if m:
-                out.append({"patch": m.group("patch"), "module": m.group("module"), "seq": seq,
-                            "seconds_since_boot": ts, "callback_refused": last_object == m.group("module")})
+                out.append(
+                    {
+                        "patch": m.group("patch"),
+                        "module": m.group("module"),
+                        "seq": seq,
+                        "seconds_since_boot": ts,
+                        "callback_refused": last_object == m.group("module"),
+                    }
+                )
         return out
 
     def forced_patches(self, records=None):
@@ -282,8 +305,11 @@ class Livepatch(object):
         for p in patches:
             if p["transition"]:
                 target = 1 if p["enabled"] else 0
-                transition = {"patch": p["name"], "target": "patched" if target else "unpatched",
-                              "stalled_tasks": self.stalled_tasks(target) if with_tasks else []}
+                transition = {
+                    "patch": p["name"],
+                    "target": "patched" if target else "unpatched",
+                    "stalled_tasks": self.stalled_tasks(target) if with_tasks else [],
+                }
         # A forced patch that was disabled has no directory but keeps its module forever.
         lingering = []
         for name in sorted(forced):
@@ -329,8 +355,14 @@ class Livepatch(object):
 
 def livepatch_lines(lines, name):
     """The lines a call caused that concern livepatch or the patch module itself."""
-    return [line for line in lines if line.startswith("livepatch:") or line.startswith(name + ":")
-            or line.startswith("Lockdown:") or "unsigned module" in line]
+    return [
+        line
+        for line in lines
+        if line.startswith("livepatch:")
+        or line.startswith(name + ":")
+        or line.startswith("Lockdown:")
+        or "unsigned module" in line
+    ]
 
 
 def classify_insmod_failure(name, rc, stderr, lines):
@@ -341,30 +373,48 @@ def classify_insmod_failure(name, rc, stderr, lines):
     for line in lines:
         m = RE_REFUSED_OBJECT.search(line)
         if m and enabling:
-            return LivepatchError("refused", "pre-patch callback of %s refused object '%s' (%s)" % (
-                name, m.group("obj"), errno_name(err) or err), refused_object=m.group("obj"), **details)
+            return LivepatchError(
+                "refused",
+                "pre-patch callback of %s refused object '%s' (%s)" % (name, m.group("obj"), errno_name(err) or err),
+                refused_object=m.group("obj"),
+                **details,
+            )
     for line in lines:
         m = RE_HOOK_FAILED.search(line)
         if m and enabling:
-            return LivepatchError("insmod_failed", "the kernel failed to patch object '%s' of %s (%s)" % (
-                m.group("obj"), name, errno_name(err) or err), failed_object=m.group("obj"), **details)
+            return LivepatchError(
+                "insmod_failed",
+                "the kernel failed to patch object '%s' of %s (%s)" % (m.group("obj"), name, errno_name(err) or err),
+                failed_object=m.group("obj"),
+                **details,
+            )
     if any("is not compatible with the already installed livepatches" in line for line in lines):
-        return LivepatchError("incompatible_state", "%s is not compatible with the installed livepatches' "
-                              "system states" % name, **details)
+        return LivepatchError(
+            "incompatible_state", "%s is not compatible with the installed livepatches' system states" % name, **details
+        )
     if any("is not marked as a livepatch module" in line for line in lines):
         return LivepatchError("not_livepatch", "%s is not marked as a livepatch module" % name, **details)
-    if any("version magic" in line or "disagrees about version of symbol" in line for line in lines) \
-            or err == errno.ENOEXEC:
-        return LivepatchError("vermagic_mismatch", "the kernel refused %s as built for another kernel (%s)" % (
-            name, errno_name(err)), **details)
+    if (
+        any("version magic" in line or "disagrees about version of symbol" in line for line in lines)
+        or err == errno.ENOEXEC
+    ):
+        return LivepatchError(
+            "vermagic_mismatch",
+            "the kernel refused %s as built for another kernel (%s)" % (name, errno_name(err)),
+            **details,
+        )
     if err == errno.EKEYREJECTED:
-        return LivepatchError("signature_rejected", "the kernel requires signed modules and rejected %s" % name,
-                              **details)
+        return LivepatchError(
+            "signature_rejected", "the kernel requires signed modules and rejected %s" % name, **details
+        )
     if err == errno.EPERM and any(line.startswith("Lockdown:") for line in lines):
         return LivepatchError("lockdown", "the kernel is locked down: unsigned module %s refused" % name, **details)
     if err == errno.EBUSY and not enabling:
         return LivepatchError("busy", "another livepatch transition is in progress", **details)
     if err == errno.EEXIST:
         return LivepatchError("insmod_failed", "module %s is already loaded" % name, **details)
-    return LivepatchError("insmod_failed", "insmod of %s failed: %s" % (
-        name, stderr.strip().splitlines()[-1] if stderr.strip() else "rc %d" % rc), **details)
+    return LivepatchError(
+        "insmod_failed",
+        "insmod of %s failed: %s" % (name, stderr.strip().splitlines()[-1] if stderr.strip() else "rc %d" % rc),
+        **details,
+    )

@@ -31,13 +31,13 @@ def read_sections(data):
     if is64:
         if len(data) < 64:
             raise ModinfoError("truncated ELF header")
-        e_type, = struct.unpack_from(endian + "H", data, 16)
-        e_shoff, = struct.unpack_from(endian + "Q", data, 0x28)
+        (e_type,) = struct.unpack_from(endian + "H", data, 16)
+        (e_shoff,) = struct.unpack_from(endian + "Q", data, 0x28)
         e_shentsize, e_shnum, e_shstrndx = struct.unpack_from(endian + "HHH", data, 0x3A)
         fmt = endian + "IIQQQQIIQQ"
     else:
-        e_type, = struct.unpack_from(endian + "H", data, 16)
-        e_shoff, = struct.unpack_from(endian + "I", data, 0x20)
+        (e_type,) = struct.unpack_from(endian + "H", data, 16)
+        (e_shoff,) = struct.unpack_from(endian + "I", data, 0x20)
         e_shentsize, e_shnum, e_shstrndx = struct.unpack_from(endian + "HHH", data, 0x2E)
         fmt = endian + "IIIIIIIIII"
     if e_type != 1:
@@ -52,12 +52,12 @@ def read_sections(data):
             raise ModinfoError("section past the end of the file")
         headers.append((name_off, sh_type, offset, size))
     strtab = headers[e_shstrndx]
-    names = data[strtab[2]:strtab[2] + strtab[3]]
+    names = data[strtab[2] : strtab[2] + strtab[3]]
     sections = {}
     for name_off, sh_type, offset, size in headers:
         end = names.find(b"\0", name_off)
-        name = names[name_off:end if end >= 0 else len(names)].decode("utf-8", "replace")
-        sections[name] = b"" if sh_type == 8 else data[offset:offset + size]
+        name = names[name_off : end if end >= 0 else len(names)].decode("utf-8", "replace")
+        sections[name] = b"" if sh_type == 8 else data[offset : offset + size]
     return sections
 
 

@@ -12,6 +12,7 @@ directory of the patch is left.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._livepatch import (
@@ -61,8 +62,13 @@ class Operation(object):
         raise error
 
     def finish(self, outcome, changed):
-        self.result.update(outcome=outcome, changed=changed, patch=self.state(), kernel_log=self.kernel_log(),
-                           host_clean=self.host_clean() if outcome in ("removed", "already_absent") else False)
+        self.result.update(
+            outcome=outcome,
+            changed=changed,
+            patch=self.state(),
+            kernel_log=self.kernel_log(),
+            host_clean=self.host_clean() if outcome in ("removed", "already_absent") else False,
+        )
         return self.result
 
     def write_enabled(self, value):
@@ -94,11 +100,24 @@ class Operation(object):
             return
         forced = self.name in self.lp.forced_patches()
         if forced:
-            self.fail(LivepatchError("forced_unremovable", "%s was force-transitioned: its module can never be "
-                                     "removed before a reboot" % self.name, forced=True, stderr=stderr.strip()))
+            self.fail(
+                LivepatchError(
+                    "forced_unremovable",
+                    "%s was force-transitioned: its module can never be removed before a reboot" % self.name,
+                    forced=True,
+                    stderr=stderr.strip(),
+                )
+            )
         err = errno_from_tool(stderr)
-        self.fail(LivepatchError("in_use", "module %s is in use and cannot be removed" % self.name,
-                                 errno=err, errno_name=errno_name(err), stderr=stderr.strip()))
+        self.fail(
+            LivepatchError(
+                "in_use",
+                "module %s is in use and cannot be removed" % self.name,
+                errno=err,
+                errno_name=errno_name(err),
+                stderr=stderr.strip(),
+            )
+        )
 
     def stalled(self, target):
         return self.lp.stalled_tasks(target)
@@ -109,31 +128,54 @@ def check_source(prims, src, sha256=None):
     try:
         modinfo, _ = read_module_file(src)
     except (OSError, ModinfoError) as exc:
-        raise LivepatchError("insmod_failed", "cannot read %s: %s" % (src, exc), src=src)
+        raise LivepatchError("insmod_failed", "cannot read %s: %s" % (src, exc), src=src) from None
     name = first(modinfo, "name")
     if not name:
         raise LivepatchError("insmod_failed", "%s has no module name in .modinfo" % src, src=src)
     if sha256 and file_sha256(src) != sha256.lower():
-        raise LivepatchError("checksum_mismatch", "%s does not match the expected sha256" % src, src=src,
-                             expected_sha256=sha256.lower(), actual_sha256=file_sha256(src))
+        raise LivepatchError(
+            "checksum_mismatch",
+            "%s does not match the expected sha256" % src,
+            src=src,
+            expected_sha256=sha256.lower(),
+            actual_sha256=file_sha256(src),
+        )
     if first(modinfo, "livepatch") != "Y":
         raise LivepatchError("not_livepatch", "%s (%s) is not a livepatch module" % (src, name), src=src)
     release = Livepatch(prims).kernel_release()
     vermagic = first(modinfo, "vermagic", "")
     if vermagic.split()[:1] != [release]:
-        raise LivepatchError("vermagic_mismatch", "%s was built for %s, this host runs %s" % (
-            name, (vermagic.split() or ["?"])[0], release), src=src, vermagic=vermagic, kernel_release=release)
+        raise LivepatchError(
+            "vermagic_mismatch",
+            "%s was built for %s, this host runs %s" % (name, (vermagic.split() or ["?"])[0], release),
+            src=src,
+            vermagic=vermagic,
+            kernel_release=release,
+        )
     return name, modinfo
 
 
-def apply_patch(prims, src, name=None, params=None, sha256=None, transition_timeout=60.0, on_stall="reverse",
-                allow_force=False, busy_retries=5, busy_delay=2.0, check_mode=False):
+def apply_patch(
+    prims,
+    src,
+    name=None,
+    params=None,
+    sha256=None,
+    transition_timeout=60.0,
+    on_stall="reverse",
+    allow_force=False,
+    busy_retries=5,
+    busy_delay=2.0,
+    check_mode=False,
+):
     """Bring the patch to `present`: loaded, enabled, transition complete."""
     if on_stall not in ON_STALL:
         raise LivepatchError("insmod_failed", "on_stall must be one of %s" % ", ".join(ON_STALL))
     if on_stall == "force" and not allow_force:
-        raise LivepatchError("insmod_failed", "on_stall=force needs allow_force=true: a forced patch can never "
-                             "be removed before a reboot")
+        raise LivepatchError(
+            "insmod_failed",
+            "on_stall=force needs allow_force=true: a forced patch can never be removed before a reboot",
+        )
     lp = Livepatch(prims)
     if not lp.supported():
         raise LivepatchError("livepatch_unsupported", "this kernel has no livepatch support (%s missing)" % KLP)
@@ -188,13 +230,21 @@ def settle(op, on_stall, changed):
 
     stalled = op.stalled(1)
     if on_stall == "wait":
-        op.fail(LivepatchError("transition_stalled", "%s: transition still running after %ss; left running "
-                               "(on_stall=wait)" % (op.name, op.timeout), stalled_tasks=stalled))
+        op.fail(
+            LivepatchError(
+                "transition_stalled",
+                "%s: transition still running after %ss; left running (on_stall=wait)" % (op.name, op.timeout),
+                stalled_tasks=stalled,
+            )
+        )
     if on_stall == "force":
         op.p.write("%s/%s/force" % (KLP, op.name), "1")
         if not op.wait_transition():
-            op.fail(LivepatchError("transition_stalled", "%s: forced transition did not complete" % op.name,
-                                   stalled_tasks=stalled))
+            op.fail(
+                LivepatchError(
+                    "transition_stalled", "%s: forced transition did not complete" % op.name, stalled_tasks=stalled
+                )
+            )
         op.result["forced"] = True
         op.result["stalled_tasks"] = stalled
         return op.finish("applied", changed)
@@ -207,15 +257,28 @@ def settle(op, on_stall, changed):
         if exc.errno != errno.EINVAL:  # EINVAL: it completed meanwhile or is already unpatching
             raise
     if not op.wait_gone():
-        op.fail(LivepatchError("transition_stalled", "%s: transition stalled and its reversal did not complete "
-                               "either" % op.name, stalled_tasks=stalled, reversed=False))
+        op.fail(
+            LivepatchError(
+                "transition_stalled",
+                "%s: transition stalled and its reversal did not complete either" % op.name,
+                stalled_tasks=stalled,
+                reversed=False,
+            )
+        )
     op.rmmod()
-    op.fail(LivepatchError("transition_stalled", "%s: transition stalled after %ss, reversed and removed" % (
-        op.name, op.timeout), stalled_tasks=stalled, reversed=True))
+    op.fail(
+        LivepatchError(
+            "transition_stalled",
+            "%s: transition stalled after %ss, reversed and removed" % (op.name, op.timeout),
+            stalled_tasks=stalled,
+            reversed=True,
+        )
+    )
 
 
-def remove_patch(prims, name, transition_timeout=60.0, busy_retries=5, busy_delay=2.0, on_stall="reverse",
-                 check_mode=False):
+def remove_patch(
+    prims, name, transition_timeout=60.0, busy_retries=5, busy_delay=2.0, on_stall="reverse", check_mode=False
+):
     """Bring the patch to `absent`: disabled, unpatching transition complete, module removed."""
     lp = Livepatch(prims)
     op = Operation(prims, name, transition_timeout, busy_retries, busy_delay)
@@ -231,19 +294,28 @@ def remove_patch(prims, name, transition_timeout=60.0, busy_retries=5, busy_dela
             if before["enabled"]:
                 op.write_enabled("0")  # disables, or reverses our own patching transition
         except OSError as exc:
-            op.fail(LivepatchError("busy" if exc.errno == errno.EBUSY else "insmod_failed",
-                                   "cannot disable %s: %s" % (name, exc.strerror), errno=exc.errno,
-                                   errno_name=errno_name(exc.errno)))
+            op.fail(
+                LivepatchError(
+                    "busy" if exc.errno == errno.EBUSY else "insmod_failed",
+                    "cannot disable %s: %s" % (name, exc.strerror),
+                    errno=exc.errno,
+                    errno_name=errno_name(exc.errno),
+                )
+            )
         if not op.wait_gone():
             stalled = op.stalled(0)
             if on_stall == "reverse":
-                try:
+                with contextlib.suppress(OSError):
                     op.p.write("%s/%s/enabled" % (KLP, name), "1")  # back to patched: the state it had
-                except OSError:
-                    pass
                 op.wait_transition()
-            op.fail(LivepatchError("transition_stalled", "%s: unpatching transition stalled after %ss%s" % (
-                name, op.timeout, "; reversed, the patch stays applied" if on_stall == "reverse" else ""),
-                stalled_tasks=stalled, reversed=on_stall == "reverse"))
+            op.fail(
+                LivepatchError(
+                    "transition_stalled",
+                    "%s: unpatching transition stalled after %ss%s"
+                    % (name, op.timeout, "; reversed, the patch stays applied" if on_stall == "reverse" else ""),
+                    stalled_tasks=stalled,
+                    reversed=on_stall == "reverse",
+                )
+            )
     op.rmmod()
     return op.finish("removed", True)

@@ -40,11 +40,11 @@ class RealPrimitives(object):
 
     @staticmethod
     def _subprocess(argv):
-        proc = subprocess.run(argv, capture_output=True, text=True, env=c_locale_env(), check=False)
+        proc = subprocess.run(argv, capture_output=True, text=True, env=c_locale_env(), check=False)  # noqa: S603 - argv list, kmod tools only
         return proc.returncode, proc.stdout, proc.stderr
 
     def read(self, path):
-        with open(path, "r") as f:
+        with open(path) as f:
             return f.read()
 
     def write(self, path, data):
@@ -64,7 +64,7 @@ class RealPrimitives(object):
         if argv[0] not in TOOLS:
             raise ValueError("only %s may be run on a host" % ", ".join(TOOLS))
         tool = self._tool_paths.get(argv[0]) or argv[0]
-        return self._run_command([tool] + list(argv[1:]))
+        return self._run_command([tool, *list(argv[1:])])
 
     # Kernel log: records of /dev/kmsg are "prio,seq,usec,flags;text"; the cursor is a sequence number.
     # Returns ([(seq, seconds since boot, text)], last seq).

@@ -36,11 +36,24 @@ LOG_LIMIT = 20000  # records kept, like a ring buffer
 
 KLP = "/sys/kernel/livepatch"
 TAINT_FLAGS = [  # bit, letter, name
-    (0, "P", "proprietary_module"), (1, "F", "forced_module"), (2, "S", "cpu_out_of_spec"),
-    (3, "R", "forced_rmmod"), (4, "M", "machine_check"), (5, "B", "bad_page"), (6, "U", "user"),
-    (7, "D", "die"), (8, "A", "overridden_acpi_table"), (9, "W", "warn"), (10, "C", "crap"),
-    (11, "I", "firmware_workaround"), (12, "O", "oot_module"), (13, "E", "unsigned_module"),
-    (14, "L", "softlockup"), (15, "K", "livepatch"), (16, "X", "aux"), (17, "T", "randstruct"),
+    (0, "P", "proprietary_module"),
+    (1, "F", "forced_module"),
+    (2, "S", "cpu_out_of_spec"),
+    (3, "R", "forced_rmmod"),
+    (4, "M", "machine_check"),
+    (5, "B", "bad_page"),
+    (6, "U", "user"),
+    (7, "D", "die"),
+    (8, "A", "overridden_acpi_table"),
+    (9, "W", "warn"),
+    (10, "C", "crap"),
+    (11, "I", "firmware_workaround"),
+    (12, "O", "oot_module"),
+    (13, "E", "unsigned_module"),
+    (14, "L", "softlockup"),
+    (15, "K", "livepatch"),
+    (16, "X", "aux"),
+    (17, "T", "randstruct"),
     (18, "N", "test"),
 ]
 TAINT_OOT, TAINT_UNSIGNED, TAINT_LIVEPATCH = 1 << 12, 1 << 13, 1 << 15
@@ -112,11 +125,11 @@ def new_kernel(kernel_release="6.1.0-56-amd64", **options):
         "format": 1,
         "kernel_release": kernel_release,
         "livepatch": True,
-        "module_sig": True,        # CONFIG_MODULE_SIG: unsigned modules taint E
+        "module_sig": True,  # CONFIG_MODULE_SIG: unsigned modules taint E
         "sig_enforce": False,
-        "lockdown": "none",         # none | integrity | confidentiality
+        "lockdown": "none",  # none | integrity | confidentiality
         "speed": 1.0,
-        "clock": 5.0,               # seconds since boot
+        "clock": 5.0,  # seconds since boot
         "wall": time.time(),
         "next_tick": 6.0,
         "seq": 0,
@@ -124,9 +137,9 @@ def new_kernel(kernel_release="6.1.0-56-amd64", **options):
         "debug": {"livepatch": False, "try_switch": False},
         "taint": 0,
         "taint_logged": [],
-        "modules": {},              # name -> loaded module, in load order
+        "modules": {},  # name -> loaded module, in load order
         "module_order": [],
-        "patches": [],              # klp_patches: enabled or in transition, in enable order
+        "patches": [],  # klp_patches: enabled or in transition, in enable order
         "transition": None,
         "tasks": [
             {"pid": 1, "comm": "init", "patch_state": -1},
@@ -135,7 +148,7 @@ def new_kernel(kernel_release="6.1.0-56-amd64", **options):
         ],
         "next_pid": 1000,
         "faults": {},
-        "module_dir": None,         # where modprobe finds modules by name
+        "module_dir": None,  # where modprobe finds modules by name
         "overrides": {},
     }
     state.update(options)
@@ -346,7 +359,9 @@ class SimKernel(object):
         if stalled:
             if self.s["debug"].get("try_switch"):
                 for task, func in stalled:
-                    self.klp("klp_try_switch_task: %s:%d is sleeping on function %s" % (task["comm"], task["pid"], func))
+                    self.klp(
+                        "klp_try_switch_task: %s:%d is sleeping on function %s" % (task["comm"], task["pid"], func)
+                    )
             return False
         self.complete_transition()
         return True
@@ -456,8 +471,7 @@ class SimKernel(object):
             "replace": self.patch_replace(spec, name),
             "states": [dict(st) for st in spec.get("states", [])],
             "objects": [
-                {"name": o["name"], "funcs": list(o.get("funcs", [])), "patched": False,
-                 "post_unpatch_enabled": False}
+                {"name": o["name"], "funcs": list(o.get("funcs", [])), "patched": False, "post_unpatch_enabled": False}
                 for o in spec.get("objects", [])
             ],
         }
@@ -503,8 +517,10 @@ class SimKernel(object):
 
     def reverse_transition(self, patch):
         t = self.s["transition"]
-        self.klp_debug("'%s': reversing transition from %s" % (
-            patch["name"], "patching to unpatching" if t["target"] == 1 else "unpatching to patching"))
+        self.klp_debug(
+            "'%s': reversing transition from %s"
+            % (patch["name"], "patching to unpatching" if t["target"] == 1 else "unpatching to patching")
+        )
         patch["enabled"] = not patch["enabled"]
         t["target"] = 1 - t["target"]
         t["attempts"] = 0
@@ -517,7 +533,7 @@ class SimKernel(object):
         t = self.s["transition"]
         for task in self.s["tasks"]:
             task["patch_state"] = t["target"]
-        for p in (self.s["patches"] if patch["replace"] else [patch]):
+        for p in self.s["patches"] if patch["replace"] else [patch]:
             p["forced"] = True
         t["forced"] = True  # completes on the next retry
 
@@ -579,10 +595,20 @@ class SimKernel(object):
         if is_lp:
             self.taint(TAINT_LIVEPATCH, "livepatch", "%s: tainting kernel with TAINT_LIVEPATCH" % name)
         if not spec.get("signed", False) and self.s["module_sig"]:
-            self.taint(TAINT_UNSIGNED, "unsigned",
-                       "%s: module verification failed: signature and/or required key missing - tainting kernel" % name)
-        module = {"name": name, "spec": spec, "params": values, "refcnt": 0, "state": "coming",
-                  "modinfo_livepatch": is_lp, "path": os.path.abspath(path)}
+            self.taint(
+                TAINT_UNSIGNED,
+                "unsigned",
+                "%s: module verification failed: signature and/or required key missing - tainting kernel" % name,
+            )
+        module = {
+            "name": name,
+            "spec": spec,
+            "params": values,
+            "refcnt": 0,
+            "state": "coming",
+            "modinfo_livepatch": is_lp,
+            "path": os.path.abspath(path),
+        }
         self.s["modules"][name] = module
         self.s["module_order"].append(name)
         ret = self.module_coming(module)
@@ -609,10 +635,14 @@ class SimKernel(object):
                 else:
                     ret = self.hook(patch, obj)
                     if ret:
-                        self.klp("failed to apply patch '%s' to module '%s' (%d)" % (patch["name"], module["name"], ret))
+                        self.klp(
+                            "failed to apply patch '%s' to module '%s' (%d)" % (patch["name"], module["name"], ret)
+                        )
                 if ret:
-                    self.klp("patch '%s' failed for module '%s', refusing to load module '%s'"
-                             % (patch["name"], module["name"], module["name"]))
+                    self.klp(
+                        "patch '%s' failed for module '%s', refusing to load module '%s'"
+                        % (patch["name"], module["name"], module["name"])
+                    )
                     module["state"] = "going"
                     for done_patch, done_obj in applied:
                         self.revert_object(done_patch, done_obj, module)
@@ -625,8 +655,14 @@ class SimKernel(object):
 
     def record_refusal(self, patch, module, obj, ret):
         self.s.setdefault("refused_loads", []).append(
-            {"patch": patch["name"], "module": module["name"], "object": obj["name"], "errno": -ret,
-             "clock": self.s["clock"]})
+            {
+                "patch": patch["name"],
+                "module": module["name"],
+                "object": obj["name"],
+                "errno": -ret,
+                "clock": self.s["clock"],
+            }
+        )
 
     def revert_object(self, patch, obj, module):
         in_transition = self.s["transition"] is not None and self.s["transition"]["patch"] == patch["name"]
@@ -668,17 +704,19 @@ class SimKernel(object):
                 self.log(line.format(mod=name))
             return
         seconds = task_spec.get("seconds")
-        self.s["tasks"].append({
-            "pid": self.next_pid(),
-            "comm": task_spec.get("comm", "kworker/0:1"),
-            "patch_state": -1 if self.s["transition"] is None else 1 - self.s["transition"]["target"],
-            "sleeping_in": [task_spec["function"]],
-            "until": None if seconds in (None, "forever") else self.s["clock"] + float(seconds),
-            "ignores_signal": task_spec.get("ignores_signal", True),
-            "module": name,
-            "log_exit": task_spec.get("log_exit", []),
-            "stack": [task_spec["function"]],
-        })
+        self.s["tasks"].append(
+            {
+                "pid": self.next_pid(),
+                "comm": task_spec.get("comm", "kworker/0:1"),
+                "patch_state": self.new_task_patch_state(),
+                "sleeping_in": [task_spec["function"]],
+                "until": None if seconds in (None, "forever") else self.s["clock"] + float(seconds),
+                "ignores_signal": task_spec.get("ignores_signal", True),
+                "module": name,
+                "log_exit": task_spec.get("log_exit", []),
+                "stack": [task_spec["function"]],
+            }
+        )
 
     def next_pid(self):
         pid = self.s["next_pid"]
@@ -769,8 +807,12 @@ class SimKernel(object):
         module_dir = self.s.get("module_dir")
         path = os.path.join(module_dir, name + ".ko") if module_dir else None
         if not path or not os.path.isfile(path):
-            return 1, "", "modprobe: FATAL: Module %s not found in directory /lib/modules/%s\n" % (
-                name, self.s["kernel_release"])
+            return (
+                1,
+                "",
+                "modprobe: FATAL: Module %s not found in directory /lib/modules/%s\n"
+                % (name, self.s["kernel_release"]),
+            )
         ret = self.load_module(path, names[1:])
         if ret:
             return 1, "", "modprobe: ERROR: could not insert '%s': %s\n" % (name, os.strerror(-ret))
@@ -800,8 +842,10 @@ class SimKernel(object):
         if path == "/sys/module/module/parameters/sig_enforce":
             return "Y\n" if self.s["sig_enforce"] else "N\n"
         if path == "/sys/kernel/security/lockdown":
-            return " ".join("[%s]" % m if m == self.s["lockdown"] else m
-                            for m in ("none", "integrity", "confidentiality")) + "\n"
+            return (
+                " ".join("[%s]" % m if m == self.s["lockdown"] else m for m in ("none", "integrity", "confidentiality"))
+                + "\n"
+            )
         if parts[:3] == ["sys", "kernel", "livepatch"] and len(parts) >= 5:
             return self._read_klp(parts[3:])
         if parts[:2] == ["sys", "module"] and len(parts) >= 4:
@@ -876,7 +920,7 @@ class SimKernel(object):
         if task is None:
             return None
         if rest[1:3] == ["task", str(task["pid"])]:
-            rest = [rest[0]] + rest[3:]
+            rest = [rest[0], *rest[3:]]
         leaf = rest[1:]
         if leaf == ["patch_state"]:
             return "%d\n" % task["patch_state"]
@@ -886,7 +930,7 @@ class SimKernel(object):
             frames = task.get("stack") or []
             if task.get("sleeping_in"):
                 frames = [f for f in frames if f] or [task["sleeping_in"][0].replace("*", "patched_function")]
-            frames = frames + ["kthread", "ret_from_fork"] if task.get("module") or task.get("sleeping_in") else []
+            frames = [*frames, "kthread", "ret_from_fork"] if task.get("module") or task.get("sleeping_in") else []
             return "".join("[<0>] %s+0x%x/0x%x\n" % (f, 0x20 + 8 * i, 0x100) for i, f in enumerate(frames))
         return None
 
@@ -977,7 +1021,7 @@ class SimKernel(object):
             try:
                 module["params"][parts[4]] = parse_param(pspec.get("type", "int"), data.strip())
             except ValueError:
-                raise KernelError(errno.EINVAL, path)
+                raise KernelError(errno.EINVAL, path) from None
             return None
         if self.exists(path):
             raise KernelError(errno.EACCES, path)
@@ -1005,12 +1049,24 @@ class SimKernel(object):
 
     # ------------------------------------------------------------------ faults set at boot
 
+    def new_task_patch_state(self):
+        """klp_copy_process(): a task born during a transition starts where its parent is, unswitched."""
+        t = self.s["transition"]
+        return -1 if t is None else 1 - t["target"]
+
     def add_stall(self, function="*", seconds=None, ignores_signal=True, comm="app_worker"):
-        self.s["tasks"].append({
-            "pid": self.next_pid(), "comm": comm, "patch_state": -1, "sleeping_in": [function],
-            "until": None if seconds in (None, "forever") else self.s["clock"] + float(seconds),
-            "ignores_signal": bool(ignores_signal), "stack": [], "log_exit": [],
-        })
+        self.s["tasks"].append(
+            {
+                "pid": self.next_pid(),
+                "comm": comm,
+                "patch_state": self.new_task_patch_state(),
+                "sleeping_in": [function],
+                "until": None if seconds in (None, "forever") else self.s["clock"] + float(seconds),
+                "ignores_signal": bool(ignores_signal),
+                "stack": [],
+                "log_exit": [],
+            }
+        )
 
 
 def parse_param(kind, raw):
@@ -1018,7 +1074,7 @@ def parse_param(kind, raw):
         try:
             return kstrtobool(raw)
         except OSError:
-            raise ValueError(raw)
+            raise ValueError(raw) from None
     if kind == "int":
         return int(raw, 0)
     return raw
