@@ -17,6 +17,7 @@ from klpfleet.states import ACTIVE_ROLLOUT_STATUSES, ATTENTION_REASONS, ATTENTIO
 HEALTH_EXIT = {"healthy": 0, "degraded": 1, "critical": 2}
 
 _ATTENTION: BindParameter[list[str]] = bindparam("attention", [s.value for s in ATTENTION_STATES], expanding=True)
+_CRITICAL: BindParameter[list[str]] = bindparam("critical", [s.value for s in CRITICAL_STATES], expanding=True)
 _ACTIVE: BindParameter[list[str]] = bindparam("active", [s.value for s in ACTIVE_ROLLOUT_STATUSES], expanding=True)
 
 
@@ -100,7 +101,13 @@ def fleet_status(conn: Connection, attention_limit: int = 50) -> dict[str, Any]:
         )
     ]
 
-    if any(by_state.get(s.value) for s in CRITICAL_STATES):
+    # Stalled or failed is critical only while the host may be half-patched (not verified clean).
+    critical = conn.execute(
+        text(
+            "SELECT count(*) FROM host_patches WHERE state IN :critical AND (host_clean IS NULL OR NOT host_clean)"
+        ).bindparams(_CRITICAL)
+    ).scalar()
+    if critical:
         health = "critical"
     elif by_state or unreachable:
         health = "degraded"

@@ -30,10 +30,21 @@ class PatchObservation:
     errno: int | None = None
     refused_object: str | None = None
     stalled_tasks: list[dict[str, Any]] = field(default_factory=list)
+    host_clean: bool | None = None
     attempted: bool = False  # this observation is the result of an attempt to change the host
 
 
-TRACKED = ("enabled", "transition", "stack_order", "replace", "objects", "error_code", "errno", "refused_object")
+TRACKED = (
+    "enabled",
+    "transition",
+    "stack_order",
+    "replace",
+    "objects",
+    "error_code",
+    "errno",
+    "refused_object",
+    "host_clean",
+)
 
 
 def observe(
@@ -60,6 +71,7 @@ def observe(
     row.objects = dict(seen.objects)
     row.error_code, row.errno, row.refused_object = seen.error_code, seen.errno, seen.refused_object
     row.stalled_tasks = list(seen.stalled_tasks)
+    row.host_clean = seen.host_clean
     if seen.outcome is not None:
         row.last_outcome = seen.outcome
     if seen.attempted:
@@ -73,7 +85,7 @@ def observe(
         details: dict[str, Any] = {"from": previous, "to": row.state, "observed_by": observed_by}
         if seen.outcome:
             details["outcome"] = seen.outcome
-        for key in ("error_code", "errno", "refused_object"):
+        for key in ("error_code", "errno", "refused_object", "host_clean"):
             if after[key] is not None:
                 details[key] = after[key]
         if seen.stalled_tasks:

@@ -16,7 +16,7 @@ from klpfleet.states import PatchState
 from .conftest import make_ko, run_klpfleet
 
 
-def seed(db, tmp_path, states: dict[str, PatchState], *, unreachable=(), kernel="6.1.0-56-amd64"):
+def seed(db, tmp_path, states: dict[str, PatchState], *, unreachable=(), kernel="6.1.0-56-amd64", clean=None):
     with db.session.begin() as s:
         patch, _ = add_patch(s, make_ko(tmp_path / "lp.ko", "livepatch_cve_2026_1234"), cves=["CVE-2026-1234"])
         for i, (name, state) in enumerate(sorted(states.items())):
@@ -34,6 +34,7 @@ def seed(db, tmp_path, states: dict[str, PatchState], *, unreachable=(), kernel=
                     error_code="refused" if state == PatchState.REFUSED else None,
                     errno=19 if state == PatchState.REFUSED else None,
                     refused_object="vmlinux" if state == PatchState.REFUSED else None,
+                    host_clean=clean,
                 ),
                 observed_by="test",
             )
@@ -49,10 +50,11 @@ def seed(db, tmp_path, states: dict[str, PatchState], *, unreachable=(), kernel=
         ({"h1": PatchState.FORCED, "h2": PatchState.DRIFT}, (), "degraded", 1),
         ({"h1": PatchState.STALLED, "h2": PatchState.REFUSED}, (), "critical", 2),
         ({"h1": PatchState.FAILED}, (), "critical", 2),
+        ({"h1": PatchState.STALLED}, (), "degraded", 1),  # seeded host_clean=True: reversed, verified clean
     ],
 )
 def test_status_health_and_exit_code(cli, sqlite_db, sqlite_url, tmp_path, states, unreachable, health, code):
-    seed(sqlite_db, tmp_path, states, unreachable=unreachable)
+    seed(sqlite_db, tmp_path, states, unreachable=unreachable, clean=True if health == "degraded" else None)
     result = cli("--db", sqlite_url, "status", "-o", "json")
     assert result.code == code, result.err
     doc = result.json()

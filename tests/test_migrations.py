@@ -66,3 +66,33 @@ def test_sqlite_pragmas_are_set(sqlite_db):
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
+
+
+def test_data_survives_the_upgrade_from_0001(any_db_url):
+    from sqlalchemy import text
+
+    db = open_database(any_db_url, create=True)
+    upgrade(db, "0001")
+    with db.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO hosts (id, name, vars, created_at, updated_at) "
+                "VALUES (1, 'web1', '{}', '2026-01-01', '2026-01-01')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO patches (id, name, sha256, vermagic, kernel_release, depends, size, cves, "
+                "path, added_at) VALUES (1, 'lp', 'ab', 'v', 'r', '[]', 1, '[]', '/p', '2026-01-01')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO host_patches (host_id, patch_id, state, objects, stalled_tasks, attempts, "
+                "observed_at, observed_by) VALUES (1, 1, 'refused', '{}', '[]', 2, '2026-01-01', 't')"
+            )
+        )
+    upgrade(db)
+    with db.engine.connect() as conn:
+        row = conn.execute(text("SELECT state, attempts, host_clean FROM host_patches")).one()
+    assert tuple(row) == ("refused", 2, None)

@@ -96,8 +96,16 @@ def test_faults_take_effect(fleet, tmp_path):
 def test_fleet_registers_nothing_and_patch_registers_like_a_real_one(fleet, tmp_path):
     db = tmp_path / "k.db"
     assert run_klpfleet("--db", str(db), "db", "upgrade").returncode == 0
-    added = run_klpfleet("--db", str(db), "patch", "add", str(fleet / "lp.ko"), "-o", "json",
-                         env={"KLPFLEET_ARTIFACTS": str(tmp_path / "a")})
+    added = run_klpfleet(
+        "--db",
+        str(db),
+        "patch",
+        "add",
+        str(fleet / "lp.ko"),
+        "-o",
+        "json",
+        env={"KLPFLEET_ARTIFACTS": str(tmp_path / "a")},
+    )
     assert added.returncode == 0, added.stderr
     data = json.loads(added.stdout)["data"]
     assert (data["name"], data["kernel_release"]) == ("livepatch_cve_2026_1234", "6.1.0-56-amd64")

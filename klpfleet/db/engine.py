@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # the ORM costs ~70 ms to import; `klpfleet status` does with
 
 # The Alembic revision this code expects. tests/test_migrations.py checks it equals the scripts' head,
 # so the schema gate needs no Alembic import on the hot path of every command.
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0002"
 
 BUSY_TIMEOUT_MS = 10_000
 

@@ -138,6 +138,8 @@ class HostPatch(Base):
     errno: Mapped[int | None]
     refused_object: Mapped[str | None] = mapped_column(String(255))
     stalled_tasks: Mapped[list[Any]] = mapped_column(default=list)
+    # After a failure: true when no module and no sysfs directory of the patch is left on the host.
+    host_clean: Mapped[bool | None]
     attempts: Mapped[int] = mapped_column(default=0)
     observed_at: Mapped[datetime] = mapped_column(default=utcnow)
     observed_by: Mapped[str] = mapped_column(String(255))
@@ -212,6 +214,22 @@ class WaveHost(Base):
     host: Mapped[Host] = relationship()
 
     __table_args__ = (UniqueConstraint("rollout_id", "host_id"),)
+
+
+class AnsibleRun(Base):
+    """One ansible-playbook run, as the recorder callback saw it."""
+
+    __tablename__ = "ansible_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ident: Mapped[str | None] = mapped_column(String(255), index=True)  # ansible-runner ident, when driven by it
+    playbook: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(32))  # running | completed | failed | interrupted
+    actor: Mapped[str] = mapped_column(String(255))
+    rollout_id: Mapped[int | None] = mapped_column(ForeignKey("rollouts.id", ondelete="SET NULL"))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    stats: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 class Event(Base):
