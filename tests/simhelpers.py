@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel import SimHost, SimPrimitives
-
 from klpfleet.sim.fleet import create_host
 from klpfleet.sim.spec import normalize, write_ko
 

@@ -4,6 +4,7 @@ failure class, each checked against what the kernel state then is."""
 import errno
 
 import pytest
+
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._livepatch import (
     Livepatch,
     LivepatchError,
@@ -17,7 +18,6 @@ from ansible_collections.klpfleet.livepatch.plugins.module_utils._operations imp
     remove_patch,
 )
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel import SimHost
-
 from klpfleet.sim.catalog import catalog_spec
 from klpfleet.sim.spec import write_ko
 

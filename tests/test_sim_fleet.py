@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._livepatch import Livepatch
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._operations import apply_patch
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._primitives import RealPrimitives, primitives_for

@@ -7,11 +7,11 @@ import re
 import tempfile
 from pathlib import Path
 
-from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel import SimKernel, new_kernel
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel import SimKernel, new_kernel
 from klpfleet.sim.spec import normalize, write_ko
 
 RELEASE = "6.1.0-56-amd64"

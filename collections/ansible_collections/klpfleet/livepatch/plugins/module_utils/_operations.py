@@ -39,7 +39,12 @@ class Operation(object):
         self.busy_retries = int(busy_retries)
         self.busy_delay = float(busy_delay)
         self.cursor = prims.log_cursor()
-        self.result = {"name": name, "attempts": 0, "transition_seconds": 0.0}
+        self.result = {
+            "name": name,
+            "attempts": 0,
+            "transition_seconds": 0.0,
+            "kernel_release": self.lp.kernel_release(),
+        }
 
     # ------------------------------------------------------------------ helpers
 
@@ -57,7 +62,7 @@ class Operation(object):
         error.details.setdefault("patch", self.state())
         error.details.setdefault("host_clean", self.host_clean())
         error.details["kernel_log"] = self.kernel_log()
-        for key in ("attempts", "transition_seconds", "name"):
+        for key in ("attempts", "transition_seconds", "name", "kernel_release"):
             error.details.setdefault(key, self.result[key])
         raise error
 
@@ -66,6 +71,7 @@ class Operation(object):
             outcome=outcome,
             changed=changed,
             patch=self.state(),
+            loaded=self.lp.module_loaded(self.name),
             kernel_log=self.kernel_log(),
             host_clean=self.host_clean() if outcome in ("removed", "already_absent") else False,
         )
@@ -179,14 +185,21 @@ def apply_patch(
     lp = Livepatch(prims)
     if not lp.supported():
         raise LivepatchError("livepatch_unsupported", "this kernel has no livepatch support (%s missing)" % KLP)
-    src_name, _ = check_source(prims, src, sha256)
+    try:
+        src_name, _ = check_source(prims, src, sha256)
+    except LivepatchError as exc:
+        # Refused before anything was loaded: this call left nothing behind.
+        exc.details.update(
+            host_clean=True, attempts=0, transition_seconds=0.0, name=name, kernel_release=lp.kernel_release()
+        )
+        raise
     name = name or src_name
     if name != src_name:
         raise LivepatchError("insmod_failed", "%s holds module %s, not %s" % (src, src_name, name), src=src)
 
     op = Operation(prims, name, transition_timeout, busy_retries, busy_delay)
     before = op.state()
-    op.result["before"] = before
+    op.result["before"] = {"patch": before, "loaded": lp.module_loaded(name)}
     if before is not None and before["enabled"] and not before["transition"]:
         return op.finish("already_applied", False)
     if check_mode:
@@ -283,8 +296,8 @@ def remove_patch(
     lp = Livepatch(prims)
     op = Operation(prims, name, transition_timeout, busy_retries, busy_delay)
     before = op.state()
-    op.result["before"] = before
     loaded = lp.module_loaded(name)
+    op.result["before"] = {"patch": before, "loaded": loaded}
     if before is None and not loaded:
         return op.finish("already_absent", False)
     if check_mode:

@@ -1,0 +1,27 @@
+# -*- coding: utf-8 -*-
+# Copyright: klpfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Runs the patch module, filling backend/sim_root from the host vars klp_backend/klp_sim_root."""
+
+from __future__ import annotations
+
+from ansible.plugins.action import ActionBase
+
+HOST_VAR_DEFAULTS = (("backend", "klp_backend"), ("sim_root", "klp_sim_root"))
+
+
+class ActionModule(ActionBase):
+    _supports_check_mode = True
+    _supports_async = False
+
+    def run(self, tmp=None, task_vars=None):
+        task_vars = task_vars or {}
+        result = super().run(tmp, task_vars)
+        args = dict(self._task.args)
+        for option, var in HOST_VAR_DEFAULTS:
+            if args.get(option) is None and task_vars.get(var) is not None:
+                args[option] = self._templar.template(task_vars[var])
+        result.update(
+            self._execute_module(module_name=self._task.resolved_action, module_args=args, task_vars=task_vars)
+        )
+        return result

@@ -1,0 +1,287 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: klpfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: patch
+short_description: Load or remove a kernel livepatch module and wait for its transition
+version_added: 0.1.0
+description:
+  - Manages one livepatch module on one host. V(present) loads it, waits until the kernel's patching transition
+    completes and reports what the kernel did; V(absent) disables it, waits for the unpatching transition and
+    removes the module.
+  - Never leaves a host half-patched. A refusal by a pre-patch callback is verified clean (the kernel removed the
+    patch) before it is reported. A transition that stalls is reversed and the module removed by default.
+  - Failures carry a stable O(klp_error) code; callers branch on it, never on RV(msg).
+  - Host vars C(klp_backend) and C(klp_sim_root) supply O(backend) and O(sim_root) when they are not given.
+author: klpfleet contributors
+options:
+  name:
+    description:
+      - Name of the livepatch (its module name, which is also its C(/sys/kernel/livepatch) directory).
+      - Defaults to the name in O(src)'s C(.modinfo). Required with O(state=absent).
+    type: str
+  src:
+    description: Path of the livepatch C(.ko) on the managed host. Required with O(state=present).
+    type: path
+  state:
+    description:
+      - V(present) - loaded, enabled, transition complete.
+      - V(absent) - disabled, transition complete, module removed.
+    type: str
+    choices: [present, absent]
+    default: present
+  params:
+    description: Module parameters passed to C(insmod).
+    type: dict
+    default: {}
+  sha256:
+    description: Refuse to load a file whose SHA-256 differs (hex).
+    type: str
+  transition_timeout:
+    description: Seconds to wait for a transition to complete before O(on_stall) applies.
+    type: float
+    default: 60
+  on_stall:
+    description:
+      - What to do when the patching transition does not complete within O(transition_timeout).
+      - V(reverse) - write 0 to C(enabled) (reversing the transition), wait until it is undone and remove the module.
+      - V(wait) - leave the transition running and report the stall.
+      - V(force) - force the remaining tasks; needs O(allow_force=true). A forced patch can never be removed
+        before a reboot.
+      - With O(state=absent), V(reverse) re-enables the patch when its unpatching transition stalls, so the host
+        keeps the state it had.
+    type: str
+    choices: [reverse, wait, force]
+    default: reverse
+  allow_force:
+    description: Permit O(on_stall=force).
+    type: bool
+    default: false
+  busy_retries:
+    description: How often to retry while another patch's transition is in progress (C(EBUSY)).
+    type: int
+    default: 5
+  busy_delay:
+    description: Seconds between those retries.
+    type: float
+    default: 2
+  backend:
+    description:
+      - V(sysfs) for a real kernel, V(sim) for a simulated host kept in O(sim_root).
+      - Defaults to the host var C(klp_backend), else V(sysfs).
+    type: str
+    choices: [sysfs, sim]
+  sim_root:
+    description: Directory of the simulated host; defaults to the host var C(klp_sim_root).
+    type: path
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: linux
+notes:
+  - Needs root on real hosts (C(become=true)).
+  - The kernel's behaviour is described in the project's C(kernel-livepatch.md) reference.
+seealso:
+  - module: klpfleet.livepatch.patch_info
+"""
+
+EXAMPLES = r"""
+- name: Apply a livepatch, backing the transition out if it stalls
+  klpfleet.livepatch.patch:
+    src: /var/lib/klpfleet/patches/livepatch_cve_2026_1234.ko
+    sha256: "{{ patch_sha256 }}"
+    state: present
+    transition_timeout: 60
+  become: true
+  register: lp
+
+- name: Stop on anything but a clean refusal
+  ansible.builtin.fail:
+    msg: "{{ lp.msg }}"
+  when: lp is failed and lp.klp_error != 'refused'
+
+- name: Remove it again
+  klpfleet.livepatch.patch:
+    name: livepatch_cve_2026_1234
+    state: absent
+  become: true
+"""
+
+RETURN = r"""
+outcome:
+  description: What happened.
+  returned: always
+  type: str
+  sample: applied
+  choices: [applied, already_applied, removed, already_absent, refused, stalled, failed]
+klp_error:
+  description:
+    - Stable failure code - refused, transition_stalled, busy, incompatible_state, not_livepatch,
+      vermagic_mismatch, signature_rejected, lockdown, checksum_mismatch, in_use, forced_unremovable,
+      livepatch_unsupported, insmod_failed.
+  returned: failure
+  type: str
+  sample: refused
+name:
+  description: The livepatch's name.
+  returned: always
+  type: str
+  sample: livepatch_cve_2026_1234
+patch:
+  description: The patch's sysfs state after the call, or null when it has no directory.
+  returned: always
+  type: dict
+  sample: {"name": "livepatch_cve_2026_1234", "enabled": true, "transition": false, "replace": null,
+           "stack_order": null, "objects": {"vmlinux": true}}
+transition_seconds:
+  description: Host seconds spent waiting for transitions.
+  returned: always
+  type: float
+  sample: 0.4
+attempts:
+  description: How many times C(insmod) was run (retries on EBUSY included).
+  returned: always
+  type: int
+  sample: 1
+kernel_log:
+  description: The livepatch lines of the kernel log this call caused.
+  returned: always
+  type: list
+  elements: str
+  sample:
+    - "livepatch: enabling patch 'livepatch_cve_2026_1234'"
+    - "livepatch: 'livepatch_cve_2026_1234': patching complete"
+host_clean:
+  description: After a failure or a removal - true when no module and no sysfs directory of this patch is left.
+  returned: always
+  type: bool
+  sample: true
+refused_object:
+  description: The object (C(vmlinux) or a module) whose pre-patch callback refused.
+  returned: when klp_error is refused
+  type: str
+  sample: vmlinux
+errno:
+  description: The errno behind the failure.
+  returned: when known
+  type: int
+  sample: 19
+errno_name:
+  description: Its symbolic name.
+  returned: when known
+  type: str
+  sample: ENODEV
+stalled_tasks:
+  description: Tasks that kept the transition from completing (pid, tid, comm, patch_state, kernel stack).
+  returned: when klp_error is transition_stalled, or when a transition was forced
+  type: list
+  elements: dict
+  sample: [{"pid": 1042, "tid": 1042, "comm": "db_writer", "patch_state": 0, "stack": ["[<0>] do_io+0x20/0x100"]}]
+reversed:
+  description: Whether a stalled transition was reversed.
+  returned: when klp_error is transition_stalled
+  type: bool
+  sample: true
+forced:
+  description: The transition was forced (the module can never be removed before a reboot).
+  returned: when on_stall=force was used
+  type: bool
+  sample: true
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._livepatch import LivepatchError
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._module import BACKEND_ARGS, host_primitives
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._operations import apply_patch, remove_patch
+
+FAILURE_OUTCOMES = {"refused": "refused", "transition_stalled": "stalled"}
+
+
+def summary(state, loaded):
+    """The facets of a patch that `changed` and `diff` are computed from."""
+    if state is None:
+        return {"loaded": bool(loaded), "enabled": None, "transition": None}
+    return {"loaded": True, "enabled": state["enabled"], "transition": state["transition"]}
+
+
+def predicted(target):
+    if target == "present":
+        return {"loaded": True, "enabled": True, "transition": False}
+    return {"loaded": False, "enabled": None, "transition": None}
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            name=dict(type="str"),
+            src=dict(type="path"),
+            state=dict(type="str", default="present", choices=["present", "absent"]),
+            params=dict(type="dict", default={}),
+            sha256=dict(type="str"),
+            transition_timeout=dict(type="float", default=60.0),
+            on_stall=dict(type="str", default="reverse", choices=["reverse", "wait", "force"]),
+            allow_force=dict(type="bool", default=False),
+            busy_retries=dict(type="int", default=5),
+            busy_delay=dict(type="float", default=2.0),
+            **BACKEND_ARGS,
+        ),
+        required_if=[("state", "present", ["src"]), ("state", "absent", ["name"])],
+        supports_check_mode=True,
+    )
+    p = module.params
+    prims = host_primitives(module)
+    common = dict(
+        transition_timeout=p["transition_timeout"],
+        busy_retries=p["busy_retries"],
+        busy_delay=p["busy_delay"],
+        check_mode=module.check_mode,
+    )
+    try:
+        if p["state"] == "present":
+            result = apply_patch(
+                prims,
+                p["src"],
+                name=p["name"],
+                params=p["params"],
+                sha256=p["sha256"],
+                on_stall=p["on_stall"],
+                allow_force=p["allow_force"],
+                **common,
+            )
+        else:
+            result = remove_patch(prims, p["name"], on_stall="reverse" if p["on_stall"] != "wait" else "wait", **common)
+    except LivepatchError as exc:
+        details = dict(exc.details)
+        # A failure changed the host unless it was verified back to where it started.
+        changed = bool(details.get("attempts")) and not details.get("host_clean")
+        module.fail_json(
+            msg=exc.msg,
+            klp_error=exc.klp_error,
+            outcome=FAILURE_OUTCOMES.get(exc.klp_error, "failed"),
+            changed=changed,
+            **dict(details, name=details.get("name") or p["name"]),
+        )
+
+    was = result.pop("before")
+    before = summary(was["patch"], was["loaded"])
+    if module.check_mode:
+        after = predicted(p["state"]) if result["changed"] else before
+    else:
+        after = summary(result["patch"], result["loaded"])
+    result["changed"] = before != after
+    if module._diff:
+        result["diff"] = dict(before=before, after=after, before_header=result["name"], after_header=result["name"])
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

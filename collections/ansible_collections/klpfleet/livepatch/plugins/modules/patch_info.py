@@ -1,0 +1,132 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: klpfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: patch_info
+short_description: Read a host's kernel livepatch state
+version_added: 0.1.0
+description:
+  - Reads, and never changes, everything about livepatch on a host - the kernel release, whether livepatch is
+    supported, every patch with its objects, stack order, replace and forced flags, the transition in progress with
+    its stalled tasks, decoded taint flags, target-module loads a patch refused (from the kernel log), and whether
+    module signatures are enforced or the kernel is locked down.
+  - The same code reads the state for the C(klpfleet probe) command, so the two never disagree.
+author: klpfleet contributors
+options:
+  stalled_tasks:
+    description: List the tasks holding up a transition in progress (reads every task's C(patch_state)).
+    type: bool
+    default: true
+  backend:
+    description: V(sysfs) for a real kernel, V(sim) for a simulated host; defaults to the host var C(klp_backend).
+    type: str
+    choices: [sysfs, sim]
+  sim_root:
+    description: Directory of the simulated host; defaults to the host var C(klp_sim_root).
+    type: path
+attributes:
+  check_mode:
+    support: full
+    details: Read-only; runs the same in check mode.
+  diff_mode:
+    support: none
+  platform:
+    platforms: linux
+seealso:
+  - module: klpfleet.livepatch.patch
+"""
+
+EXAMPLES = r"""
+- name: Read livepatch state
+  klpfleet.livepatch.patch_info:
+  become: true
+  register: klp
+
+- name: Hosts where a module load was refused by a patch
+  ansible.builtin.debug:
+    var: klp.refused_module_loads
+  when: klp.refused_module_loads | length > 0
+"""
+
+RETURN = r"""
+kernel_release:
+  description: The running kernel's release.
+  returned: always
+  type: str
+  sample: 6.1.0-56-amd64
+livepatch_supported:
+  description: Whether C(/sys/kernel/livepatch) exists (CONFIG_LIVEPATCH).
+  returned: always
+  type: bool
+  sample: true
+patches:
+  description:
+    - Every patch with a sysfs directory, in stack order (enable order). Before kernel 6.13 the order is estimated
+      from the kernel log (C(stack_order_estimated)); C(replace) is null before 6.11, objects' C(patched) before 6.0.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"name": "livepatch_cve_2026_1234", "enabled": true, "transition": false, "replace": null,
+            "stack_order": null, "stack_order_estimated": true, "objects": {"vmlinux": true}, "forced": false,
+            "module_refcnt": 1}]
+forced_modules:
+  description: Modules of forced patches that were disabled but can never be removed before a reboot.
+  returned: always
+  type: list
+  elements: dict
+  sample: []
+transition:
+  description: The transition in progress (patch, target, stalled tasks), or null.
+  returned: always
+  type: dict
+  sample: {"patch": "livepatch_cve_2026_1234", "target": "patched", "stalled_tasks": []}
+taint:
+  description: C(/proc/sys/kernel/tainted) decoded.
+  returned: always
+  type: dict
+  sample: {"value": 45056, "flags": "OEK", "names": ["oot_module", "unsigned_module", "livepatch"]}
+signatures:
+  description: Whether module signatures are enforced, and the lockdown mode.
+  returned: always
+  type: dict
+  sample: {"enforced": false, "lockdown": "none"}
+refused_module_loads:
+  description: Target-module loads that a patch refused, from the kernel log.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"patch": "livepatch_net", "module": "virtio_net", "seq": 812, "seconds_since_boot": 5123.2,
+            "callback_refused": true}]
+log_cursor:
+  description: The kernel log's last sequence number when the state was read.
+  returned: always
+  type: int
+  sample: 812
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._livepatch import Livepatch
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._module import BACKEND_ARGS, host_primitives
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(stalled_tasks=dict(type="bool", default=True), **BACKEND_ARGS),
+        supports_check_mode=True,
+    )
+    prims = host_primitives(module)
+    try:
+        facts = Livepatch(prims).facts(with_tasks=module.params["stalled_tasks"])
+    except OSError as exc:
+        module.fail_json(msg="cannot read livepatch state: %s" % exc, klp_error="insmod_failed")
+    module.exit_json(changed=False, **facts)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""Turning klpfleet.livepatch module results into host patch state, one transaction per result.
+
+The Ansible callback plugin `klpfleet.livepatch.recorder` is a thin adapter over this; the controller
+and the probe use the same mapping, so a result means the same thing whoever recorded it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from klpfleet.db import events
+from klpfleet.db.engine import Database
+from klpfleet.db.models import AnsibleRun, Host, HostPatch, Patch, utcnow
+from klpfleet.inventory import HOST_NAME_RE
+from klpfleet.observations import PatchObservation, observe
+from klpfleet.states import PatchState
+
+PATCH_ACTIONS = {"klpfleet.livepatch.patch", "patch"}
+INFO_ACTIONS = {"klpfleet.livepatch.patch_info", "patch_info"}
+FAILURE_STATES = {"refused": PatchState.REFUSED, "transition_stalled": PatchState.STALLED}
+SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def is_livepatch_action(action: str) -> bool:
+    return action in PATCH_ACTIONS or action in INFO_ACTIONS
+
+
+class Recorder:
+    def __init__(self, db: Database, actor: str | None = None) -> None:
+        self.db = db
+        self.actor = actor or f"ansible:{events.default_actor()}"
+
+    # ------------------------------------------------------------------ runs
+
+    def start_run(self, playbook: str, ident: str | None = None, rollout_id: int | None = None) -> int:
+        with self.db.session.begin() as s:
+            run = AnsibleRun(playbook=playbook, status="running", actor=self.actor, ident=ident, rollout_id=rollout_id)
+            s.add(run)
+            s.flush()
+            return run.id
+
+    def finish_run(self, run_id: int, status: str, stats: dict[str, Any] | None = None) -> None:
+        with self.db.session.begin() as s:
+            run = s.get(AnsibleRun, run_id)
+            if run is not None and run.status == "running":
+                run.status = status
+                run.finished_at = utcnow()
+                run.stats = stats or {}
+
+    # ------------------------------------------------------------------ results
+
+    def record(
+        self,
+        run_id: int | None,
+        host_name: str,
+        action: str,
+        status: str,
+        result: dict[str, Any],
+        args: dict[str, Any] | None = None,
+        check_mode: bool = False,
+        no_log: bool = False,
+    ) -> None:
+        """status: ok | failed | unreachable. Check-mode results change no state."""
+        if check_mode or not HOST_NAME_RE.match(host_name):
+            return
+        args = args or {}
+        with self.db.session.begin() as s:
+            host = self._host(s, host_name)
+            observed_by = f"ansible-run:{run_id}" if run_id else "ansible"
+            if status == "unreachable":
+                host.reachable = False
+                patch = (
+                    self._patch(s, host, args.get("name"), args.get("sha256")) if is_livepatch_action(action) else None
+                )
+                if patch is not None:
+                    observe(
+                        s,
+                        host,
+                        patch,
+                        PatchObservation(state=PatchState.UNREACHABLE, attempted=True),
+                        observed_by=observed_by,
+                        actor=self.actor,
+                    )
+                else:
+                    events.record(
+                        s,
+                        "host.unreachable",
+                        actor=self.actor,
+                        host=host,
+                        run_id=run_id,
+                        msg=None if no_log else str(result.get("msg", ""))[:500],
+                    )
+                return
+            host.reachable = True
+            host.last_seen = utcnow()
+            release = result.get("kernel_release")
+            if isinstance(release, str) and release and release != host.kernel_release:
+                if host.kernel_release is not None:
+                    events.record(
+                        s,
+                        "host.kernel_changed",
+                        actor=self.actor,
+                        host=host,
+                        previous=host.kernel_release,
+                        current=release,
+                    )
+                host.kernel_release = release
+            if action in INFO_ACTIONS:
+                if status == "ok":
+                    self._record_info(s, host, result, observed_by)
+                return
+            self._record_patch(s, host, status, result, args, observed_by, no_log)
+
+    def _record_patch(
+        self,
+        s: Session,
+        host: Host,
+        status: str,
+        result: dict[str, Any],
+        args: dict[str, Any],
+        observed_by: str,
+        no_log: bool,
+    ) -> None:
+        name = result.get("name") or args.get("name")
+        patch = self._patch(s, host, name, args.get("sha256"))
+        if patch is None:
+            events.record(
+                s,
+                "patch.unregistered",
+                actor=self.actor,
+                host=host,
+                patch_name=name,
+                outcome=result.get("outcome"),
+                klp_error=result.get("klp_error"),
+            )
+            return
+        sysfs = result.get("patch") or {}
+        seen = PatchObservation(
+            state=PatchState.ABSENT,
+            enabled=sysfs.get("enabled"),
+            transition=sysfs.get("transition"),
+            stack_order=sysfs.get("stack_order"),
+            replace=sysfs.get("replace"),
+            objects=dict(sysfs.get("objects") or {}),
+            outcome=result.get("outcome"),
+            host_clean=result.get("host_clean"),
+            attempted=bool(result.get("attempts")) or status == "failed",
+        )
+        if status == "ok":
+            outcome = result.get("outcome")
+            if outcome in ("applied", "already_applied"):
+                seen.state = PatchState.FORCED if result.get("forced") else PatchState.APPLIED
+        else:
+            code = str(result.get("klp_error") or "insmod_failed")
+            seen.state = FAILURE_STATES.get(code, PatchState.FAILED)
+            if code == "forced_unremovable":
+                seen.state = PatchState.FORCED
+            seen.error_code = code
+            seen.errno = result.get("errno") if isinstance(result.get("errno"), int) else None
+            seen.refused_object = result.get("refused_object")
+            if not no_log:
+                seen.stalled_tasks = [
+                    {k: t.get(k) for k in ("pid", "tid", "comm", "patch_state")}
+                    for t in result.get("stalled_tasks") or []
+                    if isinstance(t, dict)
+                ]
+        observe(s, host, patch, seen, observed_by=observed_by, actor=self.actor)
+
+    def _record_info(self, s: Session, host: Host, facts: dict[str, Any], observed_by: str) -> None:
+        host.livepatch_supported = facts.get("livepatch_supported")
+        on_host = {p.get("name"): p for p in facts.get("patches") or [] if isinstance(p, dict)}
+        forced_lingering = {p.get("name") for p in facts.get("forced_modules") or [] if isinstance(p, dict)}
+        known = {hp.patch_id: hp for hp in s.scalars(select(HostPatch).where(HostPatch.host_id == host.id))}
+        for name, sysfs in on_host.items():
+            patch = self._patch(s, host, name, None)
+            if patch is None:
+                events.record(s, "patch.unknown_found", actor=self.actor, host=host, patch_name=name)
+                continue
+            if sysfs.get("forced"):
+                state = PatchState.FORCED
+            elif sysfs.get("transition"):
+                state = PatchState.TRANSITIONING if sysfs.get("enabled") else PatchState.UNLOADING
+            else:
+                state = PatchState.APPLIED
+            observe(
+                s,
+                host,
+                patch,
+                PatchObservation(
+                    state=state,
+                    enabled=sysfs.get("enabled"),
+                    transition=sysfs.get("transition"),
+                    stack_order=sysfs.get("stack_order"),
+                    replace=sysfs.get("replace"),
+                    objects=dict(sysfs.get("objects") or {}),
+                ),
+                observed_by=observed_by,
+                actor=self.actor,
+            )
+            known.pop(patch.id, None)
+        for row in known.values():
+            patch = s.get(Patch, row.patch_id)
+            if patch is None:
+                continue
+            # Not on the host. Failure states keep their story (the refusal is still the last word).
+            if patch.name in forced_lingering:
+                state = PatchState.FORCED
+            elif row.state in (PatchState.REFUSED, PatchState.STALLED, PatchState.FAILED) and row.host_clean:
+                continue
+            else:
+                state = PatchState.ABSENT
+            observe(
+                s,
+                host,
+                patch,
+                PatchObservation(state=state, host_clean=row.host_clean),
+                observed_by=observed_by,
+                actor=self.actor,
+            )
+        for refusal in facts.get("refused_module_loads") or []:
+            if isinstance(refusal, dict):
+                self._module_refusal(s, host, refusal)
+
+    def _module_refusal(self, s: Session, host: Host, refusal: dict[str, Any]) -> None:
+        """A target-module load a patch refused: recorded once per (patch, module, log sequence)."""
+        key = {"patch": refusal.get("patch"), "module": refusal.get("module"), "seq": refusal.get("seq")}
+        from klpfleet.db.models import Event
+
+        seen = s.scalars(
+            select(Event.details).where(Event.host_id == host.id, Event.kind == "module.load_refused")
+        ).all()
+        if any(
+            d.get("patch") == key["patch"] and d.get("module") == key["module"] and d.get("seq") == key["seq"]
+            for d in seen
+        ):
+            return
+        events.record(
+            s,
+            "module.load_refused",
+            actor=self.actor,
+            host=host,
+            **key,
+            seconds_since_boot=refusal.get("seconds_since_boot"),
+        )
+
+    # ------------------------------------------------------------------ lookups
+
+    def _host(self, s: Session, name: str) -> Host:
+        host = s.scalar(select(Host).where(Host.name == name))
+        if host is None:
+            host = Host(name=name, vars={})
+            s.add(host)
+            s.flush()
+            events.record(s, "host.discovered", actor=self.actor, host=host)
+        return host
+
+    def _patch(self, s: Session, host: Host, name: Any, sha256: Any) -> Patch | None:
+        if isinstance(sha256, str) and SHA256_RE.match(sha256):
+            found = s.scalar(select(Patch).where(Patch.sha256 == sha256.lower()))
+            if found is not None:
+                return found
+        if not isinstance(name, str) or not name:
+            return None
+        candidates = list(s.scalars(select(Patch).where(Patch.name == name).order_by(Patch.added_at.desc())))
+        for p in candidates:
+            if host.kernel_release and p.kernel_release == host.kernel_release:
+                return p
+        return candidates[0] if candidates else None
