@@ -125,6 +125,10 @@ class Recorder:
         observed_by: str,
         no_log: bool,
     ) -> None:
+        if "censored" in result:
+            # no_log: Ansible hid the whole result. Only the task's literal target state is known.
+            target = "applied" if args.get("state", "present") == "present" else "removed"
+            result = {"outcome": target if status == "ok" else "no_log"}
         name = result.get("name") or args.get("name")
         patch = self._patch(s, host, name, args.get("sha256"))
         if patch is None:
@@ -155,8 +159,8 @@ class Recorder:
             if outcome in ("applied", "already_applied"):
                 seen.state = PatchState.FORCED if result.get("forced") else PatchState.APPLIED
         else:
-            code = str(result.get("klp_error") or "insmod_failed")
-            seen.state = FAILURE_STATES.get(code, PatchState.FAILED)
+            code = result.get("klp_error")
+            seen.state = FAILURE_STATES.get(str(code), PatchState.FAILED)
             if code == "forced_unremovable":
                 seen.state = PatchState.FORCED
             seen.error_code = code

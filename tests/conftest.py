@@ -17,6 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from klpfleet.collection import ensure_importable
+
+ensure_importable()  # the tests import the collection's module_utils directly
+
 from klpfleet.db.engine import Database, open_database
 from klpfleet.db.migrate import upgrade
 from klpfleet.sim.elfbuild import build_module

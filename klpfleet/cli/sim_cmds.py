@@ -62,6 +62,9 @@ def host_create(directory: str, kernel_release: str, speed: float) -> None:
 @click.option("--selftest-filter", is_flag=True, help="Filter as the kernel selftests do.")
 def host_log(directory: str, selftest_filter: bool) -> None:
     """Print a simulated host's kernel log (like dmesg)."""
+    from klpfleet.collection import ensure_importable
+
+    ensure_importable()
     from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel import SimHost
     from klpfleet.errors import UsageError
     from klpfleet.sim.scenario import selftest_filter as sf

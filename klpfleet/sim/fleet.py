@@ -24,6 +24,9 @@ FAULT_KEYS = {"refuse", "stall", "unreachable", "kernel_release", "modules", "si
 
 
 def _sim():
+    from klpfleet.collection import ensure_importable
+
+    ensure_importable()
     from ansible_collections.klpfleet.livepatch.plugins.module_utils import _sim_kernel
 
     return _sim_kernel

@@ -168,6 +168,9 @@ class Runner:
 
 def run_scenario(steps: list[Step], kernel_release: str = "6.1.0-56-amd64") -> list[str]:
     """Run on a fresh simulated host; return the selftest-filtered kernel log."""
+    from klpfleet.collection import ensure_importable
+
+    ensure_importable()
     from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel import (
         SimPrimitives,
         create_host,

@@ -152,7 +152,7 @@ class CallbackModule(CallbackBase):
         args = {
             k: v
             for k, v in (task.args or {}).items()
-            if k in ("name", "sha256") and isinstance(v, str) and "{{" not in v
+            if k in ("name", "sha256", "state") and isinstance(v, str) and "{{" not in v
         }
         try:
             self.recorder.record(

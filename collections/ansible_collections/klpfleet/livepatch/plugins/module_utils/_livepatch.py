@@ -113,7 +113,7 @@ def file_sha256(path):
 
 def module_name_of(path):
     """The module name in a .ko's .modinfo (what its sysfs directory will be called)."""
-    modinfo, _ = read_module_file(path)
+    modinfo, _dummy = read_module_file(path)
     name = first(modinfo, "name")
     if not name:
         raise ModinfoError("kernel module has no name")
@@ -193,9 +193,9 @@ class Livepatch(object):
         return found
 
     def enable_order(self):
-        records, _ = self.p.read_log(-1)
+        records, _dummy = self.p.read_log(-1)
         order = {}
-        for seq, _, text in records:
+        for seq, _dummy, text in records:
             m = re.search(r"livepatch: enabling patch '([^']+)'", text)
             if m:
                 order[m.group(1)] = seq
@@ -259,7 +259,7 @@ class Livepatch(object):
     def refused_module_loads(self, records=None):
         """Target-module loads a patch refused (they can surface days after a rollout)."""
         if records is None:
-            records, _ = self.p.read_log(-1)
+            records, _dummy = self.p.read_log(-1)
         out = []
         last_object = None
         for seq, ts, text in records:
@@ -283,9 +283,9 @@ class Livepatch(object):
     def forced_patches(self, records=None):
         """Patches whose transition was forced, attributed from the kernel log."""
         if records is None:
-            records, _ = self.p.read_log(-1)
+            records, _dummy = self.p.read_log(-1)
         forced, current = set(), None
-        for _, _, text in records:
+        for _dummy_seq, _dummy_ts, text in records:
             m = RE_STARTING.search(text)
             if m:
                 current = m.group("patch")
@@ -349,8 +349,8 @@ class Livepatch(object):
     # ------------------------------------------------------------------ kernel log of one call
 
     def log_since(self, cursor):
-        records, _ = self.p.read_log(cursor)
-        return [text for _, _, text in records]
+        records, _dummy = self.p.read_log(cursor)
+        return [text for dummy_seq, dummy_ts, text in records]
 
 
 def livepatch_lines(lines, name):

@@ -101,7 +101,7 @@ class Operation(object):
     def rmmod(self):
         # The kernel drops the module reference just after the directory goes; give it a moment.
         self.lp.wait_until(lambda: (self.lp.module_refcnt(self.name) or 0) == 0, 2.0)
-        rc, _, stderr = self.p.run(["rmmod", self.name])
+        rc, _dummy, stderr = self.p.run(["rmmod", self.name])
         if rc == 0 or not self.lp.module_loaded(self.name):
             return
         forced = self.name in self.lp.forced_patches()
@@ -132,7 +132,7 @@ class Operation(object):
 def check_source(prims, src, sha256=None):
     """Name and modinfo of the .ko at src, refusing what can never load here."""
     try:
-        modinfo, _ = read_module_file(src)
+        modinfo, _dummy = read_module_file(src)
     except (OSError, ModinfoError) as exc:
         raise LivepatchError("insmod_failed", "cannot read %s: %s" % (src, exc), src=src) from None
     name = first(modinfo, "name")
@@ -186,7 +186,7 @@ def apply_patch(
     if not lp.supported():
         raise LivepatchError("livepatch_unsupported", "this kernel has no livepatch support (%s missing)" % KLP)
     try:
-        src_name, _ = check_source(prims, src, sha256)
+        src_name, _dummy = check_source(prims, src, sha256)
     except LivepatchError as exc:
         # Refused before anything was loaded: this call left nothing behind.
         exc.details.update(
@@ -218,7 +218,7 @@ def apply_patch(
     while True:
         op.result["attempts"] += 1
         call_cursor = prims.log_cursor()
-        rc, _, stderr = prims.run(argv)
+        rc, _dummy, stderr = prims.run(argv)
         if rc == 0:
             break
         lines = lp.log_since(call_cursor)

@@ -87,7 +87,7 @@ class RealPrimitives(object):
                     raise
                 if not raw:
                     break
-                header, _, text = raw.decode("utf-8", "replace").partition(";")
+                header, _dummy, text = raw.decode("utf-8", "replace").partition(";")
                 parts = header.split(",")
                 try:
                     seq, usec = int(parts[1]), int(parts[2])

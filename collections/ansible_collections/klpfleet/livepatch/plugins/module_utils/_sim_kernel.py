@@ -581,7 +581,7 @@ class SimKernel(object):
         for pname, pspec in spec.get("params", {}).items():
             values[pname] = pspec.get("default")
         for item in params:
-            key, _, raw = item.partition("=")
+            key, _dummy, raw = item.partition("=")
             if key not in spec.get("params", {}):
                 self.log("%s: unknown parameter '%s' ignored" % (name, key))
                 continue

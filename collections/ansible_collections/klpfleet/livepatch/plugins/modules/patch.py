@@ -16,9 +16,10 @@ description:
     removes the module.
   - Never leaves a host half-patched. A refusal by a pre-patch callback is verified clean (the kernel removed the
     patch) before it is reported. A transition that stalls is reversed and the module removed by default.
-  - Failures carry a stable O(klp_error) code; callers branch on it, never on RV(msg).
+  - Failures carry a stable RV(klp_error) code; callers branch on it, never on the message.
   - Host vars C(klp_backend) and C(klp_sim_root) supply O(backend) and O(sim_root) when they are not given.
-author: klpfleet contributors
+author:
+  - klpfleet contributors (@klpfleet)
 options:
   name:
     description:
@@ -81,10 +82,14 @@ options:
     type: path
 attributes:
   check_mode:
+    description: Reports what would change (loaded, enabled, transition) without touching the kernel.
     support: full
   diff_mode:
+    description: Shows the patch's loaded/enabled/transition facets before and after.
     support: full
   platform:
+    description: Target hosts running Linux with CONFIG_LIVEPATCH, or simulated hosts.
+    support: full
     platforms: linux
 notes:
   - Needs root on real hosts (C(become=true)).

@@ -16,7 +16,8 @@ description:
     its stalled tasks, decoded taint flags, target-module loads a patch refused (from the kernel log), and whether
     module signatures are enforced or the kernel is locked down.
   - The same code reads the state for the C(klpfleet probe) command, so the two never disagree.
-author: klpfleet contributors
+author:
+  - klpfleet contributors (@klpfleet)
 options:
   stalled_tasks:
     description: List the tasks holding up a transition in progress (reads every task's C(patch_state)).
@@ -31,11 +32,14 @@ options:
     type: path
 attributes:
   check_mode:
+    description: Read-only; runs the same in check mode.
     support: full
-    details: Read-only; runs the same in check mode.
   diff_mode:
+    description: Nothing changes, so there is no diff.
     support: none
   platform:
+    description: Target hosts running Linux, or simulated hosts.
+    support: full
     platforms: linux
 seealso:
   - module: klpfleet.livepatch.patch

@@ -1,0 +1,143 @@
+"""The collection's modules run in-process, over the simulated kernel: the result every caller sees,
+for every outcome and klp_error, with check mode and diff."""
+
+import json
+
+import pytest
+from ansible.module_utils.testing import patch_module_args
+
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._livepatch import file_sha256
+from ansible_collections.klpfleet.livepatch.plugins.modules import patch as patch_module
+from ansible_collections.klpfleet.livepatch.plugins.modules import patch_info as patch_info_module
+from klpfleet.sim.catalog import catalog_spec
+from klpfleet.sim.spec import write_ko
+
+from .simhelpers import build, kernel_state, sim_host
+
+
+def run_module(module, capsys, **args):
+    capsys.readouterr()
+    with patch_module_args(args), pytest.raises(SystemExit) as exited:
+        module.main()
+    result = json.loads(capsys.readouterr().out)
+    assert bool(result.get("failed")) == (exited.value.code != 0)
+    return result
+
+
+@pytest.fixture
+def host_dir(tmp_path):
+    sim_host(tmp_path / "host")
+    return str(tmp_path / "host")
+
+
+def test_present_quartet_and_absent_quartet_with_diff(capsys, host_dir, tmp_path):
+    ko = build(tmp_path, "lp_fix")
+    base = {"backend": "sim", "sim_root": host_dir, "src": ko, "_ansible_diff": True}
+    check = run_module(patch_module, capsys, **base, _ansible_check_mode=True)
+    assert (check["changed"], check["outcome"]) == (True, "applied")
+    assert kernel_state(type("P", (), {"root": host_dir})())["modules"] == {}
+    real = run_module(patch_module, capsys, **base)
+    assert (real["changed"], real["outcome"]) == (True, "applied")
+    assert real["diff"]["before"] == {"loaded": False, "enabled": None, "transition": None}
+    assert real["diff"]["after"] == {"loaded": True, "enabled": True, "transition": False}
+    again_check = run_module(patch_module, capsys, **base, _ansible_check_mode=True)
+    again = run_module(patch_module, capsys, **base)
+    assert (again_check["changed"], again["changed"], again["outcome"]) == (False, False, "already_applied")
+
+    absent = {"backend": "sim", "sim_root": host_dir, "name": "lp_fix", "state": "absent"}
+    results = [
+        run_module(patch_module, capsys, **absent, _ansible_check_mode=True),
+        run_module(patch_module, capsys, **absent),
+        run_module(patch_module, capsys, **absent, _ansible_check_mode=True),
+        run_module(patch_module, capsys, **absent),
+    ]
+    assert [r["changed"] for r in results] == [True, True, False, False]
+    assert [r["outcome"] for r in results] == ["removed", "removed", "already_absent", "already_absent"]
+    assert results[1]["host_clean"] is True
+
+
+@pytest.mark.parametrize(
+    ("faults", "spec", "args", "klp_error", "outcome", "extra"),
+    [
+        (
+            {},
+            "demo",
+            {"params": {"pre_patch_ret": -19}},
+            "refused",
+            "refused",
+            {"refused_object": "vmlinux", "errno": 19, "errno_name": "ENODEV", "host_clean": True},
+        ),
+        (
+            {"stall": {"function": "*"}},
+            None,
+            {"transition_timeout": 2},
+            "transition_stalled",
+            "stalled",
+            {"reversed": True, "host_clean": True},
+        ),
+        ({"sig_enforce": True}, None, {}, "signature_rejected", "failed", {"errno_name": "EKEYREJECTED"}),
+        ({"lockdown": "integrity"}, None, {}, "lockdown", "failed", {"errno_name": "EPERM"}),
+        ({"livepatch": False}, None, {}, "livepatch_unsupported", "failed", {}),
+        ({}, None, {"sha256": "f" * 64}, "checksum_mismatch", "failed", {"host_clean": True}),
+        ({}, "other-kernel", {}, "vermagic_mismatch", "failed", {"host_clean": True}),
+        ({}, "plain", {}, "not_livepatch", "failed", {}),
+        ({}, None, {"on_stall": "force"}, "insmod_failed", "failed", {}),
+    ],
+)
+def test_failures(capsys, tmp_path, faults, spec, args, klp_error, outcome, extra):
+    root = tmp_path / "host"
+    sim_host(root, **faults)
+    if spec == "demo":
+        ko = str(write_ko(catalog_spec("test_klp_callbacks_demo"), tmp_path / "demo.ko"))
+    elif spec == "other-kernel":
+        ko = build(tmp_path, "lp_fix", release="6.1.0-99-amd64")
+    elif spec == "plain":
+        ko = build(tmp_path, "virtio_net", livepatch=False, objects=[])
+    else:
+        ko = build(tmp_path, "lp_fix")
+    result = run_module(patch_module, capsys, backend="sim", sim_root=str(root), src=ko, **args)
+    assert result["failed"] is True
+    assert (result["klp_error"], result["outcome"]) == (klp_error, outcome)
+    for key, value in extra.items():
+        assert result[key] == value, key
+    assert result["msg"]
+
+
+def test_forced_then_unremovable(capsys, tmp_path):
+    root = tmp_path / "host"
+    sim_host(root, stall={"function": "*", "seconds": 20})
+    common = {"backend": "sim", "sim_root": str(root)}
+    forced = run_module(
+        patch_module,
+        capsys,
+        **common,
+        src=build(tmp_path, "lp_a"),
+        on_stall="force",
+        allow_force=True,
+        transition_timeout=2,
+    )
+    assert (forced["outcome"], forced["forced"], forced["changed"]) == ("applied", True, True)
+    assert forced["stalled_tasks"][0]["comm"] == "app_worker"
+    gone = run_module(patch_module, capsys, **common, name="lp_a", state="absent", transition_timeout=30)
+    assert (gone["klp_error"], gone["outcome"]) == ("forced_unremovable", "failed")
+
+
+def test_patch_info(capsys, host_dir, tmp_path):
+    run_module(patch_module, capsys, backend="sim", sim_root=host_dir, src=build(tmp_path, "lp_fix"))
+    info = run_module(patch_info_module, capsys, backend="sim", sim_root=host_dir)
+    assert info["changed"] is False
+    assert info["kernel_release"] == "6.1.0-56-amd64"
+    assert [p["name"] for p in info["patches"]] == ["lp_fix"]
+    assert info["taint"]["names"] == ["oot_module", "unsigned_module", "livepatch"]
+    assert info["transition"] is None and info["refused_module_loads"] == []
+
+
+def test_sim_backend_needs_a_root(capsys, tmp_path):
+    result = run_module(patch_info_module, capsys, backend="sim")
+    assert result["failed"] and "sim_root" in result["msg"]
+
+
+def test_checksum_in_any_case(capsys, host_dir, tmp_path):
+    ko = build(tmp_path, "lp_fix")
+    result = run_module(patch_module, capsys, backend="sim", sim_root=host_dir, src=ko, sha256=file_sha256(ko).upper())
+    assert result["outcome"] == "applied"
