@@ -78,7 +78,7 @@ def read_inventory(sources: list[str], label_keys: tuple[str, ...] = DEFAULT_LAB
 
     loader = DataLoader()
     try:
-        with _captured_ansible_warnings() as warnings:
+        with captured_ansible_warnings() as warnings:
             manager = InventoryManager(loader=loader, sources=sources)
         variables = VariableManager(loader=loader, inventory=manager)
         hosts = []
@@ -93,7 +93,7 @@ def read_inventory(sources: list[str], label_keys: tuple[str, ...] = DEFAULT_LAB
 
 
 @contextlib.contextmanager
-def _captured_ansible_warnings() -> Iterator[list[str]]:
+def captured_ansible_warnings() -> Iterator[list[str]]:
     """Ansible prints a multi-line warning per plugin that fails to parse a source; keep the first line of
     each instead, so a bad inventory is reported as one line."""
     from ansible.utils.display import Display

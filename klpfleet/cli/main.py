@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "host": ("klpfleet.cli.status_cmds", "host", "One host: per-patch state and recent events."),
     "events": ("klpfleet.cli.status_cmds", "events_cmd", "The audit trail, newest first."),
     "sim": ("klpfleet.cli.sim_cmds", "sim", "Simulated kernels, hosts and fleets."),
+    "rollout": ("klpfleet.cli.rollout_cmds", "rollout", "Plan, run and steer rollouts in waves."),
+    "rollback": ("klpfleet.cli.rollout_cmds", "rollback", "Remove a patch from hosts, last wave first, stack-aware."),
     "demo": ("klpfleet.cli.demo_cmds", "demo", "Run the end-to-end demonstration on a fleet of its own."),
 }
 

@@ -1,0 +1,495 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import click
+
+from klpfleet.cli.context import database
+from klpfleet.cli.output import cell, console, emit, info, output_option, table
+
+EXIT = {"completed": 0, "paused": 1, "aborted": 1, "rolled_back": 1, "failed": 2}
+
+
+@click.group()
+def rollout() -> None:
+    """Plan, run and steer rollouts: waves, gates, pause, promote, abort."""
+
+
+@rollout.command()
+@click.argument("patch_ref", metavar="PATCH")
+@click.option("--hosts", "pattern", metavar="PATTERN", help="Ansible host pattern (globs, ':' unions, '!', '&').")
+@click.option("--group", help="Only hosts of this inventory group (or label group such as zone_a).")
+@click.option("--waves", default="1,10%,50%,100%", show_default=True, help="Wave sizes as Ansible's serial list.")
+@click.option("--by", metavar="LABEL", help="Keep each wave inside one failure domain (e.g. zone).")
+@click.option("--max-failed", metavar="N|P%", help="Hard failures a wave may have (default 0).")
+@click.option("--max-refused", metavar="N|P%", help="Callback refusals a wave may have (default: no limit).")
+@click.option("--bake", metavar="DURATION", help="Wait between waves (e.g. 10m).")
+@click.option("--health-check", metavar="CMD", help="Command run on each host after it is patched (no shell).")
+@click.option("--on-failure", type=click.Choice(["pause", "rollback"]), default="pause", show_default=True)
+@click.option("--on-refusal", type=click.Choice(["pause", "continue"]), default="continue", show_default=True)
+@click.option("--retry-refused", default=0, show_default=True, help="Retries of refused hosts.")
+@click.option("--retry-delay", metavar="DURATION", help="Delay before retrying refusals (default 60s).")
+@click.option("--forks", default=20, show_default=True, help="Parallel hosts within a wave.")
+@click.option("--transition-timeout", metavar="DURATION", help="Per host (default 60s).")
+@click.option("--on-stall", type=click.Choice(["reverse", "wait", "force"]), default="reverse", show_default=True)
+@click.option("--allow-force", is_flag=True, help="Needed with --on-stall force (a forced patch needs a reboot to go).")
+@output_option
+@click.pass_context
+def create(
+    ctx: click.Context, patch_ref: str, pattern: str | None, group: str | None, output: str, **options: Any
+) -> None:
+    """Plan a rollout of PATCH and print the waves; touches no host."""
+    from klpfleet.controller.plan import create_rollout, make_plan, plan_record
+    from klpfleet.controller.policy import build_policy
+    from klpfleet.controller.selection import select_hosts
+    from klpfleet.registry.patches import get_patch
+
+    policy = build_policy(**options)
+    db = database(ctx)
+    names = select_hosts(db, pattern, group)
+    with db.session.begin() as s:
+        patch = get_patch(s, patch_ref)
+        plan = make_plan(s, patch, names, policy)
+        selector = " & ".join(x for x in (f"group {group}" if group else None, pattern) if x) or "all"
+        rollout_row = create_rollout(s, patch, plan, policy, selector)
+        record = {
+            "id": rollout_row.id,
+            "patch": patch.name,
+            "sha256": patch.sha256,
+            **plan_record(plan),
+            "policy": policy.to_json(),
+        }
+    info(
+        f"planned rollout {record['id']}: {sum(len(w['hosts']) for w in record['waves'])} hosts in "
+        f"{len(record['waves'])} waves; start it with `klpfleet rollout start {record['id']} --wait`"
+    )
+    emit("rollout.plan", record, output, _plan_table)
+
+
+def _plan_table(d: dict[str, Any], out: Any) -> None:
+    table(
+        f"rollout {d['id']}: {d['patch']} {d['sha256'][:12]}",
+        ["wave", "domain", "hosts", "names"],
+        [[w["index"] + 1, w["domain"], len(w["hosts"]), _names(w["hosts"])] for w in d["waves"]],
+        out,
+    )
+    if d["excluded"]:
+        table(
+            f"excluded ({len(d['excluded'])})",
+            ["host", "reason"],
+            [[e["host"], e["reason"]] for e in d["excluded"]],
+            out,
+        )
+
+
+def _names(hosts: list[str], limit: int = 8) -> str:
+    return ", ".join(hosts[:limit]) + (f" (+{len(hosts) - limit})" if len(hosts) > limit else "")
+
+
+def drive_or_detach(ctx: click.Context, rollout_id: int, wait: bool) -> None:
+    if not wait:
+        from klpfleet.controller.ansible import runs_dir
+
+        log_dir = runs_dir() / f"rollout-{rollout_id}"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        db = database(ctx)
+        with open(log_dir / "driver.log", "ab") as log:
+            subprocess.Popen(  # noqa: S603 - our own CLI, argv list
+                [sys.executable, "-m", "klpfleet.cli.main", "--db", db.url, "rollout", "drive", str(rollout_id)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "NO_COLOR": "1"},
+            )
+        info(
+            f"rollout {rollout_id} is being driven in the background (log: {log_dir / 'driver.log'}); "
+            f"watch it with `klpfleet rollout status {rollout_id} --watch`"
+        )
+        return
+    ctx.exit(drive(ctx, rollout_id))
+
+
+def drive(ctx: click.Context, rollout_id: int) -> int:
+    from klpfleet.controller.driver import Driver
+    from klpfleet.errors import KlpfleetError
+
+    db = database(ctx)
+    try:
+        final = Driver(db, rollout_id, progress=CliProgress()).drive()
+    except KlpfleetError as exc:
+        click.echo(f"klpfleet: error: {exc}", err=True)
+        return 2
+    except Exception as exc:
+        if ctx.find_root().obj.get("debug"):
+            raise
+        click.echo(
+            f"klpfleet: controller error: {type(exc).__name__}: {exc} (resume with `klpfleet rollout resume "
+            f"{rollout_id}`)",
+            err=True,
+        )
+        return 2
+    info(f"rollout {rollout_id}: {final}")
+    return EXIT.get(final, 2)
+
+
+class CliProgress:
+    """Plain progress lines on stderr: readable in a terminal, a log file and CI alike."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def _line(self, text: str) -> None:
+        info(f"[{time.monotonic() - self.start:7.1f}s] {text}")
+
+    def wave(self, index: int, total: int, domain: str | None, hosts: int) -> None:
+        self._line(f"wave {index + 1}/{total}{f' ({domain})' if domain else ''}: {hosts} host(s)")
+
+    def counts(self, index: int, counts: Any) -> None:
+        c = counts.as_dict()
+        self._line(
+            f"wave {index + 1}: applied {c['applied']}, refused {c['refused']}, failed {c['failed']}"
+            + (f", pending {c['pending']}" if c["pending"] else "")
+        )
+
+    def note(self, text: str) -> None:
+        self._line(text)
+
+
+@rollout.command(hidden=True)
+@click.argument("rollout_id", type=int)
+@click.pass_context
+def drive_cmd(ctx: click.Context, rollout_id: int) -> None:
+    ctx.exit(drive(ctx, rollout_id))
+
+
+rollout.add_command(drive_cmd, "drive")
+
+
+@rollout.command()
+@click.argument("rollout_id", type=int)
+@click.option("--wait", is_flag=True, help="Drive it here and exit 0 completed, 1 paused/aborted, 2 error.")
+@click.pass_context
+def start(ctx: click.Context, rollout_id: int, wait: bool) -> None:
+    """Start a planned rollout."""
+    from klpfleet.controller.views import get_rollout
+    from klpfleet.errors import UsageError
+
+    with database(ctx).session() as s:
+        status = get_rollout(s, rollout_id).status
+    if status != "planned":
+        raise UsageError(f"rollout {rollout_id} is {status}, not planned (use `klpfleet rollout resume`)")
+    drive_or_detach(ctx, rollout_id, wait)
+
+
+@rollout.command()
+@click.argument("rollout_id", type=int)
+@click.option("--wait", is_flag=True, help="Drive it here and exit 0 completed, 1 paused/aborted, 2 error.")
+@click.pass_context
+def resume(ctx: click.Context, rollout_id: int, wait: bool) -> None:
+    """Continue a paused rollout, or one whose controller died."""
+    from klpfleet.controller.driver import driver_alive, request
+    from klpfleet.controller.views import get_rollout
+    from klpfleet.errors import UsageError
+
+    db = database(ctx)
+    with db.session() as s:
+        status = get_rollout(s, rollout_id).status
+    if status == "paused":
+        request(db, rollout_id, to="running", allowed=("paused",))
+    elif status in ("running", "aborting"):
+        if driver_alive(db, rollout_id):
+            raise UsageError(f"rollout {rollout_id} already has a live driver")
+    else:
+        raise UsageError(f"rollout {rollout_id} is {status}; only paused or orphaned rollouts resume")
+    drive_or_detach(ctx, rollout_id, wait)
+
+
+@rollout.command()
+@click.argument("rollout_id", type=int)
+@click.option("--reason", default="paused by an operator", show_default=True)
+@click.pass_context
+def pause(ctx: click.Context, rollout_id: int, reason: str) -> None:
+    """Stop at the next safe point (the hosts in flight finish their transition)."""
+    from klpfleet.controller.driver import request
+
+    request(database(ctx), rollout_id, to="paused", allowed=("planned", "running"), reason=reason)
+    info(f"rollout {rollout_id}: pause requested")
+
+
+@rollout.command()
+@click.argument("rollout_id", type=int)
+@click.option("--full", is_flag=True, help="Run all remaining waves without bakes or pauses.")
+@click.option("--wait", is_flag=True, help="Drive it here and exit 0 completed, 1 paused/aborted, 2 error.")
+@click.pass_context
+def promote(ctx: click.Context, rollout_id: int, full: bool, wait: bool) -> None:
+    """Go past a pause (the blocked wave's gate counts as passed), or skip the current bake."""
+    from klpfleet.controller.driver import driver_alive, request
+    from klpfleet.controller.views import get_rollout
+
+    db = database(ctx)
+    with db.session() as s:
+        r = get_rollout(s, rollout_id)
+        status, wave = r.status, r.current_wave or 0
+    updates: dict[str, Any] = {"gate_overrides": [wave]}
+    if full:
+        updates["promoted_full"] = True
+    if status == "running":
+        request(db, rollout_id, to="running", allowed=("running",), reason="promoted", verb="promote", **updates)
+        info(f"rollout {rollout_id}: promoted")
+        if driver_alive(db, rollout_id):
+            return
+    else:
+        request(
+            db, rollout_id, to="running", allowed=("paused", "planned"), reason="promoted", verb="promote", **updates
+        )
+    drive_or_detach(ctx, rollout_id, wait)
+
+
+@rollout.command()
+@click.argument("rollout_id", type=int)
+@click.option("--wait", is_flag=True, help="Roll back here when no driver is running.")
+@click.pass_context
+def abort(ctx: click.Context, rollout_id: int, wait: bool) -> None:
+    """Stop and roll back what this rollout applied, last wave first."""
+    from klpfleet.controller.driver import driver_alive, request
+
+    db = database(ctx)
+    request(db, rollout_id, to="aborting", allowed=("planned", "running", "paused"), reason="aborted by an operator")
+    if driver_alive(db, rollout_id):
+        info(f"rollout {rollout_id}: abort requested; its driver rolls back at the next safe point")
+        return
+    drive_or_detach(ctx, rollout_id, wait)
+
+
+@rollout.command("list")
+@output_option
+@click.pass_context
+def list_(ctx: click.Context, output: str) -> None:
+    """Every rollout, newest first."""
+    from klpfleet.controller.views import rollout_list
+
+    with database(ctx).session() as s:
+        rows = rollout_list(s)
+    emit(
+        "rollout.list",
+        rows,
+        output,
+        lambda rows, out: table(
+            None,
+            ["id", "patch", "status", "hosts", "wave", "created", "by", "reason"],
+            [
+                [
+                    r["id"],
+                    r["patch"],
+                    r["status"],
+                    r["hosts"],
+                    f"{(r['current_wave'] or 0) + 1}/{r['waves']}",
+                    r["created_at"],
+                    r["created_by"],
+                    r["pause_reason"],
+                ]
+                for r in rows
+            ],
+            out,
+        ),
+    )
+
+
+@rollout.command()
+@click.argument("rollout_id", type=int)
+@click.option("--watch", is_flag=True, help="Refresh until the rollout ends; exit 0 completed, 1 otherwise.")
+@click.option("--interval", default=2.0, show_default=True)
+@output_option
+@click.pass_context
+def status(ctx: click.Context, rollout_id: int, watch: bool, interval: float, output: str) -> None:
+    """One rollout: waves, outcomes, gates and decisions."""
+    from klpfleet.controller.views import rollout_record
+
+    db = database(ctx)
+    if not watch or output != "table":
+        with db.session() as s:
+            data = rollout_record(s, rollout_id)
+        emit("rollout", data, output, _status_table)
+        ctx.exit(0 if data["status"] == "completed" else 1 if data["status"] in EXIT else 3)
+    from rich.live import Live
+
+    out = console()
+    with Live(console=out, auto_refresh=False, transient=False) as live:
+        while True:
+            with db.session() as s:
+                data = rollout_record(s, rollout_id, event_limit=8)
+            live.update(_renderable(data), refresh=True)
+            if data["status"] in EXIT or data["status"] == "paused":
+                break
+            time.sleep(interval)
+    ctx.exit(EXIT.get(data["status"], 1))
+
+
+def _status_lines(d: dict[str, Any]) -> list[list[Any]]:
+    return [[w["index"] + 1, w["domain"], w["status"], len(w["hosts"]), w["outcomes"]] for w in d["waves"]]
+
+
+def _renderable(d: dict[str, Any]) -> Any:
+    from rich.console import Group
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
+    total = sum(len(w["hosts"]) for w in d["waves"])
+    done = sum(1 for w in d["waves"] for h in w["hosts"] if h["status"] in ("done", "rolled_back"))
+    header = Text(f"rollout {d['id']} {d['patch']}  {d['status'].upper()}  {done}/{total} hosts  ({d['driver']})")
+    reason = Text(f"paused: {d['pause_reason']}" if d["pause_reason"] else "")
+    waves = Table("wave", "domain", "status", "hosts", "outcomes", box=None)
+    for row in _status_lines(d):
+        waves.add_row(*(cell(v) for v in row))
+    recent = Table("at", "event", "details", box=None)
+    for e in d["events"]:
+        recent.add_row(cell(e["at"]), e["kind"], cell(e["details"])[:120])
+    return Group(header, ProgressBar(total=max(total, 1), completed=done, width=60), reason, waves, recent)
+
+
+def _status_table(d: dict[str, Any], out: Any) -> None:
+    out.print(
+        f"rollout {d['id']}: {d['patch']} {d['sha256'][:12]}  status {d['status']}  ({d['driver']})", markup=False
+    )
+    if d["pause_reason"]:
+        out.print(f"reason: {d['pause_reason']}", markup=False)
+    table("waves", ["wave", "domain", "status", "hosts", "outcomes"], _status_lines(d), out)
+    problems = [
+        [w["index"] + 1, h["host"], h["outcome"] or h["status"], h["error_code"], h["attempts"]]
+        for w in d["waves"]
+        for h in w["hosts"]
+        if h["outcome"] not in (None, "applied")
+    ]
+    if problems:
+        table("hosts needing attention", ["wave", "host", "outcome", "error", "attempts"], problems, out)
+    table(
+        "decisions",
+        ["at", "actor", "event", "details"],
+        [[e["at"], e["actor"], e["kind"], e["details"]] for e in d["events"]],
+        out,
+    )
+
+
+@click.command("rollback")
+@click.argument("patch_ref", metavar="PATCH")
+@click.option("--hosts", "pattern", metavar="PATTERN", help="Only these hosts (Ansible host pattern).")
+@click.option("--cascade", is_flag=True, help="Remove patches stacked on top first, newest first.")
+@click.option("--fast", is_flag=True, help="Skip bake times and health checks.")
+@click.option("--bake", metavar="DURATION", help="Wait between batches (default: none).")
+@click.option("--health-check", metavar="CMD", help="Command run on each host after the removal (no shell).")
+@click.option("--forks", default=20, show_default=True)
+@output_option
+@click.pass_context
+def rollback(
+    ctx: click.Context,
+    patch_ref: str,
+    pattern: str | None,
+    cascade: bool,
+    fast: bool,
+    bake: str | None,
+    health_check: str | None,
+    forks: int,
+    output: str,
+) -> None:
+    """Remove PATCH from hosts, last wave first, stack-aware."""
+    import shlex
+
+    from sqlalchemy import select
+
+    from klpfleet.controller.ansible import runs_dir
+    from klpfleet.controller.policy import parse_duration
+    from klpfleet.controller.rollback import REMOVED, rollback_batches
+    from klpfleet.controller.selection import select_hosts
+    from klpfleet.db import events
+    from klpfleet.db.models import Host, HostPatch, Rollout, Wave, WaveHost
+    from klpfleet.errors import UsageError
+    from klpfleet.registry.patches import get_patch
+    from klpfleet.states import PatchState
+
+    db = database(ctx)
+    chosen = set(select_hosts(db, pattern)) if pattern else None
+    with db.session() as s:
+        patch = get_patch(s, patch_ref)
+        on = set(
+            s.scalars(
+                select(Host.name)
+                .join(HostPatch, HostPatch.host_id == Host.id)
+                .where(
+                    HostPatch.patch_id == patch.id,
+                    HostPatch.state.in_(
+                        [
+                            PatchState.APPLIED.value,
+                            PatchState.FORCED.value,
+                            PatchState.TRANSITIONING.value,
+                            PatchState.STALLED.value,
+                            PatchState.DRIFT.value,
+                        ]
+                    ),
+                )
+            )
+        )
+        targets = on if chosen is None else on & chosen
+        if not targets:
+            raise UsageError(f"{patch.name} is not recorded as applied on any selected host (gather first?)")
+        last_wave = dict(
+            s.execute(
+                select(Host.name, Wave.index)
+                .join(WaveHost, WaveHost.host_id == Host.id)
+                .join(Wave, Wave.id == WaveHost.wave_id)
+                .join(Rollout, Rollout.id == Wave.rollout_id)
+                .where(Rollout.patch_id == patch.id, Host.name.in_(targets))
+                .order_by(Rollout.id)
+            ).all()
+        )
+        patch_name = patch.name
+    batches: dict[int, list[str]] = {}
+    for host in sorted(targets):
+        batches.setdefault(last_wave.get(host, 1 << 20), []).append(host)
+    ordered = [batches[k] for k in sorted(batches, reverse=True)]
+    argv = None if fast or not health_check else shlex.split(health_check)
+    bake_seconds = 0.0 if fast or not bake else parse_duration(bake, "--bake")
+    progress = CliProgress()
+    progress.note(f"rolling back {patch_name} from {len(targets)} host(s) in {len(ordered)} batch(es)")
+    answers = rollback_batches(
+        db,
+        patch_name,
+        ordered,
+        workdir=runs_dir() / f"rollback-{patch_name}-{int(time.time())}",
+        ident=f"rollback-{patch_name}",
+        forks=forks,
+        cascade=cascade,
+        health_check=argv,
+        bake_seconds=bake_seconds,
+        on_batch=lambda n, a: progress.note(f"batch {n + 1}: " + ", ".join(f"{x.host} {x.result}" for x in a)[:300]),
+    )
+    with db.session.begin() as s:
+        events.record(
+            s,
+            "patch.rollback",
+            patch=get_patch(s, patch_ref),
+            cascade=cascade,
+            fast=fast,
+            results={a.host: a.result for a in answers},
+        )
+    rows = [
+        {"host": a.host, "result": a.result, "removed": a.removed, "detail": a.detail, "klp_error": a.klp_error}
+        for a in answers
+    ]
+    emit(
+        "rollback",
+        rows,
+        output,
+        lambda rows, out: table(
+            None,
+            ["host", "result", "removed", "detail"],
+            [[r["host"], r["result"], r["removed"], r["detail"]] for r in rows],
+            out,
+        ),
+    )
+    ctx.exit(0 if all(a.result in (REMOVED, "nothing_to_remove") for a in answers) else 1)

@@ -1,0 +1,587 @@
+"""Driving a rollout wave by wave, crash-safe.
+
+Every step is committed before the host work it announces: a host is marked `running` before the
+playbook that touches it starts, and `done` with its outcome after. A controller killed at any point
+therefore leaves hosts either `pending` (never touched), `done` (never run again) or `running` (re-read
+with patch_info before any decision). Gate counts are computed from the hosts' final outcomes, so
+nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import select, update
+
+from klpfleet.controller.ansible import HostResult, run_playbook, runs_dir
+from klpfleet.controller.lease import Lease, LeaseLost
+from klpfleet.controller.policy import Policy, budget
+from klpfleet.controller.rollback import REMOVED, rollback_batches, run_health
+from klpfleet.db import events
+from klpfleet.db.engine import Database
+from klpfleet.db.models import Host, HostPatch, Patch, Rollout, Wave, WaveHost, utcnow
+from klpfleet.inventory_export import fleet_inventory
+from klpfleet.states import PatchState
+
+HARD_FAILURES = ("failed", "stalled", "unreachable", "health_failed")
+TERMINAL = ("completed", "aborted", "rolled_back", "failed")
+
+
+@dataclass
+class WaveCounts:
+    total: int
+    applied: int = 0
+    refused: int = 0
+    failed: int = 0
+    pending: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "total": self.total,
+            "applied": self.applied,
+            "refused": self.refused,
+            "failed": self.failed,
+            "pending": self.pending,
+        }
+
+
+class Progress(Protocol):
+    """What the driver tells a person; the CLI renders it."""
+
+    def wave(self, index: int, total: int, domain: str | None, hosts: int) -> None: ...
+    def counts(self, index: int, counts: WaveCounts) -> None: ...
+    def note(self, text: str) -> None: ...
+
+
+class Silent:
+    def wave(self, index: int, total: int, domain: str | None, hosts: int) -> None:
+        pass
+
+    def counts(self, index: int, counts: WaveCounts) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+
+def outcome_of(r: HostResult) -> tuple[str, str | None]:
+    """(wave host outcome, klp_error) from one host's result of apply.yml."""
+    if r.status == "ok":
+        return "applied", None
+    if r.status == "unreachable":
+        return "unreachable", None
+    code = r.klp_error
+    if code == "refused":
+        return "refused", code
+    if code == "transition_stalled":
+        return "stalled", code
+    return "failed", code
+
+
+class Driver:
+    def __init__(
+        self,
+        db: Database,
+        rollout_id: int,
+        *,
+        actor: str | None = None,
+        progress: Progress | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.db = db
+        self.id = rollout_id
+        self.actor = actor or events.default_actor()
+        self.progress: Progress = progress or Silent()
+        self.sleep = sleep
+        self.lease = Lease(db, rollout_id)
+        self.workdir = runs_dir() / f"rollout-{rollout_id}"
+
+    # ------------------------------------------------------------------ helpers
+
+    def tx(self) -> Any:
+        return self.db.session.begin()
+
+    def event(self, s: Any, kind: str, rollout: Rollout, host: Host | None = None, **details: Any) -> None:
+        events.record(s, kind, actor=self.actor, rollout=rollout, patch=rollout.patch, host=host, **details)
+
+    def policy(self) -> Policy:
+        with self.db.session() as s:
+            r = s.get(Rollout, self.id)
+            assert r is not None
+            return Policy.from_json(r.policy)
+
+    def status(self) -> str:
+        with self.db.session() as s:
+            return str(s.scalar(select(Rollout.status).where(Rollout.id == self.id)))
+
+    def interrupted(self) -> str | None:
+        """A pause or abort asked for by an operator, or a lost lease: checked at every safe point."""
+        if self.lease.lost.is_set():
+            raise LeaseLost(f"lost the lease on rollout {self.id}")
+        status = self.status()
+        return status if status in ("paused", "aborting") else None
+
+    def wait(self, seconds: float) -> str | None:
+        """Sleep in small steps, returning early on a pause, abort or promotion past the wait."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            why = self.interrupted()
+            if why:
+                return why
+            if self.policy().promoted_full:
+                return None
+            self.sleep(min(1.0, max(0.0, end - time.monotonic())))
+        return self.interrupted()
+
+    def cancel(self) -> bool:
+        return self.lease.lost.is_set()
+
+    # ------------------------------------------------------------------ the loop
+
+    def drive(self) -> str:
+        with self.lease:
+            with self.tx() as s:
+                r = self.lease.check(s)
+                if r.status == "planned":
+                    r.status, r.started_at = "running", utcnow()
+                    self.event(s, "rollout.started", r)
+                elif r.status == "running":
+                    self.event(s, "rollout.resumed", r, reason="driver (re)started")
+            while True:
+                status = self.status()
+                if status == "aborting":
+                    return self.abort()
+                if status in ("paused", *TERMINAL):
+                    return status
+                with self.db.session() as s:
+                    wave = s.scalar(
+                        select(Wave)
+                        .where(Wave.rollout_id == self.id, Wave.status.not_in(["completed"]))
+                        .order_by(Wave.index)
+                    )
+                    total = s.scalar(
+                        select(Wave.index).where(Wave.rollout_id == self.id).order_by(Wave.index.desc()).limit(1)
+                    )
+                    wave_id = wave.id if wave else None
+                if wave_id is None:
+                    with self.tx() as s:
+                        r = self.lease.check(s)
+                        r.status, r.finished_at = "completed", utcnow()
+                        self.event(s, "rollout.completed", r)
+                    self.progress.note("rollout completed")
+                    return "completed"
+                result = self.run_wave(wave_id, (total or 0) + 1)
+                if result != "next":
+                    return result
+
+    # ------------------------------------------------------------------ one wave
+
+    def run_wave(self, wave_id: int, wave_total: int) -> str:
+        policy = self.policy()
+        with self.tx() as s:
+            r = self.lease.check(s)
+            wave = s.get(Wave, wave_id)
+            assert wave is not None
+            index = wave.index
+            if wave.status == "pending":
+                wave.status, wave.started_at = "running", utcnow()
+                r.current_wave = index
+                self.event(s, "wave.started", r, wave=index + 1, domain=wave.domain, hosts=len(wave.hosts))
+            domain, size = wave.domain, len(wave.hosts)
+        self.progress.wave(index, wave_total, domain, size)
+
+        self.recover_in_flight(wave_id, policy)
+        why = self.apply_pending(wave_id, policy)
+        if why:
+            return self.stopped(why)
+        why = self.retry_refusals(wave_id, policy)
+        if why:
+            return self.stopped(why)
+        if policy.health_check:
+            self.health_checks(wave_id, policy)
+
+        counts = self.counts(wave_id)
+        self.progress.counts(index, counts)
+        return self.gate(wave_id, index, counts, policy)
+
+    def hosts_with(self, wave_id: int, *statuses: str) -> list[str]:
+        with self.db.session() as s:
+            return list(
+                s.scalars(
+                    select(Host.name)
+                    .join(WaveHost, WaveHost.host_id == Host.id)
+                    .where(WaveHost.wave_id == wave_id, WaveHost.status.in_(statuses))
+                    .order_by(Host.name)
+                )
+            )
+
+    def recover_in_flight(self, wave_id: int, policy: Policy) -> None:
+        """Hosts a killed controller left `running`: read them before deciding anything."""
+        hosts = self.hosts_with(wave_id, "running")
+        if not hosts:
+            return
+        self.progress.note(f"re-reading {len(hosts)} host(s) that were in flight when the controller stopped")
+        run = run_playbook(
+            db_url=self.db.url,
+            playbook="gather.yml",
+            records=fleet_inventory(self.db, hosts),
+            extravars={},
+            workdir=self.workdir / f"wave-{wave_id}-recover-{int(time.time())}",
+            ident=f"r{self.id}-w{wave_id}-recover",
+            forks=policy.forks,
+            rollout_id=self.id,
+            cancel=self.cancel,
+        )
+        with self.tx() as s:
+            r = self.lease.check(s)
+            for name in hosts:
+                wh = self._wave_host(s, wave_id, name)
+                state = s.scalar(
+                    select(HostPatch.state).where(HostPatch.host_id == wh.host_id, HostPatch.patch_id == r.patch_id)
+                )
+                if run.results[name].status == "ok" and state in (PatchState.APPLIED, PatchState.FORCED):
+                    wh.status, wh.outcome, wh.finished_at = "done", "applied", utcnow()
+                    verdict = "applied"
+                else:
+                    wh.status = "pending"  # not applied (or unknown): it is run again, and apply is idempotent
+                    verdict = "pending"
+                self.event(s, "host.recovered", r, host=wh.host, state=state, verdict=verdict)
+
+    def _wave_host(self, s: Any, wave_id: int, name: str) -> WaveHost:
+        wh = s.scalar(
+            select(WaveHost)
+            .join(Host, Host.id == WaveHost.host_id)
+            .where(WaveHost.wave_id == wave_id, Host.name == name)
+        )
+        assert wh is not None
+        return wh
+
+    def apply_pending(self, wave_id: int, policy: Policy) -> str | None:
+        hosts = self.hosts_with(wave_id, "pending")
+        if not hosts:
+            return None
+        why = self.interrupted()
+        if why:
+            return why
+        with self.tx() as s:
+            r = self.lease.check(s)
+            patch = r.patch
+            for name in hosts:
+                wh = self._wave_host(s, wave_id, name)
+                wh.status, wh.started_at, wh.attempts = "running", utcnow(), wh.attempts + 1
+            attempt = max(self._wave_host(s, wave_id, n).attempts for n in hosts)
+            self.event(s, "wave.run", r, wave=self._wave_index(s, wave_id) + 1, hosts=len(hosts), attempt=attempt)
+            extravars = self.apply_vars(patch, policy)
+        run = run_playbook(
+            db_url=self.db.url,
+            playbook="apply.yml",
+            records=fleet_inventory(self.db, hosts),
+            extravars=extravars,
+            workdir=self.workdir / f"wave-{wave_id}-try-{attempt}",
+            ident=f"r{self.id}-w{wave_id}-t{attempt}",
+            forks=policy.forks,
+            rollout_id=self.id,
+            cancel=self.cancel,
+        )
+        if run.status == "canceled":
+            raise LeaseLost(f"lost the lease on rollout {self.id} during a run; hosts stay marked in flight")
+        with self.tx() as s:
+            r = self.lease.check(s)
+            for name in hosts:
+                outcome, code = outcome_of(run.results[name])
+                wh = self._wave_host(s, wave_id, name)
+                wh.status, wh.outcome, wh.error_code, wh.finished_at = "done", outcome, code, utcnow()
+        return None
+
+    def _wave_index(self, s: Any, wave_id: int) -> int:
+        return int(s.scalar(select(Wave.index).where(Wave.id == wave_id)))
+
+    @staticmethod
+    def apply_vars(patch: Patch, policy: Policy) -> dict[str, Any]:
+        return {
+            "klp_patch_src": patch.path,
+            "klp_patch_sha256": patch.sha256,
+            "klp_transition_timeout": policy.transition_timeout,
+            "klp_on_stall": policy.on_stall,
+            "klp_allow_force": policy.allow_force,
+            "klp_busy_retries": policy.busy_retries,
+            "klp_busy_delay": policy.busy_delay,
+        }
+
+    def retry_refusals(self, wave_id: int, policy: Policy) -> str | None:
+        """Refusals are safe (the kernel cleaned up): retry them later, as many times as the policy says."""
+        while True:
+            with self.db.session() as s:
+                refused = list(
+                    s.scalars(
+                        select(WaveHost).where(
+                            WaveHost.wave_id == wave_id,
+                            WaveHost.outcome == "refused",
+                            WaveHost.attempts <= policy.retry_refused,
+                        )
+                    )
+                )
+                ids = [wh.id for wh in refused]
+            if not ids:
+                return None
+            self.progress.note(f"{len(ids)} refusal(s); retrying in {policy.retry_delay_seconds:g}s")
+            why = self.wait(policy.retry_delay_seconds)
+            if why:
+                return why
+            with self.tx() as s:
+                r = self.lease.check(s)
+                s.execute(
+                    update(WaveHost)
+                    .where(WaveHost.id.in_(ids))
+                    .values(status="pending", outcome=None)
+                    .execution_options(synchronize_session=False)
+                )
+                self.event(s, "wave.retry_refused", r, wave=self._wave_index(s, wave_id) + 1, hosts=len(ids))
+            why = self.apply_pending(wave_id, policy)
+            if why:
+                return why
+
+    def health_checks(self, wave_id: int, policy: Policy) -> None:
+        with self.db.session() as s:
+            hosts = list(
+                s.scalars(
+                    select(Host.name)
+                    .join(WaveHost, WaveHost.host_id == Host.id)
+                    .where(WaveHost.wave_id == wave_id, WaveHost.outcome == "applied")
+                )
+            )
+        if not hosts:
+            return
+        assert policy.health_check is not None
+        results = run_health(
+            self.db,
+            fleet_inventory(self.db, hosts),
+            policy.health_check,
+            self.workdir / f"wave-{wave_id}-health-{int(time.time())}",
+            f"r{self.id}-w{wave_id}-health",
+            policy.forks,
+            self.id,
+        )
+        with self.tx() as s:
+            r = self.lease.check(s)
+            for name in hosts:
+                res = results[name]
+                if res.status != "ok":
+                    wh = self._wave_host(s, wave_id, name)
+                    wh.outcome, wh.error_code = "health_failed", "health_check"
+                    tail = str(res.result.get("stderr") or res.result.get("msg") or "")[-500:]
+                    self.event(
+                        s,
+                        "host.health_failed",
+                        r,
+                        host=wh.host,
+                        rc=res.result.get("rc"),
+                        stderr_tail=tail,
+                        status=res.status,
+                    )
+
+    def counts(self, wave_id: int) -> WaveCounts:
+        with self.db.session() as s:
+            rows = s.execute(select(WaveHost.status, WaveHost.outcome).where(WaveHost.wave_id == wave_id)).all()
+        c = WaveCounts(total=len(rows))
+        for status, outcome in rows:
+            if status != "done":
+                c.pending += 1
+            elif outcome == "applied":
+                c.applied += 1
+            elif outcome == "refused":
+                c.refused += 1
+            elif outcome in HARD_FAILURES:
+                c.failed += 1
+        return c
+
+    # ------------------------------------------------------------------ gates and stops
+
+    def gate(self, wave_id: int, index: int, counts: WaveCounts, policy: Policy) -> str:
+        max_failed = budget(policy.max_failed, counts.total)
+        max_refused = budget(policy.max_refused, counts.total)
+        failed_breach = max_failed is not None and counts.failed > max_failed
+        refused_breach = max_refused is not None and counts.refused > max_refused
+        overridden = index in (self._overrides())
+        with self.tx() as s:
+            r = self.lease.check(s)
+            wave = s.get(Wave, wave_id)
+            assert wave is not None
+            self.event(
+                s,
+                "gate.evaluated",
+                r,
+                wave=index + 1,
+                **counts.as_dict(),
+                max_failed=max_failed,
+                max_refused=max_refused,
+                failed_breach=failed_breach,
+                refused_breach=refused_breach,
+                overridden=overridden,
+            )
+            reason = None
+            action = None
+            if failed_breach and not overridden:
+                reason = f"wave {index + 1}: {counts.failed} hard failure(s) exceed the budget of {max_failed}"
+                action = "rollback" if policy.on_failure == "rollback" else "pause"
+            elif refused_breach and not overridden and policy.on_refusal == "pause" and not policy.promoted_full:
+                reason = f"wave {index + 1}: {counts.refused} refusal(s) exceed the budget of {max_refused}"
+                action = "pause"
+            if action == "pause" and not policy.promoted_full:
+                wave.status = "blocked"
+                r.status, r.pause_reason = "paused", reason
+                self.event(s, "rollout.paused", r, reason=reason, wave=index + 1, by="gate")
+            elif action is None or action == "pause":
+                wave.status, wave.finished_at = "completed", utcnow()
+                self.event(s, "wave.completed", r, wave=index + 1, **counts.as_dict())
+        self.progress.note(reason or f"wave {index + 1} passed its gate")
+        if action == "rollback":
+            return self.roll_back(reason or "gate breached")
+        if action == "pause" and not policy.promoted_full:
+            return "paused"
+        if self.is_last_wave(index):
+            return "next"
+        if policy.bake_seconds and not policy.promoted_full:
+            self.progress.note(f"baking for {policy.bake_seconds:g}s")
+            why = self.wait(policy.bake_seconds)
+            if why:
+                return self.stopped(why)
+        return "next"
+
+    def _overrides(self) -> list[int]:
+        with self.db.session() as s:
+            r = s.get(Rollout, self.id)
+            assert r is not None
+            return list(r.policy.get("gate_overrides", []))
+
+    def is_last_wave(self, index: int) -> bool:
+        with self.db.session() as s:
+            return s.scalar(select(Wave.id).where(Wave.rollout_id == self.id, Wave.index > index).limit(1)) is None
+
+    def stopped(self, why: str) -> str:
+        if why == "aborting":
+            return self.abort()
+        self.progress.note("paused by an operator")
+        return "paused"
+
+    def abort(self) -> str:
+        return self.roll_back("aborted by an operator", final="aborted")
+
+    def roll_back(self, reason: str, final: str = "rolled_back") -> str:
+        """Remove the patch from every host this rollout applied, last wave first."""
+        with self.db.session() as s:
+            r = s.get(Rollout, self.id)
+            assert r is not None
+            patch_name = r.patch.name
+            rows = s.execute(
+                select(Wave.index, Host.name)
+                .join(WaveHost, WaveHost.wave_id == Wave.id)
+                .join(Host, Host.id == WaveHost.host_id)
+                .where(Wave.rollout_id == self.id, WaveHost.outcome.in_(["applied", "health_failed"]))
+                .order_by(Wave.index.desc(), Host.name)
+            ).all()
+        batches: dict[int, list[str]] = {}
+        for index, name in rows:
+            batches.setdefault(index, []).append(name)
+        self.progress.note(f"rolling back {len(rows)} host(s): {reason}")
+        with self.tx() as s:
+            r = self.lease.check(s)
+            self.event(s, "rollout.rolling_back", r, reason=reason, hosts=len(rows))
+        policy = self.policy()
+        answers = rollback_batches(
+            self.db,
+            patch_name,
+            list(batches.values()),
+            workdir=self.workdir / f"rollback-{int(time.time())}",
+            ident=f"r{self.id}-rb",
+            forks=policy.forks,
+            transition_timeout=policy.transition_timeout,
+            rollout_id=self.id,
+            cancel=self.cancel,
+        )
+        with self.tx() as s:
+            r = self.lease.check(s)
+            for a in answers:
+                if a.result == REMOVED:
+                    wh = s.scalar(
+                        select(WaveHost)
+                        .join(Host, Host.id == WaveHost.host_id)
+                        .where(WaveHost.rollout_id == self.id, Host.name == a.host)
+                    )
+                    if wh is not None:
+                        wh.status = "rolled_back"
+            left = [a.host for a in answers if a.result != REMOVED]
+            r.status, r.finished_at = final, utcnow()
+            r.pause_reason = reason
+            self.event(
+                s,
+                f"rollout.{final}",
+                r,
+                reason=reason,
+                removed=len(answers) - len(left),
+                not_removed={a.host: f"{a.result}: {a.detail}" for a in answers if a.result != REMOVED},
+            )
+        return final
+
+
+def request(
+    db: Database,
+    rollout_id: int,
+    *,
+    to: str,
+    allowed: tuple[str, ...],
+    reason: str | None = None,
+    actor: str | None = None,
+    verb: str | None = None,
+    **policy_updates: Any,
+) -> Rollout:
+    """An operator's pause / resume / promote / abort: one conditional UPDATE plus its event."""
+    with db.session.begin() as s:
+        r = s.get(Rollout, rollout_id)
+        if r is None:
+            from klpfleet.errors import UsageError
+
+            raise UsageError(f"no rollout {rollout_id} (see `klpfleet rollout list`)")
+        if r.status not in allowed:
+            from klpfleet.errors import UsageError
+
+            raise UsageError(f"rollout {rollout_id} is {r.status}; this needs it {' or '.join(allowed)}")
+        previous = r.status
+        r.status = to
+        if to == "paused":
+            r.pause_reason = reason
+        elif to == "running":
+            r.pause_reason = None
+        if policy_updates:
+            policy = dict(r.policy)
+            for key, value in policy_updates.items():
+                if key == "gate_overrides":
+                    policy[key] = sorted(set(policy.get(key, [])) | set(value))
+                else:
+                    policy[key] = value
+            r.policy = policy
+            if r.current_wave is not None and "gate_overrides" in policy_updates:
+                for wave in r.waves:
+                    if wave.status == "blocked":
+                        wave.status = "running"
+        verb = verb or {"paused": "pause", "running": "resume", "aborting": "abort"}.get(to, to)
+        events.record(
+            s,
+            f"rollout.{verb}_requested",
+            actor=actor,
+            rollout=r,
+            patch=r.patch,
+            previous=previous,
+            reason=reason,
+            **policy_updates,
+        )
+        return r
+
+
+def driver_alive(db: Database, rollout_id: int) -> bool:
+    with db.session() as s:
+        r = s.get(Rollout, rollout_id)
+        return bool(r and r.lease_owner and r.lease_expires and r.lease_expires > utcnow())

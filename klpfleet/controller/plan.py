@@ -1,0 +1,132 @@
+"""Planning a rollout: which hosts are eligible, why the others are not, and the waves. Touches no host."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from klpfleet.controller.policy import Policy, serial_batches
+from klpfleet.db import events
+from klpfleet.db.models import Host, HostLabel, HostPatch, Patch, Rollout, Wave, WaveHost
+from klpfleet.errors import UsageError
+from klpfleet.states import ACTIVE_ROLLOUT_STATUSES, PatchState
+
+NO_DOMAIN = "(none)"
+
+
+@dataclass
+class Plan:
+    waves: list[list[str]]
+    domains: list[str | None]
+    excluded: dict[str, str] = field(default_factory=dict)  # host -> reason
+
+
+def eligible_hosts(session: Session, patch: Patch, names: list[str]) -> tuple[list[Host], dict[str, str]]:
+    hosts = list(session.scalars(select(Host).where(Host.name.in_(names)).order_by(Host.name)))
+    held = dict(
+        session.execute(
+            select(Host.name, Rollout.id)
+            .join(WaveHost, WaveHost.host_id == Host.id)
+            .join(Rollout, Rollout.id == WaveHost.rollout_id)
+            .where(Host.name.in_(names), Rollout.status.in_([s.value for s in ACTIVE_ROLLOUT_STATUSES]))
+        ).all()
+    )
+    if held:
+        listing = ", ".join(f"{h} (rollout {r})" for h, r in sorted(held.items())[:10])
+        more = f" and {len(held) - 10} more" if len(held) > 10 else ""
+        raise UsageError(f"{len(held)} hosts are held by another active rollout: {listing}{more}")
+    applied = set(
+        session.scalars(
+            select(HostPatch.host_id).where(
+                HostPatch.patch_id == patch.id,
+                HostPatch.state.in_([PatchState.APPLIED.value, PatchState.FORCED.value]),
+            )
+        )
+    )
+    keep, excluded = [], {}
+    for h in hosts:
+        if h.kernel_release is None:
+            excluded[h.name] = "kernel release unknown: run playbooks/gather.yml (or klpfleet probe) first"
+        elif h.kernel_release != patch.kernel_release:
+            excluded[h.name] = f"runs {h.kernel_release}, the patch is built for {patch.kernel_release}"
+        elif h.livepatch_supported is False:
+            excluded[h.name] = "kernel has no livepatch support"
+        elif h.id in applied:
+            excluded[h.name] = "already applied"
+        else:
+            keep.append(h)
+    return keep, excluded
+
+
+def make_plan(session: Session, patch: Patch, names: list[str], policy: Policy) -> Plan:
+    hosts, excluded = eligible_hosts(session, patch, names)
+    if not hosts:
+        raise UsageError(
+            f"no eligible host among {len(names)} selected ({len(excluded)} excluded)"
+            + (f": e.g. {next(iter(excluded.items()))[0]}: {next(iter(excluded.values()))}" if excluded else "")
+        )
+    domains: dict[str, str] | None = None
+    if policy.by:
+        labels = dict(
+            session.execute(
+                select(HostLabel.host_id, HostLabel.value).where(
+                    HostLabel.key == policy.by, HostLabel.host_id.in_([h.id for h in hosts])
+                )
+            ).all()
+        )
+        domains = {h.name: labels.get(h.id, NO_DOMAIN) for h in hosts}
+        ordered = sorted(hosts, key=lambda h: (domains[h.name] == NO_DOMAIN, domains[h.name], h.name))
+        names_in_order = [h.name for h in ordered]
+    else:
+        names_in_order = [h.name for h in hosts]
+    waves = serial_batches(names_in_order, policy.waves, domains)
+    return Plan(waves=waves, domains=[domains[w[0]] if domains else None for w in waves], excluded=excluded)
+
+
+def create_rollout(
+    session: Session, patch: Patch, plan: Plan, policy: Policy, selector: str | None, actor: str | None = None
+) -> Rollout:
+    rollout = Rollout(
+        patch_id=patch.id,
+        status="planned",
+        selector=selector,
+        policy=policy.to_json(),
+        current_wave=0,
+        created_by=actor or events.default_actor(),
+    )
+    session.add(rollout)
+    session.flush()
+    ids = dict(
+        session.execute(select(Host.name, Host.id).where(Host.name.in_([h for w in plan.waves for h in w]))).all()
+    )
+    for index, (hosts, domain) in enumerate(zip(plan.waves, plan.domains, strict=True)):
+        wave = Wave(rollout_id=rollout.id, index=index, domain=domain, status="pending")
+        session.add(wave)
+        session.flush()
+        session.add_all(
+            WaveHost(wave_id=wave.id, rollout_id=rollout.id, host_id=ids[h], status="pending") for h in hosts
+        )
+    events.record(
+        session,
+        "rollout.planned",
+        actor=actor,
+        patch=patch,
+        rollout=rollout,
+        waves=[len(w) for w in plan.waves],
+        excluded=len(plan.excluded),
+        selector=selector,
+        policy=policy.to_json(),
+    )
+    return rollout
+
+
+def plan_record(plan: Plan) -> dict[str, Any]:
+    return {
+        "waves": [
+            {"index": i, "domain": d, "hosts": w} for i, (w, d) in enumerate(zip(plan.waves, plan.domains, strict=True))
+        ],
+        "excluded": [{"host": h, "reason": r} for h, r in sorted(plan.excluded.items())],
+    }

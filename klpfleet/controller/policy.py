@@ -1,0 +1,162 @@
+"""Rollout policy: parsing what the operator typed into numbers, and Ansible `serial` batch sizes."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from klpfleet.errors import UsageError
+
+DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str, what: str) -> float:
+    m = DURATION_RE.match(text.strip())
+    if not m:
+        raise UsageError(f"{what}: {text!r} is not a duration (e.g. 30s, 5m, 1h)")
+    seconds = float(m.group(1)) * UNITS[m.group(2)]
+    if seconds > 7 * 24 * 3600:
+        raise UsageError(f"{what}: {text!r} is longer than a week")
+    return seconds
+
+
+def parse_count(text: str, what: str) -> int | str:
+    """N or P% (kept as the string 'P%')."""
+    text = text.strip()
+    if text.endswith("%"):
+        number = text[:-1]
+        if not re.match(r"^\d+(\.\d+)?$", number) or not 0 < float(number) <= 100:
+            raise UsageError(f"{what}: {text!r} is not a percentage between 0 and 100")
+        return text
+    if not text.isdigit():
+        raise UsageError(f"{what}: {text!r} is neither a number nor a percentage")
+    return int(text)
+
+
+def parse_waves(text: str) -> list[int | str]:
+    items = [item for item in (part.strip() for part in text.split(",")) if item]
+    if not items:
+        raise UsageError("--waves: give at least one wave size, e.g. 1,10%,50%,100%")
+    sizes = [parse_count(item, "--waves") for item in items]
+    if any(size == 0 for size in sizes):
+        raise UsageError("--waves: a wave of 0 hosts makes no sense")
+    return sizes
+
+
+def pct_to_int(value: int | str, total: int) -> int:
+    """Ansible's serial arithmetic: a percentage of the total, rounded down, at least 1."""
+    if isinstance(value, str):
+        return max(1, int(float(value[:-1]) / 100.0 * total))
+    return value
+
+
+def budget(value: int | str | None, wave_size: int) -> int | None:
+    """How many hosts of a wave may fail (None: no limit)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return int(float(value[:-1]) / 100.0 * wave_size)
+    return value
+
+
+@dataclass
+class Policy:
+    waves: list[int | str] = field(default_factory=lambda: [1, "10%", "50%", "100%"])
+    by: str | None = None
+    max_failed: int | str | None = 0
+    max_refused: int | str | None = None
+    bake_seconds: float = 0.0
+    health_check: list[str] | None = None
+    on_failure: str = "pause"
+    on_refusal: str = "continue"
+    retry_refused: int = 0
+    retry_delay_seconds: float = 60.0
+    forks: int = 20
+    transition_timeout: float = 60.0
+    on_stall: str = "reverse"
+    allow_force: bool = False
+    busy_retries: int = 5
+    busy_delay: float = 2.0
+    promoted_full: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Policy:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def build_policy(
+    *,
+    waves: str,
+    by: str | None,
+    max_failed: str | None,
+    max_refused: str | None,
+    bake: str | None,
+    health_check: str | None,
+    on_failure: str,
+    on_refusal: str,
+    retry_refused: int,
+    retry_delay: str | None,
+    forks: int,
+    transition_timeout: str | None,
+    on_stall: str,
+    allow_force: bool,
+) -> Policy:
+    if on_stall == "force" and not allow_force:
+        raise UsageError("--on-stall force needs --allow-force: a forced patch can never be removed before a reboot")
+    if forks < 1 or forks > 500:
+        raise UsageError("--forks must be between 1 and 500")
+    if retry_refused < 0 or retry_refused > 20:
+        raise UsageError("--retry-refused must be between 0 and 20")
+    argv = None
+    if health_check is not None:
+        try:
+            argv = shlex.split(health_check)
+        except ValueError as exc:
+            raise UsageError(f"--health-check: {exc}") from None
+        if not argv:
+            raise UsageError("--health-check: empty command")
+    if by is not None and not re.match(r"^[A-Za-z0-9_]{1,64}$", by):
+        raise UsageError(f"--by: {by!r} is not a label name")
+    return Policy(
+        waves=parse_waves(waves),
+        by=by,
+        max_failed=parse_count(max_failed, "--max-failed") if max_failed is not None else 0,
+        max_refused=parse_count(max_refused, "--max-refused") if max_refused is not None else None,
+        bake_seconds=parse_duration(bake, "--bake") if bake else 0.0,
+        health_check=argv,
+        on_failure=on_failure,
+        on_refusal=on_refusal,
+        retry_refused=retry_refused,
+        retry_delay_seconds=parse_duration(retry_delay, "--retry-delay") if retry_delay else 60.0,
+        forks=forks,
+        transition_timeout=parse_duration(transition_timeout, "--transition-timeout") if transition_timeout else 60.0,
+        on_stall=on_stall,
+        allow_force=allow_force,
+    )
+
+
+def serial_batches(hosts: list[str], sizes: list[int | str], domains: dict[str, str] | None = None) -> list[list[str]]:
+    """Split hosts into waves as Ansible's `serial` does (the last size repeats). With domains, a wave
+    never crosses from one failure domain into the next: it ends at the boundary."""
+    total = len(hosts)
+    batches: list[list[str]] = []
+    i = 0
+    step = 0
+    while i < total:
+        size = pct_to_int(sizes[min(step, len(sizes) - 1)], total)
+        batch = hosts[i : i + size]
+        if domains is not None:
+            first = domains[batch[0]]
+            batch = [h for h in batch if domains[h] == first]
+            # hosts are ordered by domain, so the cut keeps a contiguous run
+        batches.append(batch)
+        i += len(batch)
+        step += 1
+    return batches

@@ -1,0 +1,193 @@
+"""Removing a patch from hosts in the right order, knowing what the kernel stacked on top of it.
+
+Each batch of hosts is read fresh (patch_info) before anything is removed. Per host:
+- the patch is not enabled there (replaced by a cumulative patch, or already gone): nothing to remove;
+- patches enabled after it sit on top (a stack, not a replace): refused unless cascade, which removes
+  the newer ones first, newest first (the only order that is right on every kernel and never exposes
+  an untested combination);
+- it was force-transitioned: it can never be removed before a reboot;
+- otherwise it is removed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from klpfleet.controller.ansible import HostResult, run_playbook
+from klpfleet.db.engine import Database
+from klpfleet.inventory_export import fleet_inventory
+
+REMOVED, NOTHING, STACKED, FORCED, FAILED, UNREACHABLE = (
+    "removed",
+    "nothing_to_remove",
+    "stacked",
+    "forced",
+    "failed",
+    "unreachable",
+)
+
+
+@dataclass
+class HostRollback:
+    host: str
+    result: str
+    detail: str = ""
+    removed: list[str] = field(default_factory=list)
+    klp_error: str | None = None
+
+
+def decide(host: str, facts: dict[str, Any], patch_name: str, cascade: bool) -> tuple[HostRollback | None, list[str]]:
+    """(a final answer, or None and the patch names to remove in order)."""
+    stack = [p.get("name") for p in facts.get("patches") or []]
+    forced = {p.get("name") for p in facts.get("patches") or [] if p.get("forced")}
+    forced |= {p.get("name") for p in facts.get("forced_modules") or []}
+    if patch_name in forced:
+        return HostRollback(host, FORCED, "force-transitioned: only a reboot removes it"), []
+    if patch_name not in stack:
+        detail = "not enabled here"
+        if stack:
+            detail += f" (enabled now: {', '.join(map(str, stack))}; a cumulative patch may have replaced it)"
+        return HostRollback(host, NOTHING, detail), []
+    newer = stack[stack.index(patch_name) + 1 :]
+    if newer and not cascade:
+        return HostRollback(
+            host,
+            STACKED,
+            f"newer patches on top: {', '.join(map(str, newer))} (use --cascade to remove them first, newest first)",
+        ), []
+    blocked = [n for n in newer if n in forced]
+    if blocked:
+        return HostRollback(host, FORCED, f"newer patch {blocked[0]} was force-transitioned: reboot needed"), []
+    return None, [*reversed(newer), patch_name]
+
+
+def rollback_batches(
+    db: Database,
+    patch_name: str,
+    batches: list[list[str]],
+    *,
+    workdir: Path,
+    ident: str,
+    forks: int,
+    cascade: bool = False,
+    health_check: list[str] | None = None,
+    bake_seconds: float = 0.0,
+    transition_timeout: float = 60.0,
+    rollout_id: int | None = None,
+    on_batch: Callable[[int, list[HostRollback]], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[HostRollback]:
+    done: list[HostRollback] = []
+    for n, batch in enumerate(b for b in batches if b):
+        records = {r["name"]: r for r in fleet_inventory(db, batch)}
+        facts_run = run_playbook(
+            db_url=db.url,
+            playbook="gather.yml",
+            records=list(records.values()),
+            extravars={},
+            workdir=workdir / f"batch-{n}-gather",
+            ident=f"{ident}-b{n}-gather",
+            forks=forks,
+            rollout_id=rollout_id,
+            cancel=cancel,
+        )
+        answers: dict[str, HostRollback] = {}
+        plans: dict[str, list[str]] = {}
+        for host in batch:
+            r = facts_run.results[host]
+            if r.status != "ok":
+                answers[host] = _failed(host, r)
+                continue
+            answer, sequence = decide(host, r.result, patch_name, cascade)
+            if answer is not None:
+                answers[host] = answer
+            else:
+                plans[host] = sequence
+        step = 0
+        while plans:
+            by_name: dict[str, list[str]] = {}
+            for host, sequence in plans.items():
+                by_name.setdefault(sequence[0], []).append(host)
+            for name, hosts in sorted(by_name.items()):
+                run = run_playbook(
+                    db_url=db.url,
+                    playbook="remove.yml",
+                    records=[records[h] for h in hosts],
+                    extravars={"klp_patch_name": name, "klp_transition_timeout": transition_timeout},
+                    workdir=workdir / f"batch-{n}-step-{step}-{name}",
+                    ident=f"{ident}-b{n}-s{step}-{name}",
+                    forks=forks,
+                    rollout_id=rollout_id,
+                    cancel=cancel,
+                )
+                for host in hosts:
+                    r = run.results[host]
+                    if r.status == "ok":
+                        answers.setdefault(host, HostRollback(host, REMOVED)).removed.append(name)
+                        plans[host] = plans[host][1:]
+                    else:
+                        answers[host] = _failed(host, r, removed=answers.get(host, HostRollback(host, "")).removed)
+                        plans[host] = []
+            plans = {h: s for h, s in plans.items() if s}
+            step += 1
+        if health_check:
+            healthy = [h for h, a in answers.items() if a.result == REMOVED]
+            if healthy:
+                check = run_health(
+                    db,
+                    [records[h] for h in healthy],
+                    health_check,
+                    workdir / f"batch-{n}-health",
+                    f"{ident}-b{n}-health",
+                    forks,
+                    rollout_id,
+                )
+                for host in healthy:
+                    if check[host].status != "ok":
+                        answers[host].detail = f"removed, but the health check failed: {_msg(check[host])}"
+        batch_answers = [answers[h] for h in batch]
+        done.extend(batch_answers)
+        if on_batch is not None:
+            on_batch(n, batch_answers)
+        if bake_seconds and n < len(batches) - 1:
+            sleep(bake_seconds)
+    return done
+
+
+def run_health(
+    db: Database,
+    records: list[dict[str, Any]],
+    argv: list[str],
+    workdir: Path,
+    ident: str,
+    forks: int,
+    rollout_id: int | None,
+) -> dict[str, HostResult]:
+    run = run_playbook(
+        db_url=db.url,
+        playbook="health.yml",
+        records=records,
+        extravars={"klp_health_argv": argv},
+        workdir=workdir,
+        ident=ident,
+        forks=forks,
+        rollout_id=rollout_id,
+        target_actions={"ansible.builtin.command"},
+    )
+    return run.results
+
+
+def _msg(r: HostResult) -> str:
+    text = r.result.get("stderr") or r.result.get("msg") or f"rc={r.result.get('rc')}"
+    return str(text).strip().splitlines()[-1][:200] if str(text).strip() else r.status
+
+
+def _failed(host: str, r: HostResult, removed: list[str] | None = None) -> HostRollback:
+    if r.status == "unreachable":
+        return HostRollback(host, UNREACHABLE, _msg(r), removed or [])
+    return HostRollback(host, FAILED, _msg(r), removed or [], r.klp_error)

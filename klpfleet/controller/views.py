@@ -1,0 +1,97 @@
+"""Rollout records for `rollout status` and `rollout list`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from klpfleet.db.models import Event, Host, Rollout, Wave, WaveHost, utcnow
+from klpfleet.errors import UsageError
+from klpfleet.views import event_record
+
+
+def get_rollout(session: Session, rollout_id: int) -> Rollout:
+    r = session.get(Rollout, rollout_id)
+    if r is None:
+        raise UsageError(f"no rollout {rollout_id} (see `klpfleet rollout list`)")
+    return r
+
+
+def driver_state(r: Rollout) -> str:
+    if r.lease_owner and r.lease_expires and r.lease_expires > utcnow():
+        return f"driven by {r.lease_owner}"
+    if r.status in ("running", "aborting"):
+        return f"no driver: run `klpfleet rollout resume {r.id}`"
+    return "idle"
+
+
+def rollout_record(session: Session, rollout_id: int, event_limit: int = 30) -> dict[str, Any]:
+    r = get_rollout(session, rollout_id)
+    waves = []
+    for w in r.waves:
+        rows = session.execute(
+            select(Host.name, WaveHost.status, WaveHost.outcome, WaveHost.error_code, WaveHost.attempts)
+            .join(Host, Host.id == WaveHost.host_id)
+            .where(WaveHost.wave_id == w.id)
+            .order_by(Host.name)
+        ).all()
+        outcomes: dict[str, int] = {}
+        for _, status, outcome, _, _ in rows:
+            key = outcome if status in ("done", "rolled_back") and outcome else status
+            if status == "rolled_back":
+                key = "rolled_back"
+            outcomes[key] = outcomes.get(key, 0) + 1
+        waves.append(
+            {
+                "index": w.index,
+                "domain": w.domain,
+                "status": w.status,
+                "started_at": w.started_at,
+                "finished_at": w.finished_at,
+                "outcomes": dict(sorted(outcomes.items())),
+                "hosts": [
+                    {"host": h, "status": st, "outcome": o, "error_code": e, "attempts": a} for h, st, o, e, a in rows
+                ],
+            }
+        )
+    recent = session.scalars(
+        select(Event).where(Event.rollout_id == r.id).order_by(Event.at.desc(), Event.id.desc()).limit(event_limit)
+    )
+    return {
+        "id": r.id,
+        "patch": r.patch.name,
+        "sha256": r.patch.sha256,
+        "status": r.status,
+        "pause_reason": r.pause_reason,
+        "current_wave": r.current_wave,
+        "selector": r.selector,
+        "policy": r.policy,
+        "created_by": r.created_by,
+        "created_at": r.created_at,
+        "started_at": r.started_at,
+        "finished_at": r.finished_at,
+        "driver": driver_state(r),
+        "waves": waves,
+        "events": [event_record(e) for e in recent],
+    }
+
+
+def rollout_list(session: Session) -> list[dict[str, Any]]:
+    sizes = dict(session.execute(select(WaveHost.rollout_id, func.count()).group_by(WaveHost.rollout_id)).all())
+    nwaves = dict(session.execute(select(Wave.rollout_id, func.count()).group_by(Wave.rollout_id)).all())
+    return [
+        {
+            "id": r.id,
+            "patch": r.patch.name,
+            "status": r.status,
+            "hosts": sizes.get(r.id, 0),
+            "waves": nwaves.get(r.id, 0),
+            "current_wave": r.current_wave,
+            "created_at": r.created_at,
+            "created_by": r.created_by,
+            "pause_reason": r.pause_reason,
+        }
+        for r in session.scalars(select(Rollout).order_by(Rollout.id.desc()))
+    ]

@@ -1,0 +1,80 @@
+"""Simulated fleets registered in a database, ready for rollouts."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from klpfleet.controller.ansible import run_playbook
+from klpfleet.db.engine import Database, open_database
+from klpfleet.db.migrate import upgrade
+from klpfleet.db.models import Host, Patch
+from klpfleet.inventory import apply_import, read_inventory
+from klpfleet.inventory_export import fleet_inventory
+from klpfleet.registry.patches import add_patch
+from klpfleet.sim.fleet import create_fleet
+from klpfleet.sim.spec import normalize, write_ko
+
+
+def fleet_db(
+    tmp: Path,
+    db_url: str,
+    hosts: int = 6,
+    faults: dict[str, Any] | None = None,
+    labels: dict[str, list[str]] | None = None,
+    gather: bool = True,
+) -> Database:
+    create_fleet(
+        tmp / "fleet",
+        {"hosts": hosts, "labels": labels or {"zone": ["a", "b", "c"]}, "faults": faults or {}, "speed": 0},
+    )
+    db = open_database(db_url, create=True)
+    upgrade(db)
+    with db.session.begin() as s:
+        apply_import(s, read_inventory([str(tmp / "fleet" / "inventory.yml")]), prune=False)
+    if gather:
+        run_playbook(
+            db_url=db.url,
+            playbook="gather.yml",
+            records=fleet_inventory(db),
+            extravars={},
+            workdir=tmp / "gather",
+            ident="gather",
+            forks=20,
+        )
+    return db
+
+
+def register(db: Database, tmp: Path, name: str = "livepatch_cve_2026_1234", **spec: Any) -> Patch:
+    spec.setdefault("objects", [{"name": "vmlinux", "funcs": ["tcp_send_challenge_ack"]}])
+    ko = write_ko(normalize({"name": name, **spec}), tmp / f"{name}.ko")
+    with db.session.begin() as s:
+        patch, _ = add_patch(s, ko)
+        return patch
+
+
+def sim_root(tmp: Path, host: str) -> str:
+    return str(tmp / "fleet" / "hosts" / host)
+
+
+def enabled_on(tmp: Path, host: str) -> list[str]:
+    from ansible_collections.klpfleet.livepatch.plugins.module_utils._livepatch import Livepatch
+    from ansible_collections.klpfleet.livepatch.plugins.module_utils._primitives import primitives_for
+
+    return [p["name"] for p in Livepatch(primitives_for("sim", sim_root(tmp, host))).patches()]
+
+
+def enable_count(tmp: Path, host: str, patch: str) -> int:
+    """How many times the host's kernel was asked to enable the patch (from its kernel log)."""
+    from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel import SimHost
+
+    with SimHost(sim_root(tmp, host)) as k:
+        return sum(1 for _, _, text in k.s["log"] if text == f"livepatch: enabling patch '{patch}'")
+
+
+def host_names(db: Database) -> list[str]:
+    with db.session() as s:
+        return list(s.scalars(select(Host.name).order_by(Host.name)))

@@ -1,0 +1,209 @@
+"""Rollouts driven through ansible-runner over simulated fleets: gates, pause/promote/abort, rollback,
+retries of refusals, health checks. Every check looks at both the database and the simulated kernels."""
+
+import pytest
+from sqlalchemy import select
+
+from klpfleet.db.models import Event, Host, HostPatch
+
+from .controllerhelpers import enable_count, enabled_on, fleet_db, register
+
+pytestmark = pytest.mark.ansible
+PATCH = "livepatch_cve_2026_1234"
+STALL = {"stall": {"function": "*", "seconds": "forever"}}
+REFUSE = {"refuse": {"patch": "*", "object": "vmlinux", "errno": "ENODEV"}}
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("KLPFLEET_RUN_DIR", str(tmp_path / "runs"))
+    return tmp_path, f"sqlite:///{tmp_path / 'k.db'}"
+
+
+def create(cli, url, *args):
+    result = cli("--db", url, "rollout", "create", PATCH, "--transition-timeout", "2s", *args, "-o", "json")
+    assert result.code == 0, result.err
+    return result.json()["data"]["id"]
+
+
+def status(cli, url, rid):
+    return cli("--db", url, "rollout", "status", str(rid), "-o", "json").json()["data"]
+
+
+def kinds(db, rid):
+    with db.session() as s:
+        return [k for (k,) in s.execute(select(Event.kind).where(Event.rollout_id == rid).order_by(Event.id))]
+
+
+def test_completes_and_every_host_is_patched_once(cli, env):
+    tmp, url = env
+    db = fleet_db(tmp, url, hosts=6)
+    register(db, tmp)
+    rid = create(cli, url, "--waves", "1,50%", "--by", "zone")
+    result = cli("--db", url, "rollout", "start", str(rid), "--wait")
+    assert result.code == 0, result.err
+    data = status(cli, url, rid)
+    assert data["status"] == "completed"
+    assert [w["outcomes"] for w in data["waves"]] == [{"applied": 1}, {"applied": 1}, {"applied": 2}, {"applied": 2}]
+    for i in range(1, 7):
+        assert enabled_on(tmp, f"sim-0{i}") == [PATCH]
+        assert enable_count(tmp, f"sim-0{i}", PATCH) == 1
+    k = kinds(db, rid)
+    assert k[:3] == ["rollout.planned", "rollout.started", "wave.started"]
+    assert k.count("gate.evaluated") == 4 and k[-1] == "rollout.completed"
+    with db.session() as s:
+        states = dict(s.execute(select(Host.name, HostPatch.state).join(HostPatch, HostPatch.host_id == Host.id)).all())
+    assert set(states.values()) == {"applied"} and len(states) == 6
+    # Nothing is left to roll out: a new plan excludes every host as already applied.
+    again = cli("--db", url, "rollout", "create", PATCH)
+    assert again.code == 2 and "no eligible host" in again.err
+
+
+def test_gate_pauses_then_promote_continues(cli, env):
+    tmp, url = env
+    db = fleet_db(tmp, url, hosts=4, faults={"sim-02": STALL})
+    register(db, tmp)
+    rid = create(cli, url, "--waves", "2", "--max-failed", "0")
+    paused = cli("--db", url, "rollout", "start", str(rid), "--wait")
+    assert paused.code == 1
+    data = status(cli, url, rid)
+    assert data["status"] == "paused"
+    assert data["pause_reason"] == "wave 1: 1 hard failure(s) exceed the budget of 0"
+    assert data["waves"][1]["status"] == "pending" and enabled_on(tmp, "sim-03") == []
+    assert enabled_on(tmp, "sim-02") == []  # the stall was reversed: host clean
+    resumed = cli("--db", url, "rollout", "promote", str(rid), "--wait")
+    assert resumed.code == 0, resumed.err
+    assert status(cli, url, rid)["status"] == "completed"
+    assert enabled_on(tmp, "sim-04") == [PATCH]
+    assert "rollout.promote_requested" in kinds(db, rid)
+
+
+def test_failure_rolls_back_in_reverse_wave_order(cli, env):
+    tmp, url = env
+    db = fleet_db(tmp, url, hosts=5, faults={"sim-05": STALL})
+    register(db, tmp)
+    rid = create(cli, url, "--waves", "2", "--on-failure", "rollback")
+    result = cli("--db", url, "rollout", "start", str(rid), "--wait")
+    assert result.code == 1
+    data = status(cli, url, rid)
+    assert data["status"] == "rolled_back"
+    assert all(enabled_on(tmp, f"sim-0{i}") == [] for i in range(1, 6))
+    with db.session() as s:
+        removals = (
+            s.execute(
+                select(Event.host_name)
+                .where(Event.kind == "patch.state")
+                .where(Event.details["to"].as_string() == "absent")
+                .order_by(Event.id)
+            )
+            .scalars()
+            .all()
+        )
+    assert set(removals[:2]) == {"sim-03", "sim-04"} and set(removals[2:]) == {"sim-01", "sim-02"}  # wave 2 first
+
+
+def test_refusals_are_retried_and_budgeted(cli, env):
+    tmp, url = env
+    db = fleet_db(tmp, url, hosts=3, faults={"sim-02": REFUSE})
+    register(db, tmp)
+    rid = create(
+        cli,
+        url,
+        "--waves",
+        "100%",
+        "--max-refused",
+        "0",
+        "--on-refusal",
+        "pause",
+        "--retry-refused",
+        "2",
+        "--retry-delay",
+        "1s",
+    )
+    result = cli("--db", url, "rollout", "start", str(rid), "--wait")
+    assert result.code == 1
+    data = status(cli, url, rid)
+    host = next(h for h in data["waves"][0]["hosts"] if h["host"] == "sim-02")
+    assert (host["outcome"], host["error_code"], host["attempts"]) == ("refused", "refused", 3)
+    assert enable_count(tmp, "sim-02", PATCH) == 3 and enabled_on(tmp, "sim-02") == []
+    assert data["status"] == "paused" and "refusal" in data["pause_reason"]
+    assert kinds(db, rid).count("wave.retry_refused") == 2
+
+
+def test_abort_rolls_back_a_paused_rollout(cli, env):
+    tmp, url = env
+    db = fleet_db(tmp, url, hosts=3, faults={"sim-03": STALL})
+    register(db, tmp)
+    rid = create(cli, url, "--waves", "100%")
+    assert cli("--db", url, "rollout", "start", str(rid), "--wait").code == 1
+    assert enabled_on(tmp, "sim-01") == [PATCH]
+    aborted = cli("--db", url, "rollout", "abort", str(rid), "--wait")
+    assert aborted.code == 1
+    assert status(cli, url, rid)["status"] == "aborted"
+    assert enabled_on(tmp, "sim-01") == [] and enabled_on(tmp, "sim-02") == []
+
+
+def test_pause_request_is_honoured_between_waves(cli, env):
+    tmp, url = env
+    db = fleet_db(tmp, url, hosts=2)
+    register(db, tmp)
+    rid = create(cli, url, "--waves", "1")
+    assert cli("--db", url, "rollout", "pause", str(rid)).code == 0
+    assert status(cli, url, rid)["status"] == "paused"
+    assert cli("--db", url, "rollout", "start", str(rid)).code == 2  # not planned any more
+    assert cli("--db", url, "rollout", "resume", str(rid), "--wait").code == 0
+    assert enabled_on(tmp, "sim-02") == [PATCH]
+
+
+def test_failing_health_check_counts_against_the_budget(cli, env):
+    tmp, url = env
+    db = fleet_db(tmp, url, hosts=2)
+    register(db, tmp)
+    rid = create(cli, url, "--waves", "1", "--health-check", "sh -c 'echo degraded >&2; exit 3'")
+    assert cli("--db", url, "rollout", "start", str(rid), "--wait").code == 1
+    data = status(cli, url, rid)
+    assert data["waves"][0]["hosts"][0]["outcome"] == "health_failed"
+    with db.session() as s:
+        event = s.scalar(select(Event).where(Event.kind == "host.health_failed"))
+    assert event.details["rc"] == 3 and "degraded" in event.details["stderr_tail"]
+
+
+def test_stacked_and_replaced_rollback(cli, env):
+    tmp, url = env
+    db = fleet_db(tmp, url, hosts=3)
+    register(db, tmp, "lp_base", objects=[{"name": "vmlinux", "funcs": ["f1"]}])
+    register(db, tmp, "lp_top", objects=[{"name": "vmlinux", "funcs": ["f2"]}])
+    register(db, tmp, "lp_cumulative", replace=True)
+    for patch, hosts in (("lp_base", "all"), ("lp_top", "sim-01:sim-02"), ("lp_cumulative", "sim-03")):
+        result = cli("--db", url, "rollout", "create", patch, "--hosts", hosts, "--waves", "100%", "-o", "json")
+        assert result.code == 0, result.err
+        assert cli("--db", url, "rollout", "start", str(result.json()["data"]["id"]), "--wait").code == 0
+    assert enabled_on(tmp, "sim-01") == ["lp_base", "lp_top"]
+    assert enabled_on(tmp, "sim-03") == ["lp_cumulative"]  # lp_base was replaced
+
+    refused = cli("--db", url, "rollback", "lp_base", "--hosts", "sim-01", "-o", "json")
+    assert refused.code == 1
+    [row] = refused.json()["data"]
+    assert row["result"] == "stacked" and "lp_top" in row["detail"]
+    assert enabled_on(tmp, "sim-01") == ["lp_base", "lp_top"]
+
+    cascade = cli("--db", url, "rollback", "lp_base", "--cascade", "-o", "json")
+    rows = {r["host"]: r for r in cascade.json()["data"]}
+    assert rows["sim-01"]["removed"] == ["lp_top", "lp_base"] and rows["sim-02"]["result"] == "removed"
+    assert enabled_on(tmp, "sim-01") == [] and enabled_on(tmp, "sim-02") == []
+
+
+def test_replaced_host_has_nothing_to_remove(cli, env):
+    tmp, url = env
+    db = fleet_db(tmp, url, hosts=1)
+    register(db, tmp, "lp_v1", replace=True, objects=[{"name": "vmlinux", "funcs": ["f1"]}])
+    register(db, tmp, "lp_v2", replace=True, objects=[{"name": "vmlinux", "funcs": ["f1"]}])
+    for patch in ("lp_v1", "lp_v2"):
+        rid = cli("--db", url, "rollout", "create", patch, "-o", "json").json()["data"]["id"]
+        assert cli("--db", url, "rollout", "start", str(rid), "--wait").code == 0
+    # The database still believes lp_v1 is applied until a gather; rollback reads the host first.
+    result = cli("--db", url, "rollback", "lp_v1", "-o", "json")
+    [row] = result.json()["data"]
+    assert row["result"] == "nothing_to_remove" and "lp_v2" in row["detail"]
+    assert result.code == 0
+    assert enabled_on(tmp, "sim-01") == ["lp_v2"]
