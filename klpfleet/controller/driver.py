@@ -415,7 +415,7 @@ class Driver:
                 "gate.evaluated",
                 r,
                 wave=index + 1,
-                **counts.as_dict(),
+                counts=counts.as_dict(),
                 max_failed=max_failed,
                 max_refused=max_refused,
                 failed_breach=failed_breach,
@@ -436,7 +436,7 @@ class Driver:
                 self.event(s, "rollout.paused", r, reason=reason, wave=index + 1, by="gate")
             elif action is None or action == "pause":
                 wave.status, wave.finished_at = "completed", utcnow()
-                self.event(s, "wave.completed", r, wave=index + 1, **counts.as_dict())
+                self.event(s, "wave.completed", r, wave=index + 1, counts=counts.as_dict())
         self.progress.note(reason or f"wave {index + 1} passed its gate")
         if action == "rollback":
             return self.roll_back(reason or "gate breached")
