@@ -37,10 +37,11 @@ def owner_id() -> str:
 
 
 class Lease:
-    def __init__(self, db: Database, rollout_id: int, seconds: float = LEASE_SECONDS) -> None:
+    def __init__(self, db: Database, rollout_id: int, seconds: float | None = None) -> None:
         self.db = db
         self.rollout_id = rollout_id
-        self.seconds = seconds
+        # How long a dead controller keeps others out; the heartbeat renews it every third of that.
+        self.seconds = seconds or float(os.environ.get("KLPFLEET_LEASE_SECONDS", LEASE_SECONDS))
         self.owner = owner_id()
         self.token: int | None = None
         self.lost = threading.Event()
