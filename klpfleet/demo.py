@@ -1,67 +1,301 @@
-"""`klpfleet demo`: everything klpfleet does, on a fleet and database of its own, under one directory."""
+"""`klpfleet demo`: a real rollout on a simulated fleet, with everything under one directory.
+
+The fleet, database, artifacts, Ansible runs and temp files all live under the demo directory; nothing
+needs root. The steps are the ones an operator would take, through the same code the commands use.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
+import textwrap
 from pathlib import Path
+from typing import Any
 
 from klpfleet.cli.output import console, info
-from klpfleet.db.engine import open_database
-from klpfleet.db.migrate import upgrade
 from klpfleet.errors import UsageError
 
 DEMO_MARKER = ".klpfleet-demo"
-VERMAGIC = "6.1.0-56-amd64 SMP preempt mod_unload modversions "
+CVE_FIX = "livepatch_cve_2026_1234"
+NEWER = "livepatch_cve_2026_5678"
+
+FLEET = """\
+kernel_release: 6.1.0-56-amd64
+hosts: {hosts}
+speed: 1
+labels:
+  zone: [a, b, c]
+faults:
+  sim-05: {{refuse: {{patch: "*", object: vmlinux, errno: EBUSY}}}}    # a pre-patch callback says no
+  sim-14: {{refuse: {{patch: "*", object: vmlinux, errno: ENODEV}}}}
+  sim-11: {{stall: {{function: "*", seconds: forever, comm: db_writer}}}}  # a task sleeps in patched code
+  sim-17: {{unreachable: true}}                                          # its network is down
+"""
+PATCHES = {
+    CVE_FIX: """\
+name: livepatch_cve_2026_1234
+description: "tcp: fix challenge ACK rate limit (CVE-2026-1234)"
+replace: true            # cumulative, as kpatch-build makes them by default
+objects:
+  - name: vmlinux
+    funcs: [tcp_send_challenge_ack]
+""",
+    NEWER: """\
+name: livepatch_cve_2026_5678
+description: "netfilter: fix use-after-free (CVE-2026-5678), stacked on top"
+replace: false
+objects:
+  - name: vmlinux
+    funcs: [nft_set_elem_destroy]
+""",
+}
+
+
+def step(title: str) -> None:
+    out = console(stderr=True)
+    out.print(f"\n== {title}", style="bold" if out.is_terminal else None, markup=False, highlight=False)
 
 
 def run_demo(directory: Path, *, fresh: bool, host_count: int) -> None:
-    import os
-
-    from klpfleet.fleet_status import fleet_status
-    from klpfleet.inventory import apply_import, read_inventory
-    from klpfleet.registry.patches import add_patch
-    from klpfleet.sim.elfbuild import build_module
-
+    if host_count < 20 or host_count > 200:
+        raise UsageError("--hosts must be between 20 and 200 (the demo's faults sit on sim-05 ... sim-17)")
+    directory = directory.resolve()
     if fresh and directory.exists():
         if not (directory / DEMO_MARKER).exists():
             raise UsageError(f"{directory} exists and is not a klpfleet demo directory: not removing it")
         shutil.rmtree(directory)
+    if (directory / "klpfleet.db").exists():
+        raise UsageError(
+            f"{directory} already holds a demo: run with --fresh to start over, or look at it with "
+            f"`klpfleet --db {directory / 'klpfleet.db'} status`"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     (directory / DEMO_MARKER).touch()
-    os.environ["KLPFLEET_ARTIFACTS"] = str(directory / "artifacts")
-
-    db = open_database(str(directory / "klpfleet.db"), create=True)
-    upgrade(db)
-    info(f"database: {db.display_url()}")
-
-    inventory = directory / "inventory.yml"
-    width = len(str(host_count))
-    lines = ["all:", "  hosts:"]
-    for i in range(1, host_count + 1):
-        lines.append(f"    sim-{i:0{width}d}: {{zone: {'abc'[(i - 1) % 3]}}}")
-    inventory.write_text("\n".join(lines) + "\n")
-    found = read_inventory([str(inventory)])
-    with db.session.begin() as session:
-        counts = apply_import(session, found, prune=True).counts()
-    info(f"inventory {inventory}: {counts}")
-
-    ko = directory / "livepatch_cve_2026_1234.ko"
-    ko.write_bytes(
-        build_module(
-            [
-                ("name", "livepatch_cve_2026_1234"),
-                ("vermagic", VERMAGIC),
-                ("livepatch", "Y"),
-                ("srcversion", "D3M0D3M0D3M0D3M0D3M0D3M"),
-            ]
-        )
+    # Everything this process and the Ansible runs it starts write goes under the demo directory.
+    os.environ.update(
+        KLPFLEET_ARTIFACTS=str(directory / "artifacts"),
+        KLPFLEET_RUN_DIR=str(directory / "runs"),
+        ANSIBLE_LOCAL_TEMP=str(directory / "tmp" / "ansible-local"),
+        ANSIBLE_REMOTE_TEMP=str(directory / "tmp" / "ansible-remote"),
+        ANSIBLE_HOME=str(directory / "tmp" / "ansible-home"),
     )
-    with db.session.begin() as session:
-        patch, created = add_patch(session, ko, description="demo CVE fix", cves=["CVE-2026-1234"])
-        info(f"patch {patch.name} {patch.sha256[:12]} {'registered' if created else 'already registered'}")
+    db_path = directory / "klpfleet.db"
+    db_url = f"sqlite:///{db_path}"
+    Demo(directory, db_url, host_count).run()
 
-    from klpfleet.cli.status_cmds import _status_table
 
-    with db.engine.connect() as conn:
-        _status_table(fleet_status(conn), console())
-    info(f"\nnext: klpfleet --db {directory / 'klpfleet.db'} hosts --label zone=a")
+class Demo:
+    def __init__(self, directory: Path, db_url: str, hosts: int) -> None:
+        self.dir = directory
+        self.db_url = db_url
+        self.hosts = hosts
+        self.k = f"klpfleet --db {directory / 'klpfleet.db'}"
+
+    def run(self) -> None:
+        from klpfleet.db.engine import open_database
+        from klpfleet.db.migrate import upgrade
+
+        step("1. A database of its own, and a simulated fleet in three zones")
+        self.db = open_database(self.db_url, create=True)
+        upgrade(self.db)
+        (self.dir / "fleet.yml").write_text(FLEET.format(hosts=self.hosts))
+        from klpfleet.sim.fleet import create_fleet, load_fleet_spec
+
+        create_fleet(self.dir / "fleet", load_fleet_spec(self.dir / "fleet.yml"))
+        info(
+            f"{self.hosts} simulated hosts in zones a, b, c; faults (see {self.dir / 'fleet.yml'}):\n"
+            "  sim-05, sim-14 refuse the patch in a pre-patch callback; sim-11 has a task asleep in patched\n"
+            "  code (its transition stalls); sim-17 is unreachable"
+        )
+        from klpfleet.inventory import apply_import, read_inventory
+
+        with self.db.session.begin() as s:
+            counts = apply_import(s, read_inventory([str(self.dir / "fleet" / "inventory.yml")]), prune=True).counts()
+        info(f"$ klpfleet inventory import -i {self.dir / 'fleet' / 'inventory.yml'}   -> {counts}")
+
+        step("2. Gather: read every host's kernel through Ansible (playbooks/gather.yml)")
+        from klpfleet.controller.ansible import run_playbook
+        from klpfleet.inventory_export import fleet_inventory
+
+        gathered = run_playbook(
+            db_url=self.db_url,
+            playbook="gather.yml",
+            records=fleet_inventory(self.db),
+            extravars={},
+            workdir=self.dir / "runs" / "gather",
+            ident="demo-gather",
+            forks=12,
+        )
+        reached = sum(1 for r in gathered.results.values() if r.status == "ok")
+        info(f"{reached} hosts answered; sim-17 did not (unreachable)")
+
+        step("3. Build and register two livepatches (real ELF .ko files with .modinfo)")
+        from klpfleet.registry.patches import add_patch
+        from klpfleet.sim.spec import load_spec_file, write_ko
+
+        for name, spec in PATCHES.items():
+            spec_file = self.dir / f"{name}.yml"
+            spec_file.write_text(spec)
+            ko = write_ko(load_spec_file(spec_file), self.dir / f"{name}.ko")
+            with self.db.session.begin() as s:
+                patch, _ = add_patch(
+                    s,
+                    ko,
+                    description=load_spec_file(spec_file)["description"],
+                    cves=[name.removeprefix("livepatch_").upper().replace("_", "-")],
+                )
+                info(f"$ klpfleet patch add {ko.name}   -> {patch.name} {patch.sha256[:12]} for {patch.kernel_release}")
+
+        step(f"4. Roll out {CVE_FIX}: a canary, then waves walking the zones one by one")
+        rid = self.plan(
+            CVE_FIX,
+            "--waves 1,25%,100% --by zone --max-failed 0 --retry-refused 1 --retry-delay 2s",
+            waves="1,25%,100%",
+            by="zone",
+            max_failed="0",
+            retry_refused=1,
+            retry_delay="2s",
+        )
+        final = self.drive(rid)
+        if final == "paused":
+            self.explain_pause(rid)
+            step("5. The stall was backed out and the hosts are clean: promote past the gate")
+            info(f"$ {self.k} rollout promote {rid} --wait")
+            from klpfleet.controller.driver import request
+
+            request(
+                self.db,
+                rid,
+                to="running",
+                allowed=("paused",),
+                reason="promoted: failures isolated, hosts clean",
+                verb="promote",
+                gate_overrides=[self.current_wave(rid)],
+            )
+            final = self.drive(rid)
+        info(f"rollout {rid}: {final}")
+
+        step(f"6. Roll out {NEWER}, stacked on top, in two quick waves")
+        rid2 = self.plan(NEWER, "--waves 50%,100% --max-failed 2", waves="50%,100%", max_failed="2")
+        info(f"rollout {rid2}: {self.drive(rid2)}")
+
+        step(f"7. Roll back {NEWER} (the newest patch comes off first; nothing else is touched)")
+        info(f"$ {self.k} rollback {NEWER} --fast")
+        self.rollback(NEWER)
+
+        step("8. Where the fleet stands")
+        from klpfleet.cli.status_cmds import _status_table
+        from klpfleet.fleet_status import fleet_status
+
+        with self.db.engine.connect() as conn:
+            _status_table(fleet_status(conn), console())
+        self.epilogue(rid)
+
+    # ------------------------------------------------------------------ helpers
+
+    def plan(self, patch_name: str, shown: str, **options: Any) -> int:
+        from klpfleet.controller.plan import create_rollout, make_plan
+        from klpfleet.controller.policy import build_policy
+        from klpfleet.controller.selection import select_hosts
+        from klpfleet.registry.patches import get_patch
+
+        defaults = dict(
+            waves="100%",
+            by=None,
+            max_failed=None,
+            max_refused=None,
+            bake=None,
+            health_check=None,
+            on_failure="pause",
+            on_refusal="continue",
+            retry_refused=0,
+            retry_delay=None,
+            forks=12,
+            transition_timeout="3s",
+            on_stall="reverse",
+            allow_force=False,
+        )
+        policy = build_policy(**{**defaults, **options})
+        with self.db.session.begin() as s:
+            patch = get_patch(s, patch_name)
+            plan = make_plan(s, patch, select_hosts(self.db), policy)
+            rollout = create_rollout(s, patch, plan, policy, "all")
+            rid = rollout.id
+        info(f"$ {self.k} rollout create {patch_name} {shown} --transition-timeout 3s")
+        for i, (hosts, domain) in enumerate(zip(plan.waves, plan.domains, strict=True)):
+            info(f"  wave {i + 1}{f' (zone {domain})' if domain else ''}: {', '.join(hosts)}")
+        for host, reason in sorted(plan.excluded.items()):
+            info(f"  excluded {host}: {reason}")
+        info(f"$ {self.k} rollout start {rid} --wait")
+        return rid
+
+    def drive(self, rid: int) -> str:
+        from klpfleet.cli.rollout_cmds import CliProgress
+        from klpfleet.controller.driver import Driver
+
+        return Driver(self.db, rid, progress=CliProgress(), actor="demo").drive()
+
+    def current_wave(self, rid: int) -> int:
+        from klpfleet.controller.views import get_rollout
+
+        with self.db.session() as s:
+            return get_rollout(s, rid).current_wave or 0
+
+    def explain_pause(self, rid: int) -> None:
+        from klpfleet.controller.views import rollout_record
+
+        with self.db.session() as s:
+            data = rollout_record(s, rid)
+        info(f"\nThe gate fired and paused the rollout: {data['pause_reason']}")
+        for w in data["waves"]:
+            for h in w["hosts"]:
+                if h["outcome"] not in (None, "applied"):
+                    info(f"  {h['host']}: {h['outcome']} ({h['error_code'] or '-'}), attempts {h['attempts']}")
+        info(
+            "A refusal means the kernel said no and cleaned up; a stall was reversed and its module removed;\n"
+            "the unreachable host was never touched. No host is half-patched."
+        )
+
+    def rollback(self, patch_name: str) -> None:
+        from klpfleet.controller.rollback import rollback_batches
+        from klpfleet.views import list_hosts
+
+        with self.db.session() as s:
+            hosts = [h["name"] for h in list_hosts(s, patch=patch_name, state="applied")]
+        answers = rollback_batches(
+            self.db, patch_name, [hosts], workdir=self.dir / "runs" / "rollback", ident="demo-rollback", forks=12
+        )
+        summary: dict[str, int] = {}
+        for a in answers:
+            summary[a.result] = summary.get(a.result, 0) + 1
+        info(f"{len(answers)} hosts: {summary}")
+
+    def epilogue(self, rid: int) -> None:
+        from klpfleet.collection import collections_path, playbooks_path
+
+        inv = self.dir / "fleet" / "inventory.yml"
+        ansible_env = (
+            f"KLPFLEET_DB={self.dir / 'klpfleet.db'} ANSIBLE_COLLECTIONS_PATH={collections_path()} "
+            "ANSIBLE_CALLBACKS_ENABLED=klpfleet.livepatch.recorder"
+        )
+        info(
+            textwrap.dedent(f"""
+            What you just saw
+              - a real Ansible run per wave (ansible-runner, playbooks/apply.yml) on {self.hosts} simulated kernels;
+              - refusals told apart from stalls and unreachable hosts, a refusal retried, a gate that paused the
+                rollout, an operator's promotion, and the newer patch rolled back without touching the older one;
+              - every decision and every host's state recorded in {self.dir / "klpfleet.db"}.
+
+            Try next (in a checkout, `source .venv/bin/activate` first, or write ./run for klpfleet)
+              {self.k} status
+              {self.k} hosts --state refused
+              {self.k} host sim-11
+              {self.k} rollout status {rid}
+              {self.k} events --rollout {rid}
+              {self.k} sim host log {self.dir / "fleet" / "hosts" / "sim-05"}      # its kernel log
+              {ansible_env} \\
+                  ansible-playbook -i {inv} {playbooks_path() / "gather.yml"}
+              {self.k} rollout create {CVE_FIX} --hosts 'zone_b' --retry-refused 2   # the hosts left over
+            Start over with `./run demo --fresh`.
+        """).rstrip()
+        )
