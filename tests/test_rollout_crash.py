@@ -43,7 +43,7 @@ def rollout_status(db, rid):
         return s.scalar(select(Rollout.status).where(Rollout.id == rid))
 
 
-@pytest.mark.parametrize("kill_after", [0.6, 2.0, 3.5, 5.5, 8.0])
+@pytest.mark.parametrize("kill_after", [0.3, 2.0, 3.5, 5.5, 8.0])
 def test_killed_controller_resumes_without_repeating_hosts(cli, tmp_path, monkeypatch, kill_after):
     url = f"sqlite:///{tmp_path / 'k.db'}"
     monkeypatch.setenv("KLPFLEET_RUN_DIR", str(tmp_path / "runs"))

@@ -191,7 +191,7 @@ def start(ctx: click.Context, rollout_id: int, wait: bool) -> None:
 @click.option("--wait", is_flag=True, help="Drive it here and exit 0 completed, 1 paused/aborted, 2 error.")
 @click.pass_context
 def resume(ctx: click.Context, rollout_id: int, wait: bool) -> None:
-    """Continue a paused rollout, or one whose controller died."""
+    """Continue a paused rollout, or one whose controller died (even before it started)."""
     from klpfleet.controller.driver import driver_alive, request
     from klpfleet.controller.views import get_rollout
     from klpfleet.errors import UsageError
@@ -201,11 +201,13 @@ def resume(ctx: click.Context, rollout_id: int, wait: bool) -> None:
         status = get_rollout(s, rollout_id).status
     if status == "paused":
         request(db, rollout_id, to="running", allowed=("paused",))
+    elif status == "planned":
+        pass  # a start that died before its first step: resuming starts it
     elif status in ("running", "aborting"):
         if driver_alive(db, rollout_id):
             raise UsageError(f"rollout {rollout_id} already has a live driver")
     else:
-        raise UsageError(f"rollout {rollout_id} is {status}; only paused or orphaned rollouts resume")
+        raise UsageError(f"rollout {rollout_id} is {status}; only planned, paused or orphaned rollouts resume")
     drive_or_detach(ctx, rollout_id, wait)
 
 
