@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from klpfleet.db import events
 from klpfleet.db.engine import Database
-from klpfleet.db.models import AnsibleRun, Host, HostPatch, Patch, utcnow
+from klpfleet.db.models import AnsibleRun, Event, Host, HostPatch, Patch, utcnow
 from klpfleet.inventory import HOST_NAME_RE
 from klpfleet.observations import PatchObservation, observe
 from klpfleet.states import PatchState
@@ -227,27 +227,26 @@ class Recorder:
             )
         for refusal in facts.get("refused_module_loads") or []:
             if isinstance(refusal, dict):
-                self._module_refusal(s, host, refusal)
+                self.module_refusal(s, host, refusal)
 
-    def _module_refusal(self, s: Session, host: Host, refusal: dict[str, Any]) -> None:
-        """A target-module load a patch refused: recorded once per (patch, module, log sequence)."""
-        key = {"patch": refusal.get("patch"), "module": refusal.get("module"), "seq": refusal.get("seq")}
-        from klpfleet.db.models import Event
-
-        seen = s.scalars(
-            select(Event.details).where(Event.host_id == host.id, Event.kind == "module.load_refused")
+    def module_refusal(self, s: Session, host: Host, refusal: dict[str, Any]) -> None:
+        """A target-module load a patch refused (found in the kernel log): one event per log record."""
+        patch_name, module, seq = refusal.get("patch"), refusal.get("module"), refusal.get("seq")
+        seen = s.execute(
+            select(Event.patch_name, Event.details).where(Event.host_id == host.id, Event.kind == "module.load_refused")
         ).all()
-        if any(
-            d.get("patch") == key["patch"] and d.get("module") == key["module"] and d.get("seq") == key["seq"]
-            for d in seen
-        ):
+        if any(p == patch_name and d.get("module") == module and d.get("seq") == seq for p, d in seen):
             return
+        patch = self._patch(s, host, patch_name, None)
         events.record(
             s,
             "module.load_refused",
             actor=self.actor,
             host=host,
-            **key,
+            patch=patch,
+            patch_name=str(patch_name),
+            module=module,
+            seq=seq,
             seconds_since_boot=refusal.get("seconds_since_boot"),
         )
 

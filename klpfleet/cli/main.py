@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sim": ("klpfleet.cli.sim_cmds", "sim", "Simulated kernels, hosts and fleets."),
     "rollout": ("klpfleet.cli.rollout_cmds", "rollout", "Plan, run and steer rollouts in waves."),
     "rollback": ("klpfleet.cli.rollout_cmds", "rollback", "Remove a patch from hosts, last wave first, stack-aware."),
+    "probe": ("klpfleet.cli.probe_cmds", "probe", "Read live state from every host over SSH (read-only); mark drift."),
     "demo": ("klpfleet.cli.demo_cmds", "demo", "Run the end-to-end demonstration on a fleet of its own."),
 }
 

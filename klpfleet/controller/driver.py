@@ -19,11 +19,12 @@ from sqlalchemy import select, update
 from klpfleet.controller.ansible import HostResult, run_playbook, runs_dir
 from klpfleet.controller.lease import Lease, LeaseLost
 from klpfleet.controller.policy import Policy, budget
-from klpfleet.controller.rollback import REMOVED, rollback_batches, run_health
+from klpfleet.controller.rollback import REMOVED, rollback_batches
 from klpfleet.db import events
 from klpfleet.db.engine import Database
 from klpfleet.db.models import Host, HostPatch, Patch, Rollout, Wave, WaveHost, utcnow
 from klpfleet.inventory_export import fleet_inventory
+from klpfleet.probe.health import health_checks
 from klpfleet.states import PatchState
 
 HARD_FAILURES = ("failed", "stalled", "unreachable", "health_failed")
@@ -356,15 +357,7 @@ class Driver:
         if not hosts:
             return
         assert policy.health_check is not None
-        results = run_health(
-            self.db,
-            fleet_inventory(self.db, hosts),
-            policy.health_check,
-            self.workdir / f"wave-{wave_id}-health-{int(time.time())}",
-            f"r{self.id}-w{wave_id}-health",
-            policy.forks,
-            self.id,
-        )
+        results = health_checks(self.db, hosts, policy.health_check, forks=policy.forks)
         with self.tx() as s:
             r = self.lease.check(s)
             for name in hosts:

@@ -20,6 +20,7 @@ from typing import Any
 from klpfleet.controller.ansible import HostResult, run_playbook
 from klpfleet.db.engine import Database
 from klpfleet.inventory_export import fleet_inventory
+from klpfleet.probe.health import health_checks
 
 REMOVED, NOTHING, STACKED, FORCED, FAILED, UNREACHABLE = (
     "removed",
@@ -138,15 +139,7 @@ def rollback_batches(
         if health_check:
             healthy = [h for h, a in answers.items() if a.result == REMOVED]
             if healthy:
-                check = run_health(
-                    db,
-                    [records[h] for h in healthy],
-                    health_check,
-                    workdir / f"batch-{n}-health",
-                    f"{ident}-b{n}-health",
-                    forks,
-                    rollout_id,
-                )
+                check = health_checks(db, healthy, health_check, forks=forks)
                 for host in healthy:
                     if check[host].status != "ok":
                         answers[host].detail = f"removed, but the health check failed: {_msg(check[host])}"
@@ -157,29 +150,6 @@ def rollback_batches(
         if bake_seconds and n < len(batches) - 1:
             sleep(bake_seconds)
     return done
-
-
-def run_health(
-    db: Database,
-    records: list[dict[str, Any]],
-    argv: list[str],
-    workdir: Path,
-    ident: str,
-    forks: int,
-    rollout_id: int | None,
-) -> dict[str, HostResult]:
-    run = run_playbook(
-        db_url=db.url,
-        playbook="health.yml",
-        records=records,
-        extravars={"klp_health_argv": argv},
-        workdir=workdir,
-        ident=ident,
-        forks=forks,
-        rollout_id=rollout_id,
-        target_actions={"ansible.builtin.command"},
-    )
-    return run.results
 
 
 def _msg(r: HostResult) -> str:

@@ -34,15 +34,17 @@ def record(
     host: Host | None = None,
     patch: Patch | None = None,
     rollout: Rollout | None = None,
+    patch_name: str | None = None,
     **details: Any,
 ) -> Event:
+    """Append an event. `patch_name` names a patch that is not registered (no row to point at)."""
     event = Event(
         actor=actor or default_actor(),
         kind=kind,
         host_id=host.id if host is not None else None,
         host_name=host.name if host is not None else None,
         patch_id=patch.id if patch is not None else None,
-        patch_name=patch.name if patch is not None else None,
+        patch_name=patch.name if patch is not None else patch_name,
         rollout_id=rollout.id if rollout is not None else None,
         details=details,
     )

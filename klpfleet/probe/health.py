@@ -1,0 +1,35 @@
+"""Rollout health checks over the probe's SSH layer: the operator's command (argv, quoted, no host data
+in it) on each host; a non-zero exit, a timeout or an unreachable host fails the check for that host."""
+
+from __future__ import annotations
+
+from klpfleet.controller.ansible import HostResult
+from klpfleet.db.engine import Database
+from klpfleet.inventory_export import fleet_inventory
+from klpfleet.probe.ssh import OK, Target, run_all
+
+
+def health_checks(
+    db: Database, names: list[str], argv: list[str], *, forks: int, timeout: float = 60.0, connect_timeout: float = 10.0
+) -> dict[str, HostResult]:
+    from klpfleet.probe import default_known_hosts
+
+    targets = [Target.from_record(r) for r in fleet_inventory(db, names)]
+    runs = run_all(
+        targets,
+        argv,
+        lambda t: "",
+        forks=forks,
+        known_hosts=default_known_hosts(),
+        accept_new=False,
+        connect_timeout=connect_timeout,
+        command_timeout=timeout,
+    )
+    out = {}
+    for run in runs:
+        detail = {"rc": run.exit_code, "stdout": run.stdout[-2000:], "stderr": run.stderr[-2000:], "msg": run.error}
+        if run.status != OK:
+            out[run.host] = HostResult(run.host, run.status, detail)
+        else:
+            out[run.host] = HostResult(run.host, "ok" if run.exit_code == 0 else "failed", detail)
+    return out

@@ -1,0 +1,52 @@
+"""The program the probe sends to each host: the collection's own standard-library module_utils plus a
+few lines that print Livepatch.facts() as JSON. It travels on stdin to a constant remote command
+(`python3 -`), and its parameters are JSON inside it, so no inventory or database value ever reaches a
+command line. Probe and patch_info therefore read a host with the same code.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+
+from klpfleet.collection import collections_path
+
+PACKAGE = "ansible_collections.klpfleet.livepatch.plugins.module_utils"
+MODULES = ("_modinfo", "_primitives", "_sim_kernel", "_livepatch")
+REMOTE_COMMAND = ["python3", "-"]
+
+BOOTSTRAP = """\
+import json, sys, types
+PACKAGE = {package!r}
+parts = PACKAGE.split(".")
+for i in range(1, len(parts) + 1):
+    name = ".".join(parts[:i])
+    if name not in sys.modules:
+        module = types.ModuleType(name)
+        module.__path__ = []
+        sys.modules[name] = module
+for short, source in json.loads({sources!r}):
+    module = types.ModuleType(PACKAGE + "." + short)
+    module.__file__ = "<klpfleet probe: " + short + ">"
+    sys.modules[module.__name__] = module
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+ARGS = json.loads({args!r})
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._livepatch import Livepatch
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._primitives import primitives_for
+try:
+    facts = Livepatch(primitives_for(ARGS["backend"], ARGS.get("sim_root"))).facts(with_tasks=ARGS["tasks"])
+    print(json.dumps({{"ok": True, "facts": facts}}))
+except Exception as exc:
+    print(json.dumps({{"ok": False, "error": "%s: %s" % (type(exc).__name__, exc)}}))
+"""
+
+
+@cache
+def _sources() -> str:
+    base = collections_path().joinpath(*PACKAGE.split("."))
+    return json.dumps([(name, (base / f"{name}.py").read_text()) for name in MODULES])
+
+
+def payload(backend: str = "sysfs", sim_root: str | None = None, tasks: bool = True) -> str:
+    args = json.dumps({"backend": backend, "sim_root": sim_root, "tasks": tasks})
+    return BOOTSTRAP.format(package=PACKAGE, sources=_sources(), args=args)

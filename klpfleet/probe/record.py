@@ -1,0 +1,124 @@
+"""What the probe found, written to the database: observed state, reachability, and drift.
+
+Drift is any disagreement between what the database expected and what the host reports: a patch
+expected applied but absent (removed by hand, or the host rebooted), a patch loaded that the database
+did not expect, a patch nobody registered, a host booted into another kernel. Each is an event; the
+host patch state becomes `drift` until a gather or a rollout records the truth again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from klpfleet.db import events
+from klpfleet.db.models import Host, HostPatch, Patch, utcnow
+from klpfleet.observations import PatchObservation, observe
+from klpfleet.probe.ssh import OK, TIMEOUT, UNREACHABLE, RunResult
+from klpfleet.recorder import Recorder
+from klpfleet.states import PatchState
+
+PRESENT = (PatchState.APPLIED, PatchState.FORCED, PatchState.TRANSITIONING)
+
+
+@dataclass
+class HostProbe:
+    host: str
+    status: str
+    error: str | None = None
+    kernel_release: str | None = None
+    patches: list[str] = field(default_factory=list)
+    drift: list[dict[str, Any]] = field(default_factory=list)
+    refused_module_loads: int = 0
+    accepted_key: str | None = None
+    seconds: float = 0.0
+
+
+def record_probe(
+    session: Session, host: Host, run: RunResult, facts: dict[str, Any] | None, actor: str, recorder: Recorder
+) -> HostProbe:
+    found = HostProbe(host.name, run.status, run.error, accepted_key=run.accepted_key, seconds=run.seconds)
+    if run.accepted_key:
+        events.record(session, "probe.host_key_accepted", actor=actor, host=host, key=run.accepted_key)
+    if run.status != OK or facts is None:
+        if run.status in (UNREACHABLE, TIMEOUT):
+            host.reachable = False
+        events.record(session, f"probe.{run.status}", actor=actor, host=host, error=run.error)
+        return found
+    host.reachable, host.last_seen = True, utcnow()
+    release = facts.get("kernel_release")
+    found.kernel_release = release
+    if host.kernel_release and release != host.kernel_release:
+        found.drift.append({"kind": "kernel_changed", "expected": host.kernel_release, "found": release})
+    host.kernel_release = release
+    host.livepatch_supported = facts.get("livepatch_supported")
+
+    sysfs = {p["name"]: p for p in facts.get("patches") or []}
+    lingering = {p["name"] for p in facts.get("forced_modules") or []}
+    found.patches = sorted(sysfs)
+    rows = {hp.patch_id: hp for hp in session.scalars(select(HostPatch).where(HostPatch.host_id == host.id))}
+    seen_names: set[str] = set()
+    for patch_id, row in rows.items():
+        patch = session.get(Patch, patch_id)
+        if patch is None:
+            continue
+        on_host = sysfs.get(patch.name)
+        if on_host is not None:
+            seen_names.add(patch.name)
+        expected = PatchState(row.state) in PRESENT
+        present = on_host is not None or patch.name in lingering
+        if expected and not present:
+            _drift(session, host, patch, row, found, actor, "expected applied, found absent")
+        elif present and not expected and row.state != PatchState.DRIFT:
+            _drift(session, host, patch, row, found, actor, f"expected {row.state}, found loaded")
+        elif on_host is not None and row.state != PatchState.DRIFT:
+            observe(
+                session,
+                host,
+                patch,
+                PatchObservation(
+                    state=PatchState(row.state),
+                    enabled=on_host.get("enabled"),
+                    transition=on_host.get("transition"),
+                    stack_order=on_host.get("stack_order"),
+                    replace=on_host.get("replace"),
+                    objects=dict(on_host.get("objects") or {}),
+                    host_clean=row.host_clean,
+                ),
+                observed_by="probe",
+                actor=actor,
+            )
+    for name in sorted(set(sysfs) - seen_names):
+        registered = session.scalar(select(Patch).where(Patch.name == name, Patch.kernel_release == release))
+        if registered is None:
+            found.drift.append({"kind": "unknown_patch", "patch": name})
+            continue
+        row = HostPatch(host_id=host.id, patch_id=registered.id, state=PatchState.DRIFT.value, observed_by="probe")
+        _drift(session, host, registered, row, found, actor, "not expected here, found loaded")
+    for d in found.drift:
+        if d["kind"] == "kernel_changed":
+            events.record(
+                session, "drift.kernel_changed", actor=actor, host=host, expected=d["expected"], found=d["found"]
+            )
+        elif d["kind"] == "unknown_patch":
+            events.record(session, "drift.unknown_patch", actor=actor, host=host, patch_name=d["patch"])
+    for refusal in facts.get("refused_module_loads") or []:
+        recorder.module_refusal(session, host, refusal)
+    found.refused_module_loads = len(facts.get("refused_module_loads") or [])
+    return found
+
+
+def _drift(session: Session, host: Host, patch: Patch, row: HostPatch, found: HostProbe, actor: str, what: str) -> None:
+    found.drift.append({"kind": "patch_state", "patch": patch.name, "expected": row.state, "found": what})
+    events.record(session, "drift.patch_state", actor=actor, host=host, patch=patch, expected=row.state, found=what)
+    observe(
+        session,
+        host,
+        patch,
+        PatchObservation(state=PatchState.DRIFT, host_clean=row.host_clean),
+        observed_by="probe",
+        actor=actor,
+    )
