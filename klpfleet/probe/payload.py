@@ -34,7 +34,8 @@ ARGS = json.loads({args!r})
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._livepatch import Livepatch
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._primitives import primitives_for
 try:
-    facts = Livepatch(primitives_for(ARGS["backend"], ARGS.get("sim_root"))).facts(with_tasks=ARGS["tasks"])
+    prims = primitives_for(ARGS["backend"], ARGS.get("sim_root"), read_only=True)
+    facts = Livepatch(prims).facts(with_tasks=ARGS["tasks"])
     print(json.dumps({{"ok": True, "facts": facts}}))
 except Exception as exc:
     print(json.dumps({{"ok": False, "error": "%s: %s" % (type(exc).__name__, exc)}}))

@@ -15,7 +15,7 @@ BACKEND_ARGS = dict(
 )
 
 
-def host_primitives(module):
+def host_primitives(module, read_only=False):
     """The primitives for this host; commands run through the module with a C locale."""
     backend = module.params.get("backend") or "sysfs"
     if backend == "sim" and not module.params.get("sim_root"):
@@ -30,4 +30,6 @@ def host_primitives(module):
             path = module.get_bin_path(tool, required=False, opt_dirs=["/sbin", "/usr/sbin"])
             if path:
                 tool_paths[tool] = path
-    return primitives_for(backend, module.params.get("sim_root"), run_command=run_command, tool_paths=tool_paths)
+    return primitives_for(
+        backend, module.params.get("sim_root"), run_command=run_command, tool_paths=tool_paths, read_only=read_only
+    )

@@ -118,14 +118,15 @@ class RealPrimitives(object):
         time.sleep(seconds)
 
 
-def primitives_for(backend, sim_root=None, run_command=None, tool_paths=None):
-    """The primitives for a host: `sysfs` (a real kernel) or `sim` (a simulated one kept in sim_root)."""
+def primitives_for(backend, sim_root=None, run_command=None, tool_paths=None, read_only=False):
+    """The primitives for a host: `sysfs` (a real kernel) or `sim` (a simulated one kept in sim_root).
+    `read_only` callers (patch_info, the probe) get a simulated host's state loaded once."""
     if backend == "sim":
         if not sim_root:
             raise ValueError("the sim backend needs sim_root (host var klp_sim_root)")
-        from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel import SimPrimitives
+        from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel import SimPrimitives, SimSnapshot
 
-        return SimPrimitives(sim_root)
+        return SimSnapshot(sim_root) if read_only else SimPrimitives(sim_root)
     if backend != "sysfs":
         raise ValueError("unknown backend %r: sysfs or sim" % (backend,))
     return RealPrimitives(run_command=run_command, tool_paths=tool_paths)

@@ -1186,3 +1186,52 @@ class SimPrimitives(object):
     def sleep(self, seconds):
         with self._host() as k:
             k.advance(seconds)
+
+
+class SimSnapshot(SimPrimitives):
+    """A read-only view of a simulated host, loaded once: what patch_info and the probe need. Reading a
+    real host changes nothing, and reading this one neither locks it for long nor writes it back."""
+
+    def __init__(self, sim_root):
+        SimPrimitives.__init__(self, sim_root)
+        path = os.path.join(os.path.abspath(sim_root), STATE_FILE)
+        if not os.path.exists(path):
+            raise OSError(errno.ENOENT, "no simulated host here (missing %s)" % STATE_FILE, sim_root)
+        lock_fd = os.open(os.path.join(os.path.abspath(sim_root), ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_SH)
+            with open(path) as f:
+                self.kernel = SimKernel(json.load(f))
+        finally:
+            os.close(lock_fd)
+        self.kernel.sync_wall_clock()
+
+    def read(self, path):
+        return self.kernel.read(path)
+
+    def listdir(self, path):
+        return self.kernel.listdir(path)
+
+    def exists(self, path):
+        return self.kernel.exists(path)
+
+    def is_dir(self, path):
+        return self.kernel.is_dir(path)
+
+    def read_log(self, cursor=-1):
+        return self.kernel.read_log(cursor)
+
+    def now(self):
+        return self.kernel.s["clock"]
+
+    def sleep(self, seconds):
+        self.kernel.advance(seconds)
+
+    def write(self, path, data):
+        raise OSError(errno.EROFS, "read-only view of a simulated host", path)
+
+    def run(self, argv):
+        raise OSError(errno.EROFS, "read-only view of a simulated host")
+
+    def log_write(self, text):
+        raise OSError(errno.EROFS, "read-only view of a simulated host")

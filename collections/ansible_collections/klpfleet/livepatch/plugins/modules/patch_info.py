@@ -124,9 +124,8 @@ def main():
         argument_spec=dict(stalled_tasks=dict(type="bool", default=True), **BACKEND_ARGS),
         supports_check_mode=True,
     )
-    prims = host_primitives(module)
     try:
-        facts = Livepatch(prims).facts(with_tasks=module.params["stalled_tasks"])
+        facts = Livepatch(host_primitives(module, read_only=True)).facts(with_tasks=module.params["stalled_tasks"])
     except OSError as exc:
         module.fail_json(msg="cannot read livepatch state: %s" % exc, klp_error="insmod_failed")
     module.exit_json(changed=False, **facts)
