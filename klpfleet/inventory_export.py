@@ -6,15 +6,45 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import BindParameter, Connection, bindparam, select, text
 
 from klpfleet.db.engine import Database
 
 
+def host_details(
+    conn: Connection, ids: list[int]
+) -> tuple[dict[int, dict[str, str]], dict[int, list[str]], dict[int, dict[str, str]]]:
+    """Labels, groups and patch states (patch name -> state) of these hosts, read in chunks so that a
+    100,000-host fleet stays within every database's bound-parameter limit. With several builds of one
+    patch name, the newest observation wins."""
+    labels: dict[int, dict[str, str]] = defaultdict(dict)
+    groups: dict[int, list[str]] = defaultdict(list)
+    states: dict[int, dict[str, str]] = defaultdict(dict)
+    for start in range(0, len(ids), 20_000):
+        ids_param: BindParameter[list[int]] = bindparam("ids", ids[start : start + 20_000], expanding=True)
+        for host_id, key, value in conn.execute(
+            text("SELECT host_id, key, value FROM host_labels WHERE host_id IN :ids").bindparams(ids_param)
+        ):
+            labels[host_id][key] = value
+        for host_id, name in conn.execute(
+            text(
+                "SELECT hg.host_id, g.name FROM host_groups hg JOIN groups g ON g.id = hg.group_id "
+                "WHERE hg.host_id IN :ids ORDER BY g.name"
+            ).bindparams(ids_param)
+        ):
+            groups[host_id].append(name)
+        for host_id, name, state in conn.execute(
+            text(
+                "SELECT hp.host_id, p.name, hp.state FROM host_patches hp JOIN patches p ON p.id = hp.patch_id "
+                "WHERE hp.host_id IN :ids ORDER BY hp.observed_at"
+            ).bindparams(ids_param)
+        ):
+            states[host_id][name] = state
+    return labels, groups, states
+
+
 def fleet_inventory(db: Database, host_names: list[str] | None = None) -> list[dict[str, Any]]:
     """Every host (or those named) with connection vars, stored vars, labels, groups and patch states."""
-    from sqlalchemy import BindParameter, bindparam
-
     from klpfleet.db.models import Host
 
     with db.session() as s:
@@ -22,33 +52,7 @@ def fleet_inventory(db: Database, host_names: list[str] | None = None) -> list[d
         if host_names is not None:
             query = query.where(Host.name.in_(host_names))
         hosts = list(s.scalars(query))
-        labels: dict[int, dict[str, str]] = defaultdict(dict)
-        groups: dict[int, list[str]] = defaultdict(list)
-        states: dict[int, dict[str, str]] = defaultdict(dict)
-        conn = s.connection()
-        ids = [h.id for h in hosts]
-        for start in range(0, len(ids), 20_000):
-            chunk = ids[start : start + 20_000]
-            ids_param: BindParameter[list[int]] = bindparam("ids", chunk, expanding=True)
-            for host_id, key, value in conn.execute(
-                text("SELECT host_id, key, value FROM host_labels WHERE host_id IN :ids").bindparams(ids_param)
-            ):
-                labels[host_id][key] = value
-            for host_id, name in conn.execute(
-                text(
-                    "SELECT hg.host_id, g.name FROM host_groups hg JOIN groups g ON g.id = hg.group_id "
-                    "WHERE hg.host_id IN :ids ORDER BY g.name"
-                ).bindparams(ids_param)
-            ):
-                groups[host_id].append(name)
-            # With several builds of one patch name, the newest observation wins.
-            for host_id, name, state in conn.execute(
-                text(
-                    "SELECT hp.host_id, p.name, hp.state FROM host_patches hp JOIN patches p ON p.id = hp.patch_id "
-                    "WHERE hp.host_id IN :ids ORDER BY hp.observed_at"
-                ).bindparams(ids_param)
-            ):
-                states[host_id][name] = state
+        labels, groups, states = host_details(s.connection(), [h.id for h in hosts])
         return [
             {
                 "name": h.name,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import and_, func, select
@@ -10,6 +9,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from klpfleet.db.models import Event, Group, Host, HostLabel, HostPatch, Patch, Rollout, host_groups
 from klpfleet.errors import UsageError
+from klpfleet.inventory_export import host_details
 from klpfleet.registry.patches import get_patch
 from klpfleet.states import PatchState
 
@@ -50,21 +50,7 @@ def list_hosts(
             .exists()
         )
     hosts = list(session.scalars(query))
-    ids = [h.id for h in hosts]
-    per_host: dict[int, dict[str, str]] = defaultdict(dict)
-    labels: dict[int, dict[str, str]] = defaultdict(dict)
-    for chunk_start in range(0, len(ids), 20_000):
-        chunk = ids[chunk_start : chunk_start + 20_000]
-        for host_id, name, st in session.execute(
-            select(HostPatch.host_id, Patch.name, HostPatch.state)
-            .join(Patch, Patch.id == HostPatch.patch_id)
-            .where(HostPatch.host_id.in_(chunk))
-        ):
-            per_host[host_id][name] = st
-        for host_id, k, v in session.execute(
-            select(HostLabel.host_id, HostLabel.key, HostLabel.value).where(HostLabel.host_id.in_(chunk))
-        ):
-            labels[host_id][k] = v
+    labels, _, per_host = host_details(session.connection(), [h.id for h in hosts])
     return [
         {
             "name": h.name,

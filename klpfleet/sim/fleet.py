@@ -108,12 +108,9 @@ def _host_names(value: Any) -> list[str]:
 
 
 def load_fleet_spec(path: str | Path) -> dict[str, Any]:
-    try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    from klpfleet.yamlfile import load_yaml
+
+    doc = load_yaml(path)
     if not isinstance(doc, dict):
         raise UsageError(f"{path}: a fleet spec is a mapping")
     unknown = set(doc) - FLEET_KEYS

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from klpfleet.errors import KlpfleetError, UsageError
 from klpfleet.sim import catalog
 from klpfleet.sim.spec import write_ko
@@ -85,13 +83,9 @@ def parse_scenario(doc: Any) -> list[Step]:
 
 
 def load_scenario(path: str | Path) -> list[Step]:
-    try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
-    return parse_scenario(doc)
+    from klpfleet.yamlfile import load_yaml
+
+    return parse_scenario(load_yaml(path))
 
 
 class Runner:

@@ -14,8 +14,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from klpfleet.errors import UsageError
 from klpfleet.sim.elfbuild import SPEC_SECTION, build_module
 
@@ -183,15 +181,9 @@ def normalize(doc: Any) -> dict[str, Any]:
 
 
 def load_spec_file(path: str | Path) -> dict[str, Any]:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
-    return normalize(doc)
+    from klpfleet.yamlfile import load_yaml
+
+    return normalize(load_yaml(path))
 
 
 def build_ko(spec: dict[str, Any]) -> bytes:
