@@ -64,6 +64,8 @@ def _prepare_ansible_env() -> None:
     os.environ.setdefault("ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED", "True")
     os.environ.setdefault("ANSIBLE_INVENTORY_UNPARSED_WARNING", "False")
     os.environ.setdefault("ANSIBLE_LOCALHOST_WARNING", "False")
+    # A host defined twice in one YAML mapping is a mistake, not "the last one wins".
+    os.environ.setdefault("ANSIBLE_DUPLICATE_YAML_DICT_KEY", "error")
 
 
 def read_inventory(sources: list[str], label_keys: tuple[str, ...] = DEFAULT_LABEL_KEYS) -> list[InventoryHost]:
@@ -74,7 +76,10 @@ def read_inventory(sources: list[str], label_keys: tuple[str, ...] = DEFAULT_LAB
     from ansible.errors import AnsibleError
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
+    from ansible.plugins.loader import init_plugin_loader
     from ansible.vars.manager import VariableManager
+
+    init_plugin_loader()  # collection inventory plugins (e.g. amazon.aws.aws_ec2) need Ansible's loader
 
     loader = DataLoader()
     try:
@@ -87,9 +92,18 @@ def read_inventory(sources: list[str], label_keys: tuple[str, ...] = DEFAULT_LAB
             hosts.append(_to_inventory_host(host.name, hostvars, [g.name for g in host.get_groups()], label_keys))
     except AnsibleError as exc:
         message = " ".join(str(getattr(exc, "message", exc)).split())
-        detail = f" ({warnings[0]})" if warnings else ""
-        raise UsageError(f"cannot read inventory: {message}{detail}") from None
+        raise UsageError(f"cannot read inventory: {message}{most_telling(warnings)}") from None
+    if not hosts:
+        # An empty result is far likelier a broken source than an empty fleet, and with --prune it would
+        # remove every host from the database.
+        raise UsageError(f"the inventory sources list no hosts: {', '.join(sources)}{most_telling(warnings)}")
     return hosts
+
+
+def most_telling(warnings: list[str]) -> str:
+    """Of Ansible's warnings (one per plugin that tried the source), the one that says what is wrong."""
+    useful = [w for w in warnings if "No module named" not in w and "Failed to load inventory plugin" not in w]
+    return f" ({(useful or warnings)[0]})" if warnings else ""
 
 
 @contextlib.contextmanager

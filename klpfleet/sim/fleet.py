@@ -8,6 +8,7 @@ local connection with the controller's interpreter. Nothing is registered in any
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -131,14 +132,39 @@ def create_fleet(directory: Path, spec: dict[str, Any]) -> dict[str, Any]:
     faults = spec.get("faults") or {}
     if not isinstance(faults, dict):
         raise UsageError("fleet: faults maps a host name to its faults")
+    sim = _sim()
     for host, f in faults.items():
         if host not in names:
             raise UsageError(f"fleet: faults name {host!r}, which is not in the fleet")
         if not isinstance(f, dict) or set(f) - FAULT_KEYS:
             raise UsageError(f"fleet: faults of {host}: keys are {', '.join(sorted(FAULT_KEYS))}")
-    if (directory / "inventory.yml").exists():
-        raise UsageError(f"{directory} already holds a fleet")
+        refuse = f.get("refuse")
+        for r in (refuse if isinstance(refuse, list) else [refuse]) if refuse else []:
+            try:
+                sim.errno_value(r.get("errno", "ENODEV") if isinstance(r, dict) else None)
+            except (TypeError, ValueError) as exc:
+                raise UsageError(f"fleet: faults of {host}: {exc}") from None
+    if directory.exists() and any(directory.iterdir()):
+        raise UsageError(f"{directory} is not empty: a fleet needs a directory of its own")
     speed = float(spec.get("speed", 1.0))
+    created = not directory.exists()
+    try:
+        return _create_fleet(directory, names, release, labels, faults, speed, bool(spec.get("debug", True)))
+    except BaseException:
+        if created:
+            shutil.rmtree(directory, ignore_errors=True)  # nothing half-made is left behind
+        raise
+
+
+def _create_fleet(
+    directory: Path,
+    names: list[str],
+    release: str,
+    labels: dict[str, Any],
+    faults: dict[str, Any],
+    speed: float,
+    debug: bool,
+) -> dict[str, Any]:
 
     hosts: dict[str, Any] = {}
     groups: dict[str, dict[str, Any]] = {}
@@ -150,7 +176,7 @@ def create_fleet(directory: Path, spec: dict[str, Any]) -> dict[str, Any]:
             str(host_faults.get("kernel_release", release)),
             speed=speed,
             faults=host_faults,
-            debug=bool(spec.get("debug", True)),
+            debug=debug,
         )
         hostvars: dict[str, Any] = {"klp_sim_root": str(root)}
         for key, values in labels.items():
