@@ -76,10 +76,8 @@ def read_inventory(sources: list[str], label_keys: tuple[str, ...] = DEFAULT_LAB
     from ansible.errors import AnsibleError
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
-    from ansible.plugins.loader import init_plugin_loader
     from ansible.vars.manager import VariableManager
 
-    init_plugin_loader()  # collection inventory plugins (e.g. amazon.aws.aws_ec2) need Ansible's loader
 
     loader = DataLoader()
     try:

@@ -44,6 +44,8 @@ def test_completes_and_every_host_is_patched_once(cli, env):
     assert result.code == 0, result.err
     data = status(cli, url, rid)
     assert data["status"] == "completed"
+    watched = cli("--db", url, "rollout", "status", str(rid), "--watch")
+    assert watched.code == 0 and "COMPLETED" in watched.out
     assert [w["outcomes"] for w in data["waves"]] == [{"applied": 1}, {"applied": 1}, {"applied": 2}, {"applied": 2}]
     for i in range(1, 7):
         assert enabled_on(tmp, f"sim-0{i}") == [PATCH]
@@ -69,6 +71,7 @@ def test_gate_pauses_then_promote_continues(cli, env):
     data = status(cli, url, rid)
     assert data["status"] == "paused"
     assert data["pause_reason"] == "wave 1: 1 hard failure(s) exceed the budget of 0"
+    assert cli("--db", url, "rollout", "status", str(rid), "--watch").code == 1
     assert data["waves"][1]["status"] == "pending" and enabled_on(tmp, "sim-03") == []
     assert enabled_on(tmp, "sim-02") == []  # the stall was reversed: host clean
     resumed = cli("--db", url, "rollout", "promote", str(rid), "--wait")
