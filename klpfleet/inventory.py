@@ -30,6 +30,8 @@ KEPT_VARS = (
 )
 KEPT_PREFIX = "klp_"
 SECRET_MARKERS = ("pass", "secret", "token", "vault")
+# What klpfleet's own inventory plugin derives from the database; never stored back as host vars.
+DERIVED_VARS = frozenset({"klp_kernel_release", "klp_patch_states", "klp_labels"})
 
 # Host names are stored and later handed to Ansible, SSH and the shell-free probe. They are never
 # interpolated into a command, but a name no DNS or Ansible pattern could mean is refused up front.
@@ -68,6 +70,19 @@ def _prepare_ansible_env() -> None:
     os.environ.setdefault("ANSIBLE_DUPLICATE_YAML_DICT_KEY", "error")
 
 
+def enable_collection_inventory_plugins() -> None:
+    """Let `inventory import` read sources handled by inventory plugins that live in collections
+    (amazon.aws.aws_ec2, klpfleet.livepatch.fleet ...). This installs ansible-core's collection loader,
+    which then owns the `ansible_collections` namespace: call it only in a process that does not also
+    import klpfleet's own module_utils (the CLI command does not; the simulator and tests do)."""
+    _prepare_ansible_env()
+    from ansible.plugins.loader import init_plugin_loader
+
+    from klpfleet.collection import collections_path
+
+    init_plugin_loader([str(collections_path())])
+
+
 def read_inventory(sources: list[str], label_keys: tuple[str, ...] = DEFAULT_LABEL_KEYS) -> list[InventoryHost]:
     for source in sources:
         if "," not in source and not os.path.exists(source):
@@ -77,7 +92,6 @@ def read_inventory(sources: list[str], label_keys: tuple[str, ...] = DEFAULT_LAB
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
     from ansible.vars.manager import VariableManager
-
 
     loader = DataLoader()
     try:
@@ -152,6 +166,8 @@ def _to_inventory_host(
 
     kept = {k: _plain(hostvars[k]) for k in KEPT_VARS if k in hostvars}
     for key, value in hostvars.items():
+        if key in DERIVED_VARS:
+            continue
         if key.startswith(KEPT_PREFIX) and not any(m in key for m in SECRET_MARKERS):
             kept[key] = _plain(value)
 

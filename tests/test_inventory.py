@@ -157,3 +157,18 @@ def test_import_on_postgres(cli, pg_url, ini):
     first = cli("--db", pg_url, "inventory", "import", "-i", ini, "-o", "json").json()["data"]
     again = cli("--db", pg_url, "inventory", "import", "-i", ini, "-o", "json").json()["data"]
     assert (first["added"], again["unchanged"]) == (3, 3)
+
+
+def test_collection_inventory_plugin_as_a_source(cli, sqlite_db, sqlite_url, ini, tmp_path):
+    """A source handled by a collection's inventory plugin: here klpfleet.livepatch.fleet reading another
+    klpfleet database, as amazon.aws.aws_ec2 would read a cloud."""
+    other = tmp_path / "other.db"
+    assert cli("--db", other, "db", "upgrade").code == 0
+    assert cli("--db", other, "inventory", "import", "-i", ini).code == 0
+    source = tmp_path / "other.klpfleet.yml"
+    source.write_text(f"plugin: klpfleet.livepatch.fleet\ndb: {other}\n")
+    result = cli("--db", sqlite_url, "inventory", "import", "-i", source, "-o", "json")
+    assert result.code == 0, result.err
+    assert result.json()["data"]["added"] == 3
+    detail = cli("--db", sqlite_url, "host", "web1", "-o", "json").json()["data"]
+    assert (detail["address"], detail["port"], detail["labels"]["zone"]) == ("10.0.0.1", 2222, "a")

@@ -4,7 +4,12 @@ import click
 
 from klpfleet.cli.context import database
 from klpfleet.cli.output import emit, output_option, table
-from klpfleet.inventory import DEFAULT_LABEL_KEYS, apply_import, read_inventory
+from klpfleet.inventory import (
+    DEFAULT_LABEL_KEYS,
+    apply_import,
+    enable_collection_inventory_plugins,
+    read_inventory,
+)
 
 
 @click.group()
@@ -35,6 +40,7 @@ def inventory() -> None:
 def import_(ctx: click.Context, sources: tuple[str, ...], prune: bool, labels: tuple[str, ...], output: str) -> None:
     """Read hosts, groups, labels and connection vars into the database. Idempotent."""
     db = database(ctx)
+    enable_collection_inventory_plugins()
     found = read_inventory(list(sources), DEFAULT_LABEL_KEYS + labels)
     with db.session.begin() as session:
         result = apply_import(session, found, prune=prune)
