@@ -5,12 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from klpfleet.controller.ansible import run_playbook
 from klpfleet.db.engine import Database, open_database
 from klpfleet.db.migrate import upgrade
-from klpfleet.db.models import Host, Patch
+from klpfleet.db.models import Patch
 from klpfleet.inventory import apply_import, read_inventory
 from klpfleet.inventory_export import fleet_inventory
 from klpfleet.registry.patches import add_patch
@@ -72,8 +70,3 @@ def enable_count(tmp: Path, host: str, patch: str) -> int:
 
     with SimHost(sim_root(tmp, host)) as k:
         return sum(1 for _, _, text in k.s["log"] if text == f"livepatch: enabling patch '{patch}'")
-
-
-def host_names(db: Database) -> list[str]:
-    with db.session() as s:
-        return list(s.scalars(select(Host.name).order_by(Host.name)))

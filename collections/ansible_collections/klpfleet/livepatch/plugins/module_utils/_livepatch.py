@@ -19,12 +19,6 @@ import hashlib
 import os
 import re
 
-from ansible_collections.klpfleet.livepatch.plugins.module_utils._modinfo import (
-    ModinfoError,
-    first,
-    read_module_file,
-)
-
 KLP = "/sys/kernel/livepatch"
 POLL = 0.1
 
@@ -111,15 +105,6 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def module_name_of(path):
-    """The module name in a .ko's .modinfo (what its sysfs directory will be called)."""
-    modinfo, _dummy = read_module_file(path)
-    name = first(modinfo, "name")
-    if not name:
-        raise ModinfoError("kernel module has no name")
-    return name, modinfo
-
-
 class Livepatch(object):
     def __init__(self, prims):
         self.p = prims
@@ -200,12 +185,6 @@ class Livepatch(object):
             if m:
                 order[m.group(1)] = seq
         return order
-
-    def transition(self):
-        for p in self.patches():
-            if p["transition"]:
-                return {"patch": p["name"], "target": 1 if p["enabled"] else 0}
-        return None
 
     def tasks(self):
         """(pid, tid) of every thread; tid == pid for the main thread."""
