@@ -21,7 +21,6 @@ from klpfleet.collection import collections_path, playbooks_path
 from klpfleet.db.engine import default_data_dir
 
 PATCH_ACTIONS = {"klpfleet.livepatch.patch", "klpfleet.livepatch.patch_info"}
-COMMAND_ACTIONS = {"ansible.builtin.command", "command"}
 PLAYBOOK_PYTHON = "{{ ansible_playbook_python }}"
 
 

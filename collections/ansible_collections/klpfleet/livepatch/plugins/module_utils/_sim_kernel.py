@@ -35,27 +35,6 @@ STATE_FILE = "kernel.json"
 LOG_LIMIT = 20000  # records kept, like a ring buffer
 
 KLP = "/sys/kernel/livepatch"
-TAINT_FLAGS = [  # bit, letter, name
-    (0, "P", "proprietary_module"),
-    (1, "F", "forced_module"),
-    (2, "S", "cpu_out_of_spec"),
-    (3, "R", "forced_rmmod"),
-    (4, "M", "machine_check"),
-    (5, "B", "bad_page"),
-    (6, "U", "user"),
-    (7, "D", "die"),
-    (8, "A", "overridden_acpi_table"),
-    (9, "W", "warn"),
-    (10, "C", "crap"),
-    (11, "I", "firmware_workaround"),
-    (12, "O", "oot_module"),
-    (13, "E", "unsigned_module"),
-    (14, "L", "softlockup"),
-    (15, "K", "livepatch"),
-    (16, "X", "aux"),
-    (17, "T", "randstruct"),
-    (18, "N", "test"),
-]
 TAINT_OOT, TAINT_UNSIGNED, TAINT_LIVEPATCH = 1 << 12, 1 << 13, 1 << 15
 
 MODULE_STATES = {
