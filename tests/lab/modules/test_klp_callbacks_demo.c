@@ -1,0 +1,84 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * klpfleet lab: livepatch with all four callbacks on vmlinux and two test modules, like the kernel
+ * selftests' module of the same name. pre_patch returns the pre_patch_ret parameter, so a test can make
+ * the kernel refuse the patch (insmod, -19 = ENODEV) or a later target module load (write the parameter).
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/kernel.h>
+#include <linux/livepatch.h>
+#include <linux/module.h>
+#include <linux/workqueue.h>
+
+#include "callbacks_log.h"
+
+static int pre_patch_ret;
+module_param(pre_patch_ret, int, 0644);
+MODULE_PARM_DESC(pre_patch_ret, "pre_patch_ret (default=0)");
+
+static int pre_patch_callback(struct klp_object *obj)
+{
+	lab_log_object(__func__, obj);
+	return pre_patch_ret;
+}
+
+static void post_patch_callback(struct klp_object *obj)
+{
+	lab_log_object(__func__, obj);
+}
+
+static void pre_unpatch_callback(struct klp_object *obj)
+{
+	lab_log_object(__func__, obj);
+}
+
+static void post_unpatch_callback(struct klp_object *obj)
+{
+	lab_log_object(__func__, obj);
+}
+
+static void patched_work_func(struct work_struct *work)
+{
+	pr_info("%s\n", __func__);
+}
+
+static struct klp_func no_funcs[] = { {} };
+
+static struct klp_func busymod_funcs[] = {
+	{ .old_name = "busymod_work_func", .new_func = patched_work_func },
+	{}
+};
+
+#define ALL_CALLBACKS                                                                     \
+	{                                                                                 \
+		.pre_patch = pre_patch_callback, .post_patch = post_patch_callback,       \
+		.pre_unpatch = pre_unpatch_callback, .post_unpatch = post_unpatch_callback, \
+	}
+
+static struct klp_object objs[] = {
+	{ .name = NULL, .funcs = no_funcs, .callbacks = ALL_CALLBACKS },
+	{ .name = "test_klp_callbacks_mod", .funcs = no_funcs, .callbacks = ALL_CALLBACKS },
+	{ .name = "test_klp_callbacks_busy", .funcs = busymod_funcs, .callbacks = ALL_CALLBACKS },
+	{}
+};
+
+static struct klp_patch patch = {
+	.mod = THIS_MODULE,
+	.objs = objs,
+};
+
+static int __init lab_demo_init(void)
+{
+	return klp_enable_patch(&patch);
+}
+
+static void __exit lab_demo_exit(void)
+{
+}
+
+module_init(lab_demo_init);
+module_exit(lab_demo_exit);
+MODULE_LICENSE("GPL");
+MODULE_INFO(livepatch, "Y");
+MODULE_DESCRIPTION("klpfleet lab: livepatch callbacks demo");
