@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "rollback": ("klpfleet.cli.rollout_cmds", "rollback", "Remove a patch from hosts, last wave first, stack-aware."),
     "probe": ("klpfleet.cli.probe_cmds", "probe", "Read live state from every host over SSH (read-only); mark drift."),
     "demo": ("klpfleet.cli.demo_cmds", "demo", "Run the end-to-end demonstration on a fleet of its own."),
+    "lab": ("klpfleet.cli.lab_cmds", "lab", "Real-kernel lab: Debian's kernel in QEMU VMs, over SSH."),
 }
 
 

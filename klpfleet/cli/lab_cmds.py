@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from klpfleet.cli.output import emit, info, output_option, table
+
+LAB_DIR_OPTION = click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    default="lab",
+    show_default=True,
+    help="Where the lab keeps its keys, VM state, inventory and database.",
+)
+
+
+def _table(data: dict[str, Any], out: Any) -> None:
+    rows = [(vm["name"], f"127.0.0.1:{vm['port']}", vm["pid"], vm["running"], vm["sshd"]) for vm in data["vms"]]
+    title = f"lab {data['dir']}: kernel {data['release'] or '-'}, {data['accel'] or '-'}"
+    table(title, ["vm", "ssh", "qemu pid", "running", "sshd"], rows, out)
+
+
+@click.group()
+def lab() -> None:
+    """Real-kernel lab: Debian 12's kernel under QEMU, reached over SSH.
+
+    The first `up` fetches the kernel with apt, builds the test modules against its headers and a root
+    filesystem with debootstrap (root needed, a few minutes); later ones reuse the cache
+    (KLPFLEET_LAB_CACHE, default ~/.cache/klpfleet/lab).
+    """
+
+
+@lab.command()
+@LAB_DIR_OPTION
+@click.option("--vms", "count", default=3, show_default=True, help="Number of VMs.")
+@click.option("--kernel", "release", metavar="RELEASE", help="Kernel release, e.g. 6.1.0-56-amd64 (default: newest).")
+@click.option(
+    "--accel",
+    type=click.Choice(["auto", "tcg", "kvm"]),
+    default="auto",
+    show_default=True,
+    help="QEMU accelerator; auto falls back to TCG when KVM hangs.",
+)
+@click.option("--modules", "module_source", type=click.Path(file_okay=False, exists=True), help="Test module sources.")
+@output_option
+@click.pass_context
+def up(
+    ctx: click.Context, directory: str, count: int, release: str | None, accel: str, module_source: str | None, output: str
+) -> None:
+    """Boot the VMs, write an inventory and known_hosts, register the VMs in a database.
+
+    The database is --db if given, else <dir>/klpfleet.db.
+    """
+    from klpfleet.lab.control import up as lab_up
+
+    db_url = (ctx.find_root().obj or {}).get("db_url")
+    data = lab_up(
+        Path(directory),
+        count,
+        release=release,
+        accel=accel,
+        module_source=Path(module_source) if module_source else None,
+        db_url=db_url,
+        progress=info,
+    )
+    emit("lab", data, output, _table)
+    if output == "table":
+        info(f"next: ansible-playbook -i {data['inventory']} playbooks/gather.yml")
+
+
+@lab.command()
+@LAB_DIR_OPTION
+@output_option
+def status(directory: str, output: str) -> None:
+    """The lab's VMs. Exit status: 0 every VM serves SSH, 1 otherwise (or no lab)."""
+    from klpfleet.lab.control import describe
+
+    data = describe(Path(directory))
+    emit("lab", data, output, _table)
+    sys.exit(0 if data["up"] else 1)
+
+
+@lab.command()
+@LAB_DIR_OPTION
+def down(directory: str) -> None:
+    """Stop the VMs (the artifact cache stays)."""
+    from klpfleet.lab.control import down as lab_down
+
+    lab_down(Path(directory), info)

@@ -1,0 +1,160 @@
+"""`klpfleet lab up | status | down`: build (or reuse) the cached artifacts, boot N VMs, and hand them to
+Ansible and klpfleet as an inventory, a known_hosts file and registered hosts."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from klpfleet.errors import UsageError
+from klpfleet.lab import artifacts
+from klpfleet.lab.artifacts import LabError, Progress
+from klpfleet.lab.vms import (
+    VM,
+    LabState,
+    alive,
+    boot,
+    build_lab_layer,
+    build_vm_layer,
+    concatenate,
+    free_port,
+    new_ed25519_key,
+    ssh_banner,
+    stop_vm,
+    write_inventory,
+)
+
+MAX_VMS = 8
+LAB_MARKER = ".klpfleet-lab"
+
+
+def default_module_source() -> Path:
+    """tests/lab/modules of the checkout klpfleet runs from (the lab is a development tool)."""
+    return Path(__file__).resolve().parents[2] / "tests" / "lab" / "modules"
+
+
+def _claim(lab: Path) -> None:
+    if lab.exists() and any(lab.iterdir()) and not (lab / LAB_MARKER).exists():
+        raise UsageError(f"{lab} exists and is not a klpfleet lab directory")
+    lab.mkdir(parents=True, exist_ok=True)
+    (lab / LAB_MARKER).touch()
+
+
+def up(
+    lab: Path,
+    count: int,
+    *,
+    release: str | None,
+    accel: str,
+    module_source: Path | None,
+    db_url: str | None,
+    progress: Progress,
+) -> dict[str, Any]:
+    if not 1 <= count <= MAX_VMS:
+        raise UsageError(f"--vms must be between 1 and {MAX_VMS}")
+    if accel not in ("auto", "tcg", "kvm"):
+        raise UsageError("--accel must be auto, tcg or kvm")
+    lab = lab.resolve()
+    _claim(lab)
+    state = LabState.load(lab)
+    if state and state.vms and all(alive(vm.pid) for vm in state.vms) and len(state.vms) == count:
+        progress(f"lab already up: {count} VM(s) on {state.release}")
+        return describe(lab)
+    if state:
+        down(lab, progress)
+
+    cache = artifacts.cache_dir()
+    chosen = artifacts.choose_release(cache, release)
+    kernel_dir = artifacts.ensure_kernel(cache, chosen, progress)
+    modules_dir = artifacts.build_test_modules(cache, chosen, module_source or default_module_source(), progress)
+    rootfs = artifacts.ensure_rootfs(cache, progress)
+
+    client_key = lab / "id_ed25519"
+    if not client_key.exists():
+        new_ed25519_key(client_key, "klpfleet-lab")
+    authorized = (lab / "id_ed25519.pub").read_text().strip()
+    lab_layer = lab / "lab-layer.cpio.gz"
+    build_lab_layer(lab_layer, chosen, kernel_dir, modules_dir)
+
+    vms: list[VM] = []
+    known: list[str] = []
+    for i in range(1, count + 1):
+        name = f"lab{i}"
+        vm_dir = lab / name
+        vm_dir.mkdir(exist_ok=True)
+        vm = VM(name=name, port=free_port(), directory=str(vm_dir))
+        host_pub = build_vm_layer(vm_dir, name, authorized)
+        concatenate([rootfs, lab_layer, vm_dir / "layer.cpio.gz"], vm_dir / "initrd.img")
+        known.append(f"[127.0.0.1]:{vm.port} {' '.join(host_pub.split()[:2])}")
+        vms.append(vm)
+    (lab / "known_hosts").write_text("\n".join(known) + "\n")
+
+    state = LabState(release=chosen, accel=accel, vms=vms)
+    state.save(lab)  # before booting: `lab down` must find whatever did start
+    try:
+        state.accel = boot(vms, kernel_dir / "vmlinuz", accel, cache, progress)
+    finally:
+        state.save(lab)
+    inventory = write_inventory(lab, vms)
+    _register(lab, inventory, db_url, progress)
+    return describe(lab)
+
+
+def _register(lab: Path, inventory: Path, db_url: str | None, progress: Progress) -> None:
+    """Import the VMs into the database given with --db, or into the lab's own."""
+    from klpfleet.db.engine import open_database
+    from klpfleet.db.migrate import upgrade
+    from klpfleet.inventory import apply_import, read_inventory
+
+    url = db_url or f"sqlite:///{lab / 'klpfleet.db'}"
+    db = open_database(url, create=True)
+    upgrade(db)
+    with db.session.begin() as s:
+        counts = apply_import(s, read_inventory([str(inventory)]), prune=False).counts()
+    progress(f"registered in {url}: {counts}")
+
+
+def describe(lab: Path) -> dict[str, Any]:
+    lab = lab.resolve()
+    state = LabState.load(lab)
+    if state is None:
+        return {"dir": str(lab), "up": False, "release": None, "accel": None, "vms": []}
+    vms = [
+        {
+            "name": vm.name,
+            "port": vm.port,
+            "pid": vm.pid,
+            "running": alive(vm.pid),
+            "sshd": bool(alive(vm.pid) and ssh_banner(vm.port)),
+        }
+        for vm in state.vms
+    ]
+    return {
+        "dir": str(lab),
+        "up": bool(vms) and all(v["sshd"] for v in vms),
+        "release": state.release,
+        "accel": state.accel,
+        "inventory": str(lab / "inventory.yml"),
+        "known_hosts": str(lab / "known_hosts"),
+        "private_key": str(lab / "id_ed25519"),
+        "db": f"sqlite:///{lab / 'klpfleet.db'}",
+        "vms": vms,
+    }
+
+
+def down(lab: Path, progress: Progress) -> int:
+    lab = lab.resolve()
+    state = LabState.load(lab)
+    if state is None:
+        return 0
+    stopped = 0
+    for vm in state.vms:
+        if alive(vm.pid):
+            stop_vm(vm)
+            stopped += 1
+        shutil.rmtree(vm.directory, ignore_errors=True)
+    (lab / "lab.json").unlink(missing_ok=True)
+    progress(f"stopped {stopped} VM(s)")
+    return stopped
+
