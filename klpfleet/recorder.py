@@ -25,6 +25,18 @@ FAILURE_STATES = {"refused": PatchState.REFUSED, "transition_stalled": PatchStat
 SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
+STACK_FRAMES_KEPT = 12
+
+
+def stalled_task(task: dict[str, Any]) -> dict[str, Any]:
+    """What an operator needs about a task that held a transition back: who, and where it sleeps (the top of
+    its kernel stack names the patched function)."""
+    kept = {k: task.get(k) for k in ("pid", "tid", "comm", "patch_state")}
+    stack = task.get("stack")
+    kept["stack"] = [str(frame)[:200] for frame in stack[:STACK_FRAMES_KEPT]] if isinstance(stack, list) else []
+    return kept
+
+
 def is_livepatch_action(action: str) -> bool:
     return action in PATCH_ACTIONS or action in INFO_ACTIONS
 
@@ -167,11 +179,7 @@ class Recorder:
             seen.errno = result.get("errno") if isinstance(result.get("errno"), int) else None
             seen.refused_object = result.get("refused_object")
             if not no_log:
-                seen.stalled_tasks = [
-                    {k: t.get(k) for k in ("pid", "tid", "comm", "patch_state")}
-                    for t in result.get("stalled_tasks") or []
-                    if isinstance(t, dict)
-                ]
+                seen.stalled_tasks = [stalled_task(t) for t in result.get("stalled_tasks") or [] if isinstance(t, dict)]
         observe(s, host, patch, seen, observed_by=observed_by, actor=self.actor)
 
     def _record_info(self, s: Session, host: Host, facts: dict[str, Any], observed_by: str) -> None:

@@ -90,7 +90,7 @@ def up(
         vms.append(vm)
     (lab / "known_hosts").write_text("\n".join(known) + "\n")
 
-    state = LabState(release=chosen, accel=accel, vms=vms)
+    state = LabState(release=chosen, accel=accel, vms=vms, test_modules=str(modules_dir))
     state.save(lab)  # before booting: `lab down` must find whatever did start
     try:
         state.accel = boot(vms, kernel_dir / "vmlinuz", accel, cache, progress)
@@ -138,6 +138,7 @@ def describe(lab: Path) -> dict[str, Any]:
         "inventory": str(lab / "inventory.yml"),
         "known_hosts": str(lab / "known_hosts"),
         "private_key": str(lab / "id_ed25519"),
+        "test_modules": state.test_modules,
         "db": f"sqlite:///{lab / 'klpfleet.db'}",
         "vms": vms,
     }

@@ -46,6 +46,7 @@ class LabState:
     release: str
     accel: str
     vms: list[VM] = field(default_factory=list)
+    test_modules: str = ""  # the built .ko files (in the cache), for tests that register them as patches
 
     @classmethod
     def load(cls, lab: Path) -> LabState | None:
@@ -54,7 +55,7 @@ class LabState:
             return None
         try:
             raw = json.loads(path.read_text())
-            return cls(raw["release"], raw["accel"], [VM(**vm) for vm in raw["vms"]])
+            return cls(raw["release"], raw["accel"], [VM(**vm) for vm in raw["vms"]], raw.get("test_modules", ""))
         except (ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"{path}: not a klpfleet lab state file ({exc})") from None
 

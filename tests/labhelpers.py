@@ -1,0 +1,92 @@
+"""The real-kernel lab from the tests: one lab of 3 VMs per session (or the one named by KLPFLEET_TEST_LAB,
+kept running afterwards), shell access to a VM for checks independent of klpfleet, and a reset between
+tests so each starts from an unpatched kernel."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from klpfleet.probe.ssh import OK, KnownHosts, Target, run_remote
+
+from .conftest import run_klpfleet
+
+LAB_VMS = 3
+LAB_UP_TIMEOUT = 45 * 60  # a cold cache fetches a kernel, builds modules and debootstraps
+
+# Disable every patch top of the stack first (the kernel refuses others), then unload every test module.
+RESET_SCRIPT = r"""
+echo N > /sys/module/test_klp_callbacks_busy/parameters/block_transition 2>/dev/null
+for round in 1 2 3 4 5; do
+    for p in $(ls -r /sys/kernel/livepatch 2>/dev/null); do
+        [ "$(cat /sys/kernel/livepatch/$p/enabled)" = 1 ] && echo 0 > /sys/kernel/livepatch/$p/enabled 2>/dev/null
+    done
+    tries=0
+    while [ -n "$(ls /sys/kernel/livepatch)" ] && [ $tries -lt 50 ]; do sleep 0.1; tries=$((tries + 1)); done
+    [ -z "$(ls /sys/kernel/livepatch)" ] && break
+done
+for round in 1 2 3; do
+    for m in $(awk '/^test_klp_/ {print $1}' /proc/modules); do rmmod $m 2>/dev/null; done
+done
+rm -rf /var/lib/klpfleet
+ls /sys/kernel/livepatch; awk '/^test_klp_/ {print $1}' /proc/modules
+"""
+
+
+@dataclass
+class Lab:
+    directory: Path
+    info: dict[str, Any]
+
+    @property
+    def inventory(self) -> Path:
+        return self.directory / "inventory.yml"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.directory / "known_hosts"
+
+    @property
+    def names(self) -> list[str]:
+        return [vm["name"] for vm in self.info["vms"]]
+
+    def module(self, name: str) -> Path:
+        return Path(self.info["test_modules"]) / f"{name}.ko"
+
+    def sh(self, vm: str, script: str, timeout: float = 120) -> str:
+        """Run a constant shell script of the test's on a VM (on stdin); return stdout, fail on error."""
+        port = next(v["port"] for v in self.info["vms"] if v["name"] == vm)
+        target = Target(vm, "127.0.0.1", port, "root", str(self.directory / "id_ed25519"))
+        result = run_remote(target, ["sh", "-s"], script, KnownHosts(self.known_hosts, False), 10, timeout)
+        assert result.status == OK, f"{vm}: {result.status} {result.error}"
+        assert result.exit_code == 0, f"{vm}: exit {result.exit_code}: {result.stderr}"
+        return result.stdout
+
+    def reset(self) -> None:
+        for vm in self.names:
+            leftover = self.sh(vm, RESET_SCRIPT).split()
+            assert leftover == [], f"{vm} could not be reset: {leftover}"
+
+
+def start_lab(tmp_factory: Any) -> tuple[Lab, bool]:
+    """(lab, owned): owned labs are stopped at the end of the session."""
+    given = os.environ.get("KLPFLEET_TEST_LAB")
+    directory = Path(given) if given else tmp_factory.mktemp("lab")
+    proc = run_klpfleet(
+        "lab", "up", "--dir", str(directory), "--vms", str(LAB_VMS), "-o", "json", timeout=LAB_UP_TIMEOUT
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"klpfleet lab up failed: {proc.stderr.strip()}", pytrace=False)
+    return Lab(directory, json.loads(proc.stdout)["data"]), not given
+
+
+def stop_lab(lab: Lab) -> None:
+    proc = run_klpfleet("lab", "down", "--dir", str(lab.directory))
+    assert proc.returncode == 0, proc.stderr
+    shutil.rmtree(lab.directory, ignore_errors=True)

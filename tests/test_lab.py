@@ -1,0 +1,272 @@
+"""Every host operation on a real Linux kernel: Debian 12's kernel in QEMU VMs (klpfleet lab), reached over
+SSH by the real playbooks, the controller and the probe. Checks of what the kernel did are made on the VM
+itself (sysfs, /proc), independently of klpfleet's own reading.
+
+Set KLPFLEET_TEST_LAB=DIR to reuse (and keep) a running lab while developing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import select
+
+from klpfleet.db.engine import open_database
+from klpfleet.db.models import Event, Host, HostPatch, Patch
+from klpfleet.lab.selftest import run_on_vm
+from klpfleet.sim.scenario import load_scenario, run_scenario
+
+from .ansiblehelpers import ROOT, playbook
+from .conftest import run_klpfleet
+from .labhelpers import Lab, start_lab, stop_lab
+
+pytestmark = pytest.mark.lab
+
+SCENARIOS = sorted(
+    [*Path(__file__).parent.joinpath("scenarios").glob("*.yml"), *Path(__file__).parent.joinpath("lab", "scenarios").glob("*.yml")]
+)
+PATCHED_CMDLINE = "this has been live patched\n"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    lab, owned = start_lab(tmp_path_factory)
+    yield lab
+    if owned:
+        stop_lab(lab)
+
+
+@pytest.fixture
+def clean_lab(lab) -> Lab:
+    lab.reset()
+    return lab
+
+
+LIVEPATCHES = ("test_klp_livepatch", "test_klp_atomic_replace", "test_klp_callbacks_demo")
+
+
+@pytest.fixture
+def lab_db(clean_lab, tmp_path):
+    """A database of the test's own holding the lab's VMs and the livepatches the tests apply (registered
+    through pyelftools like any vendor artifact)."""
+    url = f"sqlite:///{tmp_path / 'klpfleet.db'}"
+    commands = [("db", "upgrade"), ("inventory", "import", "-i", str(clean_lab.inventory))]
+    commands += [("patch", "add", str(clean_lab.module(name))) for name in LIVEPATCHES]
+    for args in commands:
+        proc = run_klpfleet("--db", url, *args)
+        assert proc.returncode == 0, proc.stderr
+    return url
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def apply(lab: Lab, url: str, module: str, *extra: str, limit: str = "lab1"):
+    ko = lab.module(module)
+    return playbook(
+        lab.inventory,
+        ROOT / "playbooks" / "apply.yml",
+        "-e",
+        f"klp_patch_src={ko}",
+        "-e",
+        f"klp_patch_sha256={sha256(ko)}",
+        "--limit",
+        limit,
+        *extra,
+        db_url=url,
+    )
+
+
+def remove(lab: Lab, url: str, name: str, limit: str = "lab1"):
+    return playbook(
+        lab.inventory, ROOT / "playbooks" / "remove.yml", "-e", f"klp_patch_name={name}", "--limit", limit, db_url=url
+    )
+
+
+def state(url: str, host: str, patch: str) -> tuple[str, str | None, bool | None]:
+    db = open_database(url)
+    with db.session() as s:
+        row = s.execute(
+            select(HostPatch.state, HostPatch.error_code, HostPatch.host_clean)
+            .join(Host, Host.id == HostPatch.host_id)
+            .join(Patch, Patch.id == HostPatch.patch_id)
+            .where(Host.name == host, Patch.name == patch)
+        ).one()
+    return row[0], row[1], row[2]
+
+
+def last_event(url: str, host: str, kind: str) -> Event:
+    db = open_database(url)
+    with db.session() as s:
+        event = s.scalars(
+            select(Event).where(Event.host_name == host, Event.kind == kind).order_by(Event.id.desc())
+        ).first()
+        assert event is not None, f"no {kind} event for {host}"
+        s.expunge(event)
+        return event
+
+
+def livepatches(lab: Lab, vm: str) -> list[str]:
+    return lab.sh(vm, "ls /sys/kernel/livepatch").split()
+
+
+def modules(lab: Lab, vm: str) -> list[str]:
+    return lab.sh(vm, "awk '/^test_klp_/ {print $1}' /proc/modules").split()
+
+
+def recap(proc, host: str) -> str:
+    return next(line for line in proc.stdout.splitlines() if line.startswith(host + " ") and "ok=" in line)
+
+
+# ------------------------------------------------------------------------------- the simulator's fidelity
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.stem for s in SCENARIOS])
+def test_the_simulator_prints_what_the_kernel_prints(clean_lab, scenario):
+    steps = load_scenario(scenario)
+    real = run_on_vm(clean_lab.directory, "lab1", steps)
+    assert real[0].startswith("% insmod test_modules/"), real[:3]
+    assert run_scenario(steps, kernel_release=clean_lab.info["release"]) == real
+    expected = scenario.with_suffix(".out")
+    if expected.exists():  # the selftests' own expected text (../shared/docs/kernel-livepatch.md)
+        assert "\n".join(real) + "\n" == expected.read_text()
+
+
+# ------------------------------------------------------------------------------- the collection over SSH
+
+
+def test_apply_is_idempotent_and_remove_restores_the_function(clean_lab, lab_db):
+    lab = clean_lab
+    original = lab.sh("lab1", "cat /proc/cmdline")
+    assert original != PATCHED_CMDLINE
+
+    proc = apply(lab, lab_db, "test_klp_livepatch")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "changed=0" not in recap(proc, "lab1")
+    assert lab.sh("lab1", "cat /proc/cmdline") == PATCHED_CMDLINE
+    assert lab.sh("lab1", "cat /sys/kernel/livepatch/test_klp_livepatch/enabled /sys/kernel/livepatch/test_klp_livepatch/transition") == "1\n0\n"
+    assert lab.sh("lab2", "cat /proc/cmdline") != PATCHED_CMDLINE  # --limit held
+    assert state(lab_db, "lab1", "test_klp_livepatch")[0] == "applied"
+
+    again = apply(lab, lab_db, "test_klp_livepatch")
+    assert again.returncode == 0 and "changed=0" in recap(again, "lab1"), again.stdout[-3000:]
+
+    proc = remove(lab, lab_db, "test_klp_livepatch")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert lab.sh("lab1", "cat /proc/cmdline") == original
+    assert livepatches(lab, "lab1") == [] and modules(lab, "lab1") == []
+    assert state(lab_db, "lab1", "test_klp_livepatch")[0] == "absent"
+
+
+def test_a_pre_patch_refusal_is_reported_and_leaves_the_host_clean(clean_lab, lab_db):
+    lab = clean_lab
+    proc = apply(lab, lab_db, "test_klp_callbacks_demo", "-e", json.dumps({"klp_patch_params": {"pre_patch_ret": -19}}))
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert state(lab_db, "lab1", "test_klp_callbacks_demo") == ("refused", "refused", True)
+    details = last_event(lab_db, "lab1", "patch.state").details
+    assert (details["refused_object"], details["errno"]) == ("vmlinux", 19)  # ENODEV
+    assert livepatches(lab, "lab1") == [] and modules(lab, "lab1") == []
+
+
+def test_a_target_module_refused_later_is_found_by_patch_info(clean_lab, lab_db):
+    lab = clean_lab
+    assert apply(lab, lab_db, "test_klp_callbacks_demo").returncode == 0
+    # Days later someone loads the patch's target module, and the patch's pre_patch callback refuses it.
+    lab.sh(
+        "lab1",
+        "echo -19 > /sys/module/test_klp_callbacks_demo/parameters/pre_patch_ret\n"
+        "if insmod /root/test_modules/test_klp_callbacks_mod.ko; then exit 1; fi\n",
+    )
+    proc = playbook(lab.inventory, ROOT / "playbooks" / "gather.yml", "--limit", "lab1", db_url=lab_db)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    refusal = last_event(lab_db, "lab1", "module.load_refused")
+    assert refusal.patch_name == "test_klp_callbacks_demo"
+    assert refusal.details["module"] == "test_klp_callbacks_mod"
+    assert state(lab_db, "lab1", "test_klp_callbacks_demo")[0] == "applied"  # the patch itself is fine
+
+
+def test_a_stalled_transition_is_reversed_with_the_stalled_task_reported(clean_lab, lab_db):
+    lab = clean_lab
+    lab.sh("lab1", "insmod /root/test_modules/test_klp_callbacks_busy.ko block_transition=Y")
+    proc = apply(lab, lab_db, "test_klp_callbacks_demo", "-e", "klp_transition_timeout=5")
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert state(lab_db, "lab1", "test_klp_callbacks_demo") == ("stalled", "transition_stalled", True)
+    tasks = last_event(lab_db, "lab1", "patch.state").details["stalled_tasks"]
+    assert any(any("busymod_work_func" in frame for frame in task["stack"]) for task in tasks), tasks
+    assert livepatches(lab, "lab1") == []
+    assert modules(lab, "lab1") == ["test_klp_callbacks_busy"]  # the patch module is gone, the busy one stays
+
+
+def test_an_atomic_replace_supersedes_the_patch_below(clean_lab, lab_db):
+    lab = clean_lab
+    assert apply(lab, lab_db, "test_klp_livepatch").returncode == 0
+    proc = apply(lab, lab_db, "test_klp_atomic_replace", "-e", json.dumps({"klp_patch_params": {"replace": 1}}))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert lab.sh("lab1", "cat /proc/meminfo") == "test_klp_atomic_replace: this has been live patched\n"
+    assert lab.sh("lab1", "cat /proc/cmdline") != PATCHED_CMDLINE  # the replaced patch no longer acts
+    assert livepatches(lab, "lab1") == ["test_klp_atomic_replace"]
+    proc = playbook(lab.inventory, ROOT / "playbooks" / "gather.yml", "--limit", "lab1", db_url=lab_db)
+    assert proc.returncode == 0
+    assert state(lab_db, "lab1", "test_klp_atomic_replace")[0] == "applied"
+    assert state(lab_db, "lab1", "test_klp_livepatch")[0] != "applied"
+
+
+# ------------------------------------------------------------------------------- controller and probe
+
+
+def test_a_rollout_over_three_vms_with_one_refusing_then_a_rollback(clean_lab, tmp_path, lab_db):
+    lab = clean_lab
+    # lab3 refuses: its pre_patch callback returns -ENODEV there (a host var, as a vendor patch might check).
+    inventory = yaml.safe_load(lab.inventory.read_text())
+    inventory["all"]["children"]["lab"]["hosts"]["lab3"]["klp_patch_params"] = {"pre_patch_ret": -19}
+    (tmp_path / "inventory.yml").write_text(yaml.safe_dump(inventory))
+    env = {"KLPFLEET_RUN_DIR": str(tmp_path / "runs")}
+
+    def klp(*args: str, timeout: float = 600):
+        return run_klpfleet("--db", lab_db, *args, env=env, timeout=timeout)
+
+    assert klp("inventory", "import", "-i", str(tmp_path / "inventory.yml")).returncode == 0
+    gathered = playbook(tmp_path / "inventory.yml", ROOT / "playbooks" / "gather.yml", db_url=lab_db)
+    assert gathered.returncode == 0, gathered.stdout[-3000:]
+    created = klp("rollout", "create", "test_klp_callbacks_demo", "--waves", "1,100%", "-o", "json")
+    assert created.returncode == 0, created.stderr
+    rid = str(json.loads(created.stdout)["data"]["id"])
+    started = klp("rollout", "start", rid, "--wait")
+    assert started.returncode == 0, started.stderr
+    for vm, expected in (("lab1", "applied"), ("lab2", "applied"), ("lab3", "refused")):
+        assert state(lab_db, vm, "test_klp_callbacks_demo")[0] == expected, vm
+    assert livepatches(lab, "lab1") == livepatches(lab, "lab2") == ["test_klp_callbacks_demo"]
+    assert livepatches(lab, "lab3") == [] and modules(lab, "lab3") == []
+
+    back = klp("rollback", "test_klp_callbacks_demo", "--fast")
+    assert back.returncode == 0, back.stderr
+    for vm in lab.names:
+        assert livepatches(lab, vm) == [] and modules(lab, vm) == [], vm
+    assert state(lab_db, "lab1", "test_klp_callbacks_demo")[0] == "absent"
+
+
+def test_probe_over_real_ssh_reads_the_vms_and_marks_drift(clean_lab, lab_db):
+    lab = clean_lab
+    assert apply(lab, lab_db, "test_klp_livepatch", limit="all").returncode == 0
+    # Removed by hand on lab2, behind klpfleet's back.
+    lab.sh("lab2", "echo 0 > /sys/kernel/livepatch/test_klp_livepatch/enabled\nsleep 2\nrmmod test_klp_livepatch\n")
+    proc = run_klpfleet("--db", lab_db, "probe", "--known-hosts", str(lab.known_hosts), "-o", "json")
+    assert proc.returncode == 1, proc.stderr  # drift
+    hosts = {h["host"]: h for h in json.loads(proc.stdout)["data"]["hosts"]}
+    assert {h["status"] for h in hosts.values()} == {"ok"}
+    assert hosts["lab1"]["kernel_release"] == lab.info["release"]
+    assert state(lab_db, "lab2", "test_klp_livepatch")[0] == "drift"
+    assert state(lab_db, "lab1", "test_klp_livepatch")[0] == "applied"
+
+
+def test_probe_refuses_a_vm_whose_host_key_is_not_known(clean_lab, lab_db, tmp_path):
+    (tmp_path / "known_hosts").write_text("")
+    proc = run_klpfleet("--db", lab_db, "probe", "--known-hosts", str(tmp_path / "known_hosts"), "-o", "json")
+    assert proc.returncode == 1
+    hosts = json.loads(proc.stdout)["data"]["hosts"]
+    assert {h["status"] for h in hosts} == {"host_key_unknown"}
