@@ -27,7 +27,10 @@ from .labhelpers import Lab, start_lab, stop_lab
 pytestmark = pytest.mark.lab
 
 SCENARIOS = sorted(
-    [*Path(__file__).parent.joinpath("scenarios").glob("*.yml"), *Path(__file__).parent.joinpath("lab", "scenarios").glob("*.yml")]
+    [
+        *Path(__file__).parent.joinpath("scenarios").glob("*.yml"),
+        *Path(__file__).parent.joinpath("lab", "scenarios").glob("*.yml"),
+    ]
 )
 PATCHED_CMDLINE = "this has been live patched\n"
 
@@ -149,7 +152,13 @@ def test_apply_is_idempotent_and_remove_restores_the_function(clean_lab, lab_db)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "changed=0" not in recap(proc, "lab1")
     assert lab.sh("lab1", "cat /proc/cmdline") == PATCHED_CMDLINE
-    assert lab.sh("lab1", "cat /sys/kernel/livepatch/test_klp_livepatch/enabled /sys/kernel/livepatch/test_klp_livepatch/transition") == "1\n0\n"
+    assert (
+        lab.sh(
+            "lab1",
+            "cat /sys/kernel/livepatch/test_klp_livepatch/enabled /sys/kernel/livepatch/test_klp_livepatch/transition",
+        )
+        == "1\n0\n"
+    )
     assert lab.sh("lab2", "cat /proc/cmdline") != PATCHED_CMDLINE  # --limit held
     assert state(lab_db, "lab1", "test_klp_livepatch")[0] == "applied"
 

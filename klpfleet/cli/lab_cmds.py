@@ -49,7 +49,13 @@ def lab() -> None:
 @output_option
 @click.pass_context
 def up(
-    ctx: click.Context, directory: str, count: int, release: str | None, accel: str, module_source: str | None, output: str
+    ctx: click.Context,
+    directory: str,
+    count: int,
+    release: str | None,
+    accel: str,
+    module_source: str | None,
+    output: str,
 ) -> None:
     """Boot the VMs, write an inventory and known_hosts, register the VMs in a database.
 

@@ -25,7 +25,14 @@ from klpfleet.errors import KlpfleetError, UsageError
 SUITE = "bookworm"
 ROOTFS_PACKAGES = ("python3-minimal", "python3", "openssh-server", "kmod", "iproute2")
 # Trimmed from the root filesystem: it is unpacked into RAM at every boot.
-ROOTFS_PRUNE = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "var/cache/apt", "var/lib/apt/lists")
+ROOTFS_PRUNE = (
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+    "var/cache/apt",
+    "var/lib/apt/lists",
+)
 E1000 = "kernel/drivers/net/ethernet/intel/e1000/e1000.ko"
 RELEASE_RE = re.compile(r"^6\.1\.0-(\d+)-amd64$")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -222,9 +229,7 @@ def ensure_rootfs(cache: Path, progress: Progress) -> Path:
 
 def pack_tree(tree: Path, dest: Path) -> None:
     """`find . | cpio -o -H newc` as root-owned files, gzip'd: the format the kernel unpacks as an initramfs."""
-    names = b"\0".join(
-        str(p.relative_to(tree)).encode() for p in sorted(tree.rglob("*"), key=lambda p: str(p))
-    ) + b"\0"
+    names = b"\0".join(str(p.relative_to(tree)).encode() for p in sorted(tree.rglob("*"), key=lambda p: str(p))) + b"\0"
     argv = ["cpio", "--quiet", "--null", "-o", "-H", "newc", "-R", "0:0"]
     try:
         proc = subprocess.Popen(argv, cwd=tree, stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # noqa: S603 - argv list

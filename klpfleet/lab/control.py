@@ -9,7 +9,7 @@ from typing import Any
 
 from klpfleet.errors import UsageError
 from klpfleet.lab import artifacts
-from klpfleet.lab.artifacts import LabError, Progress
+from klpfleet.lab.artifacts import Progress
 from klpfleet.lab.vms import (
     VM,
     LabState,
@@ -158,4 +158,3 @@ def down(lab: Path, progress: Progress) -> int:
     (lab / "lab.json").unlink(missing_ok=True)
     progress(f"stopped {stopped} VM(s)")
     return stopped
-

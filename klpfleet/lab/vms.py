@@ -171,9 +171,12 @@ def qemu_argv(vm: VM, kernel: Path, accel: str) -> list[str]:
         "none",
         "-serial",
         f"file:{d / 'console.log'}",
-        # No route anywhere: only the guest's sshd, forwarded to a loopback port.
-        "-nic",
-        f"user,model=e1000,restrict=on,hostfwd=tcp:127.0.0.1:{vm.port}-:22",
+        # No route anywhere: only the guest's sshd, forwarded to a loopback port. No option ROM: the
+        # kernel is booted directly, and the ROM package is only a recommendation of QEMU's.
+        "-netdev",
+        f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{vm.port}-:22",
+        "-device",
+        "e1000,netdev=net0,romfile=",
         "-no-reboot",
         "-daemonize",
         "-pidfile",
@@ -274,23 +277,25 @@ def boot(vms: list[VM], kernel: Path, accel: str, cache: Path, progress: Progres
     hung_note = cache / "kvm-hangs"
     if accel == "auto":
         accel = "kvm" if kvm_usable() and not hung_note.exists() else "tcg"
-        if accel == "kvm":
-            start_vm(vms[0], kernel, "kvm")
-            deadline = time.monotonic() + KVM_PROBE_SECONDS
-            while time.monotonic() < deadline and alive(vms[0].pid) and not console_started(vms[0]):
-                time.sleep(0.5)
-            if not console_started(vms[0]):
-                progress("KVM opened but the guest printed nothing: falling back to TCG (remembered)")
-                stop_vm(vms[0], grace=1.0)
-                hung_note.write_text("a KVM guest printed nothing within %d s on this machine\n" % KVM_PROBE_SECONDS)
-                accel = "tcg"
-            else:
-                for vm in vms[1:]:
-                    start_vm(vm, kernel, accel)
-                return _await(vms, accel, progress)
+        if accel == "kvm" and not _kvm_guest_starts(vms[0], kernel):
+            progress("KVM opened but the guest printed nothing: falling back to TCG (remembered)")
+            hung_note.write_text(f"a KVM guest printed nothing within {KVM_PROBE_SECONDS:.0f} s on this machine\n")
+            accel = "tcg"
     for vm in vms:
-        start_vm(vm, kernel, accel)
+        if not alive(vm.pid):
+            start_vm(vm, kernel, accel)
     return _await(vms, accel, progress)
+
+
+def _kvm_guest_starts(vm: VM, kernel: Path) -> bool:
+    start_vm(vm, kernel, "kvm")
+    deadline = time.monotonic() + KVM_PROBE_SECONDS
+    while time.monotonic() < deadline and alive(vm.pid) and not console_started(vm):
+        time.sleep(0.5)
+    if console_started(vm):
+        return True
+    stop_vm(vm, grace=1.0)
+    return False
 
 
 def _await(vms: list[VM], accel: str, progress: Progress) -> str:
