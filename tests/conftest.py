@@ -176,26 +176,25 @@ class PostgresServer:
             check=True,
             capture_output=True,
         )
-        subprocess.run(
-            [
-                *self.prefix,
-                pg_ctl,
-                "-D",
-                str(data),
-                "-l",
-                str(self.dir / "log"),
-                "-w",
-                "-t",
-                "60",
-                "-o",
-                f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-                "start",
-            ],
-            check=True,
-            capture_output=True,
-        )
         self.data = data
+        self.start()
         self._counter = itertools.count()
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        self._ctl("-l", str(self.dir / "log"), "-w", "-t", "60", "-o", options, "start")
+
+    def stop_server(self) -> None:
+        """Stop it, keeping the data (start() brings it back)."""
+        self._ctl("-m", "fast", "-w", "stop")
+
+    def restart(self) -> None:
+        """What a restart or failover does to clients: every open connection is cut."""
+        self.stop_server()
+        self.start()
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run([*self.prefix, self.pg_ctl, "-D", str(self.data), *args], check=True, capture_output=True)
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql+psycopg://klpfleet@127.0.0.1:{self.port}/{dbname}"

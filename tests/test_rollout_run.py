@@ -70,7 +70,7 @@ def test_gate_pauses_then_promote_continues(cli, env):
     assert paused.code == 1
     data = status(cli, url, rid)
     assert data["status"] == "paused"
-    assert data["pause_reason"] == "wave 1: 1 hard failure(s) exceed the budget of 0"
+    assert data["pause_reason"] == "wave 1: 1 hard failure(s) (stalled 1) exceed the budget of 0"
     assert cli("--db", url, "rollout", "status", str(rid), "--watch").code == 1
     assert data["waves"][1]["status"] == "pending" and enabled_on(tmp, "sim-03") == []
     assert enabled_on(tmp, "sim-02") == []  # the stall was reversed: host clean

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy import select, update
@@ -38,15 +38,20 @@ class WaveCounts:
     refused: int = 0
     failed: int = 0
     pending: int = 0
+    failures: dict[str, int] = field(default_factory=dict)  # hard failures by outcome (stalled, unreachable, ...)
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "total": self.total,
             "applied": self.applied,
             "refused": self.refused,
             "failed": self.failed,
             "pending": self.pending,
+            "failures": dict(self.failures),
         }
+
+    def failures_text(self) -> str:
+        return ", ".join(f"{outcome} {n}" for outcome, n in sorted(self.failures.items()))
 
 
 class Progress(Protocol):
@@ -389,6 +394,7 @@ class Driver:
                 c.refused += 1
             elif outcome in HARD_FAILURES:
                 c.failed += 1
+                c.failures[outcome] = c.failures.get(outcome, 0) + 1
         return c
 
     # ------------------------------------------------------------------ gates and stops
@@ -418,7 +424,10 @@ class Driver:
             reason = None
             action = None
             if failed_breach and not overridden:
-                reason = f"wave {index + 1}: {counts.failed} hard failure(s) exceed the budget of {max_failed}"
+                reason = (
+                    f"wave {index + 1}: {counts.failed} hard failure(s) ({counts.failures_text()}) "
+                    f"exceed the budget of {max_failed}"
+                )
                 action = "rollback" if policy.on_failure == "rollback" else "pause"
             elif refused_breach and not overridden and policy.on_refusal == "pause" and not policy.promoted_full:
                 reason = f"wave {index + 1}: {counts.refused} refusal(s) exceed the budget of {max_refused}"

@@ -21,7 +21,17 @@ if TYPE_CHECKING:  # the ORM costs ~70 ms to import; `klpfleet status` does with
 # so the schema gate needs no Alembic import on the hot path of every command.
 SCHEMA_HEAD = "0002"
 
-BUSY_TIMEOUT_MS = 10_000
+# How long a SQLite writer waits for another writer (KLPFLEET_BUSY_TIMEOUT seconds, default 10).
+DEFAULT_BUSY_TIMEOUT_S = 10.0
+
+
+def busy_timeout_ms() -> int:
+    raw = os.environ.get("KLPFLEET_BUSY_TIMEOUT")
+    try:
+        seconds = float(raw) if raw else DEFAULT_BUSY_TIMEOUT_S
+    except ValueError:
+        raise DatabaseError(f"KLPFLEET_BUSY_TIMEOUT={raw!r}: expected seconds, e.g. 10") from None
+    return max(0, int(seconds * 1000))
 
 
 def default_data_dir() -> Path:
@@ -45,7 +55,7 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     cur = dbapi_connection.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    cur.execute(f"PRAGMA busy_timeout={busy_timeout_ms()}")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
@@ -85,10 +95,13 @@ def open_database(url: str | None = None, *, create: bool = False) -> Database:
                 if not create:
                     raise DatabaseError(f"no database at {path}: run `klpfleet db upgrade` to create it")
                 path.parent.mkdir(parents=True, exist_ok=True)
-        kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_MS / 1000}
-    elif parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")
-        resolved = parsed.render_as_string(hide_password=False)
+        kwargs["connect_args"] = {"timeout": busy_timeout_ms() / 1000}
+    elif parsed.get_backend_name() == "postgresql":
+        # A long-lived driver outlives server restarts and failovers: test pooled connections before use.
+        kwargs["pool_pre_ping"] = True
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+            resolved = parsed.render_as_string(hide_password=False)
     try:
         engine = create_engine(parsed, **kwargs)
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
@@ -105,7 +118,23 @@ def current_revision(db: Database) -> str | None:
                 return None
             return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     except SQLAlchemyError as exc:
+        if _sqlite_disk_full(db):
+            raise DatabaseError(
+                f"cannot use the database {db.display_url()}: the disk holding it is full ({_first_line(exc)})"
+            ) from None
         raise DatabaseError(f"cannot reach the database {db.display_url()}: {_first_line(exc)}") from None
+
+
+def _sqlite_disk_full(db: Database) -> bool:
+    """SQLite on a full disk fails to open with a bare 'disk I/O error' (its WAL index cannot be created)."""
+    import shutil
+
+    if db.engine.dialect.name != "sqlite" or not db.engine.url.database:
+        return False
+    try:
+        return shutil.disk_usage(Path(db.engine.url.database).parent).free < 256 * 1024
+    except OSError:
+        return False
 
 
 def require_current_schema(db: Database) -> None:
