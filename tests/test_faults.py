@@ -260,3 +260,16 @@ def test_a_postgres_server_that_is_down_is_one_line(own_pg):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("klpfleet: error: cannot reach the database"), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------- secrets
+
+
+@pytest.mark.parametrize("command", [("status",), ("db", "upgrade"), ("--debug", "hosts")])
+def test_a_database_password_is_never_printed(command):
+    url = "postgresql://klp:s3cret-pw@127.0.0.1:1/fleet"
+    args = ("--db", url, *command) if command[0] != "--debug" else ("--debug", "--db", url, *command[1:])
+    proc = run_klpfleet(*args)
+    assert proc.returncode == (1 if "--debug" in args else 3)  # --debug: the traceback, Python's exit code
+    assert "s3cret-pw" not in proc.stdout + proc.stderr
+    assert "klp:***@127.0.0.1:1/fleet" in proc.stderr
