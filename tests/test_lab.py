@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -279,3 +283,61 @@ def test_probe_refuses_a_vm_whose_host_key_is_not_known(clean_lab, lab_db, tmp_p
     assert proc.returncode == 1
     hosts = json.loads(proc.stdout)["data"]["hosts"]
     assert {h["status"] for h in hosts} == {"host_key_unknown"}
+
+
+def drop_ssh_connections(port: int) -> int:
+    """Kill this machine's ssh clients (Ansible's ControlPersist master included) talking to the port:
+    for the host, the network is gone. The remote module has no tty, so it is not told and goes on."""
+    killed = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            argv
+            and Path(argv[0].decode(errors="replace")).name == "ssh"
+            and any(str(port).encode() in arg for arg in argv[1:])
+        ):
+            os.kill(int(entry), signal.SIGKILL)
+            killed += 1
+    return killed
+
+
+def test_an_ssh_connection_dropped_during_a_transition_is_re_read_not_repeated(clean_lab, lab_db):
+    lab = clean_lab
+    port = next(vm["port"] for vm in lab.info["vms"] if vm["name"] == "lab2")
+    enables = "dmesg | grep -c \"enabling patch 'test_klp_callbacks_demo'\" || true"
+    before = int(lab.sh("lab2", enables))
+    lab.sh("lab2", "insmod /root/test_modules/test_klp_callbacks_busy.ko block_transition=Y")
+
+    def drop_when_transitioning() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if lab.sh("lab2", "cat /sys/kernel/livepatch/*/transition 2>/dev/null || true").strip() == "1":
+                break
+            time.sleep(0.5)
+        assert drop_ssh_connections(port) >= 1
+        time.sleep(2)
+        lab.sh("lab2", "echo N > /sys/module/test_klp_callbacks_busy/parameters/block_transition")
+
+    dropper = threading.Thread(target=drop_when_transitioning)
+    dropper.start()
+    proc = apply(lab, lab_db, "test_klp_callbacks_demo", "-e", "klp_transition_timeout=90", limit="lab2")
+    dropper.join()
+    # Ansible reports the lost connection as unreachable or, when its ssh client dies by a signal, as a
+    # failed task ("Module result deserialization failed"); either way the run fails for that host.
+    assert proc.returncode in (2, 4), proc.stdout[-3000:]
+    assert "failed=1" in recap(proc, "lab2") or "unreachable=1" in recap(proc, "lab2")
+    assert state(lab_db, "lab2", "test_klp_callbacks_demo")[0] in ("failed", "unreachable")
+
+    # The host finished the transition on its own; the next read finds the truth.
+    gathered = playbook(lab.inventory, ROOT / "playbooks" / "gather.yml", "--limit", "lab2", db_url=lab_db)
+    assert gathered.returncode == 0, gathered.stdout[-3000:]
+    assert state(lab_db, "lab2", "test_klp_callbacks_demo")[0] == "applied"
+    assert lab.sh("lab2", "cat /sys/kernel/livepatch/test_klp_callbacks_demo/transition") == "0\n"
+    again = apply(lab, lab_db, "test_klp_callbacks_demo", limit="lab2")
+    assert again.returncode == 0 and "changed=0" in recap(again, "lab2"), again.stdout[-3000:]
+    assert int(lab.sh("lab2", enables)) == before + 1  # loaded once, never twice
