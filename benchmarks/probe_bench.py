@@ -134,6 +134,19 @@ def main() -> None:
                 data = json.loads(proc.stdout)["data"]["summary"]
                 assert data["reachable"] == args.hosts, proc.stderr
 
+            def ssh_floor() -> None:
+                """The same pool and SSH sessions running `true`: what connecting alone costs here. No
+                SSH-based tool can be faster than this on this machine."""
+                code = (
+                    "import sys, getpass; from pathlib import Path; from klpfleet.probe.ssh import Target, run_all\n"
+                    f"t = [Target(str(i), '127.0.0.1', {port}, getpass.getuser(), {str(tmp / 'client')!r}) "
+                    f"for i in range({args.hosts})]\n"
+                    f"r = run_all(t, ['true'], lambda _t: '', forks=20, known_hosts=Path({str(tmp / 'known_hosts')!r}),"
+                    " accept_new=False, connect_timeout=10, command_timeout=60)\n"
+                    "sys.exit(0 if all(x.status == 'ok' and x.exit_code == 0 for x in r) else 1)\n"
+                )
+                subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+
             def timed(fn) -> tuple[list[float], list[float]]:  # type: ignore[no-untyped-def]
                 """Wall times, and the CPU of the controller side: the command and every process it waited
                 for (Ansible's workers and ssh clients), not the sshd sessions or Python on the "hosts"."""
@@ -147,8 +160,9 @@ def main() -> None:
                     cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
                 return times, cpu
 
-            (a, a_cpu), (p, p_cpu) = timed(ansible), timed(probe)
+            (a, a_cpu), (p, p_cpu), (f, _) = timed(ansible), timed(probe), timed(ssh_floor)
             ratio = statistics.median(a) / statistics.median(p)
+            floor = statistics.median(f)
             cpu_ratio = statistics.median(a_cpu) / statistics.median(p_cpu)
             print(f"{args.hosts} SSH hosts (one loopback sshd), forks 20, {args.runs} runs each, medians:")
             print(
@@ -159,7 +173,16 @@ def main() -> None:
                 f"klpfleet probe (Fabric, bounded pool):                 {statistics.median(p):6.2f} s  "
                 f"(runs: {', '.join(f'{x:.2f}' for x in p)})"
             )
+            print(
+                f"SSH floor (same pool, `true` on each host):            {floor:6.2f} s  "
+                f"(runs: {', '.join(f'{x:.2f}' for x in f)})"
+            )
             print(f"probe is {ratio:.1f}x faster (wall)   target >= 5x   {'met' if ratio >= 5 else 'MISSED'}")
+            print(
+                f"best ratio any SSH tool could reach here: {statistics.median(a) / floor:.1f}x; time above the "
+                f"floor: ansible {statistics.median(a) - floor:.2f} s, probe {statistics.median(p) - floor:.2f} s "
+                f"-> {(statistics.median(a) - floor) / max(0.01, statistics.median(p) - floor):.1f}x less"
+            )
             print(
                 f"controller CPU: ansible {statistics.median(a_cpu):.2f} s, probe {statistics.median(p_cpu):.2f} s "
                 f"-> {cpu_ratio:.1f}x less"

@@ -12,8 +12,11 @@ from functools import cache
 from klpfleet.collection import collections_path
 
 PACKAGE = "ansible_collections.klpfleet.livepatch.plugins.module_utils"
-MODULES = ("_modinfo", "_primitives", "_sim_kernel", "_livepatch")
-REMOTE_COMMAND = ["python3", "-"]
+MODULES = ("_modinfo", "_primitives", "_livepatch")
+SIM_MODULES = ("_sim_kernel",)  # only simulated hosts need the simulated kernel
+# -I: ignore the remote environment's PYTHON* variables and user site; -S: skip site (only the stdlib is
+# used). Together they save about a fifth of the probe's remote time (benchmarks/probe_bench.py).
+REMOTE_COMMAND = ["python3", "-I", "-S", "-"]
 
 BOOTSTRAP = """\
 import json, sys, types
@@ -43,11 +46,12 @@ except Exception as exc:
 
 
 @cache
-def _sources() -> str:
+def _sources(simulated: bool) -> str:
     base = collections_path().joinpath(*PACKAGE.split("."))
-    return json.dumps([(name, (base / f"{name}.py").read_text()) for name in MODULES])
+    names = MODULES + SIM_MODULES if simulated else MODULES
+    return json.dumps([(name, (base / f"{name}.py").read_text()) for name in names])
 
 
 def payload(backend: str = "sysfs", sim_root: str | None = None, tasks: bool = True) -> str:
     args = json.dumps({"backend": backend, "sim_root": sim_root, "tasks": tasks})
-    return BOOTSTRAP.format(package=PACKAGE, sources=_sources(), args=args)
+    return BOOTSTRAP.format(package=PACKAGE, sources=_sources(backend == "sim"), args=args)
