@@ -216,13 +216,18 @@ class PostgresServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def pg_server():
+def new_pg_server() -> PostgresServer:
+    """A server of its own, or a skip with the reason when PostgreSQL cannot run here."""
     try:
         import psycopg  # noqa: F401
     except ImportError:
         pytest.skip("psycopg not installed (pip install '.[postgres]')")
-    server = PostgresServer()
+    return PostgresServer()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    server = new_pg_server()
     yield server
     server.stop()
 

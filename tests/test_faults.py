@@ -18,7 +18,7 @@ from klpfleet.db.engine import open_database
 from klpfleet.db.models import Event, Host, HostPatch
 from klpfleet.inventory import apply_import, read_inventory
 
-from .conftest import PostgresServer, run_klpfleet
+from .conftest import new_pg_server, run_klpfleet
 from .controllerhelpers import enabled_on, fleet_db, register
 
 PATCH = "livepatch_cve_2026_1234"
@@ -196,11 +196,7 @@ def test_a_full_disk_under_sqlite_is_one_line_and_loses_nothing(tiny_disk, tmp_p
 @pytest.fixture
 def own_pg():
     """A PostgreSQL server of this test's own: restarting the shared one would disturb other tests."""
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        pytest.skip("psycopg not installed (pip install '.[postgres]')")
-    server = PostgresServer()
+    server = new_pg_server()
     yield server
     server.stop()
 

@@ -57,18 +57,23 @@ def up(
         raise UsageError("--accel must be auto, tcg or kvm")
     lab = lab.resolve()
     _claim(lab)
-    state = LabState.load(lab)
-    if state and state.vms and all(alive(vm.pid) for vm in state.vms) and len(state.vms) == count:
-        progress(f"lab already up: {count} VM(s) on {state.release}")
-        return describe(lab)
-    if state:
-        down(lab, progress)
-
     cache = artifacts.cache_dir()
     chosen = artifacts.choose_release(cache, release)
     kernel_dir = artifacts.ensure_kernel(cache, chosen, progress)
     modules_dir = artifacts.build_test_modules(cache, chosen, module_source or default_module_source(), progress)
     rootfs = artifacts.ensure_rootfs(cache, progress)
+
+    state = LabState.load(lab)
+    if (
+        state
+        and len(state.vms) == count
+        and all(alive(vm.pid) for vm in state.vms)
+        and (state.release, state.test_modules) == (chosen, str(modules_dir))
+    ):
+        progress(f"lab already up: {count} VM(s) on {state.release}")
+        return describe(lab)
+    if state:  # stopped, resized, or booted with other modules: start afresh
+        down(lab, progress)
 
     client_key = lab / "id_ed25519"
     if not client_key.exists():

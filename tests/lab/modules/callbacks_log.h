@@ -1,5 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* Shared by the klpfleet lab's callback livepatches: one log line per callback, in the selftests' format. */
+/*
+ * Shared by the klpfleet lab's callback livepatches: the four callbacks, each logging one line in the
+ * selftests' format. The including file defines LAB_PRE_PATCH_RET, what every pre_patch returns.
+ */
 #ifndef KLPFLEET_LAB_CALLBACKS_LOG_H
 #define KLPFLEET_LAB_CALLBACKS_LOG_H
 
@@ -21,5 +24,32 @@ static void lab_log_object(const char *callback, struct klp_object *obj)
 	else
 		pr_info("%s: vmlinux\n", callback);
 }
+
+static int pre_patch_callback(struct klp_object *obj)
+{
+	lab_log_object(__func__, obj);
+	return LAB_PRE_PATCH_RET;
+}
+
+static void post_patch_callback(struct klp_object *obj)
+{
+	lab_log_object(__func__, obj);
+}
+
+static void pre_unpatch_callback(struct klp_object *obj)
+{
+	lab_log_object(__func__, obj);
+}
+
+static void post_unpatch_callback(struct klp_object *obj)
+{
+	lab_log_object(__func__, obj);
+}
+
+#define LAB_ALL_CALLBACKS                                                                 \
+	{                                                                                 \
+		.pre_patch = pre_patch_callback, .post_patch = post_patch_callback,       \
+		.pre_unpatch = pre_unpatch_callback, .post_unpatch = post_unpatch_callback, \
+	}
 
 #endif

@@ -11,32 +11,12 @@
 #include <linux/module.h>
 #include <linux/workqueue.h>
 
-#include "callbacks_log.h"
-
 static int pre_patch_ret;
 module_param(pre_patch_ret, int, 0644);
 MODULE_PARM_DESC(pre_patch_ret, "pre_patch_ret (default=0)");
 
-static int pre_patch_callback(struct klp_object *obj)
-{
-	lab_log_object(__func__, obj);
-	return pre_patch_ret;
-}
-
-static void post_patch_callback(struct klp_object *obj)
-{
-	lab_log_object(__func__, obj);
-}
-
-static void pre_unpatch_callback(struct klp_object *obj)
-{
-	lab_log_object(__func__, obj);
-}
-
-static void post_unpatch_callback(struct klp_object *obj)
-{
-	lab_log_object(__func__, obj);
-}
+#define LAB_PRE_PATCH_RET pre_patch_ret
+#include "callbacks_log.h"
 
 static void patched_work_func(struct work_struct *work)
 {
@@ -50,16 +30,10 @@ static struct klp_func busymod_funcs[] = {
 	{}
 };
 
-#define ALL_CALLBACKS                                                                     \
-	{                                                                                 \
-		.pre_patch = pre_patch_callback, .post_patch = post_patch_callback,       \
-		.pre_unpatch = pre_unpatch_callback, .post_unpatch = post_unpatch_callback, \
-	}
-
 static struct klp_object objs[] = {
-	{ .name = NULL, .funcs = no_funcs, .callbacks = ALL_CALLBACKS },
-	{ .name = "test_klp_callbacks_mod", .funcs = no_funcs, .callbacks = ALL_CALLBACKS },
-	{ .name = "test_klp_callbacks_busy", .funcs = busymod_funcs, .callbacks = ALL_CALLBACKS },
+	{ .name = NULL, .funcs = no_funcs, .callbacks = LAB_ALL_CALLBACKS },
+	{ .name = "test_klp_callbacks_mod", .funcs = no_funcs, .callbacks = LAB_ALL_CALLBACKS },
+	{ .name = "test_klp_callbacks_busy", .funcs = busymod_funcs, .callbacks = LAB_ALL_CALLBACKS },
 	{}
 };
 

@@ -6,32 +6,12 @@
 #include <linux/livepatch.h>
 #include <linux/module.h>
 
+#define LAB_PRE_PATCH_RET 0
 #include "callbacks_log.h"
 
 static int replace;
 module_param(replace, int, 0644);
 MODULE_PARM_DESC(replace, "replace (default=0)");
-
-static int pre_patch_callback(struct klp_object *obj)
-{
-	lab_log_object(__func__, obj);
-	return 0;
-}
-
-static void post_patch_callback(struct klp_object *obj)
-{
-	lab_log_object(__func__, obj);
-}
-
-static void pre_unpatch_callback(struct klp_object *obj)
-{
-	lab_log_object(__func__, obj);
-}
-
-static void post_unpatch_callback(struct klp_object *obj)
-{
-	lab_log_object(__func__, obj);
-}
 
 static struct klp_func no_funcs[] = { {} };
 
@@ -39,12 +19,7 @@ static struct klp_object objs[] = {
 	{
 		.name = NULL,
 		.funcs = no_funcs,
-		.callbacks = {
-			.pre_patch = pre_patch_callback,
-			.post_patch = post_patch_callback,
-			.pre_unpatch = pre_unpatch_callback,
-			.post_unpatch = post_unpatch_callback,
-		},
+		.callbacks = LAB_ALL_CALLBACKS,
 	},
 	{}
 };
