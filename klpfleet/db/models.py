@@ -245,7 +245,11 @@ class Event(Base):
     host_name: Mapped[str | None] = mapped_column(String(255))
     patch_id: Mapped[int | None] = mapped_column(ForeignKey("patches.id", ondelete="SET NULL"))
     patch_name: Mapped[str | None] = mapped_column(String(255))
-    rollout_id: Mapped[int | None] = mapped_column(ForeignKey("rollouts.id", ondelete="SET NULL"), index=True)
+    rollout_id: Mapped[int | None] = mapped_column(ForeignKey("rollouts.id", ondelete="SET NULL"))
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
-    __table_args__ = (Index("ix_events_host_id_at", "host_id", "at"),)
+    # A host's and a rollout's latest events, newest first, without scanning the whole trail.
+    __table_args__ = (
+        Index("ix_events_host_id_at", "host_id", "at"),
+        Index("ix_events_rollout_id_at", "rollout_id", "at"),
+    )
