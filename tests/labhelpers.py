@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from klpfleet.probe.ssh import OK, KnownHosts, Target, run_remote
+from klpfleet.lab.selftest import vm_target
+from klpfleet.probe.ssh import OK, run_remote
 
 from .conftest import run_klpfleet
 
@@ -61,9 +62,8 @@ class Lab:
 
     def sh(self, vm: str, script: str, timeout: float = 120) -> str:
         """Run a constant shell script of the test's on a VM (on stdin); return stdout, fail on error."""
-        port = next(v["port"] for v in self.info["vms"] if v["name"] == vm)
-        target = Target(vm, "127.0.0.1", port, "root", str(self.directory / "id_ed25519"))
-        result = run_remote(target, ["sh", "-s"], script, KnownHosts(self.known_hosts, False), 10, timeout)
+        target, known = vm_target(self.directory, vm)
+        result = run_remote(target, ["sh", "-s"], script, known, 10, timeout)
         assert result.status == OK, f"{vm}: {result.status} {result.error}"
         assert result.exit_code == 0, f"{vm}: exit {result.exit_code}: {result.stderr}"
         return result.stdout

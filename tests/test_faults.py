@@ -46,9 +46,7 @@ def test_a_host_unreachable_mid_rollout_is_recorded_and_pauses_the_rollout(cli, 
 
     # After planning, sim-03 drops off the network (its SSH port now refuses connections).
     inventory = yaml.safe_load((tmp_path / "fleet" / "inventory.yml").read_text())
-    hosts = inventory["all"]["hosts"] if "hosts" in inventory["all"] else inventory["all"]["children"]
-    sim03 = hosts["sim-03"] if "sim-03" in hosts else next(g["hosts"]["sim-03"] for g in hosts.values())
-    sim03.update(ansible_connection="ssh", ansible_host="127.0.0.1", ansible_port=9)
+    inventory["all"]["hosts"]["sim-03"].update(ansible_connection="ssh", ansible_host="127.0.0.1", ansible_port=9)
     (tmp_path / "moved.yml").write_text(yaml.safe_dump(inventory))
     with db.session.begin() as s:
         apply_import(s, read_inventory([str(tmp_path / "moved.yml")]), prune=False)

@@ -36,9 +36,12 @@ class WaveCounts:
     total: int
     applied: int = 0
     refused: int = 0
-    failed: int = 0
     pending: int = 0
     failures: dict[str, int] = field(default_factory=dict)  # hard failures by outcome (stalled, unreachable, ...)
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -393,7 +396,6 @@ class Driver:
             elif outcome == "refused":
                 c.refused += 1
             elif outcome in HARD_FAILURES:
-                c.failed += 1
                 c.failures[outcome] = c.failures.get(outcome, 0) + 1
         return c
 

@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -202,8 +201,8 @@ def ensure_rootfs(cache: Path, progress: Progress) -> Path:
     if os.geteuid() != 0:
         raise LabError("building the lab's root filesystem needs root (debootstrap)")
     progress(f"building the root filesystem (debootstrap {SUITE} minbase, about a minute)")
-    with building(cache / (final.name + ".d")) as scratch:
-        tree = scratch / "tree"
+    with tempfile.TemporaryDirectory(prefix=f".{final.name}.", dir=cache) as scratch:
+        tree = Path(scratch) / "tree"
         run(
             [
                 "debootstrap",
@@ -219,27 +218,24 @@ def ensure_rootfs(cache: Path, progress: Progress) -> Path:
             shutil.rmtree(tree / rel, ignore_errors=True)
         for key in (tree / "etc" / "ssh").glob("ssh_host_*"):
             key.unlink()  # every VM gets host keys of its own
-        packed = scratch / final.name
+        packed = Path(scratch) / final.name
         pack_tree(tree, packed)
-        shutil.rmtree(tree)
-        packed.rename(final)
-    shutil.rmtree(cache / (final.name + ".d"), ignore_errors=True)
+        packed.rename(final)  # complete, or not there at all
     return final
 
 
 def pack_tree(tree: Path, dest: Path) -> None:
     """`find . | cpio -o -H newc` as root-owned files, gzip'd: the format the kernel unpacks as an initramfs."""
-    names = b"\0".join(str(p.relative_to(tree)).encode() for p in sorted(tree.rglob("*"), key=lambda p: str(p))) + b"\0"
-    argv = ["cpio", "--quiet", "--null", "-o", "-H", "newc", "-R", "0:0"]
-    try:
-        proc = subprocess.Popen(argv, cwd=tree, stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # noqa: S603 - argv list
-    except FileNotFoundError:
-        raise LabError("packing the initramfs: cpio is not installed") from None
-    assert proc.stdin is not None and proc.stdout is not None
-    with gzip.open(dest, "wb", compresslevel=6) as out:
-        feeder = threading.Thread(target=lambda: (proc.stdin.write(names), proc.stdin.close()))  # type: ignore[union-attr]
-        feeder.start()
-        shutil.copyfileobj(proc.stdout, out, 1 << 20)
-        feeder.join()
-    if proc.wait() != 0:
-        raise LabError(f"packing {dest.name}: cpio failed")
+    with tempfile.TemporaryFile() as names:
+        names.write(b"".join(str(p.relative_to(tree)).encode() + b"\0" for p in sorted(tree.rglob("*"))))
+        names.seek(0)
+        argv = ["cpio", "--quiet", "--null", "-o", "-H", "newc", "-R", "0:0"]
+        try:
+            proc = subprocess.Popen(argv, cwd=tree, stdin=names, stdout=subprocess.PIPE)  # noqa: S603 - argv list
+        except FileNotFoundError:
+            raise LabError("packing the initramfs: cpio is not installed") from None
+        assert proc.stdout is not None
+        with gzip.open(dest, "wb", compresslevel=6) as out:
+            shutil.copyfileobj(proc.stdout, out, 1 << 20)
+        if proc.wait() != 0:
+            raise LabError(f"packing {dest.name}: cpio failed")

@@ -11,6 +11,7 @@ from klpfleet.errors import UsageError
 from klpfleet.lab import artifacts
 from klpfleet.lab.artifacts import Progress
 from klpfleet.lab.vms import (
+    STATE_FILE,
     VM,
     LabState,
     alive,
@@ -160,6 +161,6 @@ def down(lab: Path, progress: Progress) -> int:
             stop_vm(vm)
             stopped += 1
         shutil.rmtree(vm.directory, ignore_errors=True)
-    (lab / "lab.json").unlink(missing_ok=True)
+    (lab / STATE_FILE).unlink(missing_ok=True)
     progress(f"stopped {stopped} VM(s)")
     return stopped

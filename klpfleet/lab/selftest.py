@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from klpfleet.errors import UsageError
 from klpfleet.lab.vms import LabState
+from klpfleet.probe.ssh import OK, KnownHosts, Target, run_remote
 from klpfleet.sim.scenario import ScenarioFailed, Step, selftest_filter
 
 STEPS_SCRIPT = ["sh", "/root/lab/run-steps.sh"]
@@ -22,10 +24,8 @@ def step_line(step: Step) -> str:
     return f"{step.action} {step.target} {step.params}".rstrip() + "\n"
 
 
-def vm_target(lab: Path, name: str) -> tuple[object, object]:
-    from klpfleet.errors import UsageError
-    from klpfleet.probe.ssh import KnownHosts, Target
-
+def vm_target(lab: Path, name: str) -> tuple[Target, KnownHosts]:
+    """How to reach a lab VM: root with the lab's key, its host key from the lab's known_hosts only."""
     state = LabState.load(lab)
     vm = next((v for v in (state.vms if state else []) if v.name == name), None)
     if vm is None:
@@ -36,11 +36,9 @@ def vm_target(lab: Path, name: str) -> tuple[object, object]:
 
 def run_on_vm(lab: Path, name: str, steps: list[Step]) -> list[str]:
     """Run the steps on the VM; return its selftest-filtered kernel log."""
-    from klpfleet.probe.ssh import OK, run_remote
-
     target, known = vm_target(lab.resolve(), name)
     stdin = "".join(step_line(s) for s in steps)
-    result = run_remote(target, STEPS_SCRIPT, stdin, known, 10.0, STEP_TIMEOUT)  # type: ignore[arg-type]
+    result = run_remote(target, STEPS_SCRIPT, stdin, known, 10.0, STEP_TIMEOUT)
     if result.status != OK:
         raise ScenarioFailed(f"{name}: {result.status}: {result.error}")
     if result.exit_code != 0:
