@@ -1,5 +1,11 @@
-"""The fleet as an Ansible inventory: the records the `klpfleet.livepatch.fleet` inventory plugin and the
-controller's frozen per-wave inventories are built from."""
+"""The fleet as an Ansible inventory: the records and the host vars that the `klpfleet.livepatch.fleet`
+inventory plugin and the controller's frozen per-wave inventories are both built from.
+
+Everything here comes from the database, so from inventories and hosts: it is data, never a template.
+`host_vars` is the one place that decides what a host's vars are; both callers hand its values to Ansible
+as unsafe (the plugin through Ansible's API, the frozen inventory as `!unsafe` YAML), except the one
+template klpfleet itself writes for simulated hosts, marked `TrustedTemplate`.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,36 @@ from typing import Any
 from sqlalchemy import BindParameter, Connection, bindparam, select, text
 
 from klpfleet.db.engine import Database
+
+# How the repo's simulated hosts name their interpreter (the playbook's own Python). klpfleet writes this
+# value itself; it is the only stored string Ansible may evaluate, and only as this host var.
+PLAYBOOK_PYTHON = "{{ ansible_playbook_python }}"
+CONNECTION_VARS = (
+    ("address", "ansible_host"),
+    ("port", "ansible_port"),
+    ("user", "ansible_user"),
+    ("key_file", "ansible_ssh_private_key_file"),
+)
+
+
+class TrustedTemplate(str):
+    """A value klpfleet wrote itself and Ansible may template (see PLAYBOOK_PYTHON)."""
+
+
+def host_vars(record: dict[str, Any]) -> dict[str, Any]:
+    """One host's Ansible vars: connection columns, then the stored vars, then labels that do not shadow a
+    var (a label named like a var never overrides it)."""
+    hv: dict[str, Any] = {}
+    for column, var in CONNECTION_VARS:
+        if record[column] is not None:
+            hv[var] = record[column]
+    for key, value in record["vars"].items():
+        if key == "ansible_python_interpreter" and value == PLAYBOOK_PYTHON:
+            value = TrustedTemplate(value)
+        hv[key] = value
+    for key, value in record["labels"].items():
+        hv.setdefault(key, value)
+    return hv
 
 
 def host_details(

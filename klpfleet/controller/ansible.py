@@ -19,9 +19,9 @@ import yaml
 
 from klpfleet.collection import collections_path, playbooks_path
 from klpfleet.db.engine import default_data_dir
+from klpfleet.inventory_export import TrustedTemplate, host_vars
 
 PATCH_ACTIONS = {"klpfleet.livepatch.patch", "klpfleet.livepatch.patch_info"}
-PLAYBOOK_PYTHON = "{{ ansible_playbook_python }}"
 
 
 @dataclass
@@ -50,29 +50,27 @@ def runs_dir() -> Path:
 
 def frozen_inventory(records: list[dict[str, Any]]) -> dict[str, Any]:
     """An Ansible YAML inventory of exactly these hosts, with what the database knows of each."""
-    hosts: dict[str, Any] = {}
-    for h in records:
-        hv: dict[str, Any] = {}
-        for column, var in (
-            ("address", "ansible_host"),
-            ("port", "ansible_port"),
-            ("user", "ansible_user"),
-            ("key_file", "ansible_ssh_private_key_file"),
-        ):
-            if h[column] is not None:
-                hv[var] = h[column]
-        for key, value in h["vars"].items():
-            # Stored strings are data, not templates; only the simulated hosts' interpreter value is one.
-            if (
-                isinstance(value, str)
-                and "{{" in value
-                and not (key == "ansible_python_interpreter" and value == PLAYBOOK_PYTHON)
-            ):
-                continue
-            hv[key] = value
-        hv.update({k: v for k, v in h["labels"].items() if k not in hv})
-        hosts[h["name"]] = hv
-    return {"all": {"hosts": hosts}}
+    return {"all": {"hosts": {h["name"]: host_vars(h) for h in records}}}
+
+
+class _UnsafeDumper(yaml.SafeDumper):
+    """Writes every string, keys included, as Ansible's `!unsafe`: Ansible never templates it."""
+
+
+def _unsafe_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("!unsafe", value, style="'")
+
+
+def _trusted_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", str(value), style="'")
+
+
+_UnsafeDumper.add_representer(str, _unsafe_str)
+_UnsafeDumper.add_representer(TrustedTemplate, _trusted_str)
+
+
+def dump_unsafe_yaml(data: Any) -> str:
+    return yaml.dump(data, Dumper=_UnsafeDumper, sort_keys=True, allow_unicode=True)
 
 
 def run_playbook(
@@ -93,7 +91,7 @@ def run_playbook(
     target_actions = target_actions or PATCH_ACTIONS
     workdir.mkdir(parents=True, exist_ok=True)
     inventory = workdir / "inventory.yml"
-    inventory.write_text(yaml.safe_dump(frozen_inventory(records), sort_keys=True))
+    inventory.write_text(dump_unsafe_yaml(frozen_inventory(records)))
     results: dict[str, HostResult] = {}
 
     def on_event(event: dict[str, Any]) -> bool:

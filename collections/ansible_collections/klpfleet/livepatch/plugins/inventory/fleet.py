@@ -54,15 +54,7 @@ import re
 
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
-
-# The interpreter value simulated hosts carry; the only stored string allowed to be a template.
-PLAYBOOK_PYTHON = "{{ ansible_playbook_python }}"
-CONNECTION_VARS = (
-    ("address", "ansible_host"),
-    ("port", "ansible_port"),
-    ("user", "ansible_user"),
-    ("key_file", "ansible_ssh_private_key_file"),
-)
+from ansible.utils.unsafe_proxy import wrap_var
 
 
 def group_safe(text):
@@ -81,34 +73,34 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         try:
             from klpfleet.db.engine import connect
             from klpfleet.errors import KlpfleetError
-            from klpfleet.inventory_export import fleet_inventory
+            from klpfleet.inventory_export import TrustedTemplate, fleet_inventory, host_vars
         except ImportError as exc:
             raise AnsibleParserError("klpfleet.livepatch.fleet needs klpfleet installed: %s" % exc) from exc
         try:
             hosts = fleet_inventory(connect(self.get_option("db")))
         except KlpfleetError as exc:
             raise AnsibleParserError("klpfleet database: %s" % exc) from exc
-        self.populate(hosts)
+        self.populate(hosts, host_vars, TrustedTemplate)
 
-    def populate(self, hosts):
+    def populate(self, hosts, host_vars, trusted_template):
         strict = self.get_option("strict")
         state_groups = self.get_option("patch_state_groups")
         for h in hosts:
             name = self.inventory.add_host(h["name"])
-            for column, var in CONNECTION_VARS:
-                if h[column] is not None:
-                    self.inventory.set_variable(name, var, h[column])
-            for key, value in h["vars"].items():
-                if key == "ansible_python_interpreter" and value == PLAYBOOK_PYTHON:
+            # klpfleet's one host-vars builder (the controller's frozen inventories use it too). Its values
+            # are data: set here they stay untrusted, so Ansible never templates them.
+            for key, value in host_vars(h).items():
+                if isinstance(value, trusted_template):
                     from ansible.template import trust_as_template
 
-                    value = trust_as_template(value)
+                    value = trust_as_template(str(value))
+                else:
+                    value = wrap_var(value)
                 self.inventory.set_variable(name, key, value)
-            self.inventory.set_variable(name, "klp_kernel_release", h["kernel_release"])
-            self.inventory.set_variable(name, "klp_labels", h["labels"])
-            self.inventory.set_variable(name, "klp_patch_states", h["patch_states"])
+            self.inventory.set_variable(name, "klp_kernel_release", wrap_var(h["kernel_release"]))
+            self.inventory.set_variable(name, "klp_labels", wrap_var(h["labels"]))
+            self.inventory.set_variable(name, "klp_patch_states", wrap_var(h["patch_states"]))
             for key, value in h["labels"].items():
-                self.inventory.set_variable(name, key, value)
                 self._group(name, "%s_%s" % (key, value))
             for group in h["groups"]:
                 self._group(name, group)

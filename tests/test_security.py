@@ -1,0 +1,107 @@
+"""Security: data from inventories and hosts never becomes code, secrets never leak, a poisoned input never
+sticks. Each test here failed on the code before its fix."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .ansiblehelpers import BIN, ansible_env, playbook
+from .conftest import run_klpfleet
+from .controllerhelpers import fleet_db, register
+
+pytestmark = pytest.mark.ansible
+
+
+def payload(marker: Path, n: int) -> str:
+    return "{{ lookup('pipe', 'touch " + f"{marker}-{n}') }}}}"
+
+
+def hostile_inventory(tmp: Path, marker: Path) -> Path:
+    """The simulated fleet's inventory with template payloads in every place a value can hide."""
+    inventory = yaml.safe_load((tmp / "fleet" / "inventory.yml").read_text())
+    first = inventory["all"]["hosts"]["sim-01"]
+
+    def pipe(n: int) -> str:
+        return payload(marker, n)
+
+    first["ansible_host"] = pipe(1)
+    first["ansible_user"] = pipe(2)
+    first["ansible_ssh_private_key_file"] = pipe(3)
+    first["klp_patch_params"] = {"nested": [pipe(4)], pipe(5): "as a key"}
+    first["rack"] = "{% set x = lookup('pipe', 'touch " + f"{marker}-6') %}}r1"
+    first["klp_labels"] = {"team": "{# comment #}" + pipe(7)}
+    text = yaml.safe_dump(inventory)
+    # The same payload marked !unsafe at the source must stay unsafe all the way.
+    text = text.replace("ansible_host: ", "ansible_host: !unsafe ", 1)
+    path = tmp / "hostile.yml"
+    path.write_text(text)
+    return path
+
+
+def test_inventory_values_never_run_as_templates_in_a_rollout_or_through_the_plugin(tmp_path, sqlite_url):
+    marker = tmp_path / "PWNED"
+    db = fleet_db(tmp_path, sqlite_url, hosts=3)
+    imported = run_klpfleet("--db", sqlite_url, "inventory", "import", "-i", str(hostile_inventory(tmp_path, marker)))
+    assert imported.returncode == 0, imported.stderr
+    register(db, tmp_path)
+    env = {"KLPFLEET_RUN_DIR": str(tmp_path / "runs")}
+    created = run_klpfleet("--db", sqlite_url, "rollout", "create", "livepatch_cve_2026_1234", "--waves", "100%")
+    assert created.returncode == 0, created.stderr
+    started = run_klpfleet("--db", sqlite_url, "rollout", "start", "1", "--wait", env=env, timeout=300)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert sorted(p.name for p in tmp_path.glob("PWNED*")) == []
+
+    # The inventory plugin: the values arrive as the literal text, and a playbook using them runs nothing.
+    config = tmp_path / "fleet.klpfleet.yml"
+    config.write_text(f"plugin: klpfleet.livepatch.fleet\ndb: {sqlite_url}\n")
+    listed = subprocess.run(
+        [str(BIN / "ansible-inventory"), "-i", str(config), "--host", "sim-01"],
+        capture_output=True,
+        text=True,
+        env=ansible_env(),
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    hostvars = json.loads(listed.stdout)
+    assert hostvars["ansible_user"] == payload(marker, 2)
+    assert hostvars["klp_patch_params"]["nested"] == [payload(marker, 4)]
+    book = tmp_path / "show.yml"
+    book.write_text(
+        "- hosts: sim-01\n  gather_facts: false\n  tasks:\n"
+        "    - debug: {msg: '{{ ansible_user }} {{ klp_patch_params }} {{ rack }} {{ klp_labels }}'}\n"
+        "    - debug: {msg: '{{ ansible_host }} {{ ansible_ssh_private_key_file }}'}\n"
+    )
+    shown = playbook(config, book, env={"ANSIBLE_CONFIG": str(tmp_path / "none.cfg")})
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "touch" in shown.stdout  # the text itself was printed, not run
+    assert sorted(p.name for p in tmp_path.glob("PWNED*")) == []
+
+
+def test_the_plugin_and_the_controller_build_host_vars_with_one_builder():
+    import inspect
+
+    from ansible_collections.klpfleet.livepatch.plugins.inventory import fleet
+    from klpfleet.controller import ansible as controller_ansible
+
+    assert "host_vars" in inspect.getsource(fleet.InventoryModule.parse)
+    assert "host_vars(" in inspect.getsource(controller_ansible.frozen_inventory)
+    record = {
+        "name": "h",
+        "address": "10.0.0.1",
+        "port": None,
+        "user": None,
+        "key_file": None,
+        "vars": {"zone": "from-vars", "ansible_python_interpreter": "{{ ansible_playbook_python }}"},
+        "labels": {"zone": "from-label", "rack": "r1"},
+    }
+    from klpfleet.inventory_export import TrustedTemplate, host_vars
+
+    hv = host_vars(record)
+    assert hv["zone"] == "from-vars" and hv["rack"] == "r1"  # a label never overrides a var
+    assert isinstance(hv["ansible_python_interpreter"], TrustedTemplate)
+    assert not isinstance(hv["ansible_host"], TrustedTemplate)
