@@ -118,11 +118,11 @@ class Demo:
         from klpfleet.inventory_export import fleet_inventory
 
         gathered = run_playbook(
-            db_url=self.db_url,
+            db=self.db,
             playbook="gather.yml",
             records=fleet_inventory(self.db),
             extravars={},
-            workdir=self.dir / "runs" / "gather",
+            runs_in=self.dir / "runs",
             ident="demo-gather",
             forks=12,
         )
@@ -263,7 +263,7 @@ class Demo:
         with self.db.session() as s:
             hosts = [h["name"] for h in list_hosts(s, patch=patch_name, state="applied")]
         answers = rollback_batches(
-            self.db, patch_name, [hosts], workdir=self.dir / "runs" / "rollback", ident="demo-rollback", forks=12
+            self.db, patch_name, [hosts], runs_in=self.dir / "runs", ident="demo-rollback", forks=12
         )
         summary: dict[str, int] = {}
         for a in answers:

@@ -41,6 +41,39 @@ def is_livepatch_action(action: str) -> bool:
     return action in PATCH_ACTIONS or action in INFO_ACTIONS
 
 
+RECORDED_ARGS = ("name", "sha256", "state")
+
+
+def _clean(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if not k.startswith("_ansible")}
+
+
+def _args_of(task_args: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """The task's literal arguments, overridden by what the module actually ran with (its `invocation`):
+    that is where a loop's or a template's final values are."""
+    args = {k: v for k, v in task_args.items() if k in RECORDED_ARGS and isinstance(v, str) and "{{" not in v}
+    invoked = (result.get("invocation") or {}).get("module_args")
+    if isinstance(invoked, dict):
+        args.update({k: v for k, v in invoked.items() if k in RECORDED_ARGS and isinstance(v, str)})
+    return args
+
+
+def task_results(status: str, result: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """One task's result as (status, result) pairs: a loop's items each count on their own."""
+    items = result.get("results")
+    if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
+        return [(status, result)]
+    pairs = []
+    for item in items:
+        if item.get("unreachable"):
+            pairs.append(("unreachable", item))
+        elif item.get("skipped"):
+            continue
+        else:
+            pairs.append(("failed" if item.get("failed") else "ok", item))
+    return pairs
+
+
 class Recorder:
     def __init__(self, db: Database, actor: str | None = None) -> None:
         self.db = db
@@ -64,6 +97,36 @@ class Recorder:
                 run.stats = stats or {}
 
     # ------------------------------------------------------------------ results
+
+    def record_task_result(
+        self,
+        run_id: int | None,
+        host_name: str,
+        action: str,
+        status: str,
+        result: dict[str, Any],
+        task_args: dict[str, Any] | None = None,
+        *,
+        check_mode: bool = False,
+        no_log: bool = False,
+    ) -> None:
+        """What one task did on one host, however Ansible ran it (a loop's items each recorded), from the
+        callback plugin or from the controller's event stream: the one entry point both use."""
+        if not is_livepatch_action(action) and status != "unreachable":
+            return  # reachability is news from any task; results only from klpfleet's modules
+        for item_status, item in task_results(status, result):
+            no_log_item = no_log or bool(item.get("_ansible_no_log")) or "censored" in item
+            check = check_mode or bool(item.get("_ansible_check_mode"))
+            self.record(
+                run_id,
+                host_name,
+                action,
+                item_status,
+                _clean(item),
+                _args_of(task_args or {}, item),
+                check_mode=check,
+                no_log=no_log_item,
+            )
 
     def record(
         self,

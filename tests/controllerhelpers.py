@@ -34,11 +34,11 @@ def fleet_db(
         apply_import(s, read_inventory([str(tmp / "fleet" / "inventory.yml")]), prune=False)
     if gather:
         run_playbook(
-            db_url=db.url,
+            db=db,
             playbook="gather.yml",
             records=fleet_inventory(db),
             extravars={},
-            workdir=tmp / "gather",
+            runs_in=tmp / "runs",
             ident="gather",
             forks=20,
         )

@@ -105,3 +105,69 @@ def test_the_plugin_and_the_controller_build_host_vars_with_one_builder():
     assert hv["zone"] == "from-vars" and hv["rack"] == "r1"  # a label never overrides a var
     assert isinstance(hv["ansible_python_interpreter"], TrustedTemplate)
     assert not isinstance(hv["ansible_host"], TrustedTemplate)
+
+
+@pytest.mark.postgres
+def test_database_passwords_never_reach_argv_or_run_folders(tmp_path, pg_url, monkeypatch):
+    """The background driver gets the URL by environment; runs get no URL; run folders keep no environment."""
+    secret = "s3cret-pw-4711"
+    url = pg_url.replace("klpfleet@", f"klpfleet:{secret}@")  # trust auth: the password is carried, not checked
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("KLPFLEET_RUN_DIR", str(runs))
+    monkeypatch.setenv("PGPASSWORD", secret)  # a secret in the controller's own environment, too
+    db = fleet_db(tmp_path, url, hosts=3)
+    register(db, tmp_path)
+    assert (
+        run_klpfleet("--db", url, "rollout", "create", "livepatch_cve_2026_1234", "--waves", "1,100%").returncode == 0
+    )
+    started = run_klpfleet("--db", url, "rollout", "start", "1")
+    assert started.returncode == 0, started.stderr
+    seen_in_argv = []
+    status = None
+    for _ in range(600):
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if secret.encode() in cmdline.read_bytes():
+                    seen_in_argv.append(cmdline.read_bytes().replace(b"\0", b" ").decode())
+            except OSError:
+                continue
+        status = run_klpfleet("--db", url, "rollout", "status", "1", "-o", "json")
+        if json.loads(status.stdout)["data"]["status"] not in ("planned", "running"):
+            break
+    assert json.loads(status.stdout)["data"]["status"] == "completed", status.stdout
+    assert seen_in_argv == []
+    leaked = [p for p in runs.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert leaked == []
+    assert list(runs.rglob("envvars")) == []
+    # Each run has a folder of its own, private to the user.
+    assert all((p.stat().st_mode & 0o077) == 0 for p in runs.rglob("*") if p.is_dir() and p.name.startswith("r1-"))
+
+
+def test_two_databases_with_the_same_rollout_id_keep_their_own_results(tmp_path, monkeypatch):
+    """Run folders belong to one database and one run: rollout 1 of database B records into B only."""
+    monkeypatch.setenv("KLPFLEET_RUN_DIR", str(tmp_path / "runs"))
+    from sqlalchemy import func, select
+
+    from klpfleet.db.models import AnsibleRun, HostPatch
+
+    counts = {}
+    for name in ("a", "b"):
+        home = tmp_path / name
+        home.mkdir()
+        url = f"sqlite:///{home / 'k.db'}"
+        db = fleet_db(home, url, hosts=2 if name == "a" else 3)
+        register(db, home)
+        assert (
+            run_klpfleet("--db", url, "rollout", "create", "livepatch_cve_2026_1234", "--waves", "100%").returncode == 0
+        )
+        done = run_klpfleet("--db", url, "rollout", "start", "1", "--wait", timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        with db.session() as s:
+            counts[name] = (
+                s.scalar(select(func.count()).select_from(HostPatch).where(HostPatch.state == "applied")),
+                sorted(s.scalars(select(AnsibleRun.ident))),
+            )
+    assert counts["a"][0] == 2 and counts["b"][0] == 3
+    assert counts["a"][1] == counts["b"][1] == ["gather", "r1-w1-t1"]
+    folders = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(folders) == 2  # one per database

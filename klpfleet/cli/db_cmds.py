@@ -3,7 +3,13 @@ from __future__ import annotations
 import click
 
 from klpfleet.cli.output import emit, info, output_option, table
-from klpfleet.db.engine import SCHEMA_HEAD, current_revision, open_database
+from klpfleet.db.engine import (
+    SCHEMA_HEAD,
+    current_revision,
+    is_newer_than_this_klpfleet,
+    newer_schema_error,
+    open_database,
+)
 
 
 @click.group()
@@ -19,6 +25,8 @@ def upgrade(ctx: click.Context) -> None:
 
     database = open_database(ctx.find_root().obj["db_url"], create=True)
     before = current_revision(database)
+    if is_newer_than_this_klpfleet(before):
+        raise newer_schema_error(database, str(before))
     run_upgrade(database)
     if before == SCHEMA_HEAD:
         info(f"database {database.display_url()} already at schema {SCHEMA_HEAD}")

@@ -94,17 +94,18 @@ def drive_or_detach(ctx: click.Context, rollout_id: int, wait: bool) -> None:
     if not wait:
         from klpfleet.controller.ansible import runs_dir
 
-        log_dir = runs_dir() / f"rollout-{rollout_id}"
-        log_dir.mkdir(parents=True, exist_ok=True)
         db = database(ctx)
+        log_dir = runs_dir(db) / f"rollout-{rollout_id}"
+        log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         with open(log_dir / "driver.log", "ab") as log:
             subprocess.Popen(  # noqa: S603 - our own CLI, argv list
-                [sys.executable, "-m", "klpfleet.cli.main", "--db", db.url, "rollout", "drive", str(rollout_id)],
+                # The database URL (password included) goes by environment, never argv: `ps` shows argv to all.
+                [sys.executable, "-m", "klpfleet.cli.main", "rollout", "drive", str(rollout_id)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, "NO_COLOR": "1"},
+                env={**os.environ, "NO_COLOR": "1", "KLPFLEET_DB": db.url},
             )
         info(
             f"rollout {rollout_id} is being driven in the background (log: {log_dir / 'driver.log'}); "
@@ -462,7 +463,7 @@ def rollback(
         db,
         patch_name,
         ordered,
-        workdir=runs_dir() / f"rollback-{patch_name}-{int(time.time())}",
+        runs_in=runs_dir(db) / f"rollback-{patch_name}",
         ident=f"rollback-{patch_name}",
         forks=forks,
         cascade=cascade,

@@ -8,8 +8,11 @@ controller run and a hand run are recorded by the same code.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +21,7 @@ from typing import Any
 import yaml
 
 from klpfleet.collection import collections_path, playbooks_path
-from klpfleet.db.engine import default_data_dir
+from klpfleet.db.engine import Database, default_data_dir
 from klpfleet.inventory_export import TrustedTemplate, host_vars
 
 PATCH_ACTIONS = {"klpfleet.livepatch.patch", "klpfleet.livepatch.patch_info"}
@@ -44,8 +47,16 @@ class RunOutcome:
     directory: Path
 
 
-def runs_dir() -> Path:
-    return Path(os.environ.get("KLPFLEET_RUN_DIR") or default_data_dir() / "runs")
+def runs_dir(db: Database) -> Path:
+    """Run folders of one database: two databases never share one, whatever their rollout ids."""
+    base = Path(os.environ.get("KLPFLEET_RUN_DIR") or default_data_dir() / "runs")
+    return base / db.identity
+
+
+def new_run_dir(parent: Path, name: str) -> Path:
+    """A folder no earlier run used: ansible-runner reuses whatever it finds in a private data dir."""
+    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=parent))
 
 
 def frozen_inventory(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -75,37 +86,50 @@ def dump_unsafe_yaml(data: Any) -> str:
 
 def run_playbook(
     *,
-    db_url: str,
+    db: Database,
     playbook: str,
     records: list[dict[str, Any]],
     extravars: dict[str, Any],
-    workdir: Path,
+    runs_in: Path,
     ident: str,
     forks: int,
     rollout_id: int | None = None,
     cancel: Callable[[], bool] | None = None,
     target_actions: set[str] | None = None,
 ) -> RunOutcome:
+    """Run one playbook over exactly these hosts in a new folder under `runs_in` (named after `ident`). Results are
+    recorded here, from ansible-runner's event stream, by the recorder callback's own code: the run itself
+    gets no database URL or password, and its folder holds no secret once it ends."""
     import ansible_runner
 
+    from klpfleet.db.events import default_actor
+    from klpfleet.recorder import Recorder
+
     target_actions = target_actions or PATCH_ACTIONS
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = new_run_dir(runs_in, ident)
     inventory = workdir / "inventory.yml"
     inventory.write_text(dump_unsafe_yaml(frozen_inventory(records)))
     results: dict[str, HostResult] = {}
+    recorder = Recorder(db, actor=f"ansible:{default_actor()}")
+    run_id = recorder.start_run(str(playbooks_path() / playbook), ident=ident, rollout_id=rollout_id)
+    stats: dict[str, Any] = {}
 
     def on_event(event: dict[str, Any]) -> bool:
         kind = event.get("event")
         data = event.get("event_data") or {}
+        if kind == "playbook_on_stats":
+            stats.update({k: data.get(k) or {} for k in ("ok", "changed", "failures", "dark", "skipped")})
         host = data.get("host")
         if not host or kind not in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable"):
             return True
         action = data.get("resolved_action") or data.get("task_action")
         res = data.get("res") or {}
+        status = {"runner_on_ok": "ok", "runner_on_failed": "failed"}.get(kind, "unreachable")
+        recorder.record_task_result(run_id, host, str(action), status, res, data.get("task_args") or {})
         if kind == "runner_on_unreachable":
             results[host] = HostResult(host, "unreachable", res)
         elif action in target_actions:
-            results[host] = HostResult(host, "ok" if kind == "runner_on_ok" else "failed", res)
+            results[host] = HostResult(host, status, res)
         elif kind == "runner_on_failed" and not data.get("ignore_errors"):
             results[host] = HostResult(host, "failed", {"msg": res.get("msg"), "task": data.get("task")})
         return True
@@ -115,32 +139,48 @@ def run_playbook(
         "ANSIBLE_COLLECTIONS_PATH": os.pathsep.join(
             p for p in (str(collections_path()), os.environ.get("ANSIBLE_COLLECTIONS_PATH")) if p
         ),
-        "ANSIBLE_CALLBACKS_ENABLED": "klpfleet.livepatch.recorder",
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
         "ANSIBLE_NOCOLOR": "1",
-        "KLPFLEET_DB": db_url,
-        "KLPFLEET_RUN_IDENT": ident,
+        # Recorded here, not by a recorder inside the run; the controller's own database URL is masked.
+        "KLPFLEET_CONTROLLER_RECORDS": "1",
+        "KLPFLEET_DB": "",
     }
     if "ANSIBLE_CONFIG" not in os.environ:
         envvars["ANSIBLE_CONFIG"] = str(_default_config(workdir))
-    if rollout_id is not None:
-        envvars["KLPFLEET_ROLLOUT_ID"] = str(rollout_id)
-    runner = ansible_runner.run(
-        private_data_dir=str(workdir),
-        playbook=str(playbooks_path() / playbook),
-        inventory=str(inventory),
-        extravars=extravars,
-        forks=forks,
-        ident=ident,
-        quiet=True,
-        envvars=envvars,
-        event_handler=on_event,
-        cancel_callback=cancel,
-        settings={"suppress_ansible_output": True},
-    )
+    try:
+        runner = ansible_runner.run(
+            private_data_dir=str(workdir),
+            playbook=str(playbooks_path() / playbook),
+            inventory=str(inventory),
+            extravars=extravars,
+            forks=forks,
+            ident=ident,
+            quiet=True,
+            envvars=envvars,
+            event_handler=on_event,
+            cancel_callback=cancel,
+            settings={"suppress_ansible_output": True},
+        )
+    finally:
+        scrub_run_dir(workdir)
+    bad = any((stats.get("failures") or {}).values()) or any((stats.get("dark") or {}).values())
+    run_status = {"successful": "failed" if bad else "completed", "failed": "failed"}.get(runner.status, "interrupted")
+    recorder.finish_run(run_id, run_status, {"hosts": stats})
     for h in records:
         results.setdefault(h["name"], HostResult(h["name"], "missing", {"msg": "no result from the run"}))
     return RunOutcome(results=results, status=runner.status, rc=runner.rc, directory=workdir)
+
+
+def scrub_run_dir(workdir: Path) -> None:
+    """ansible-runner keeps the run's whole environment (the controller's, with any secret in it) in
+    artifacts/*/command and env/: keep the command line, drop the environment."""
+    shutil.rmtree(workdir / "env", ignore_errors=True)
+    for command in workdir.glob("artifacts/*/command"):
+        try:
+            kept = json.loads(command.read_text())
+            command.write_text(json.dumps({"command": kept.get("command"), "cwd": kept.get("cwd")}))
+        except (OSError, ValueError):
+            command.unlink(missing_ok=True)
 
 
 def _default_config(workdir: Path) -> Path:

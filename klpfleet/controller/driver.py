@@ -106,7 +106,7 @@ class Driver:
         self.progress: Progress = progress or Silent()
         self.sleep = sleep
         self.lease = Lease(db, rollout_id)
-        self.workdir = runs_dir() / f"rollout-{rollout_id}"
+        self.runs_in = runs_dir(db) / f"rollout-{rollout_id}"
 
     # ------------------------------------------------------------------ helpers
 
@@ -234,11 +234,11 @@ class Driver:
             return
         self.progress.note(f"re-reading {len(hosts)} host(s) that were in flight when the controller stopped")
         run = run_playbook(
-            db_url=self.db.url,
+            db=self.db,
             playbook="gather.yml",
             records=fleet_inventory(self.db, hosts),
             extravars={},
-            workdir=self.workdir / f"wave-{wave_id}-recover-{int(time.time())}",
+            runs_in=self.runs_in,
             ident=f"r{self.id}-w{wave_id}-recover",
             forks=policy.forks,
             rollout_id=self.id,
@@ -285,11 +285,11 @@ class Driver:
             self.event(s, "wave.run", r, wave=self._wave_index(s, wave_id) + 1, hosts=len(hosts), attempt=attempt)
             extravars = self.apply_vars(patch, policy)
         run = run_playbook(
-            db_url=self.db.url,
+            db=self.db,
             playbook="apply.yml",
             records=fleet_inventory(self.db, hosts),
             extravars=extravars,
-            workdir=self.workdir / f"wave-{wave_id}-try-{attempt}",
+            runs_in=self.runs_in,
             ident=f"r{self.id}-w{wave_id}-t{attempt}",
             forks=policy.forks,
             rollout_id=self.id,
@@ -499,7 +499,7 @@ class Driver:
             self.db,
             patch_name,
             list(batches.values()),
-            workdir=self.workdir / f"rollback-{int(time.time())}",
+            runs_in=self.runs_in,
             ident=f"r{self.id}-rb",
             forks=policy.forks,
             transition_timeout=policy.transition_timeout,

@@ -71,7 +71,7 @@ def rollback_batches(
     patch_name: str,
     batches: list[list[str]],
     *,
-    workdir: Path,
+    runs_in: Path,
     ident: str,
     forks: int,
     cascade: bool = False,
@@ -87,11 +87,11 @@ def rollback_batches(
     for n, batch in enumerate(b for b in batches if b):
         records = {r["name"]: r for r in fleet_inventory(db, batch)}
         facts_run = run_playbook(
-            db_url=db.url,
+            db=db,
             playbook="gather.yml",
             records=list(records.values()),
             extravars={},
-            workdir=workdir / f"batch-{n}-gather",
+            runs_in=runs_in,
             ident=f"{ident}-b{n}-gather",
             forks=forks,
             rollout_id=rollout_id,
@@ -116,11 +116,11 @@ def rollback_batches(
                 by_name.setdefault(sequence[0], []).append(host)
             for name, hosts in sorted(by_name.items()):
                 run = run_playbook(
-                    db_url=db.url,
+                    db=db,
                     playbook="remove.yml",
                     records=[records[h] for h in hosts],
                     extravars={"klp_patch_name": name, "klp_transition_timeout": transition_timeout},
-                    workdir=workdir / f"batch-{n}-step-{step}-{name}",
+                    runs_in=runs_in,
                     ident=f"{ident}-b{n}-s{step}-{name}",
                     forks=forks,
                     rollout_id=rollout_id,

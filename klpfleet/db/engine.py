@@ -51,6 +51,16 @@ def resolve_url(url: str | None) -> str:
     return url
 
 
+def create_private_file(path: Path) -> None:
+    """A new SQLite file readable by its owner only (SQLite gives its -wal and -shm files the same mode), in
+    a directory created private when it did not exist."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    except OSError as exc:
+        raise DatabaseError(f"cannot create the database {path}: {exc.strerror}") from None
+
+
 def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     cur = dbapi_connection.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -78,6 +88,13 @@ class Database:
     def display_url(self) -> str:
         return make_url(self.url).render_as_string(hide_password=True)
 
+    @cached_property
+    def identity(self) -> str:
+        """A short name for this database that holds no secret: run folders are kept apart by it."""
+        import hashlib
+
+        return hashlib.sha256(self.display_url().encode()).hexdigest()[:12]
+
 
 def open_database(url: str | None = None, *, create: bool = False) -> Database:
     """Open (but do not migrate) the database. A missing SQLite file is only created when `create`."""
@@ -94,7 +111,7 @@ def open_database(url: str | None = None, *, create: bool = False) -> Database:
             if not path.exists():
                 if not create:
                     raise DatabaseError(f"no database at {path}: run `klpfleet db upgrade` to create it")
-                path.parent.mkdir(parents=True, exist_ok=True)
+                create_private_file(path)
         kwargs["connect_args"] = {"timeout": busy_timeout_ms() / 1000}
     elif parsed.get_backend_name() == "postgresql":
         # A long-lived driver outlives server restarts and failovers: test pooled connections before use.
@@ -137,10 +154,24 @@ def _sqlite_disk_full(db: Database) -> bool:
         return False
 
 
+def is_newer_than_this_klpfleet(revision: str | None) -> bool:
+    """Revisions are numbered 0001, 0002...; one past SCHEMA_HEAD was written by a newer klpfleet."""
+    return revision is not None and revision.isdigit() and int(revision) > int(SCHEMA_HEAD)
+
+
+def newer_schema_error(db: Database, revision: str) -> DatabaseError:
+    return DatabaseError(
+        f"database {db.display_url()} is at schema {revision}, newer than this klpfleet knows "
+        f"(schema {SCHEMA_HEAD}): upgrade klpfleet, never the database, from here"
+    )
+
+
 def require_current_schema(db: Database) -> None:
     revision = current_revision(db)
     if revision == SCHEMA_HEAD:
         return
+    if is_newer_than_this_klpfleet(revision):
+        raise newer_schema_error(db, str(revision))
     where = "empty" if revision is None else f"at schema {revision}"
     raise DatabaseError(
         f"database {db.display_url()} is {where}, this klpfleet needs schema {SCHEMA_HEAD}: run `klpfleet db upgrade`"

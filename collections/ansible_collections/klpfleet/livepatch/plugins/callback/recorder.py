@@ -37,6 +37,15 @@ options:
     type: int
     env:
       - name: KLPFLEET_ROLLOUT_ID
+  controller_records:
+    description:
+      - Set by the klpfleet controller for the runs it starts. It records their results from ansible-runner's
+        event stream itself, with the same code, so this plugin stays silent and the run needs no database
+        credentials.
+    type: bool
+    default: false
+    env:
+      - name: KLPFLEET_CONTROLLER_RECORDS
 """
 
 import contextlib
@@ -44,13 +53,6 @@ import os
 import signal
 
 from ansible.plugins.callback import CallbackBase
-
-try:
-    from ansible.vars.clean import strip_internal_keys
-except ImportError:  # pragma: no cover
-
-    def strip_internal_keys(value):
-        return value
 
 
 class CallbackModule(CallbackBase):
@@ -72,6 +74,8 @@ class CallbackModule(CallbackBase):
 
     def set_options(self, task_keys=None, var_options=None, direct=None):
         super().set_options(task_keys=task_keys, var_options=var_options, direct=direct)
+        if self.get_option("controller_records"):
+            return
         try:
             from klpfleet.db.engine import connect
             from klpfleet.errors import KlpfleetError
@@ -139,31 +143,23 @@ class CallbackModule(CallbackBase):
         if self.recorder is None:
             return
         task = result._task
+        action = getattr(task, "resolved_action", None) or task.action
         from klpfleet.recorder import is_livepatch_action
 
-        action = getattr(task, "resolved_action", None) or task.action
         if not is_livepatch_action(action) and status != "unreachable":
-            return  # reachability is news from any task; results only from klpfleet's modules
+            return
         self._ensure_run()
         raw = result._result
-        no_log = bool(task.no_log or raw.get("_ansible_no_log") or raw.get("censored"))
-        check_mode = bool(raw.get("_ansible_check_mode") or task.check_mode is True)
-        cleaned = strip_internal_keys(dict(raw))
-        args = {
-            k: v
-            for k, v in (task.args or {}).items()
-            if k in ("name", "sha256", "state") and isinstance(v, str) and "{{" not in v
-        }
         try:
-            self.recorder.record(
+            self.recorder.record_task_result(
                 self.run_id,
                 result._host.get_name(),
                 action,
                 status,
-                cleaned,
-                args,
-                check_mode=check_mode,
-                no_log=no_log,
+                dict(raw),  # internal keys are dropped by the recorder, after it read no_log and check mode
+                dict(task.args or {}),
+                check_mode=task.check_mode is True,
+                no_log=bool(task.no_log),
             )
         except Exception as exc:  # a database problem must not kill the playbook
             self._display.error(
