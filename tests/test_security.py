@@ -14,8 +14,6 @@ from .ansiblehelpers import BIN, ansible_env, playbook
 from .conftest import run_klpfleet
 from .controllerhelpers import fleet_db, register
 
-pytestmark = pytest.mark.ansible
-
 
 def payload(marker: Path, n: int) -> str:
     return "{{ lookup('pipe', 'touch " + f"{marker}-{n}') }}}}"
@@ -43,6 +41,7 @@ def hostile_inventory(tmp: Path, marker: Path) -> Path:
     return path
 
 
+@pytest.mark.ansible
 def test_inventory_values_never_run_as_templates_in_a_rollout_or_through_the_plugin(tmp_path, sqlite_url):
     marker = tmp_path / "PWNED"
     db = fleet_db(tmp_path, sqlite_url, hosts=3)
@@ -107,6 +106,7 @@ def test_the_plugin_and_the_controller_build_host_vars_with_one_builder():
     assert not isinstance(hv["ansible_host"], TrustedTemplate)
 
 
+@pytest.mark.ansible
 @pytest.mark.postgres
 def test_database_passwords_never_reach_argv_or_run_folders(tmp_path, pg_url, monkeypatch):
     """The background driver gets the URL by environment; runs get no URL; run folders keep no environment."""
@@ -143,6 +143,7 @@ def test_database_passwords_never_reach_argv_or_run_folders(tmp_path, pg_url, mo
     assert all((p.stat().st_mode & 0o077) == 0 for p in runs.rglob("*") if p.is_dir() and p.name.startswith("r1-"))
 
 
+@pytest.mark.ansible
 def test_two_databases_with_the_same_rollout_id_keep_their_own_results(tmp_path, monkeypatch):
     """Run folders belong to one database and one run: rollout 1 of database B records into B only."""
     monkeypatch.setenv("KLPFLEET_RUN_DIR", str(tmp_path / "runs"))
@@ -171,3 +172,44 @@ def test_two_databases_with_the_same_rollout_id_keep_their_own_results(tmp_path,
     assert counts["a"][1] == counts["b"][1] == ["gather", "r1-w1-t1"]
     folders = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert len(folders) == 2  # one per database
+
+
+def test_patch_add_stores_exactly_the_bytes_it_hashed(tmp_path, sqlite_db, monkeypatch, ko_factory):
+    """A file swapped on disk while `patch add` checks it: what is stored is what was hashed."""
+    import hashlib
+
+    from klpfleet.registry import modinfo, patches
+
+    genuine = ko_factory("lp_race")
+    evil = ko_factory("lp_race", srcversion="EVIL0000000000000000000")
+    inspect = modinfo.inspect_module
+
+    def swap_then_inspect(data, label):
+        Path(label).write_bytes(evil.read_bytes())  # the attacker wins the race right after the read
+        return inspect(data, label)
+
+    monkeypatch.setattr(modinfo, "inspect_module", swap_then_inspect)
+    target = tmp_path / "incoming.ko"
+    target.write_bytes(genuine.read_bytes())
+    with sqlite_db.session.begin() as s:
+        patch, created = patches.add_patch(s, target)
+    assert created and patch.sha256 == hashlib.sha256(genuine.read_bytes()).hexdigest()
+    assert hashlib.sha256(Path(patch.path).read_bytes()).hexdigest() == patch.sha256
+
+
+def test_a_poisoned_store_entry_is_repaired_by_adding_the_genuine_file(sqlite_db, ko_factory):
+    import hashlib
+
+    from klpfleet.registry.patches import add_patch
+
+    genuine = ko_factory("lp_store")
+    with sqlite_db.session.begin() as s:
+        patch, _ = add_patch(s, genuine)
+    stored = Path(patch.path)
+    stored.chmod(0o644)
+    stored.write_bytes(ko_factory("lp_store", srcversion="EVIL0000000000000000000").read_bytes())
+    with sqlite_db.session.begin() as s:
+        again, created = add_patch(s, genuine)
+    assert not created and again.id == patch.id
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == patch.sha256
+    assert (stored.stat().st_mode & 0o222) == 0

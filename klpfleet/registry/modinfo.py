@@ -8,6 +8,8 @@ pyelftools reads past what the file holds.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,18 +56,26 @@ def parse_modinfo(raw: bytes) -> dict[str, list[str]]:
     return out
 
 
-def read_module(path: str | Path) -> ModuleInfo:
+def read_module_bytes(path: str | Path) -> bytes:
+    """The file's bytes, read once through one open descriptor: whatever is checked, hashed and stored is
+    exactly this content, even if the path is swapped meanwhile."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if not path.is_file():
-            raise ModuleFileError(f"{path}: not a regular file")
-        if size > MAX_MODULE_BYTES:
-            raise ModuleFileError(f"{path}: {size} bytes is larger than any livepatch module ({MAX_MODULE_BYTES} max)")
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ModuleFileError(f"{path}: not a regular file")
+            data = f.read(MAX_MODULE_BYTES + 1)
+    except IsADirectoryError:
+        raise ModuleFileError(f"{path}: not a regular file") from None
     except OSError as exc:
         raise ModuleFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return inspect_module(data, str(path))
+    if len(data) > MAX_MODULE_BYTES:
+        raise ModuleFileError(f"{path}: larger than any livepatch module ({MAX_MODULE_BYTES} bytes max)")
+    return data
+
+
+def read_module(path: str | Path) -> ModuleInfo:
+    return inspect_module(read_module_bytes(path), str(path))
 
 
 def inspect_module(data: bytes, label: str) -> ModuleInfo:
@@ -106,11 +116,13 @@ def inspect_module(data: bytes, label: str) -> ModuleInfo:
     )
 
 
-def read_livepatch(path: str | Path) -> ModuleInfo:
-    info = read_module(path)
+def read_livepatch(path: str | Path) -> tuple[ModuleInfo, bytes]:
+    """A livepatch module's identity and the very bytes it was read from."""
+    data = read_module_bytes(path)
+    info = inspect_module(data, str(path))
     if not info.livepatch:
         raise ModuleFileError(f"{path}: module {info.name!r} is not a livepatch (no livepatch=Y in .modinfo)")
-    return info
+    return info, data
 
 
 def _elf_sections(data: bytes, label: str) -> tuple[list[str], bytes | None]:

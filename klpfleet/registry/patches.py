@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -23,17 +23,30 @@ def artifact_store() -> Path:
     return Path(os.environ.get("KLPFLEET_ARTIFACTS") or default_data_dir() / "artifacts")
 
 
-def _store_copy(src: Path, sha256: str, name: str) -> Path:
+def _sha256_of(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def store_artifact(data: bytes, sha256: str, name: str) -> Path:
+    """Keep these bytes (already hashed to `sha256`) as the read-only copy rollouts ship. A copy already
+    there is verified, and replaced when its content does not match its name (a poisoned or damaged store
+    heals on the next `patch add` of the genuine file)."""
     dest_dir = artifact_store() / sha256
     dest = dest_dir / f"{name}.ko"
-    if dest.exists():
+    if _sha256_of(dest) == sha256:
         return dest
     dest_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=".incoming-")
-    os.close(fd)
     try:
-        shutil.copyfile(src, tmp)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(tmp, 0o444)
+        if _sha256_of(Path(tmp)) != sha256:
+            raise UsageError(f"{dest}: the stored copy does not match sha256 {sha256} (disk or store problem)")
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -60,11 +73,13 @@ def add_patch(
 
     src = Path(path)
     cve_list = validate_cves(cves or [])
-    info = read_livepatch(src)
+    info, data = read_livepatch(src)
+    stored = store_artifact(data, info.sha256, info.name)
     existing = session.scalar(select(Patch).where(Patch.sha256 == info.sha256))
     if existing is not None:
+        if existing.path != str(stored):
+            existing.path = str(stored)
         return existing, False
-    stored = _store_copy(src, info.sha256, info.name)
     patch = Patch(
         name=info.name,
         sha256=info.sha256,
