@@ -17,3 +17,9 @@ class DatabaseError(KlpfleetError):
     """The database cannot be reached, is missing, or has the wrong schema."""
 
     exit_code = 3
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception (a database driver's own error when there is one)."""
+    orig = getattr(exc, "orig", None) or exc
+    return (str(orig).strip().splitlines() or [type(exc).__name__])[0]

@@ -213,3 +213,56 @@ def test_a_poisoned_store_entry_is_repaired_by_adding_the_genuine_file(sqlite_db
     assert not created and again.id == patch.id
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == patch.sha256
     assert (stored.stat().st_mode & 0o222) == 0
+
+
+def test_a_damaged_database_is_unknown_not_a_health_verdict(tmp_path, cli):
+    from sqlalchemy import text
+
+    from klpfleet.db.engine import open_database
+    from klpfleet.db.models import Host
+
+    url = str(tmp_path / "k.db")
+    assert cli("--db", url, "db", "upgrade").code == 0
+    db = open_database(url)
+    with db.session.begin() as s:
+        s.add_all(Host(name=f"h{n}", vars={"klp_note": "x" * 200}) for n in range(400))
+    with db.engine.begin() as conn:
+        conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+    db.engine.dispose()
+    raw = bytearray((tmp_path / "k.db").read_bytes())
+    page = 4096
+    raw[page * 2 :] = b"\xa5" * (len(raw) - page * 2)  # every page past the schema's is garbage
+    (tmp_path / "k.db").write_bytes(bytes(raw))
+    result = cli("--db", url, "status", "-o", "json")
+    assert result.code == 3, result.err
+    assert result.json()["data"]["health"] == "unknown"
+    table = cli("--db", url, "status")
+    assert table.code == 3 and len(table.err.strip().splitlines()) == 1 and "Traceback" not in table.err
+    hosts = cli("--db", url, "hosts")
+    assert hosts.code == 3 and len(hosts.err.strip().splitlines()) == 1
+
+
+def test_a_database_newer_than_this_klpfleet_says_so(tmp_path, cli):
+    from sqlalchemy import text
+
+    from klpfleet.db.engine import open_database
+
+    url = str(tmp_path / "k.db")
+    assert cli("--db", url, "db", "upgrade").code == 0
+    db = open_database(url)
+    with db.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0042'"))
+    db.engine.dispose()
+    for args in (("status",), ("db", "upgrade")):
+        result = cli("--db", url, *args)
+        assert result.code == 3, result.err
+        assert "newer than this klpfleet" in result.err and "upgrade klpfleet" in result.err
+        assert len(result.err.strip().splitlines()) == 1
+
+
+def test_a_new_sqlite_database_is_private_to_its_user(tmp_path, cli):
+    url = str(tmp_path / "private" / "k.db")
+    assert cli("--db", url, "db", "upgrade").code == 0
+    assert (tmp_path / "private").stat().st_mode & 0o077 == 0
+    for f in (tmp_path / "private").iterdir():
+        assert f.stat().st_mode & 0o077 == 0, f

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
 
 import click
 
@@ -89,20 +88,19 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def report(exc: BaseException) -> int:
-    from klpfleet.errors import KlpfleetError
+    from klpfleet.errors import KlpfleetError, first_line
 
     if isinstance(exc, KlpfleetError):
         click.echo(f"klpfleet: error: {exc}", err=True)
         return exc.exit_code
     try:
-        from sqlalchemy.exc import OperationalError, SQLAlchemyError
+        from sqlalchemy.exc import SQLAlchemyError
     except ImportError:  # pragma: no cover
-        SQLAlchemyError = OperationalError = ()  # type: ignore[assignment,misc]
+        SQLAlchemyError = ()  # type: ignore[assignment,misc]
     if isinstance(exc, SQLAlchemyError):
-        orig: Any = getattr(exc, "orig", None) or exc
-        first = (str(orig).strip().splitlines() or [type(exc).__name__])[0]
-        click.echo(f"klpfleet: database error: {first}", err=True)
-        return 3 if isinstance(exc, OperationalError) else 1
+        # Unreachable, locked, damaged (a corrupt page), or data the database refused: all exit 3.
+        click.echo(f"klpfleet: database error: {first_line(exc)}", err=True)
+        return 3
     if isinstance(exc, OSError):
         click.echo(f"klpfleet: error: {exc}", err=True)
         return 1

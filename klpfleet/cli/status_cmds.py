@@ -6,7 +6,7 @@ import click
 
 from klpfleet.cli.context import database
 from klpfleet.cli.output import emit, output_option, table
-from klpfleet.errors import DatabaseError, UsageError
+from klpfleet.errors import DatabaseError, UsageError, first_line
 
 
 @click.command()
@@ -19,14 +19,19 @@ def status(ctx: click.Context, limit: int, output: str) -> None:
     Exit status: 0 healthy, 1 degraded (refused, unreachable, forced or drifted hosts), 2 critical
     (stalled or failed hosts), 3 unknown (the database cannot be read).
     """
+    from sqlalchemy.exc import SQLAlchemyError
+
     from klpfleet.fleet_status import HEALTH_EXIT, fleet_status
 
     try:
         with database(ctx).engine.connect() as conn:
             data = fleet_status(conn, attention_limit=limit)
-    except DatabaseError as exc:
+    except (DatabaseError, SQLAlchemyError) as exc:
+        # A damaged or unreadable database is "unknown" (3), never a health verdict.
+        if isinstance(exc, SQLAlchemyError):
+            exc = DatabaseError(f"cannot read the database: {first_line(exc)}")
         if output == "table":
-            raise
+            raise exc from None
         emit("status", {"health": "unknown", "error": str(exc)}, output, lambda d, o: None)
         ctx.exit(3)
     emit("status", data, output, _status_table)

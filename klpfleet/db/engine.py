@@ -12,7 +12,7 @@ from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from klpfleet.errors import DatabaseError
+from klpfleet.errors import DatabaseError, first_line
 
 if TYPE_CHECKING:  # the ORM costs ~70 ms to import; `klpfleet status` does without it
     from sqlalchemy.orm import Session, sessionmaker
@@ -137,9 +137,9 @@ def current_revision(db: Database) -> str | None:
     except SQLAlchemyError as exc:
         if _sqlite_disk_full(db):
             raise DatabaseError(
-                f"cannot use the database {db.display_url()}: the disk holding it is full ({_first_line(exc)})"
+                f"cannot use the database {db.display_url()}: the disk holding it is full ({first_line(exc)})"
             ) from None
-        raise DatabaseError(f"cannot reach the database {db.display_url()}: {_first_line(exc)}") from None
+        raise DatabaseError(f"cannot reach the database {db.display_url()}: {first_line(exc)}") from None
 
 
 def _sqlite_disk_full(db: Database) -> bool:
@@ -183,8 +183,3 @@ def connect(url: str | None = None) -> Database:
     db = open_database(url)
     require_current_schema(db)
     return db
-
-
-def _first_line(exc: BaseException) -> str:
-    text_ = str(getattr(exc, "orig", None) or exc).strip()
-    return text_.splitlines()[0] if text_ else type(exc).__name__
