@@ -21,17 +21,36 @@ from klpfleet.db.models import Group, Host, HostLabel
 from klpfleet.errors import UsageError
 
 DEFAULT_LABEL_KEYS = ("zone", "rack", "region", "datacenter", "failure_domain")
-# Host vars copied verbatim into hosts.vars: how to connect, and klpfleet's own settings.
-KEPT_VARS = (
-    "ansible_connection",
-    "ansible_python_interpreter",
-    "ansible_ssh_common_args",
-    "ansible_ssh_extra_args",
+# The host vars stored in hosts.vars: an allow-list (how to connect, and the klp_* settings the playbooks
+# and modules read per host). Anything else, whatever its name, is never stored: a secret cannot slip in
+# under a name a filter did not foresee.
+KEPT_VARS = frozenset(
+    {
+        "ansible_connection",
+        "ansible_python_interpreter",
+        "ansible_ssh_common_args",
+        "ansible_ssh_extra_args",
+        "klp_backend",
+        "klp_sim_root",
+        "klp_sim_unreachable",
+        "klp_become",
+        "klp_remote_dir",
+        "klp_patch_params",
+        "klp_transition_timeout",
+        "klp_on_stall",
+        "klp_allow_force",
+        "klp_busy_retries",
+        "klp_busy_delay",
+        "klp_health_timeout",
+    }
 )
-KEPT_PREFIX = "klp_"
-SECRET_MARKERS = ("pass", "secret", "token", "vault")
-# What klpfleet's own inventory plugin derives from the database; never stored back as host vars.
-DERIVED_VARS = frozenset({"klp_kernel_release", "klp_patch_states", "klp_labels"})
+# Kept vars and labels whose text carries a credential are refused (the name is reported, never the value).
+SECRET_TEXT_RE = re.compile(
+    r"sshpass|(passw(or)?d|secret|token|api[_-]?key)\s*[=:]|BEGIN [A-Z ]*PRIVATE KEY", re.IGNORECASE
+)
+SECRET_NAME_RE = re.compile(r"pass|secret|token|vault|api_?key|cred", re.IGNORECASE)
+LABEL_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+LABEL_VALUE_MAX = 200
 
 # Host names are stored and later handed to Ansible, SSH and the shell-free probe. They are never
 # interpolated into a command, but a name no DNS or Ansible pattern could mean is refused up front.
@@ -94,6 +113,7 @@ def read_inventory(sources: list[str], label_keys: tuple[str, ...] = DEFAULT_LAB
     from ansible.vars.manager import VariableManager
 
     loader = DataLoader()
+    _load_vault_secrets(loader)
     try:
         with captured_ansible_warnings() as warnings:
             manager = InventoryManager(loader=loader, sources=sources)
@@ -110,6 +130,23 @@ def read_inventory(sources: list[str], label_keys: tuple[str, ...] = DEFAULT_LAB
         # remove every host from the database.
         raise UsageError(f"the inventory sources list no hosts: {', '.join(sources)}{most_telling(warnings)}")
     return hosts
+
+
+def _load_vault_secrets(loader: Any) -> None:
+    """The vault secrets ansible-playbook would use (ANSIBLE_VAULT_PASSWORD_FILE, ANSIBLE_VAULT_IDENTITY_LIST)."""
+    from ansible import constants as C
+    from ansible.cli import CLI
+    from ansible.parsing.vault import VaultSecretsContext
+
+    files = [C.DEFAULT_VAULT_PASSWORD_FILE] if C.DEFAULT_VAULT_PASSWORD_FILE else []
+    secrets = []
+    if files or C.DEFAULT_VAULT_IDENTITY_LIST:
+        secrets = CLI.setup_vault_secrets(
+            loader, vault_ids=C.DEFAULT_VAULT_IDENTITY_LIST, vault_password_files=files, ask_vault_pass=False
+        )
+        loader.set_vault_secrets(secrets)
+    if VaultSecretsContext.current(optional=True) is None:  # once per process, as Ansible's own CLIs do
+        VaultSecretsContext.initialize(VaultSecretsContext(secrets))
 
 
 def most_telling(warnings: list[str]) -> str:
@@ -154,7 +191,7 @@ def _to_inventory_host(
 
     def text(key: str) -> str | None:
         value = hostvars.get(key)
-        return None if value is None else str(value)
+        return None if value is None else str(_plain(name, key, value))
 
     port = hostvars.get("ansible_port")
     try:
@@ -164,20 +201,26 @@ def _to_inventory_host(
     if port is not None and not 0 < port < 65536:
         raise UsageError(f"host {name!r}: ansible_port {port} is out of range")
 
-    kept = {k: _plain(hostvars[k]) for k in KEPT_VARS if k in hostvars}
-    for key, value in hostvars.items():
-        if key in DERIVED_VARS:
-            continue
-        if key.startswith(KEPT_PREFIX) and not any(m in key for m in SECRET_MARKERS):
-            kept[key] = _plain(value)
+    kept = {k: _plain(name, k, hostvars[k]) for k in sorted(KEPT_VARS) if k in hostvars}
+    for key, value in kept.items():
+        if SECRET_TEXT_RE.search(repr(value)):
+            raise UsageError(
+                f"host {name!r}: {key} looks like it holds a credential; klpfleet never stores secrets "
+                "(keep it in a vault or an SSH agent, outside the inventory klpfleet imports)"
+            )
 
     labels: dict[str, str] = {}
     extra = hostvars.get("klp_labels")
     if isinstance(extra, dict):
-        labels.update({str(k): str(v) for k, v in extra.items()})
+        labels.update({str(k): str(_plain(name, "klp_labels", v)) for k, v in extra.items()})
     for key in label_keys:
         if key in hostvars and hostvars[key] is not None:
-            labels[key] = str(hostvars[key])
+            labels[key] = str(_plain(name, key, hostvars[key]))
+    for key, value in labels.items():
+        if not LABEL_KEY_RE.match(key) or SECRET_NAME_RE.search(key):
+            raise UsageError(f"host {name!r}: label {key[:64]!r} is not a label name (letters, digits, _)")
+        if len(value) > LABEL_VALUE_MAX or not value.isprintable() or SECRET_TEXT_RE.search(value):
+            raise UsageError(f"host {name!r}: label {key!r} is not a short printable value")
 
     return InventoryHost(
         name=name,
@@ -191,15 +234,25 @@ def _to_inventory_host(
     )
 
 
-def _plain(value: Any) -> Any:
-    """Ansible hands back its own str/dict subclasses; store plain JSON types."""
+def _plain(host: str, var: str, value: Any) -> Any:
+    """Ansible hands back its own str/dict subclasses; store plain JSON types. A vault-encrypted value is
+    decrypted with the vault secrets Ansible is configured with, or refused in one line."""
+    from ansible.errors import AnsibleError
+
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _plain(host, var, v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [_plain(host, var, v) for v in value]
     if isinstance(value, bool | int | float) or value is None:
         return value
-    return str(value)
+    try:
+        return str(value)
+    except AnsibleError as exc:
+        reason = " ".join(str(getattr(exc, "message", exc)).split())[:160]
+        raise UsageError(
+            f"host {host!r}: {var} is vault-encrypted and cannot be decrypted ({reason}); "
+            "set ANSIBLE_VAULT_PASSWORD_FILE or ANSIBLE_VAULT_IDENTITY_LIST"
+        ) from None
 
 
 def apply_import(session: Session, found: list[InventoryHost], *, prune: bool) -> ImportResult:

@@ -266,3 +266,80 @@ def test_a_new_sqlite_database_is_private_to_its_user(tmp_path, cli):
     assert (tmp_path / "private").stat().st_mode & 0o077 == 0
     for f in (tmp_path / "private").iterdir():
         assert f.stat().st_mode & 0o077 == 0, f
+
+
+def test_only_allow_listed_vars_are_stored_and_credentials_are_refused(tmp_path, cli, sqlite_db, sqlite_url):
+    from sqlalchemy import select
+
+    from klpfleet.db.models import Host
+
+    ok = tmp_path / "ok.ini"
+    ok.write_text(
+        "web1 ansible_host=10.0.0.1 klp_api_key=k-7781 klp_db_credentials=c-7782 klp_backend=sim "
+        "ansible_ssh_common_args='-o PasswordAuthentication=no'\n"
+    )
+    result = cli("--db", sqlite_url, "inventory", "import", "-i", ok)
+    assert result.code == 0, result.err
+    with sqlite_db.session() as s:
+        web1 = s.scalar(select(Host).where(Host.name == "web1"))
+        assert web1.vars == {"ansible_ssh_common_args": "-o PasswordAuthentication=no", "klp_backend": "sim"}
+    hostile = {
+        "sshpass": "web2 ansible_ssh_common_args='-o ProxyCommand=\"sshpass -p hunter2 ssh -W %h:%p jump\"'\n",
+        "label-token": 'web2 klp_labels=\'{"api_token": "t-7783"}\'\n',
+        "label-value": 'web2 klp_labels=\'{"team": "token=t-7784"}\'\n',
+    }
+    for case, line in hostile.items():
+        path = tmp_path / f"{case}.ini"
+        path.write_text(line)
+        before = cli("--db", sqlite_url, "hosts", "-o", "json").out
+        result = cli("--db", sqlite_url, "inventory", "import", "-i", path)
+        assert result.code == 2, (case, result.err)
+        assert len(result.err.strip().splitlines()) == 1, result.err
+        assert "hunter2" not in result.err and "t-778" not in result.err
+        assert cli("--db", sqlite_url, "hosts", "-o", "json").out.split('"data"')[1] == before.split('"data"')[1]
+
+
+def test_vault_values_are_decrypted_with_a_password_or_refused_in_one_line(tmp_path, cli, sqlite_db, sqlite_url):
+    import subprocess
+
+    from sqlalchemy import select
+
+    from klpfleet.db.models import Host
+
+    from .ansiblehelpers import BIN
+
+    password = tmp_path / "vault-pass"
+    password.write_text("correct horse\n")
+    encrypted = subprocess.run(
+        [
+            str(BIN / "ansible-vault"),
+            "encrypt_string",
+            "--vault-password-file",
+            str(password),
+            "10.9.8.7",
+            "--name",
+            "ansible_host",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    inventory = tmp_path / "vaulted.yml"
+    inventory.write_text("all:\n  hosts:\n    web1:\n" + "".join(f"      {line}\n" for line in encrypted.splitlines()))
+    refused = cli("--db", sqlite_url, "inventory", "import", "-i", inventory)
+    assert refused.code == 2 and "vault-encrypted" in refused.err, refused.err
+    assert len(refused.err.strip().splitlines()) == 1
+    from .conftest import run_klpfleet as run
+
+    done = run(
+        "--db",
+        sqlite_url,
+        "inventory",
+        "import",
+        "-i",
+        str(inventory),
+        env={"ANSIBLE_VAULT_PASSWORD_FILE": str(password)},
+    )
+    assert done.returncode == 0, done.stderr
+    with sqlite_db.session() as s:
+        assert s.scalar(select(Host.address).where(Host.name == "web1")) == "10.9.8.7"
