@@ -23,6 +23,13 @@ PATCH_ACTIONS = {"klpfleet.livepatch.patch", "patch"}
 INFO_ACTIONS = {"klpfleet.livepatch.patch_info", "patch_info"}
 FAILURE_STATES = {"refused": PatchState.REFUSED, "transition_stalled": PatchState.STALLED}
 SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+# What `uname -r` can print. A host reporting anything else (control characters, a terminal escape sequence)
+# is not believed: the value is never stored, and an event says what arrived.
+KERNEL_RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}$")
+
+
+def valid_kernel_release(value: Any) -> bool:
+    return isinstance(value, str) and bool(KERNEL_RELEASE_RE.match(value))
 
 
 STACK_FRAMES_KEPT = 12
@@ -173,6 +180,11 @@ class Recorder:
             host.reachable = True
             host.last_seen = utcnow()
             release = result.get("kernel_release")
+            if release is not None and not valid_kernel_release(release):
+                events.record(
+                    s, "host.bad_report", actor=self.actor, host=host, field="kernel_release", value=repr(release)[:200]
+                )
+                release = None
             if isinstance(release, str) and release and release != host.kernel_release:
                 if host.kernel_release is not None:
                     events.record(

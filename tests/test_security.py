@@ -343,3 +343,44 @@ def test_vault_values_are_decrypted_with_a_password_or_refused_in_one_line(tmp_p
     assert done.returncode == 0, done.stderr
     with sqlite_db.session() as s:
         assert s.scalar(select(Host.address).where(Host.name == "web1")) == "10.9.8.7"
+
+
+@pytest.mark.ansible
+def test_terminal_escapes_from_a_host_never_reach_the_terminal_or_the_database(tmp_path, sqlite_url, cli):
+    """A host whose kernel reports a release with an ESC sequence: not stored, an event says what arrived,
+    and no table or line printed carries a control character."""
+    from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel import SimHost
+    from klpfleet.controller.ansible import run_playbook
+    from klpfleet.inventory_export import fleet_inventory
+
+    db = fleet_db(tmp_path, sqlite_url, hosts=2)
+    hostile = "6.1.0-56-amd64\x1b]0;owned\x07\x1b[2J"
+    with SimHost(str(tmp_path / "fleet" / "hosts" / "sim-01")) as kernel:
+        kernel.s["kernel_release"] = hostile
+    run_playbook(
+        db=db,
+        playbook="gather.yml",
+        records=fleet_inventory(db),
+        extravars={},
+        runs_in=tmp_path / "runs",
+        ident="gather-hostile",
+        forks=2,
+    )
+    probed = cli("--db", sqlite_url, "probe")
+    for args in (("hosts",), ("host", "sim-01"), ("events", "--host", "sim-01"), ("status",)):
+        shown = cli("--db", sqlite_url, *args)
+        assert "\x1b" not in shown.out + shown.err and "\x07" not in shown.out + shown.err, args
+    assert "\x1b" not in probed.out + probed.err
+    detail = cli("--db", sqlite_url, "host", "sim-01", "-o", "json").json()["data"]
+    assert detail["kernel_release"] == "6.1.0-56-amd64"  # what it said before, not the hostile text
+    kinds = [e["kind"] for e in cli("--db", sqlite_url, "events", "--host", "sim-01", "-o", "json").json()["data"]]
+    assert "host.bad_report" in kinds
+
+
+def test_printable_escapes_every_control_character():
+    from klpfleet.cli.output import cell, printable
+
+    assert printable("web-17") == "web-17"
+    assert printable("a\x1b[31mb\x07\u202e") == "a\\x1b[31mb\\x07\\u202e"
+    assert "\x1b" not in cell({"k": "\x1b[2J"}) and "\x1b" not in cell(["\x1b"])
+    assert printable("two\nlines\x1b", keep_newlines=True) == "two\nlines\\x1b"

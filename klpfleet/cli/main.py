@@ -60,6 +60,13 @@ def cli(ctx: click.Context, db_url: str | None, debug: bool) -> None:
     ctx.obj = {"db_url": db_url, "debug": debug}
 
 
+def say(line: str) -> None:
+    """An error line on stderr; whatever it quotes from hosts or files, with control characters escaped."""
+    from klpfleet.cli.output import printable
+
+    click.echo(printable(line), err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
@@ -69,16 +76,16 @@ def main(argv: list[str] | None = None) -> None:
         rc = exc.exit_code
     except click.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx else "klpfleet"
-        click.echo(f"klpfleet: error: {exc.format_message()} (see '{where} --help')", err=True)
+        say(f"klpfleet: error: {exc.format_message()} (see '{where} --help')")
         rc = exc.exit_code
     except click.ClickException as exc:
-        click.echo(f"klpfleet: error: {exc.format_message()}", err=True)
+        say(f"klpfleet: error: {exc.format_message()}")
         rc = exc.exit_code
     except click.exceptions.Abort:
-        click.echo("klpfleet: aborted", err=True)
+        say("klpfleet: aborted")
         rc = 130
     except KeyboardInterrupt:
-        click.echo("klpfleet: interrupted", err=True)
+        say("klpfleet: interrupted")
         rc = 130
     except BaseException as exc:
         if debug or isinstance(exc, SystemExit):
@@ -91,7 +98,7 @@ def report(exc: BaseException) -> int:
     from klpfleet.errors import KlpfleetError, first_line
 
     if isinstance(exc, KlpfleetError):
-        click.echo(f"klpfleet: error: {exc}", err=True)
+        say(f"klpfleet: error: {exc}")
         return exc.exit_code
     try:
         from sqlalchemy.exc import SQLAlchemyError
@@ -99,12 +106,12 @@ def report(exc: BaseException) -> int:
         SQLAlchemyError = ()  # type: ignore[assignment,misc]
     if isinstance(exc, SQLAlchemyError):
         # Unreachable, locked, damaged (a corrupt page), or data the database refused: all exit 3.
-        click.echo(f"klpfleet: database error: {first_line(exc)}", err=True)
+        say(f"klpfleet: database error: {first_line(exc)}")
         return 3
     if isinstance(exc, OSError):
-        click.echo(f"klpfleet: error: {exc}", err=True)
+        say(f"klpfleet: error: {exc}")
         return 1
-    click.echo(f"klpfleet: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+    say(f"klpfleet: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
     return 70
 
 

@@ -78,6 +78,7 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     from rich.table import Table
 
     terminal = out.is_terminal
+    title = printable(title) if title else title
     t = Table(
         title=title if terminal else None,
         box=box.SIMPLE_HEAD if terminal else None,
@@ -94,6 +95,17 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     out.print(t)
 
 
+def printable(text: str, keep_newlines: bool = False) -> str:
+    """Text from hosts and inventories with every control character shown escaped: an ESC sequence in a
+    kernel release or a host name must never reach the operator's terminal as one."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() or (keep_newlines and ch == "\n") else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
+
+
 def cell(value: Any) -> str:
     from rich.markup import escape
 
@@ -104,12 +116,12 @@ def cell(value: Any) -> str:
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
     if isinstance(value, dict):
-        return escape(", ".join(f"{k}={v}" for k, v in value.items()))
+        return escape(printable(", ".join(f"{k}={v}" for k, v in value.items())))
     if isinstance(value, list | tuple):
-        return escape(", ".join(str(v) for v in value))
-    return escape(str(value))
+        return escape(printable(", ".join(str(v) for v in value)))
+    return escape(printable(str(value)))
 
 
 def info(message: str) -> None:
     """A diagnostic line for people: stderr, so stdout stays data."""
-    click.echo(message, err=True)
+    click.echo(printable(message, keep_newlines=True), err=True)

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from klpfleet.cli.context import database
-from klpfleet.cli.output import cell, console, emit, info, output_option, table
+from klpfleet.cli.output import cell, console, emit, info, output_option, printable, table
 
 EXIT = {"completed": 0, "paused": 1, "aborted": 1, "rolled_back": 1, "failed": 2}
 
@@ -358,10 +358,11 @@ def _renderable(d: dict[str, Any]) -> Any:
 
 def _status_table(d: dict[str, Any], out: Any) -> None:
     out.print(
-        f"rollout {d['id']}: {d['patch']} {d['sha256'][:12]}  status {d['status']}  ({d['driver']})", markup=False
+        printable(f"rollout {d['id']}: {d['patch']} {d['sha256'][:12]}  status {d['status']}  ({d['driver']})"),
+        markup=False,
     )
     if d["pause_reason"]:
-        out.print(f"reason: {d['pause_reason']}", markup=False)
+        out.print(printable(f"reason: {d['pause_reason']}"), markup=False)
     table("waves", ["wave", "domain", "status", "hosts", "outcomes"], _status_lines(d), out)
     problems = [
         [w["index"] + 1, h["host"], h["outcome"] or h["status"], h["error_code"], h["attempts"]]

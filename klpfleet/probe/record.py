@@ -18,7 +18,7 @@ from klpfleet.db import events
 from klpfleet.db.models import Host, HostPatch, Patch, utcnow
 from klpfleet.observations import PatchObservation, observe
 from klpfleet.probe.ssh import OK, TIMEOUT, UNREACHABLE, RunResult
-from klpfleet.recorder import Recorder
+from klpfleet.recorder import Recorder, valid_kernel_release
 from klpfleet.states import PatchState
 
 PRESENT = (PatchState.APPLIED, PatchState.FORCED, PatchState.TRANSITIONING)
@@ -50,6 +50,11 @@ def record_probe(
         return found
     host.reachable, host.last_seen = True, utcnow()
     release = facts.get("kernel_release")
+    if release is not None and not valid_kernel_release(release):
+        events.record(
+            session, "host.bad_report", actor=actor, host=host, field="kernel_release", value=repr(release)[:200]
+        )
+        release = host.kernel_release
     found.kernel_release = release
     if host.kernel_release and release != host.kernel_release:
         found.drift.append({"kind": "kernel_changed", "expected": host.kernel_release, "found": release})
