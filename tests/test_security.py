@@ -384,3 +384,33 @@ def test_printable_escapes_every_control_character():
     assert printable("a\x1b[31mb\x07\u202e") == "a\\x1b[31mb\\x07\\u202e"
     assert "\x1b" not in cell({"k": "\x1b[2J"}) and "\x1b" not in cell(["\x1b"])
     assert printable("two\nlines\x1b", keep_newlines=True) == "two\nlines\\x1b"
+
+
+@pytest.mark.parametrize("where", ["local", pytest.param("ssh", marks=pytest.mark.ssh)])
+def test_a_health_check_that_prints_150_mb_keeps_a_bounded_tail(where, request, tmp_path):
+    import sys
+    import tracemalloc
+
+    from klpfleet.probe.health import HEALTH_OUTPUT_KEPT
+    from klpfleet.probe.ssh import OK, KnownHosts, Target, run_remote
+
+    if where == "local":
+        target = Target(name="h", address="h", local=True)
+        known = KnownHosts(tmp_path / "known_hosts", accept_new=False)
+    else:
+        from .sshhelpers import ssh_user
+
+        sshd, key = request.getfixturevalue("sshd"), request.getfixturevalue("ssh_client_key")
+        (tmp_path / "known_hosts").write_text(sshd.known_hosts_line())
+        target = Target(name="h", address="127.0.0.1", port=sshd.port, user=ssh_user(), key_file=str(key))
+        known = KnownHosts(tmp_path / "known_hosts", accept_new=False)
+    loud = [sys.executable, "-c", "import os\nfor _ in range(150): os.write(1, b'x' * 1048575 + b'\\n')\nprint('END')"]
+    tracemalloc.start()
+    try:
+        result = run_remote(target, loud, "", known, 10.0, 120.0, max_output=HEALTH_OUTPUT_KEPT)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.status == OK and result.exit_code == 0, result.error
+    assert result.truncated and result.stdout.endswith("END\n") and len(result.stdout) <= HEALTH_OUTPUT_KEPT
+    assert peak < 16 * 1024 * 1024, peak

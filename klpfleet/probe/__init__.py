@@ -63,6 +63,9 @@ def probe(
 def _facts(run: RunResult) -> dict[str, Any] | None:
     if run.status != OK:
         return None
+    if run.truncated:  # an answer cut to its tail is not an answer
+        run.status, run.error = BROKEN_REMOTE, "the host's answer was larger than any probe answer (not read)"
+        return None
     try:
         doc = json.loads(run.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):

@@ -8,6 +8,9 @@ from klpfleet.db.engine import Database
 from klpfleet.inventory_export import fleet_inventory
 from klpfleet.probe.ssh import OK, Target, run_all
 
+# A health check's verdict is its exit status; of its output only the tail is kept for the operator.
+HEALTH_OUTPUT_KEPT = 64 * 1024
+
 
 def health_checks(
     db: Database, names: list[str], argv: list[str], *, forks: int, timeout: float = 60.0, connect_timeout: float = 10.0
@@ -24,6 +27,7 @@ def health_checks(
         accept_new=False,
         connect_timeout=connect_timeout,
         command_timeout=timeout,
+        max_output=HEALTH_OUTPUT_KEPT,
     )
     out = {}
     for run in runs:

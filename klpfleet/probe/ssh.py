@@ -32,6 +32,10 @@ OK, UNREACHABLE, AUTH_FAILED, HOST_KEY_UNKNOWN, HOST_KEY_CHANGED, TIMEOUT, BROKE
 )
 
 
+# Output kept per stream and host: the probe's answer is a few KB to a few hundred KB of JSON.
+MAX_OUTPUT = 8 * 1024 * 1024
+
+
 @dataclass
 class Target:
     name: str
@@ -66,6 +70,7 @@ class RunResult:
     error: str | None = None
     seconds: float = 0.0
     accepted_key: str | None = None
+    truncated: bool = False  # output past max_output was dropped (only the tail was kept)
 
 
 class KnownHosts:
@@ -103,7 +108,13 @@ def _fingerprint(key: Any) -> str:
 
 
 def run_remote(
-    target: Target, argv: list[str], stdin: str, known: KnownHosts, connect_timeout: float, command_timeout: float
+    target: Target,
+    argv: list[str],
+    stdin: str,
+    known: KnownHosts,
+    connect_timeout: float,
+    command_timeout: float,
+    max_output: int = MAX_OUTPUT,
 ) -> RunResult:
     """Run `argv` (a constant of the caller's, never host data) on one host with `stdin`; classify whatever
     goes wrong. Over SSH the remote shell receives it quoted by shlex."""
@@ -111,31 +122,59 @@ def run_remote(
     start = time.monotonic()
     try:
         if target.local:
-            _run_local(argv, stdin, command_timeout, result)
+            _run_local(argv, stdin, command_timeout, result, max_output)
         else:
-            _run_ssh(target, shlex.join(argv), stdin, known, connect_timeout, command_timeout, result)
+            _run_ssh(target, shlex.join(argv), stdin, known, connect_timeout, command_timeout, result, max_output)
     finally:
         result.seconds = round(time.monotonic() - start, 3)
     return result
 
 
-def _run_local(argv: list[str], stdin: str, timeout: float, result: RunResult) -> None:
+def _run_local(argv: list[str], stdin: str, timeout: float, result: RunResult, max_output: int) -> None:
+    import selectors
+
     try:
-        proc = subprocess.run(  # noqa: S603 - argv of the caller (constant or operator health check), no shell
-            argv,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
+        proc = subprocess.Popen(  # noqa: S603 - argv of the caller (constant or operator health check), no shell
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
-    except subprocess.TimeoutExpired:
-        result.status, result.error = TIMEOUT, f"no answer within {timeout:g}s"
-        return
     except OSError as exc:
         result.status, result.error = BROKEN_REMOTE, str(exc)
         return
-    result.stdout, result.stderr, result.exit_code = proc.stdout, proc.stderr, proc.returncode
+    assert proc.stdin and proc.stdout and proc.stderr
+    deadline = time.monotonic() + timeout
+    out, err = Tail(max_output), Tail(max_output)
+    pending = memoryview(stdin.encode())
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ, out)
+        sel.register(proc.stderr, selectors.EVENT_READ, err)
+        if pending:
+            sel.register(proc.stdin, selectors.EVENT_WRITE, None)
+        else:
+            proc.stdin.close()
+        while sel.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                proc.kill()
+                proc.wait()
+                result.status, result.error = TIMEOUT, f"no answer within {timeout:g}s"
+                return
+            for key, _ in sel.select(min(remaining, 0.5)):
+                if key.data is None:  # stdin: feed what the pipe takes, close when done
+                    try:
+                        pending = pending[os.write(key.fd, pending[:65536]) :]
+                    except BrokenPipeError:
+                        pending = pending[:0]
+                    if not pending:
+                        sel.unregister(key.fileobj)
+                        proc.stdin.close()
+                    continue
+                chunk = os.read(key.fd, 65536)
+                if chunk:
+                    key.data.add(chunk)
+                else:
+                    sel.unregister(key.fileobj)
+    result.exit_code = proc.wait()
+    _keep(result, out, err)
 
 
 def _run_ssh(
@@ -146,6 +185,7 @@ def _run_ssh(
     connect_timeout: float,
     command_timeout: float,
     result: RunResult,
+    max_output: int,
 ) -> None:
 
     import paramiko
@@ -168,7 +208,7 @@ def _run_ssh(
     conn.client.set_missing_host_key_policy(known.policy(result))
     try:
         conn.open()
-        _exec(conn.client.get_transport(), command, stdin, command_timeout, result)
+        _exec(conn.client.get_transport(), command, stdin, command_timeout, result, max_output)
     except paramiko.BadHostKeyException as exc:
         result.status, result.error = HOST_KEY_CHANGED, f"host key changed: {exc}"
     except paramiko.AuthenticationException as exc:
@@ -193,7 +233,30 @@ class CommandTimeout(Exception):
     pass
 
 
-def _exec(transport: Any, command: str, stdin: str, timeout: float, result: RunResult) -> None:
+class Tail:
+    """What a command printed, bounded: the last `limit` bytes are kept, the rest is counted and dropped
+    (a health check that prints 150 MB must not take the controller's memory with it)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.data, self.dropped = limit, bytearray(), 0
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        if len(self.data) > self.limit:
+            excess = len(self.data) - self.limit
+            del self.data[:excess]
+            self.dropped += excess
+
+    def text(self) -> str:
+        return self.data.decode("utf-8", "replace")
+
+
+def _keep(result: RunResult, out: Tail, err: Tail) -> None:
+    result.stdout, result.stderr = out.text(), err.text()
+    result.truncated = bool(out.dropped or err.dropped)
+
+
+def _exec(transport: Any, command: str, stdin: str, timeout: float, result: RunResult, max_output: int) -> None:
     """Run one command on an open transport: send stdin and close it (so `python3 -` sees EOF), collect
     stdout/stderr and the exit status, give up at the deadline. Fabric's runner never closes stdin."""
     import select
@@ -204,12 +267,12 @@ def _exec(transport: Any, command: str, stdin: str, timeout: float, result: RunR
         chan.exec_command(command)
         chan.sendall(stdin.encode())
         chan.shutdown_write()
-        out, err = bytearray(), bytearray()
+        out, err = Tail(max_output), Tail(max_output)
         while True:
             if chan.recv_ready():
-                out += chan.recv(65536)
+                out.add(chan.recv(65536))
             elif chan.recv_stderr_ready():
-                err += chan.recv_stderr(65536)
+                err.add(chan.recv_stderr(65536))
             elif chan.exit_status_ready():
                 break
             elif time.monotonic() > deadline:
@@ -217,7 +280,7 @@ def _exec(transport: Any, command: str, stdin: str, timeout: float, result: RunR
             else:
                 select.select([chan], [], [], 0.05)
         result.exit_code = chan.recv_exit_status()
-        result.stdout, result.stderr = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+        _keep(result, out, err)
     finally:
         chan.close()
 
@@ -232,11 +295,13 @@ def run_all(
     accept_new: bool,
     connect_timeout: float,
     command_timeout: float,
+    max_output: int = MAX_OUTPUT,
 ) -> list[RunResult]:
     """A pool of `forks` threads (never one per host); results in the targets' order."""
     known = KnownHosts(known_hosts, accept_new)
     with ThreadPoolExecutor(max_workers=max(1, min(forks, len(targets) or 1))) as pool:
         futures = [
-            pool.submit(run_remote, t, argv, stdin_for(t), known, connect_timeout, command_timeout) for t in targets
+            pool.submit(run_remote, t, argv, stdin_for(t), known, connect_timeout, command_timeout, max_output)
+            for t in targets
         ]
         return [f.result() for f in futures]
