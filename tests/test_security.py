@@ -414,3 +414,51 @@ def test_a_health_check_that_prints_150_mb_keeps_a_bounded_tail(where, request, 
     assert result.status == OK and result.exit_code == 0, result.error
     assert result.truncated and result.stdout.endswith("END\n") and len(result.stdout) <= HEALTH_OUTPUT_KEPT
     assert peak < 16 * 1024 * 1024, peak
+
+
+@pytest.mark.ansible
+def test_klp_remote_dir_is_absolute_and_an_existing_directory_keeps_its_mode(tmp_path, sqlite_url):
+    import hashlib
+
+    from .ansiblehelpers import ROOT
+
+    fleet_db(tmp_path, sqlite_url, hosts=1, gather=False)
+    ko = tmp_path / "lp.ko"
+    from klpfleet.sim.spec import normalize, write_ko
+
+    write_ko(normalize({"name": "lp_dir", "objects": [{"name": "vmlinux", "funcs": ["f"]}]}), ko)
+    sha = hashlib.sha256(ko.read_bytes()).hexdigest()
+    inventory = tmp_path / "fleet" / "inventory.yml"
+
+    def apply(remote_dir: str):
+        return playbook(
+            inventory,
+            ROOT / "playbooks" / "apply.yml",
+            "-e",
+            f"klp_patch_src={ko}",
+            "-e",
+            f"klp_patch_sha256={sha}",
+            "-e",
+            f"klp_remote_dir={remote_dir}",
+            db_url=sqlite_url,
+        )
+
+    before = sorted(p.name for p in (ROOT / "playbooks").iterdir())
+    relative = apply("patches-here")
+    assert relative.returncode != 0 and "must be an absolute path" in relative.stdout
+    assert sorted(p.name for p in (ROOT / "playbooks").iterdir()) == before
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    refused = apply(str(shared))
+    assert refused.returncode != 0 and "never changes the mode" in refused.stdout
+    assert (shared.stat().st_mode & 0o7777) == 0o1777 and list(shared.iterdir()) == []
+    own = tmp_path / "own"
+    own.mkdir(mode=0o755)
+    own.chmod(0o755)
+    ok = apply(str(own))
+    assert ok.returncode == 0, ok.stdout[-2000:]
+    assert (own.stat().st_mode & 0o7777) == 0o755 and (own / f"{sha}.ko").exists()
+    fresh = tmp_path / "fresh" / "patches"
+    assert apply(str(fresh)).returncode == 0
+    assert (fresh.stat().st_mode & 0o777) == 0o700
