@@ -462,3 +462,28 @@ def test_klp_remote_dir_is_absolute_and_an_existing_directory_keeps_its_mode(tmp
     fresh = tmp_path / "fresh" / "patches"
     assert apply(str(fresh)).returncode == 0
     assert (fresh.stat().st_mode & 0o777) == 0o700
+
+
+def test_spec_log_lines_are_filled_not_formatted(tmp_path):
+    """A spec's log line is text with {mod}/{obj}/{cb} placeholders; nothing else in it is interpreted."""
+    from ansible_collections.klpfleet.livepatch.plugins.module_utils._operations import apply_patch
+    from ansible_collections.klpfleet.livepatch.plugins.module_utils._primitives import primitives_for
+    from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel import SimHost, fill
+    from klpfleet.sim.fleet import create_host
+    from klpfleet.sim.spec import normalize, write_ko
+
+    assert fill("{mod}: {obj} {cb} {mod.__class__} {0} {{x}}", mod="lp", obj="vmlinux", cb="pre_patch") == (
+        "lp: vmlinux pre_patch {mod.__class__} {0} {{x}}"
+    )
+    hostile = "{mod.__class__.__init__.__globals__}"
+    spec = {
+        "name": "lp_fmt",
+        "objects": [{"name": "vmlinux", "funcs": ["f"], "callbacks": {"pre_patch": {"log": hostile}}}],
+    }
+    ko = write_ko(normalize(spec), tmp_path / "lp_fmt.ko")
+    root = tmp_path / "host"
+    create_host(root, speed=0.0)
+    result = apply_patch(primitives_for("sim", str(root)), str(ko), transition_timeout=5)
+    assert result["outcome"] == "applied"
+    with SimHost(str(root)) as k:
+        assert hostile in [text for _, _, text in k.s["log"]]

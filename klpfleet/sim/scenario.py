@@ -70,8 +70,13 @@ def parse_scenario(doc: Any) -> list[Step]:
         if action == "set_pre_patch_ret":
             if not isinstance(arg, dict) or "module" not in arg or "value" not in arg:
                 raise UsageError(f"scenario step {i + 1}: set_pre_patch_ret takes {{module: NAME, value: INT}}")
-            steps.append(Step(action, str(arg["module"]), value=int(arg["value"])))
+            value = arg["value"]
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise UsageError(f"scenario step {i + 1}: set_pre_patch_ret value must be an integer")
+            steps.append(Step(action, str(arg["module"]), value=value))
         elif action == "sleep":
+            if not isinstance(arg, int | float) or isinstance(arg, bool) or not 0 <= arg <= 3600:
+                raise UsageError(f"scenario step {i + 1}: sleep takes seconds, a number from 0 to 3600")
             steps.append(Step(action, "", value=float(arg)))
         else:
             if arg not in catalog.RAW:

@@ -54,6 +54,23 @@ def _int_or_param(value: Any, where: str, params: dict[str, Any]) -> int | str:
     raise _fail(where, f"{value!r} is neither an integer nor 'param:NAME' of a declared param")
 
 
+def _list(doc: dict[str, Any], key: str) -> list[Any]:
+    value = doc.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise UsageError(f"spec: {key} must be a list")
+    return value
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _fail(where, "must be a mapping")
+    return value
+
+
 def normalize(doc: Any) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise UsageError("spec: must be a mapping")
@@ -84,7 +101,7 @@ def normalize(doc: Any) -> dict[str, Any]:
         raise UsageError(f"spec: kernel_release {release!r} is not a kernel release")
 
     params: dict[str, Any] = {}
-    for pname, pspec in (doc.get("params") or {}).items():
+    for pname, pspec in _mapping(doc.get("params"), "params").items():
         if not isinstance(pname, str) or not NAME_RE.match(pname):
             raise UsageError(f"spec: param name {pname!r} is not valid")
         if not isinstance(pspec, dict):
@@ -99,7 +116,7 @@ def normalize(doc: Any) -> dict[str, Any]:
         }
 
     objects = []
-    for i, obj in enumerate(doc.get("objects") or []):
+    for i, obj in enumerate(_list(doc, "objects")):
         where = f"objects[{i}]"
         if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not NAME_RE.match(obj["name"]):
             raise _fail(where, "needs a name: vmlinux or a module name")
@@ -108,7 +125,7 @@ def normalize(doc: Any) -> dict[str, Any]:
             if not FUNC_RE.match(func):
                 raise _fail(f"{where}.funcs", f"{func!r} is not a function name")
         callbacks = {}
-        for cb_name, cb in (obj.get("callbacks") or {}).items():
+        for cb_name, cb in _mapping(obj.get("callbacks"), f"{where}.callbacks").items():
             if cb_name not in CALLBACKS:
                 raise _fail(f"{where}.callbacks", f"unknown callback {cb_name!r}; one of {', '.join(CALLBACKS)}")
             cb = cb or {}
@@ -121,7 +138,10 @@ def normalize(doc: Any) -> dict[str, Any]:
                 entry["ret"] = _int_or_param(cb["ret"], f"{where}.callbacks.pre_patch.ret", params)
             if "log_prev" in cb:
                 entry["log_prev"] = _str_list(cb["log_prev"], f"{where}.callbacks.{cb_name}.log_prev")
-                entry["prev_state"] = int(cb.get("prev_state", 1))
+                prev_state = cb.get("prev_state", 1)
+                if not isinstance(prev_state, int) or isinstance(prev_state, bool):
+                    raise _fail(f"{where}.callbacks.{cb_name}.prev_state", "must be an integer")
+                entry["prev_state"] = prev_state
             callbacks[cb_name] = entry
         objects.append({"name": obj["name"], "funcs": funcs, "callbacks": callbacks})
     livepatch = bool(doc.get("livepatch", bool(objects)))
@@ -129,13 +149,13 @@ def normalize(doc: Any) -> dict[str, Any]:
         raise UsageError("spec: a livepatch needs at least one object (vmlinux or a module)")
 
     states = []
-    for st in doc.get("states") or []:
+    for st in _list(doc, "states"):
         if not isinstance(st, dict) or not isinstance(st.get("id"), int) or not isinstance(st.get("version"), int):
             raise UsageError("spec: states are {id: INT, version: INT}")
         states.append({"id": st["id"], "version": st["version"]})
 
     tasks = []
-    for i, task in enumerate(doc.get("tasks") or []):
+    for i, task in enumerate(_list(doc, "tasks")):
         if not isinstance(task, dict) or not isinstance(task.get("function"), str):
             raise _fail(f"tasks[{i}]", "needs the function it sleeps in")
         seconds = task.get("seconds", "forever")

@@ -22,6 +22,7 @@ import fcntl
 import fnmatch
 import json
 import os
+import re
 import time
 
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._modinfo import (
@@ -75,6 +76,15 @@ def release_version(release):
     while len(parts) < 2:
         parts.append(0)
     return tuple(parts)
+
+
+PLACEHOLDER_RE = re.compile(r"\{(mod|obj|cb)\}")
+
+
+def fill(template, **values):
+    """A spec's log line with {mod}, {obj} and {cb} filled in, and nothing else interpreted (str.format
+    would evaluate attribute and index lookups written in the spec)."""
+    return PLACEHOLDER_RE.sub(lambda m: str(values.get(m.group(1), m.group(0))), template)
 
 
 def vermagic_for(release):
@@ -248,7 +258,7 @@ class SimKernel(object):
             if state_id is not None and cb.get("log_prev") is not None and self.prev_state_holder(patch, state_id):
                 lines = cb["log_prev"]
             for line in lines:
-                self.log(line.format(mod=spec["name"], obj=self.obj_label(obj), cb=which))
+                self.log(fill(line, mod=spec["name"], obj=self.obj_label(obj), cb=which))
             ret = self.resolve(patch["module"], cb.get("ret", 0))
         if which == "pre_patch" and not ret:
             ret = self.fault_refusal(patch, obj)
@@ -661,7 +671,7 @@ class SimKernel(object):
         spec = module["spec"]
         name = module["name"]
         for line in spec.get("init_log", []):
-            self.log(line.format(mod=name))
+            self.log(fill(line, mod=name))
         for task_spec in spec.get("tasks", []):
             self.start_module_task(module, task_spec)
         ret = self.resolve(name, spec.get("init_ret", 0))
@@ -674,13 +684,13 @@ class SimKernel(object):
     def start_module_task(self, module, task_spec):
         name = module["name"]
         for line in task_spec.get("log_enter", []):
-            self.log(line.format(mod=name))
+            self.log(fill(line, mod=name))
         blocks = True
         if task_spec.get("while_param"):
             blocks = bool(module["params"].get(task_spec["while_param"]))
         if not blocks:
             for line in task_spec.get("log_exit", []):
-                self.log(line.format(mod=name))
+                self.log(fill(line, mod=name))
             return
         seconds = task_spec.get("seconds")
         self.s["tasks"].append(
@@ -716,10 +726,10 @@ class SimKernel(object):
         module["state"] = "going"
         for task in [t for t in self.s["tasks"] if t.get("module") == name]:
             for line in task.get("log_exit", []):
-                self.log(line.format(mod=name))
+                self.log(fill(line, mod=name))
             self.s["tasks"].remove(task)
         for line in module["spec"].get("exit_log", []):
-            self.log(line.format(mod=name))
+            self.log(fill(line, mod=name))
         self.module_going_notifier(module)
         self.forget_module(name)
         return 0
@@ -838,7 +848,7 @@ class SimKernel(object):
         for patch in reversed(self.s["patches"]):
             effects = self.spec_of(patch).get("effects", {})
             if path in effects and any(o["patched"] for o in patch["objects"]):
-                return effects[path].format(mod=patch["name"])
+                return fill(effects[path], mod=patch["name"])
         return default
 
     def _read_klp(self, rest):
