@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from klpfleet.db import events
+from klpfleet.db import events, locks
 from klpfleet.db.models import Group, Host, HostLabel
 from klpfleet.errors import UsageError
 
@@ -256,6 +256,7 @@ def _plain(host: str, var: str, value: Any) -> Any:
 
 
 def apply_import(session: Session, found: list[InventoryHost], *, prune: bool) -> ImportResult:
+    locks.serialize(session, locks.INVENTORY)  # concurrent imports: the second sees what the first wrote
     result = ImportResult()
     seen: set[str] = set()
     for h in found:

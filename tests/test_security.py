@@ -487,3 +487,49 @@ def test_spec_log_lines_are_filled_not_formatted(tmp_path):
     assert result["outcome"] == "applied"
     with SimHost(str(root)) as k:
         assert hostile in [text for _, _, text in k.s["log"]]
+
+
+def _at_once(commands: list[list[str]]) -> list[subprocess.CompletedProcess[str]]:
+    import sys
+
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "klpfleet.cli.main", *c], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for c in commands
+    ]
+    return [subprocess.CompletedProcess(p.args, p.wait(timeout=120), *p.communicate()) for p in procs]
+
+
+def test_concurrent_imports_of_one_inventory_are_one_import(tmp_path, cli):
+    from sqlalchemy import func, select
+
+    from klpfleet.db.engine import open_database
+    from klpfleet.db.models import Event, Host
+
+    url = str(tmp_path / "k.db")
+    assert cli("--db", url, "db", "upgrade").code == 0
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text("".join(f"web{n} ansible_host=10.0.{n // 250}.{n % 250} zone=z{n % 3}\n" for n in range(300)))
+    results = _at_once([["--db", url, "inventory", "import", "-i", str(inventory)] for _ in range(4)])
+    assert [r.returncode for r in results] == [0] * 4, [r.stderr for r in results]
+    db = open_database(url)
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Host)) == 300
+        assert s.scalar(select(func.count()).select_from(Event).where(Event.kind == "host.added")) == 300
+
+
+@pytest.mark.postgres
+def test_concurrent_patch_adds_of_one_file_are_one_patch(tmp_path, pg_url, ko_factory, cli):
+    from sqlalchemy import func, select
+
+    from klpfleet.db.engine import open_database
+    from klpfleet.db.models import Patch
+
+    assert cli("--db", pg_url, "db", "upgrade").code == 0
+    ko = ko_factory("lp_concurrent")
+    results = _at_once([["--db", pg_url, "patch", "add", str(ko)] for _ in range(4)])
+    assert [r.returncode for r in results] == [0] * 4, [r.stderr for r in results]
+    db = open_database(pg_url)
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Patch)) == 1

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from klpfleet.controller.policy import Policy, serial_batches
-from klpfleet.db import events
+from klpfleet.db import events, locks
 from klpfleet.db.models import Host, HostLabel, HostPatch, Patch, Rollout, Wave, WaveHost
 from klpfleet.errors import UsageError
 from klpfleet.states import ACTIVE_ROLLOUT_STATUSES, PatchState
@@ -24,14 +24,8 @@ class Plan:
     excluded: dict[str, str] = field(default_factory=dict)  # host -> reason
 
 
-# Planners serialise on this PostgreSQL advisory lock (held until the planning transaction ends), so two
-# concurrent `rollout create` can never both claim a host. SQLite serialises writers by itself.
-PLAN_LOCK = 0x6B6C7066
-
-
 def eligible_hosts(session: Session, patch: Patch, names: list[str]) -> tuple[list[Host], dict[str, str]]:
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PLAN_LOCK})
+    locks.serialize(session, locks.PLAN)  # two concurrent `rollout create` never both claim a host
     hosts = list(session.scalars(select(Host).where(Host.name.in_(names)).order_by(Host.name)))
     held = dict(
         session.execute(

@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from klpfleet.db import events
+from klpfleet.db import events, locks
 from klpfleet.db.engine import default_data_dir
 from klpfleet.db.models import Patch
 from klpfleet.errors import UsageError
@@ -75,6 +75,7 @@ def add_patch(
     cve_list = validate_cves(cves or [])
     info, data = read_livepatch(src)
     stored = store_artifact(data, info.sha256, info.name)
+    locks.serialize(session, locks.PATCHES)  # the same content added twice at once is still one patch
     existing = session.scalar(select(Patch).where(Patch.sha256 == info.sha256))
     if existing is not None:
         if existing.path != str(stored):
