@@ -65,8 +65,8 @@ def main() -> None:
         again, again_rss, _ = timed([*klpfleet, "inventory", "import", "-i", str(inventory)])
     print(f"hosts: {args.hosts}  database: {'SQLite' if not args.db else args.db.split(':')[0]}")
     print(f"ansible-core InventoryManager parse: {parse:7.1f} s  peak RSS {parse_rss:6.0f} MiB")
-    print(f"klpfleet inventory import (first):  {first:7.1f} s  peak RSS {first_rss:6.0f} MiB  ratio {first / parse:.2f}")
-    print(f"klpfleet inventory import (again):  {again:7.1f} s  peak RSS {again_rss:6.0f} MiB  ratio {again / parse:.2f}")
+    for label, wall, rss in (("first", first, first_rss), ("again", again, again_rss)):
+        print(f"klpfleet inventory import ({label}):  {wall:7.1f} s  peak RSS {rss:6.0f} MiB  ratio {wall / parse:.2f}")
 
 
 if __name__ == "__main__":

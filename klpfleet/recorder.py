@@ -48,6 +48,24 @@ def is_livepatch_action(action: str) -> bool:
     return action in PATCH_ACTIONS or action in INFO_ACTIONS
 
 
+# Every result of the collection's modules names its module in `klp_module`, so a result that reaches a
+# callback under another action (async_status collecting an async task, a wrapper module) is still known.
+RESULT_MODULES = {"patch": "klpfleet.livepatch.patch", "patch_info": "klpfleet.livepatch.patch_info"}
+
+
+def livepatch_action_of(action: str, result: dict[str, Any]) -> str | None:
+    if is_livepatch_action(action):
+        return action
+    return RESULT_MODULES.get(str(result.get("klp_module")))
+
+
+def _target_host(host_name: str, result: dict[str, Any]) -> str:
+    """With delegate_to, the module ran on (and changed) the delegated host, not the task's host."""
+    delegated = result.get("_ansible_delegated_vars")
+    name = delegated.get("ansible_delegated_host") if isinstance(delegated, dict) else None
+    return name if isinstance(name, str) and name else host_name
+
+
 RECORDED_ARGS = ("name", "sha256", "state")
 
 
@@ -117,17 +135,21 @@ class Recorder:
         check_mode: bool = False,
         no_log: bool = False,
     ) -> None:
-        """What one task did on one host, however Ansible ran it (a loop's items each recorded), from the
-        callback plugin or from the controller's event stream: the one entry point both use."""
-        if not is_livepatch_action(action) and status != "unreachable":
-            return  # reachability is news from any task; results only from klpfleet's modules
+        """What one task did on one host, however Ansible ran it (a loop's items each recorded, a delegated task
+        on its delegate, an async task when its result is collected), from the callback plugin or from the
+        controller's event stream: the one entry point both use."""
         for item_status, item in task_results(status, result):
+            item_action = livepatch_action_of(action, item)
+            if item_action is None:
+                if item_status != "unreachable":
+                    continue  # reachability is news from any task; results only from klpfleet's modules
+                item_action = action
             no_log_item = no_log or bool(item.get("_ansible_no_log")) or "censored" in item
             check = check_mode or bool(item.get("_ansible_check_mode"))
             self.record(
                 run_id,
-                host_name,
-                action,
+                _target_host(host_name, item),
+                item_action,
                 item_status,
                 _clean(item),
                 _args_of(task_args or {}, item),
@@ -241,12 +263,15 @@ class Recorder:
             host_clean=result.get("host_clean"),
             attempted=bool(result.get("attempts")) or status == "failed",
         )
-        if status == "ok":
-            outcome = result.get("outcome")
-            if outcome in ("applied", "already_applied"):
-                seen.state = PatchState.FORCED if result.get("forced") else PatchState.APPLIED
+        # The module's own result decides, not Ansible's verdict on the task: `failed_when` and
+        # `ignore_errors` change the verdict, never what the kernel did.
+        code = result.get("klp_error")
+        outcome = result.get("outcome")
+        if not code and outcome in ("applied", "already_applied"):
+            seen.state = PatchState.FORCED if result.get("forced") else PatchState.APPLIED
+        elif not code and (outcome in ("removed", "already_absent") or status == "ok"):
+            seen.state = PatchState.ABSENT
         else:
-            code = result.get("klp_error")
             seen.state = FAILURE_STATES.get(str(code), PatchState.FAILED)
             if code == "forced_unremovable":
                 seen.state = PatchState.FORCED

@@ -81,7 +81,10 @@ def test_present_quartet_and_absent_quartet_with_diff(capsys, host_dir, tmp_path
         ({}, None, {"sha256": "f" * 64}, "checksum_mismatch", "failed", {"host_clean": True}),
         ({}, "other-kernel", {}, "vermagic_mismatch", "failed", {"host_clean": True}),
         ({}, "plain", {}, "not_livepatch", "failed", {}),
-        ({}, None, {"on_stall": "force"}, "insmod_failed", "failed", {}),
+        ({}, None, {"on_stall": "force"}, "invalid_argument", "failed", {}),
+        ({}, None, {"name": "not_this_one"}, "invalid_argument", "failed", {}),
+        ({}, "missing", {}, "source_unreadable", "failed", {"host_clean": True}),
+        ({}, None, {"state": "absent", "name": "lp_fix", "on_stall": "force"}, "invalid_argument", "failed", {}),
     ],
 )
 def test_failures(capsys, tmp_path, faults, spec, args, klp_error, outcome, extra):
@@ -93,11 +96,13 @@ def test_failures(capsys, tmp_path, faults, spec, args, klp_error, outcome, extr
         ko = build(tmp_path, "lp_fix", release="6.1.0-99-amd64")
     elif spec == "plain":
         ko = build(tmp_path, "virtio_net", livepatch=False, objects=[])
+    elif spec == "missing":
+        ko = str(tmp_path / "not-copied-yet.ko")
     else:
         ko = build(tmp_path, "lp_fix")
     result = run_module(patch_module, capsys, backend="sim", sim_root=str(root), src=ko, **args)
     assert result["failed"] is True
-    assert (result["klp_error"], result["outcome"]) == (klp_error, outcome)
+    assert (result["klp_error"], result["outcome"], result["klp_module"]) == (klp_error, outcome, "patch")
     for key, value in extra.items():
         assert result[key] == value, key
     assert result["msg"]

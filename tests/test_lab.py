@@ -140,7 +140,7 @@ def test_the_simulator_prints_what_the_kernel_prints(clean_lab, scenario):
     assert real[0].startswith("% insmod test_modules/"), real[:3]
     assert run_scenario(steps, kernel_release=clean_lab.info["release"]) == real
     expected = scenario.with_suffix(".out")
-    if expected.exists():  # the selftests' own expected text (../shared/docs/kernel-livepatch.md)
+    if expected.exists():  # the selftests' own expected text (tests/scenarios/*.out)
         assert "\n".join(real) + "\n" == expected.read_text()
 
 

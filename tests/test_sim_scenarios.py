@@ -1,5 +1,5 @@
 """The simulator against the kernel selftests' expected logs (test-callbacks.sh, test-state.sh,
-test-livepatch.sh), byte for byte. The .out files are written from ../shared/docs/kernel-livepatch.md."""
+test-livepatch.sh), byte for byte. The .out files hold the selftests' expected text."""
 
 from pathlib import Path
 

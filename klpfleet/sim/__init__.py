@@ -1,1 +1,1 @@
-"""The simulated kernel: livepatch semantics as ../shared/docs/kernel-livepatch.md specifies them."""
+"""The simulated kernel: livepatch semantics as docs/kernel.md describes them."""

@@ -1,6 +1,6 @@
 """The kernel selftest modules (tools/testing/selftests/livepatch/test_modules), as simulator specs.
 
-Names, params and log lines follow section 9 of ../shared/docs/kernel-livepatch.md, so scenarios
+Names, params and log lines follow the kernel selftests' modules (docs/kernel.md), so scenarios
 written like the selftests produce the selftests' kernel log.
 """
 

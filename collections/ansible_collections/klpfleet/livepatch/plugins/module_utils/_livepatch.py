@@ -69,6 +69,29 @@ RE_STARTING = re.compile(r"livepatch: '(?P<patch>[^']+)': starting (?:patching|u
 FORCING = "livepatch: forcing remaining tasks to the patched state"
 
 
+# Every klp_error a module can return, with what it means. The modules' RETURN docs, the README, the
+# operators' guide and the recorder all name exactly these (a test fails when they drift apart).
+KLP_ERRORS = {
+    "refused": "a pre-patch callback refused the patch; the kernel removed it",
+    "transition_stalled": "tasks kept sleeping in a function being patched past the timeout",
+    "busy": "another patch's transition kept running past the retries",
+    "incompatible_state": "the patch's system states conflict with an installed patch",
+    "not_livepatch": "the module is not marked as a livepatch",
+    "vermagic_mismatch": "the module was built for another kernel",
+    "signature_rejected": "the kernel requires a module signature it can verify",
+    "lockdown": "the kernel is locked down and refuses unsigned modules",
+    "checksum_mismatch": "the file on the host differs from the expected sha256",
+    "in_use": "the module cannot be removed while something holds it",
+    "forced_unremovable": "the patch was force-transitioned; its module stays until a reboot",
+    "livepatch_unsupported": "the kernel has no livepatch support",
+    "invalid_argument": "the task's arguments contradict each other or are missing",
+    "source_unreadable": "the .ko cannot be read on the host or has no module name",
+    "state_unreadable": "the kernel's livepatch state cannot be read",
+    "disable_failed": "writing 0 to the patch's enabled file failed",
+    "insmod_failed": "the module load failed with another errno",
+}
+
+
 class LivepatchError(Exception):
     """A failure with a stable code. `details` rides along into the module result."""
 

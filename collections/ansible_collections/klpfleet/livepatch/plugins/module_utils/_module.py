@@ -15,11 +15,15 @@ BACKEND_ARGS = dict(
 )
 
 
-def host_primitives(module, read_only=False):
+def host_primitives(module, klp_module, read_only=False):
     """The primitives for this host; commands run through the module with a C locale."""
     backend = module.params.get("backend") or "sysfs"
     if backend == "sim" and not module.params.get("sim_root"):
-        module.fail_json(msg="backend=sim needs sim_root (or the host var klp_sim_root)", klp_error="insmod_failed")
+        module.fail_json(
+            msg="backend=sim needs sim_root (or the host var klp_sim_root)",
+            klp_error="invalid_argument",
+            klp_module=klp_module,
+        )
 
     def run_command(argv):
         return module.run_command(argv, environ_update={"LC_ALL": "C", "LANG": "C"})

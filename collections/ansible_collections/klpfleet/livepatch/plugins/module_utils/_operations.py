@@ -134,10 +134,10 @@ def check_source(prims, src, sha256=None):
     try:
         modinfo, _dummy = read_module_file(src)
     except (OSError, ModinfoError) as exc:
-        raise LivepatchError("insmod_failed", "cannot read %s: %s" % (src, exc), src=src) from None
+        raise LivepatchError("source_unreadable", "cannot read %s: %s" % (src, exc), src=src) from None
     name = first(modinfo, "name")
     if not name:
-        raise LivepatchError("insmod_failed", "%s has no module name in .modinfo" % src, src=src)
+        raise LivepatchError("source_unreadable", "%s has no module name in .modinfo" % src, src=src)
     if sha256 and file_sha256(src) != sha256.lower():
         raise LivepatchError(
             "checksum_mismatch",
@@ -176,10 +176,10 @@ def apply_patch(
 ):
     """Bring the patch to `present`: loaded, enabled, transition complete."""
     if on_stall not in ON_STALL:
-        raise LivepatchError("insmod_failed", "on_stall must be one of %s" % ", ".join(ON_STALL))
+        raise LivepatchError("invalid_argument", "on_stall must be one of %s" % ", ".join(ON_STALL))
     if on_stall == "force" and not allow_force:
         raise LivepatchError(
-            "insmod_failed",
+            "invalid_argument",
             "on_stall=force needs allow_force=true: a forced patch can never be removed before a reboot",
         )
     lp = Livepatch(prims)
@@ -195,7 +195,7 @@ def apply_patch(
         raise
     name = name or src_name
     if name != src_name:
-        raise LivepatchError("insmod_failed", "%s holds module %s, not %s" % (src, src_name, name), src=src)
+        raise LivepatchError("invalid_argument", "%s holds module %s, not %s" % (src, src_name, name), src=src)
 
     op = Operation(prims, name, transition_timeout, busy_retries, busy_delay)
     before = op.state()
@@ -309,7 +309,7 @@ def remove_patch(
         except OSError as exc:
             op.fail(
                 LivepatchError(
-                    "busy" if exc.errno == errno.EBUSY else "insmod_failed",
+                    "busy" if exc.errno == errno.EBUSY else "disable_failed",
                     "cannot disable %s: %s" % (name, exc.strerror),
                     errno=exc.errno,
                     errno_name=errno_name(exc.errno),

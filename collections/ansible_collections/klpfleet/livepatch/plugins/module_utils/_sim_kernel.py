@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 #
 # PRIVATE: internal to the klpfleet.livepatch collection, not a public API.
-"""A simulated Linux kernel with livepatch, as ../shared/docs/kernel-livepatch.md specifies it.
+"""A simulated Linux kernel with livepatch, as klpfleet's docs/kernel.md describes it.
 
 The model answers the same primitive calls as a real host (sysfs/procfs reads and writes with the
 kernel's errno, kmod's tools with their exact stderr and exit status, /dev/kmsg, the clock). Its whole

@@ -93,7 +93,7 @@ attributes:
     platforms: linux
 notes:
   - Needs root on real hosts (C(become=true)).
-  - The kernel's behaviour is described in the project's C(kernel-livepatch.md) reference.
+  - Refusals are safe (the kernel removed the patch); a reversed stall leaves the host as it was before the load.
 seealso:
   - module: klpfleet.livepatch.patch_info
 """
@@ -129,12 +129,87 @@ outcome:
   choices: [applied, already_applied, removed, already_absent, refused, stalled, failed]
 klp_error:
   description:
-    - Stable failure code - refused, transition_stalled, busy, incompatible_state, not_livepatch,
-      vermagic_mismatch, signature_rejected, lockdown, checksum_mismatch, in_use, forced_unremovable,
-      livepatch_unsupported, insmod_failed.
+    - Stable failure code; branch on it, never on RV(msg).
+      - V(refused) - a pre-patch callback refused the patch; the kernel removed it.
+      - V(transition_stalled) - tasks kept sleeping in a function being patched past the timeout.
+      - V(busy) - another patch's transition kept running past the retries.
+      - V(incompatible_state) - the patch's system states conflict with an installed patch.
+      - V(not_livepatch) - the module is not marked as a livepatch.
+      - V(vermagic_mismatch) - the module was built for another kernel.
+      - V(signature_rejected) - the kernel requires a module signature it can verify.
+      - V(lockdown) - the kernel is locked down and refuses unsigned modules.
+      - V(checksum_mismatch) - the file on the host differs from the expected sha256.
+      - V(in_use) - the module cannot be removed while something holds it.
+      - V(forced_unremovable) - the patch was force-transitioned; its module stays until a reboot.
+      - V(livepatch_unsupported) - the kernel has no livepatch support.
+      - V(invalid_argument) - the task's arguments contradict each other or are missing.
+      - V(source_unreadable) - the .ko cannot be read on the host or has no module name.
+      - V(state_unreadable) - the kernel's livepatch state cannot be read.
+      - V(disable_failed) - writing 0 to the patch's enabled file failed.
+      - V(insmod_failed) - the module load failed with another errno.
   returned: failure
   type: str
   sample: refused
+  choices:
+    - refused
+    - transition_stalled
+    - busy
+    - incompatible_state
+    - not_livepatch
+    - vermagic_mismatch
+    - signature_rejected
+    - lockdown
+    - checksum_mismatch
+    - in_use
+    - forced_unremovable
+    - livepatch_unsupported
+    - invalid_argument
+    - source_unreadable
+    - state_unreadable
+    - disable_failed
+    - insmod_failed
+klp_module:
+  description: Always V(patch), so that a callback can tell this module's results apart however they reach it
+    (an async task's result collected by C(async_status), for example).
+  returned: always
+  type: str
+  sample: patch
+kernel_release:
+  description: The running kernel's release.
+  returned: always
+  type: str
+  sample: 6.1.0-56-amd64
+loaded:
+  description: Whether the patch's module is loaded after the call.
+  returned: success
+  type: bool
+  sample: true
+src:
+  description: The C(.ko) path the failure concerns.
+  returned: when the source file was refused
+  type: str
+  sample: /var/lib/klpfleet/patches/livepatch_cve_2026_1234.ko
+expected_sha256:
+  description: The sha256 the task asked for.
+  returned: when klp_error is checksum_mismatch
+  type: str
+  sample: 8568e04b8634353d25a208462fc5b0436012b8f6fbe21c02eed89c872a40e823
+actual_sha256:
+  description: The sha256 of the file found on the host.
+  returned: when klp_error is checksum_mismatch
+  type: str
+  sample: dfdce3b0b5f3a1e1f2c1a5e3c0d9c6f7e1a2b3c4d5e6f708192a3b4c5d6e7f80
+vermagic:
+  description: The module's vermagic.
+  returned: when klp_error is vermagic_mismatch
+  type: str
+  sample: 6.1.0-55-amd64 SMP preempt mod_unload modversions
+diff:
+  description: The patch's loaded/enabled/transition facets before and after, in diff mode.
+  returned: when diff mode is on
+  type: dict
+  sample: {"before": {"loaded": false, "enabled": null, "transition": null},
+           "after": {"loaded": true, "enabled": true, "transition": false}}
 name:
   description: The livepatch's name.
   returned: always
@@ -243,7 +318,7 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    prims = host_primitives(module)
+    prims = host_primitives(module, "patch")
     common = dict(
         transition_timeout=p["transition_timeout"],
         busy_retries=p["busy_retries"],
@@ -263,7 +338,13 @@ def main():
                 **common,
             )
         else:
-            result = remove_patch(prims, p["name"], on_stall="reverse" if p["on_stall"] != "wait" else "wait", **common)
+            if p["on_stall"] == "force":
+                raise LivepatchError(
+                    "invalid_argument",
+                    "on_stall=force applies to loading a patch; removing one reverses (reverse) or waits (wait)",
+                    name=p["name"],
+                )
+            result = remove_patch(prims, p["name"], on_stall=p["on_stall"], **common)
     except LivepatchError as exc:
         details = dict(exc.details)
         # A failure changed the host unless it was verified back to where it started.
@@ -271,6 +352,7 @@ def main():
         module.fail_json(
             msg=exc.msg,
             klp_error=exc.klp_error,
+            klp_module="patch",
             outcome=FAILURE_OUTCOMES.get(exc.klp_error, "failed"),
             changed=changed,
             **dict(details, name=details.get("name") or p["name"]),
@@ -285,7 +367,7 @@ def main():
     result["changed"] = before != after
     if module._diff:
         result["diff"] = dict(before=before, after=after, before_header=result["name"], after_header=result["name"])
-    module.exit_json(**result)
+    module.exit_json(klp_module="patch", **result)
 
 
 if __name__ == "__main__":

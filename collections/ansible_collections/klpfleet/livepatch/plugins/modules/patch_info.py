@@ -58,6 +58,16 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+klp_module:
+  description: Always V(patch_info), so that a callback can tell this module's results apart however they reach it.
+  returned: always
+  type: str
+  sample: patch_info
+klp_error:
+  description: V(state_unreadable) when the livepatch state cannot be read, V(invalid_argument) for bad arguments.
+  returned: failure
+  type: str
+  sample: state_unreadable
 kernel_release:
   description: The running kernel's release.
   returned: always
@@ -125,10 +135,14 @@ def main():
         supports_check_mode=True,
     )
     try:
-        facts = Livepatch(host_primitives(module, read_only=True)).facts(with_tasks=module.params["stalled_tasks"])
+        facts = Livepatch(host_primitives(module, "patch_info", read_only=True)).facts(
+            with_tasks=module.params["stalled_tasks"]
+        )
     except OSError as exc:
-        module.fail_json(msg="cannot read livepatch state: %s" % exc, klp_error="insmod_failed")
-    module.exit_json(changed=False, **facts)
+        module.fail_json(
+            msg="cannot read livepatch state: %s" % exc, klp_error="state_unreadable", klp_module="patch_info"
+        )
+    module.exit_json(changed=False, klp_module="patch_info", **facts)
 
 
 if __name__ == "__main__":
