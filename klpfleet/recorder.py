@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from klpfleet.db import events
@@ -59,11 +59,18 @@ def livepatch_action_of(action: str, result: dict[str, Any]) -> str | None:
     return RESULT_MODULES.get(str(result.get("klp_module")))
 
 
-def _target_host(host_name: str, result: dict[str, Any]) -> str:
-    """With delegate_to, the module ran on (and changed) the delegated host, not the task's host."""
+def _delegation(result: dict[str, Any], delegate_to: Any) -> dict[str, str] | None:
+    """With delegate_to, the module ran on (and changed) the delegated host, not the task's host. Ansible
+    2.19 hands callbacks only the delegate's connection vars, so what is known of it: its name (when the
+    task named it literally) and its ansible_host."""
     delegated = result.get("_ansible_delegated_vars")
-    name = delegated.get("ansible_delegated_host") if isinstance(delegated, dict) else None
-    return name if isinstance(name, str) and name else host_name
+    if not isinstance(delegated, dict):
+        return None
+    names = [delegated.get("ansible_delegated_host"), delegate_to]
+    found = {"name": next((n for n in names if isinstance(n, str) and HOST_NAME_RE.match(n)), "")}
+    if isinstance(delegated.get("ansible_host"), str):
+        found["address"] = delegated["ansible_host"]
+    return found
 
 
 RECORDED_ARGS = ("name", "sha256", "state")
@@ -134,11 +141,14 @@ class Recorder:
         *,
         check_mode: bool = False,
         no_log: bool = False,
+        delegate_to: str | None = None,
     ) -> None:
         """What one task did on one host, however Ansible ran it (a loop's items each recorded, a delegated task
         on its delegate, an async task when its result is collected), from the callback plugin or from the
         controller's event stream: the one entry point both use."""
         for item_status, item in task_results(status, result):
+            if item.get("ansible_job_id") and not item.get("finished"):
+                continue  # an async task just started: its result comes later, through async_status
             item_action = livepatch_action_of(action, item)
             if item_action is None:
                 if item_status != "unreachable":
@@ -148,13 +158,14 @@ class Recorder:
             check = check_mode or bool(item.get("_ansible_check_mode"))
             self.record(
                 run_id,
-                _target_host(host_name, item),
+                host_name,
                 item_action,
                 item_status,
                 _clean(item),
                 _args_of(task_args or {}, item),
                 check_mode=check,
                 no_log=no_log_item,
+                delegated=_delegation(item, delegate_to),
             )
 
     def record(
@@ -167,13 +178,14 @@ class Recorder:
         args: dict[str, Any] | None = None,
         check_mode: bool = False,
         no_log: bool = False,
+        delegated: dict[str, str] | None = None,
     ) -> None:
         """status: ok | failed | unreachable. Check-mode results change no state."""
         if check_mode or not HOST_NAME_RE.match(host_name):
             return
         args = args or {}
         with self.db.session.begin() as s:
-            host = self._host(s, host_name)
+            host = (self._delegate(s, delegated) if delegated else None) or self._host(s, host_name)
             observed_by = f"ansible-run:{run_id}" if run_id else "ansible"
             if status == "unreachable":
                 host.reachable = False
@@ -359,6 +371,16 @@ class Recorder:
         )
 
     # ------------------------------------------------------------------ lookups
+
+    def _delegate(self, s: Session, delegated: dict[str, str]) -> Host | None:
+        """The delegated host: by name when known, else the one host whose name or address is its ansible_host."""
+        if delegated.get("name"):
+            return self._host(s, delegated["name"])
+        address = delegated.get("address")
+        if not address:
+            return None
+        found = list(s.scalars(select(Host).where(or_(Host.name == address, Host.address == address)).limit(2)))
+        return found[0] if len(found) == 1 else None
 
     def _host(self, s: Session, name: str) -> Host:
         host = s.scalar(select(Host).where(Host.name == name))

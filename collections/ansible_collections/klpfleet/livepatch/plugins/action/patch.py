@@ -12,7 +12,7 @@ HOST_VAR_DEFAULTS = (("backend", "klp_backend"), ("sim_root", "klp_sim_root"))
 
 class ActionModule(ActionBase):
     _supports_check_mode = True
-    _supports_async = False
+    _supports_async = True
 
     def run(self, tmp=None, task_vars=None):
         task_vars = task_vars or {}
@@ -21,7 +21,12 @@ class ActionModule(ActionBase):
         for option, var in HOST_VAR_DEFAULTS:
             if args.get(option) is None and task_vars.get(var) is not None:
                 args[option] = self._templar.template(task_vars[var])
+        wrap_async = bool(self._task.async_val) and not self._connection.has_native_async
         result.update(
-            self._execute_module(module_name=self._task.resolved_action, module_args=args, task_vars=task_vars)
+            self._execute_module(
+                module_name=self._task.resolved_action, module_args=args, task_vars=task_vars, wrap_async=wrap_async
+            )
         )
+        if not wrap_async:
+            self._remove_tmp_path(self._connection._shell.tmpdir)
         return result

@@ -144,10 +144,6 @@ class CallbackModule(CallbackBase):
             return
         task = result._task
         action = getattr(task, "resolved_action", None) or task.action
-        from klpfleet.recorder import is_livepatch_action
-
-        if not is_livepatch_action(action) and status != "unreachable":
-            return
         self._ensure_run()
         raw = result._result
         try:
@@ -160,6 +156,7 @@ class CallbackModule(CallbackBase):
                 dict(task.args or {}),
                 check_mode=task.check_mode is True,
                 no_log=bool(task.no_log),
+                delegate_to=task.delegate_to if isinstance(task.delegate_to, str) else None,
             )
         except Exception as exc:  # a database problem must not kill the playbook
             self._display.error(
