@@ -2,6 +2,7 @@
 database by the recorder callback (SQLite and PostgreSQL)."""
 
 import hashlib
+import os
 import signal
 import subprocess
 import time
@@ -19,6 +20,7 @@ from klpfleet.sim.fleet import create_fleet
 from klpfleet.sim.spec import normalize, write_ko
 
 from .ansiblehelpers import BIN, ROOT, ansible_env, playbook
+from .controllerhelpers import enabled_on
 from .simhelpers import build
 
 pytestmark = pytest.mark.ansible
@@ -463,3 +465,90 @@ def test_ad_hoc_runs_are_recorded(tmp_path, sqlite_url, monkeypatch):
     assert states_ == {("sim-01", "lp_b"): "applied", ("sim-02", "lp_b"): "refused", ("sim-03", "lp_b"): "applied"}
     assert releases["sim-01"] == "6.1.0-56-amd64" and releases["sim-04"] is None
     assert runs == ["failed"]
+
+
+def test_apply_playbook_in_check_mode_on_hosts_that_never_had_the_patch(tmp_path, sqlite_url, monkeypatch):
+    """--check --diff before anything was copied: a prediction for every host, no failure, nothing changed."""
+    monkeypatch.setenv("KLPFLEET_ARTIFACTS", str(tmp_path / "art"))
+    db, kos = ways_fleet(tmp_path, sqlite_url)
+    ko = kos["lp_a"]
+    sha = hashlib.sha256(ko.read_bytes()).hexdigest()
+    inventory = tmp_path / "fleet" / "inventory.yml"
+    base = ("-e", f"klp_patch_src={ko}", "-e", f"klp_patch_sha256={sha}", "--limit", "sim-01:sim-02")
+    assert (
+        playbook(inventory, ROOT / "playbooks" / "apply.yml", *base, "--limit", "sim-01", db_url=sqlite_url).returncode
+        == 0
+    )
+    checked = playbook(
+        inventory,
+        ROOT / "playbooks" / "apply.yml",
+        *base,
+        "-e",
+        "klp_patch_name=lp_a",
+        "--check",
+        "--diff",
+        db_url=sqlite_url,
+    )
+    assert checked.returncode == 0, checked.stdout[-3000:]
+    assert "failed=0" in checked.stdout
+    assert "not on the host yet" in checked.stderr  # the prediction says what it is based on
+    assert enabled_on(tmp_path, "sim-02") == [] and not list(
+        (tmp_path / "fleet" / "hosts" / "sim-02").glob("patches/*.ko")
+    )
+    recap = {line.split()[0]: line for line in checked.stdout.splitlines() if line.startswith("sim-0")}
+    assert "changed=0" not in recap["sim-02"]  # would copy and load it
+    assert "changed=0" in recap["sim-01"]  # already applied
+    states_, _, _ = recorded(db)
+    assert states_ == {("sim-01", "lp_a"): "applied"}  # check mode recorded nothing
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the examples use the real path /var/lib/klpfleet/patches")
+def test_the_modules_examples_run_as_written(tmp_path, sqlite_url, monkeypatch):
+    """Each module's EXAMPLES, unchanged, as a playbook over simulated hosts (one refusing the patch)."""
+    import shutil
+
+    import yaml
+
+    from ansible_collections.klpfleet.livepatch.plugins.modules import patch as patch_module
+    from ansible_collections.klpfleet.livepatch.plugins.modules import patch_info as patch_info_module
+
+    monkeypatch.setenv("KLPFLEET_ARTIFACTS", str(tmp_path / "art"))
+    db, _ = ways_fleet(tmp_path, sqlite_url)
+    ko = write_ko(
+        normalize({"name": "livepatch_cve_2026_1234", "objects": [{"name": "vmlinux", "funcs": ["f"]}]}),
+        tmp_path / "x.ko",
+    )
+    with db.session.begin() as s:
+        add_patch(s, ko)
+    faults = tmp_path / "fleet" / "hosts"
+    from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel import SimHost
+
+    with SimHost(str(faults / "sim-02")) as kernel:  # sim-02 refuses this patch too
+        kernel.s.setdefault("faults", {}).setdefault("refuse", []).append(
+            {"patch": "livepatch_cve_2026_1234", "object": "vmlinux", "errno": "ENODEV"}
+        )
+    target = Path("/var/lib/klpfleet/patches/livepatch_cve_2026_1234.ko")
+    existed = target.exists()
+    if not existed:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ko, target)
+    try:
+        tasks = yaml.safe_load(patch_module.EXAMPLES) + yaml.safe_load(patch_info_module.EXAMPLES)
+        book = tmp_path / "examples.yml"
+        book.write_text(yaml.safe_dump([{"hosts": "sim-01:sim-02", "gather_facts": False, "tasks": tasks}]))
+        proc = playbook(
+            tmp_path / "fleet" / "inventory.yml",
+            book,
+            "-e",
+            f"patch_sha256={hashlib.sha256(ko.read_bytes()).hexdigest()}",
+            db_url=sqlite_url,
+            env={"ANSIBLE_BECOME_METHOD": "su"},
+        )
+    finally:
+        if not existed:
+            target.unlink()
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "refused by vmlinux (ENODEV)" in proc.stdout
+    states_, _, _ = recorded(db)
+    assert states_[("sim-01", "livepatch_cve_2026_1234")] == "absent"  # applied, then removed
+    assert states_[("sim-02", "livepatch_cve_2026_1234")] == "refused"

@@ -313,6 +313,7 @@ class Driver:
         return {
             "klp_patch_src": patch.path,
             "klp_patch_sha256": patch.sha256,
+            "klp_patch_name": patch.name,
             "klp_transition_timeout": policy.transition_timeout,
             "klp_on_stall": policy.on_stall,
             "klp_allow_force": policy.allow_force,

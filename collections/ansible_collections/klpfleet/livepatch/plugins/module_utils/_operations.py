@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._livepatch import (
     KLP,
@@ -185,6 +186,8 @@ def apply_patch(
     lp = Livepatch(prims)
     if not lp.supported():
         raise LivepatchError("livepatch_unsupported", "this kernel has no livepatch support (%s missing)" % KLP)
+    if check_mode and not os.path.exists(src):
+        return predict_without_source(prims, name, src)
     try:
         src_name, _dummy = check_source(prims, src, sha256)
     except LivepatchError as exc:
@@ -231,6 +234,22 @@ def apply_patch(
             error.details["host_clean"] = False
         op.fail(error)
     return settle(op, on_stall, changed=True)
+
+
+def predict_without_source(prims, name, src):
+    """Check mode before the .ko was ever copied (the copy itself was only predicted): by the patch's name
+    when it is known, what would happen; without it, that the patch would be loaded."""
+    op = Operation(prims, name)
+    before = op.state() if name else None
+    loaded = bool(name) and op.lp.module_loaded(name)
+    op.result["before"] = {"patch": before, "loaded": loaded}
+    op.result["warnings"] = ["check mode: %s is not on the host yet; predicted from the patch's name" % src]
+    if before is not None and before["enabled"] and not before["transition"]:
+        return op.finish("already_applied", False)
+    if not name:
+        op.result.update(outcome="applied", changed=True, patch=None, loaded=False, kernel_log=[], host_clean=False)
+        return op.result
+    return op.finish("applied", True)
 
 
 def settle(op, on_stall, changed):

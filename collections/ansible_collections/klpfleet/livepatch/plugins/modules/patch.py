@@ -107,17 +107,20 @@ EXAMPLES = r"""
     transition_timeout: 60
   become: true
   register: lp
+  # A refusal is safe (the kernel removed the patch): carry on. Anything else stops this host.
+  failed_when: lp.klp_error is defined and lp.klp_error != 'refused'
 
-- name: Stop on anything but a clean refusal
-  ansible.builtin.fail:
-    msg: "{{ lp.msg }}"
-  when: lp is failed and lp.klp_error != 'refused'
+- name: Say which hosts refused it, and why
+  ansible.builtin.debug:
+    msg: "{{ lp.name }} refused by {{ lp.refused_object }} ({{ lp.errno_name }})"
+  when: lp.klp_error is defined
 
 - name: Remove it again
   klpfleet.livepatch.patch:
     name: livepatch_cve_2026_1234
     state: absent
   become: true
+  when: lp.klp_error is not defined
 """
 
 RETURN = r"""
@@ -358,6 +361,8 @@ def main():
             **dict(details, name=details.get("name") or p["name"]),
         )
 
+    for warning in result.pop("warnings", []):
+        module.warn(warning)
     was = result.pop("before")
     before = summary(was["patch"], was["loaded"])
     if module.check_mode:
