@@ -1,3 +1,5 @@
 """klpfleet: roll kernel livepatches across a fleet of Linux servers."""
 
-__version__ = "0.1.0"
+# The one version number: the package's (pyproject reads it from here), the collection's galaxy.yml and its
+# changelog's newest release must equal it (tests/test_packaging.py).
+__version__ = "0.2.0"

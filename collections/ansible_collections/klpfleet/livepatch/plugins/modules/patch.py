@@ -71,15 +71,8 @@ options:
     description: Seconds between those retries.
     type: float
     default: 2
-  backend:
-    description:
-      - V(sysfs) for a real kernel, V(sim) for a simulated host kept in O(sim_root).
-      - Defaults to the host var C(klp_backend), else V(sysfs).
-    type: str
-    choices: [sysfs, sim]
-  sim_root:
-    description: Directory of the simulated host; defaults to the host var C(klp_sim_root).
-    type: path
+extends_documentation_fragment:
+  - klpfleet.livepatch.backend
 attributes:
   check_mode:
     description: Reports what would change (loaded, enabled, transition) without touching the kernel.

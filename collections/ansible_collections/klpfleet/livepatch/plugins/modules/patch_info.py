@@ -23,13 +23,8 @@ options:
     description: List the tasks holding up a transition in progress (reads every task's C(patch_state)).
     type: bool
     default: true
-  backend:
-    description: V(sysfs) for a real kernel, V(sim) for a simulated host; defaults to the host var C(klp_backend).
-    type: str
-    choices: [sysfs, sim]
-  sim_root:
-    description: Directory of the simulated host; defaults to the host var C(klp_sim_root).
-    type: path
+extends_documentation_fragment:
+  - klpfleet.livepatch.backend
 attributes:
   check_mode:
     description: Read-only; runs the same in check mode.
