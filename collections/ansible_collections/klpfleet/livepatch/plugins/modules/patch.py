@@ -125,7 +125,7 @@ outcome:
   choices: [applied, already_applied, removed, already_absent, refused, stalled, failed]
 klp_error:
   description:
-    - Stable failure code; branch on it, never on RV(msg).
+    - Stable failure code; branch on it, never on the message.
       - V(refused) - a pre-patch callback refused the patch; the kernel removed it.
       - V(transition_stalled) - tasks kept sleeping in a function being patched past the timeout.
       - V(busy) - another patch's transition kept running past the retries.
