@@ -24,8 +24,13 @@ def test_one_version_for_the_package_the_collection_and_its_changelog():
 
 
 def test_the_wheel_builds_without_warnings_and_carries_what_it_needs(tmp_path):
+    import shutil
+
+    # A copy of the checkout as it is (caches included), without an earlier build's leftovers.
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "demo", ".lab"))
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), str(source)],
         capture_output=True,
         text=True,
         check=False,
