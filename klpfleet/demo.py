@@ -161,17 +161,10 @@ class Demo:
             self.explain_pause(rid)
             step("5. The stall was backed out and the hosts are clean: promote past the gate")
             info(f"$ {self.k} rollout promote {rid} --wait")
-            from klpfleet.controller.driver import request
+            from klpfleet.controller.control import request
+            from klpfleet.states import Request
 
-            request(
-                self.db,
-                rid,
-                to="running",
-                allowed=("paused",),
-                reason="promoted: failures isolated, hosts clean",
-                verb="promote",
-                gate_overrides=[self.current_wave(rid)],
-            )
+            request(self.db, rid, Request.PROMOTE, reason="promoted: failures isolated, hosts clean")
             final = self.drive(rid)
         info(f"rollout {rid}: {final}")
 
@@ -184,11 +177,11 @@ class Demo:
         self.rollback(NEWER)
 
         step("8. Where the fleet stands")
-        from klpfleet.cli.status_cmds import _status_table
+        from klpfleet.cli.status_cmds import status_table
         from klpfleet.fleet_status import fleet_status
 
         with self.db.engine.connect() as conn:
-            _status_table(fleet_status(conn), console())
+            status_table(fleet_status(conn), console())
         self.epilogue(rid)
 
     # ------------------------------------------------------------------ helpers
@@ -234,12 +227,6 @@ class Demo:
         from klpfleet.controller.driver import Driver
 
         return Driver(self.db, rid, progress=CliProgress(), actor="demo").drive()
-
-    def current_wave(self, rid: int) -> int:
-        from klpfleet.controller.views import get_rollout
-
-        with self.db.session() as s:
-            return get_rollout(s, rid).current_wave or 0
 
     def explain_pause(self, rid: int) -> None:
         from klpfleet.controller.views import rollout_record

@@ -38,13 +38,77 @@ ATTENTION_REASONS = {
 
 
 class RolloutStatus(StrEnum):
-    PLANNED = "planned"
-    RUNNING = "running"
-    PAUSED = "paused"
+    PLANNED = "planned"  # created, no driver has started it
+    RUNNING = "running"  # a driver works through its waves
+    PAUSED = "paused"  # stopped by an operator or a gate; `resume` or `promote` continues it
+    ABORTING = "aborting"  # an operator asked to abort: the driver rolls back what it applied
     COMPLETED = "completed"
     ABORTED = "aborted"
-    ROLLED_BACK = "rolled_back"
+    ROLLED_BACK = "rolled_back"  # a gate's --on-failure rollback
     FAILED = "failed"
 
 
-ACTIVE_ROLLOUT_STATUSES = frozenset({RolloutStatus.PLANNED, RolloutStatus.RUNNING, RolloutStatus.PAUSED})
+# A rollout in these statuses holds its hosts: no other rollout may plan them.
+ACTIVE_ROLLOUT_STATUSES = frozenset(
+    {RolloutStatus.PLANNED, RolloutStatus.RUNNING, RolloutStatus.PAUSED, RolloutStatus.ABORTING}
+)
+TERMINAL_ROLLOUT_STATUSES = frozenset(
+    {RolloutStatus.COMPLETED, RolloutStatus.ABORTED, RolloutStatus.ROLLED_BACK, RolloutStatus.FAILED}
+)
+
+
+class WaveStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    BLOCKED = "blocked"  # its gate paused the rollout; an override (promote) lets it complete
+    COMPLETED = "completed"
+
+
+class WaveHostStatus(StrEnum):
+    PENDING = "pending"  # not touched yet (or to be run again)
+    RUNNING = "running"  # in flight: marked before the playbook that touches it starts
+    DONE = "done"  # finished with an outcome
+    ROLLED_BACK = "rolled_back"  # the patch was removed again by this rollout's rollback
+
+
+class Outcome(StrEnum):
+    """What applying the patch did on one host of a wave."""
+
+    APPLIED = "applied"
+    REFUSED = "refused"
+    STALLED = "stalled"
+    FAILED = "failed"
+    UNREACHABLE = "unreachable"
+    HEALTH_FAILED = "health_failed"
+
+
+# Outcomes that count against --max-failed; refusals have a budget of their own.
+HARD_FAILURES = frozenset({Outcome.FAILED, Outcome.STALLED, Outcome.UNREACHABLE, Outcome.HEALTH_FAILED})
+
+
+class Request(StrEnum):
+    """What an operator can ask of a rollout."""
+
+    PAUSE = "pause"
+    RESUME = "resume"
+    PROMOTE = "promote"
+    ABORT = "abort"
+
+
+# The one table of operator requests: (request, status now) -> status after. Every CLI command, the demo and
+# the dashboard go through it (klpfleet.controller.control.request); anything not here is refused.
+ROLLOUT_TRANSITIONS: dict[tuple[Request, RolloutStatus], RolloutStatus] = {
+    (Request.PAUSE, RolloutStatus.PLANNED): RolloutStatus.PAUSED,
+    (Request.PAUSE, RolloutStatus.RUNNING): RolloutStatus.PAUSED,
+    (Request.RESUME, RolloutStatus.PAUSED): RolloutStatus.RUNNING,
+    (Request.PROMOTE, RolloutStatus.PLANNED): RolloutStatus.RUNNING,
+    (Request.PROMOTE, RolloutStatus.RUNNING): RolloutStatus.RUNNING,
+    (Request.PROMOTE, RolloutStatus.PAUSED): RolloutStatus.RUNNING,
+    (Request.ABORT, RolloutStatus.PLANNED): RolloutStatus.ABORTING,
+    (Request.ABORT, RolloutStatus.RUNNING): RolloutStatus.ABORTING,
+    (Request.ABORT, RolloutStatus.PAUSED): RolloutStatus.ABORTING,
+}
+
+
+def allowed_from(request: Request) -> list[RolloutStatus]:
+    return [status for (req, status) in ROLLOUT_TRANSITIONS if req == request]

@@ -193,15 +193,16 @@ def start(ctx: click.Context, rollout_id: int, wait: bool) -> None:
 @click.pass_context
 def resume(ctx: click.Context, rollout_id: int, wait: bool) -> None:
     """Continue a paused rollout, or one whose controller died (even before it started)."""
-    from klpfleet.controller.driver import driver_alive, request
+    from klpfleet.controller.control import driver_alive, request
     from klpfleet.controller.views import get_rollout
     from klpfleet.errors import UsageError
+    from klpfleet.states import Request
 
     db = database(ctx)
     with db.session() as s:
         status = get_rollout(s, rollout_id).status
     if status == "paused":
-        request(db, rollout_id, to="running", allowed=("paused",))
+        request(db, rollout_id, Request.RESUME)
     elif status == "planned":
         pass  # a start that died before its first step: resuming starts it
     elif status in ("running", "aborting"):
@@ -218,9 +219,10 @@ def resume(ctx: click.Context, rollout_id: int, wait: bool) -> None:
 @click.pass_context
 def pause(ctx: click.Context, rollout_id: int, reason: str) -> None:
     """Stop at the next safe point (the hosts in flight finish their transition)."""
-    from klpfleet.controller.driver import request
+    from klpfleet.controller.control import request
+    from klpfleet.states import Request
 
-    request(database(ctx), rollout_id, to="paused", allowed=("planned", "running"), reason=reason)
+    request(database(ctx), rollout_id, Request.PAUSE, reason=reason)
     info(f"rollout {rollout_id}: pause requested")
 
 
@@ -231,25 +233,14 @@ def pause(ctx: click.Context, rollout_id: int, reason: str) -> None:
 @click.pass_context
 def promote(ctx: click.Context, rollout_id: int, full: bool, wait: bool) -> None:
     """Go past a pause (the blocked wave's gate counts as passed), or skip the current bake."""
-    from klpfleet.controller.driver import driver_alive, request
-    from klpfleet.controller.views import get_rollout
+    from klpfleet.controller.control import driver_alive, request
+    from klpfleet.states import Request
 
     db = database(ctx)
-    with db.session() as s:
-        r = get_rollout(s, rollout_id)
-        status, wave = r.status, r.current_wave or 0
-    updates: dict[str, Any] = {"gate_overrides": [wave]}
-    if full:
-        updates["promoted_full"] = True
-    if status == "running":
-        request(db, rollout_id, to="running", allowed=("running",), reason="promoted", verb="promote", **updates)
-        info(f"rollout {rollout_id}: promoted")
-        if driver_alive(db, rollout_id):
-            return
-    else:
-        request(
-            db, rollout_id, to="running", allowed=("paused", "planned"), reason="promoted", verb="promote", **updates
-        )
+    request(db, rollout_id, Request.PROMOTE, reason="promoted", full=full)
+    info(f"rollout {rollout_id}: promoted")
+    if driver_alive(db, rollout_id):
+        return  # its driver sees the override at its next safe point
     drive_or_detach(ctx, rollout_id, wait)
 
 
@@ -259,10 +250,11 @@ def promote(ctx: click.Context, rollout_id: int, full: bool, wait: bool) -> None
 @click.pass_context
 def abort(ctx: click.Context, rollout_id: int, wait: bool) -> None:
     """Stop and roll back what this rollout applied, last wave first."""
-    from klpfleet.controller.driver import driver_alive, request
+    from klpfleet.controller.control import driver_alive, request
+    from klpfleet.states import Request
 
     db = database(ctx)
-    request(db, rollout_id, to="aborting", allowed=("planned", "running", "paused"), reason="aborted by an operator")
+    request(db, rollout_id, Request.ABORT, reason="aborted by an operator")
     if driver_alive(db, rollout_id):
         info(f"rollout {rollout_id}: abort requested; its driver rolls back at the next safe point")
         return

@@ -34,11 +34,11 @@ def status(ctx: click.Context, limit: int, output: str) -> None:
             raise exc from None
         emit("status", {"health": "unknown", "error": str(exc)}, output, lambda d, o: None)
         ctx.exit(3)
-    emit("status", data, output, _status_table)
+    emit("status", data, output, status_table)
     ctx.exit(HEALTH_EXIT[data["health"]])
 
 
-def _status_table(d: dict[str, Any], out: Any) -> None:
+def status_table(d: dict[str, Any], out: Any) -> None:
     hosts = d["hosts"]
     out.print(
         f"fleet: {d['health'].upper()}  hosts {hosts['total']} (reachable {hosts['reachable']}, "

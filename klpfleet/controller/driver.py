@@ -11,50 +11,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy import select, update
 
 from klpfleet.controller.ansible import HostResult, run_playbook, runs_dir
+from klpfleet.controller.gate import Control, Verdict, WaveCounts, decide_gate
 from klpfleet.controller.lease import Lease, LeaseLost
-from klpfleet.controller.policy import Policy, budget
+from klpfleet.controller.policy import Policy
 from klpfleet.controller.rollback import REMOVED, rollback_batches
 from klpfleet.db import events
 from klpfleet.db.engine import Database
 from klpfleet.db.models import Host, HostPatch, Patch, Rollout, Wave, WaveHost, utcnow
 from klpfleet.inventory_export import fleet_inventory
 from klpfleet.probe.health import health_checks
-from klpfleet.states import PatchState
+from klpfleet.states import HARD_FAILURES, TERMINAL_ROLLOUT_STATUSES, PatchState
 
-HARD_FAILURES = ("failed", "stalled", "unreachable", "health_failed")
-TERMINAL = ("completed", "aborted", "rolled_back", "failed")
-
-
-@dataclass
-class WaveCounts:
-    total: int
-    applied: int = 0
-    refused: int = 0
-    pending: int = 0
-    failures: dict[str, int] = field(default_factory=dict)  # hard failures by outcome (stalled, unreachable, ...)
-
-    @property
-    def failed(self) -> int:
-        return sum(self.failures.values())
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "total": self.total,
-            "applied": self.applied,
-            "refused": self.refused,
-            "failed": self.failed,
-            "pending": self.pending,
-            "failures": dict(self.failures),
-        }
-
-    def failures_text(self) -> str:
-        return ", ".join(f"{outcome} {n}" for outcome, n in sorted(self.failures.items()))
+TERMINAL = tuple(TERMINAL_ROLLOUT_STATUSES)
 
 
 class Progress(Protocol):
@@ -140,7 +113,7 @@ class Driver:
             why = self.interrupted()
             if why:
                 return why
-            if self.policy().promoted_full:
+            if self.control().promoted_full:
                 return None
             self.sleep(min(1.0, max(0.0, end - time.monotonic())))
         return self.interrupted()
@@ -402,65 +375,39 @@ class Driver:
 
     # ------------------------------------------------------------------ gates and stops
 
+    def control(self) -> Control:
+        with self.db.session() as s:
+            r = s.get(Rollout, self.id)
+            assert r is not None
+            return Control(promoted_full=r.promoted_full, overridden_waves=frozenset(r.gate_overrides or []))
+
     def gate(self, wave_id: int, index: int, counts: WaveCounts, policy: Policy) -> str:
-        max_failed = budget(policy.max_failed, counts.total)
-        max_refused = budget(policy.max_refused, counts.total)
-        failed_breach = max_failed is not None and counts.failed > max_failed
-        refused_breach = max_refused is not None and counts.refused > max_refused
-        overridden = index in (self._overrides())
+        decision = decide_gate(index, counts, policy, self.control())
         with self.tx() as s:
             r = self.lease.check(s)
             wave = s.get(Wave, wave_id)
             assert wave is not None
-            self.event(
-                s,
-                "gate.evaluated",
-                r,
-                wave=index + 1,
-                counts=counts.as_dict(),
-                max_failed=max_failed,
-                max_refused=max_refused,
-                failed_breach=failed_breach,
-                refused_breach=refused_breach,
-                overridden=overridden,
-            )
-            reason = None
-            action = None
-            if failed_breach and not overridden:
-                reason = (
-                    f"wave {index + 1}: {counts.failed} hard failure(s) ({counts.failures_text()}) "
-                    f"exceed the budget of {max_failed}"
-                )
-                action = "rollback" if policy.on_failure == "rollback" else "pause"
-            elif refused_breach and not overridden and policy.on_refusal == "pause" and not policy.promoted_full:
-                reason = f"wave {index + 1}: {counts.refused} refusal(s) exceed the budget of {max_refused}"
-                action = "pause"
-            if action == "pause" and not policy.promoted_full:
+            self.event(s, "gate.evaluated", r, wave=index + 1, counts=counts.as_dict(), **decision.details())
+            if decision.verdict == Verdict.PAUSE:
                 wave.status = "blocked"
-                r.status, r.pause_reason = "paused", reason
-                self.event(s, "rollout.paused", r, reason=reason, wave=index + 1, by="gate")
-            elif action is None or action == "pause":
+                r.status, r.pause_reason = "paused", decision.reason
+                self.event(s, "rollout.paused", r, reason=decision.reason, wave=index + 1, by="gate")
+            elif decision.verdict == Verdict.CONTINUE:
                 wave.status, wave.finished_at = "completed", utcnow()
                 self.event(s, "wave.completed", r, wave=index + 1, counts=counts.as_dict())
-        self.progress.note(reason or f"wave {index + 1} passed its gate")
-        if action == "rollback":
-            return self.roll_back(reason or "gate breached")
-        if action == "pause" and not policy.promoted_full:
+        self.progress.note(decision.reason or f"wave {index + 1} passed its gate")
+        if decision.verdict == Verdict.ROLLBACK:
+            return self.roll_back(decision.reason or "gate breached")
+        if decision.verdict == Verdict.PAUSE:
             return "paused"
         if self.is_last_wave(index):
             return "next"
-        if policy.bake_seconds and not policy.promoted_full:
+        if policy.bake_seconds and not self.control().promoted_full:
             self.progress.note(f"baking for {policy.bake_seconds:g}s")
             why = self.wait(policy.bake_seconds)
             if why:
                 return self.stopped(why)
         return "next"
-
-    def _overrides(self) -> list[int]:
-        with self.db.session() as s:
-            r = s.get(Rollout, self.id)
-            assert r is not None
-            return list(r.policy.get("gate_overrides", []))
 
     def is_last_wave(self, index: int) -> bool:
         with self.db.session() as s:
@@ -530,63 +477,3 @@ class Driver:
                 not_removed={a.host: f"{a.result}: {a.detail}" for a in answers if a.result != REMOVED},
             )
         return final
-
-
-def request(
-    db: Database,
-    rollout_id: int,
-    *,
-    to: str,
-    allowed: tuple[str, ...],
-    reason: str | None = None,
-    actor: str | None = None,
-    verb: str | None = None,
-    **policy_updates: Any,
-) -> Rollout:
-    """An operator's pause / resume / promote / abort: one conditional UPDATE plus its event."""
-    with db.session.begin() as s:
-        r = s.get(Rollout, rollout_id)
-        if r is None:
-            from klpfleet.errors import UsageError
-
-            raise UsageError(f"no rollout {rollout_id} (see `klpfleet rollout list`)")
-        if r.status not in allowed:
-            from klpfleet.errors import UsageError
-
-            raise UsageError(f"rollout {rollout_id} is {r.status}; this needs it {' or '.join(allowed)}")
-        previous = r.status
-        r.status = to
-        if to == "paused":
-            r.pause_reason = reason
-        elif to == "running":
-            r.pause_reason = None
-        if policy_updates:
-            policy = dict(r.policy)
-            for key, value in policy_updates.items():
-                if key == "gate_overrides":
-                    policy[key] = sorted(set(policy.get(key, [])) | set(value))
-                else:
-                    policy[key] = value
-            r.policy = policy
-            if r.current_wave is not None and "gate_overrides" in policy_updates:
-                for wave in r.waves:
-                    if wave.status == "blocked":
-                        wave.status = "running"
-        verb = verb or {"paused": "pause", "running": "resume", "aborting": "abort"}.get(to, to)
-        events.record(
-            s,
-            f"rollout.{verb}_requested",
-            actor=actor,
-            rollout=r,
-            patch=r.patch,
-            previous=previous,
-            reason=reason,
-            **policy_updates,
-        )
-        return r
-
-
-def driver_alive(db: Database, rollout_id: int) -> bool:
-    with db.session() as s:
-        r = s.get(Rollout, rollout_id)
-        return bool(r and r.lease_owner and r.lease_expires and r.lease_expires > utcnow())

@@ -80,7 +80,6 @@ class Policy:
     allow_force: bool = False
     busy_retries: int = 5
     busy_delay: float = 2.0
-    promoted_full: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    CheckConstraint,
     Column,
     ForeignKey,
     Index,
@@ -24,6 +25,14 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from klpfleet.db.types import UTCDateTime, utcnow
+from klpfleet.states import Outcome, RolloutStatus, WaveHostStatus, WaveStatus
+
+
+def one_of(column: str, values: type[Any]) -> CheckConstraint:
+    """A CHECK that the column holds one of an enum's values (named, so Alembic can alter it)."""
+    allowed = ", ".join(f"'{v.value}'" for v in values)
+    return CheckConstraint(f"{column} IN ({allowed})", name=f"{column}_valid")
+
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -162,6 +171,9 @@ class Rollout(Base):
     status: Mapped[str] = mapped_column(String(32), index=True)
     selector: Mapped[str | None] = mapped_column(Text)  # host pattern or group it was planned over
     policy: Mapped[dict[str, Any]] = mapped_column(default=dict)  # waves, budgets, bake, health check ...
+    # Runtime control by operators (the policy is what was planned; these are what changed since).
+    promoted_full: Mapped[bool] = mapped_column(default=False)  # `promote --full`
+    gate_overrides: Mapped[list[Any]] = mapped_column(default=list)  # 0-based waves whose gate was overridden
     current_wave: Mapped[int | None]
     pause_reason: Mapped[str | None] = mapped_column(Text)
     created_by: Mapped[str] = mapped_column(String(255))
@@ -178,6 +190,8 @@ class Rollout(Base):
         back_populates="rollout", order_by="Wave.index", cascade="all, delete-orphan"
     )
 
+    __table_args__ = (one_of("status", RolloutStatus),)
+
 
 class Wave(Base):
     __tablename__ = "waves"
@@ -193,7 +207,7 @@ class Wave(Base):
     rollout: Mapped[Rollout] = relationship(back_populates="waves")
     hosts: Mapped[list[WaveHost]] = relationship(back_populates="wave", cascade="all, delete-orphan")
 
-    __table_args__ = (UniqueConstraint("rollout_id", "index"),)
+    __table_args__ = (UniqueConstraint("rollout_id", "index"), one_of("status", WaveStatus))
 
 
 class WaveHost(Base):
@@ -213,7 +227,11 @@ class WaveHost(Base):
     wave: Mapped[Wave] = relationship(back_populates="hosts")
     host: Mapped[Host] = relationship()
 
-    __table_args__ = (UniqueConstraint("rollout_id", "host_id"),)
+    __table_args__ = (
+        UniqueConstraint("rollout_id", "host_id"),
+        one_of("status", WaveHostStatus),
+        one_of("outcome", Outcome),
+    )
 
 
 class AnsibleRun(Base):

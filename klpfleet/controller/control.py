@@ -1,0 +1,68 @@
+"""Operators' requests on a rollout (pause, resume, promote, abort), through the one transitions table.
+
+Each request is one transaction: the status change the table allows (or one clear line saying what the
+rollout would need to be), the runtime control it carries, and its event naming who asked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from klpfleet.db import events
+from klpfleet.db.engine import Database
+from klpfleet.db.models import Rollout, utcnow
+from klpfleet.errors import UsageError
+from klpfleet.states import ROLLOUT_TRANSITIONS, Request, RolloutStatus, WaveStatus, allowed_from
+
+
+def request(
+    db: Database,
+    rollout_id: int,
+    what: Request,
+    *,
+    reason: str | None = None,
+    actor: str | None = None,
+    full: bool = False,
+) -> Rollout:
+    """Apply an operator's request. `promote` overrides the gate of the rollout's current wave (a blocked
+    wave completes) and, with `full`, every later pause, bake and refusal gate."""
+    with db.session.begin() as s:
+        r = s.get(Rollout, rollout_id)
+        if r is None:
+            raise UsageError(f"no rollout {rollout_id} (see `klpfleet rollout list`)")
+        previous = RolloutStatus(r.status)
+        to = ROLLOUT_TRANSITIONS.get((what, previous))
+        if to is None:
+            needs = " or ".join(allowed_from(what))
+            raise UsageError(f"rollout {rollout_id} is {previous}; {what} needs it {needs}")
+        r.status = to
+        if to == RolloutStatus.PAUSED:
+            r.pause_reason = reason
+        elif to == RolloutStatus.RUNNING:
+            r.pause_reason = None
+        details: dict[str, Any] = {}
+        if what == Request.PROMOTE:
+            wave = r.current_wave or 0
+            r.gate_overrides = sorted(set(r.gate_overrides or []) | {wave})
+            r.promoted_full = r.promoted_full or full
+            for w in r.waves:
+                if w.status == WaveStatus.BLOCKED:
+                    w.status = WaveStatus.RUNNING
+            details = {"wave": wave + 1, "full": full}
+        events.record(
+            s,
+            f"rollout.{what}_requested",
+            actor=actor,
+            rollout=r,
+            patch=r.patch,
+            previous=previous.value,
+            reason=reason,
+            **details,
+        )
+        return r
+
+
+def driver_alive(db: Database, rollout_id: int) -> bool:
+    with db.session() as s:
+        r = s.get(Rollout, rollout_id)
+        return bool(r and r.lease_owner and r.lease_expires and r.lease_expires > utcnow())
