@@ -114,7 +114,7 @@ class Demo:
         info(f"$ klpfleet inventory import -i {self.dir / 'fleet' / 'inventory.yml'}   -> {counts}")
 
         step("2. Gather: read every host's kernel through Ansible (playbooks/gather.yml)")
-        from klpfleet.controller.ansible import run_playbook
+        from klpfleet.controller.runner import run_playbook
         from klpfleet.inventory_export import fleet_inventory
 
         gathered = run_playbook(

@@ -9,6 +9,7 @@ template klpfleet itself writes for simulated hosts, marked `TrustedTemplate`.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from typing import Any
 
@@ -25,6 +26,12 @@ CONNECTION_VARS = (
     ("user", "ansible_user"),
     ("key_file", "ansible_ssh_private_key_file"),
 )
+
+
+def group_name(text: str) -> str:
+    """An Ansible group name for a label group (`zone_a`), a kernel release or a patch state: anything but
+    letters, digits and _ becomes _. The inventory plugin and host selection both name groups this way."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", text)
 
 
 class TrustedTemplate(str):

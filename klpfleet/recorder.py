@@ -17,11 +17,10 @@ from klpfleet.db.engine import Database
 from klpfleet.db.models import AnsibleRun, Event, Host, HostPatch, Patch, utcnow
 from klpfleet.inventory import HOST_NAME_RE
 from klpfleet.observations import PatchObservation, observe
-from klpfleet.states import PatchState
+from klpfleet.states import FAILURE_OUTCOME_STATES, PatchState
 
 PATCH_ACTIONS = {"klpfleet.livepatch.patch", "patch"}
 INFO_ACTIONS = {"klpfleet.livepatch.patch_info", "patch_info"}
-FAILURE_STATES = {"refused": PatchState.REFUSED, "transition_stalled": PatchState.STALLED}
 SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 # What `uname -r` can print. A host reporting anything else (control characters, a terminal escape sequence)
 # is not believed: the value is never stored, and an event says what arrived.
@@ -284,7 +283,7 @@ class Recorder:
         elif not code and (outcome in ("removed", "already_absent") or status == "ok"):
             seen.state = PatchState.ABSENT
         else:
-            seen.state = FAILURE_STATES.get(str(code), PatchState.FAILED)
+            seen.state = FAILURE_OUTCOME_STATES.get(str(outcome), PatchState.FAILED)
             if code == "forced_unremovable":
                 seen.state = PatchState.FORCED
             seen.error_code = code

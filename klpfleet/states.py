@@ -8,8 +8,6 @@ from enum import StrEnum
 
 
 class PatchState(StrEnum):
-    PENDING = "pending"  # planned for this host, nothing done yet
-    LOADING = "loading"  # insmod issued, result not yet known
     TRANSITIONING = "transitioning"  # loaded and enabled, the kernel's transition has not completed
     APPLIED = "applied"  # enabled, transition complete
     REFUSED = "refused"  # a pre-patch callback refused; the kernel cleaned up
@@ -81,6 +79,13 @@ class Outcome(StrEnum):
     UNREACHABLE = "unreachable"
     HEALTH_FAILED = "health_failed"
 
+
+# The patch module names a failure's outcome itself (refused, stalled or failed, from its klp_error); these
+# are the host patch states those outcomes leave. Everything else that failed is FAILED.
+FAILURE_OUTCOME_STATES: dict[str, PatchState] = {
+    Outcome.REFUSED: PatchState.REFUSED,
+    Outcome.STALLED: PatchState.STALLED,
+}
 
 # Outcomes that count against --max-failed; refusals have a budget of their own.
 HARD_FAILURES = frozenset({Outcome.FAILED, Outcome.STALLED, Outcome.UNREACHABLE, Outcome.HEALTH_FAILED})

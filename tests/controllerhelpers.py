@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from klpfleet.controller.ansible import run_playbook
+from klpfleet.controller.runner import run_playbook
 from klpfleet.db.engine import Database, open_database
 from klpfleet.db.migrate import upgrade
 from klpfleet.db.models import Patch

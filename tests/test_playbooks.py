@@ -407,7 +407,7 @@ def test_every_way_a_result_arrives_is_recorded(tmp_path, sqlite_url, monkeypatc
 def test_the_controller_records_what_the_callback_records(tmp_path, monkeypatch):
     """The same playbook through ansible-runner (the controller's event stream) and through
     ansible-playbook (the callback) gives the same database."""
-    from klpfleet.controller.ansible import run_playbook
+    from klpfleet.controller.runner import run_playbook
     from klpfleet.inventory_export import fleet_inventory
 
     monkeypatch.setenv("KLPFLEET_ARTIFACTS", str(tmp_path / "art"))

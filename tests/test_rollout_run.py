@@ -1,6 +1,8 @@
 """Rollouts driven through ansible-runner over simulated fleets: gates, pause/promote/abort, rollback,
 retries of refusals, health checks. Every check looks at both the database and the simulated kernels."""
 
+import json
+
 import pytest
 from sqlalchemy import select
 
@@ -40,8 +42,13 @@ def test_completes_and_every_host_is_patched_once(cli, env):
     db = fleet_db(tmp, url, hosts=6)
     register(db, tmp)
     rid = create(cli, url, "--waves", "1,50%", "--by", "zone")
+    assert cli("--db", url, "rollout", "status", str(rid)).code == 3  # planned: not finished
     result = cli("--db", url, "rollout", "start", str(rid), "--wait")
     assert result.code == 0, result.err
+    followed = cli("--db", url, "rollout", "status", str(rid), "--watch", "-o", "json")
+    lines = followed.out.strip().splitlines()
+    assert followed.code == 0 and len(lines) == 1  # nothing changes any more: one document, then the end
+    assert json.loads(lines[0])["data"]["status"] == "completed"
     data = status(cli, url, rid)
     assert data["status"] == "completed"
     watched = cli("--db", url, "rollout", "status", str(rid), "--watch")

@@ -85,10 +85,10 @@ def test_the_plugin_and_the_controller_build_host_vars_with_one_builder():
     import inspect
 
     from ansible_collections.klpfleet.livepatch.plugins.inventory import fleet
-    from klpfleet.controller import ansible as controller_ansible
+    from klpfleet.controller import runner as controller_runner
 
     assert "host_vars" in inspect.getsource(fleet.InventoryModule.parse)
-    assert "host_vars(" in inspect.getsource(controller_ansible.frozen_inventory)
+    assert "host_vars(" in inspect.getsource(controller_runner.frozen_inventory)
     record = {
         "name": "h",
         "address": "10.0.0.1",
@@ -350,7 +350,7 @@ def test_terminal_escapes_from_a_host_never_reach_the_terminal_or_the_database(t
     """A host whose kernel reports a release with an ESC sequence: not stored, an event says what arrived,
     and no table or line printed carries a control character."""
     from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel import SimHost
-    from klpfleet.controller.ansible import run_playbook
+    from klpfleet.controller.runner import run_playbook
     from klpfleet.inventory_export import fleet_inventory
 
     db = fleet_db(tmp_path, sqlite_url, hosts=2)

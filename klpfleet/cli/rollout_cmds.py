@@ -11,7 +11,10 @@ import click
 from klpfleet.cli.context import database
 from klpfleet.cli.output import cell, console, emit, info, output_option, printable, table
 
+# Exit codes of `rollout start/resume --wait` and `rollout status`: 0 completed; 1 paused, aborted or rolled
+# back; 2 the controller failed; 3 (status without --watch) not finished yet.
 EXIT = {"completed": 0, "paused": 1, "aborted": 1, "rolled_back": 1, "failed": 2}
+NOT_FINISHED = 3
 
 
 @click.group()
@@ -92,7 +95,7 @@ def _names(hosts: list[str], limit: int = 8) -> str:
 
 def drive_or_detach(ctx: click.Context, rollout_id: int, wait: bool) -> None:
     if not wait:
-        from klpfleet.controller.ansible import runs_dir
+        from klpfleet.controller.runner import runs_dir
 
         db = database(ctx)
         log_dir = runs_dir(db) / f"rollout-{rollout_id}"
@@ -297,20 +300,26 @@ def list_(ctx: click.Context, output: str) -> None:
 
 @rollout.command()
 @click.argument("rollout_id", type=int)
-@click.option("--watch", is_flag=True, help="Refresh until the rollout ends; exit 0 completed, 1 otherwise.")
+@click.option("--watch", is_flag=True, help="Follow it until it ends or pauses (with -o json: one line per change).")
 @click.option("--interval", default=2.0, show_default=True)
 @output_option
 @click.pass_context
 def status(ctx: click.Context, rollout_id: int, watch: bool, interval: float, output: str) -> None:
-    """One rollout: waves, outcomes, gates and decisions."""
+    """One rollout: waves, outcomes, gates and decisions.
+
+    Exit status: 0 completed, 1 paused, aborted or rolled back, 2 the controller failed, 3 still running
+    (without --watch).
+    """
     from klpfleet.controller.views import rollout_record
 
     db = database(ctx)
-    if not watch or output != "table":
+    if not watch:
         with db.session() as s:
             data = rollout_record(s, rollout_id)
         emit("rollout", data, output, _status_table)
-        ctx.exit(0 if data["status"] == "completed" else 1 if data["status"] in EXIT else 3)
+        ctx.exit(EXIT.get(data["status"], NOT_FINISHED))
+    if output != "table":
+        ctx.exit(_follow(db, rollout_id, interval, output))
     from rich.live import Live
 
     out = console()
@@ -323,6 +332,33 @@ def status(ctx: click.Context, rollout_id: int, watch: bool, interval: float, ou
                 break
             time.sleep(interval)
     ctx.exit(EXIT.get(data["status"], 1))
+
+
+def _follow(db: Any, rollout_id: int, interval: float, output: str) -> int:
+    """--watch for scripts: the rollout's record each time it changes, one document per line."""
+    import json
+
+    from klpfleet.cli.output import envelope
+    from klpfleet.controller.views import rollout_record
+
+    last = None
+    while True:
+        with db.session() as s:
+            data = rollout_record(s, rollout_id, event_limit=8)
+        doc = envelope("rollout", data)
+        shown = json.dumps(doc["data"], sort_keys=True, default=str)
+        if shown != last:
+            if output == "json":
+                sys.stdout.write(json.dumps(doc, separators=(",", ":"), default=str) + "\n")
+            else:
+                import yaml
+
+                sys.stdout.write("---\n" + yaml.safe_dump(doc, sort_keys=False))
+            sys.stdout.flush()
+            last = shown
+        if data["status"] in EXIT:
+            return EXIT[data["status"]]
+        time.sleep(interval)
 
 
 def _status_lines(d: dict[str, Any]) -> list[list[Any]]:
@@ -398,9 +434,9 @@ def rollback(
 
     from sqlalchemy import select
 
-    from klpfleet.controller.ansible import runs_dir
     from klpfleet.controller.policy import parse_duration
     from klpfleet.controller.rollback import REMOVED, rollback_batches
+    from klpfleet.controller.runner import runs_dir
     from klpfleet.controller.selection import select_hosts
     from klpfleet.db import events
     from klpfleet.db.models import Host, HostPatch, Rollout, Wave, WaveHost

@@ -15,17 +15,23 @@ from typing import Any, Protocol
 
 from sqlalchemy import select, update
 
-from klpfleet.controller.ansible import HostResult, run_playbook, runs_dir
 from klpfleet.controller.gate import Control, Verdict, WaveCounts, decide_gate
 from klpfleet.controller.lease import Lease, LeaseLost
 from klpfleet.controller.policy import Policy
 from klpfleet.controller.rollback import REMOVED, rollback_batches
+from klpfleet.controller.runner import HostResult, run_playbook, runs_dir
 from klpfleet.db import events
 from klpfleet.db.engine import Database
 from klpfleet.db.models import Host, HostPatch, Patch, Rollout, Wave, WaveHost, utcnow
 from klpfleet.inventory_export import fleet_inventory
 from klpfleet.probe.health import health_checks
-from klpfleet.states import HARD_FAILURES, TERMINAL_ROLLOUT_STATUSES, PatchState
+from klpfleet.states import (
+    FAILURE_OUTCOME_STATES,
+    HARD_FAILURES,
+    TERMINAL_ROLLOUT_STATUSES,
+    Outcome,
+    PatchState,
+)
 
 TERMINAL = tuple(TERMINAL_ROLLOUT_STATUSES)
 
@@ -49,18 +55,14 @@ class Silent:
         pass
 
 
-def outcome_of(r: HostResult) -> tuple[str, str | None]:
-    """(wave host outcome, klp_error) from one host's result of apply.yml."""
+def outcome_of(r: HostResult) -> tuple[Outcome, str | None]:
+    """(wave host outcome, klp_error) from one host's result of apply.yml: the module names the outcome."""
     if r.status == "ok":
-        return "applied", None
+        return Outcome.APPLIED, None
     if r.status == "unreachable":
-        return "unreachable", None
-    code = r.klp_error
-    if code == "refused":
-        return "refused", code
-    if code == "transition_stalled":
-        return "stalled", code
-    return "failed", code
+        return Outcome.UNREACHABLE, None
+    named = r.result.get("outcome")
+    return (Outcome(named) if named in FAILURE_OUTCOME_STATES else Outcome.FAILED), r.klp_error
 
 
 class Driver:

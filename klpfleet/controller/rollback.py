@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from klpfleet.controller.ansible import HostResult, run_playbook
+from klpfleet.controller.runner import HostResult, run_playbook
 from klpfleet.db.engine import Database
 from klpfleet.inventory_export import fleet_inventory
 from klpfleet.probe.health import health_checks

@@ -10,7 +10,7 @@ from klpfleet.errors import UsageError
 
 
 def select_hosts(db: Database, pattern: str | None = None, group: str | None = None) -> list[str]:
-    from klpfleet.inventory_export import fleet_inventory
+    from klpfleet.inventory_export import fleet_inventory, group_name
 
     hosts = fleet_inventory(db)
     if pattern is None and group is None:
@@ -29,7 +29,7 @@ def select_hosts(db: Database, pattern: str | None = None, group: str | None = N
             data.add_group(g)
             data.add_child(g, h["name"])
         for key, value in h["labels"].items():
-            name = f"{key}_{value}".replace("-", "_").replace(".", "_")
+            name = group_name(f"{key}_{value}")
             data.add_group(name)
             data.add_child(name, h["name"])
     data.reconcile_inventory()

@@ -3,7 +3,7 @@ in it) on each host; a non-zero exit, a timeout or an unreachable host fails the
 
 from __future__ import annotations
 
-from klpfleet.controller.ansible import HostResult
+from klpfleet.controller.runner import HostResult
 from klpfleet.db.engine import Database
 from klpfleet.inventory_export import fleet_inventory
 from klpfleet.probe.ssh import OK, Target, run_all

@@ -24,7 +24,8 @@ FLEET_KEYS = {"kernel_release", "hosts", "labels", "faults", "speed", "debug"}
 FAULT_KEYS = {"refuse", "stall", "unreachable", "kernel_release", "modules", "sig_enforce", "lockdown", "livepatch"}
 
 
-def _sim():
+def sim_kernel() -> Any:
+    """The collection's simulated kernel module (importable once the collection is on the path)."""
     from klpfleet.collection import ensure_importable
 
     ensure_importable()
@@ -42,7 +43,7 @@ def create_host(
     debug: bool = True,
 ) -> Path:
     """One simulated host in root. Plain modules named in faults['modules'] are loaded at boot."""
-    sim = _sim()
+    sim = sim_kernel()
     faults = faults or {}
     if (root / sim.STATE_FILE).exists():
         raise UsageError(f"{root} already holds a simulated host")
@@ -132,7 +133,7 @@ def create_fleet(directory: Path, spec: dict[str, Any]) -> dict[str, Any]:
     faults = spec.get("faults") or {}
     if not isinstance(faults, dict):
         raise UsageError("fleet: faults maps a host name to its faults")
-    sim = _sim()
+    sim = sim_kernel()
     for host, f in faults.items():
         if host not in names:
             raise UsageError(f"fleet: faults name {host!r}, which is not in the fleet")

@@ -17,15 +17,19 @@ from typing import Any
 from klpfleet.errors import UsageError
 from klpfleet.sim.elfbuild import SPEC_SECTION, build_module
 
+
+def _sim_kernel() -> Any:
+    """The simulated kernel's module: it decides what vermagic a module built for a release carries."""
+    from klpfleet.sim.fleet import sim_kernel
+
+    return sim_kernel()
+
+
 DEFAULT_KERNEL_RELEASE = "6.1.0-56-amd64"
 CALLBACKS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")
 PARAM_TYPES = ("int", "bool", "charp")
 NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,55}$")
 FUNC_RE = re.compile(r"^[A-Za-z0-9_.*?]{1,128}$")
-
-
-def vermagic_for(release: str) -> str:
-    return f"{release} SMP preempt mod_unload modversions "
 
 
 def _fail(where: str, message: str) -> UsageError:
@@ -211,7 +215,7 @@ def build_ko(spec: dict[str, Any]) -> bytes:
     payload = json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()
     fields = [
         ("name", spec["name"]),
-        ("vermagic", vermagic_for(spec["kernel_release"])),
+        ("vermagic", _sim_kernel().vermagic_for(spec["kernel_release"])),
         ("srcversion", hashlib.sha256(payload).hexdigest()[:23].upper()),
         ("depends", ""),
         ("license", "GPL"),

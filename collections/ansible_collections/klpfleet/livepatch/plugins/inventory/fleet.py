@@ -50,15 +50,9 @@ compose:
   ansible_user: "'ops'"
 """
 
-import re
-
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
 from ansible.utils.unsafe_proxy import wrap_var
-
-
-def group_safe(text):
-    return re.sub(r"[^A-Za-z0-9_]", "_", str(text))
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable):
@@ -71,26 +65,27 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         super().parse(inventory, loader, path, cache)
         self._read_config_data(path)
         try:
+            from klpfleet import inventory_export
             from klpfleet.db.engine import connect
             from klpfleet.errors import KlpfleetError
-            from klpfleet.inventory_export import TrustedTemplate, fleet_inventory, host_vars
         except ImportError as exc:
             raise AnsibleParserError("klpfleet.livepatch.fleet needs klpfleet installed: %s" % exc) from exc
         try:
-            hosts = fleet_inventory(connect(self.get_option("db")))
+            hosts = inventory_export.fleet_inventory(connect(self.get_option("db")))
         except KlpfleetError as exc:
             raise AnsibleParserError("klpfleet database: %s" % exc) from exc
-        self.populate(hosts, host_vars, TrustedTemplate)
+        self._export = inventory_export  # klpfleet's one host-vars builder and group naming
+        self.populate(hosts)
 
-    def populate(self, hosts, host_vars, trusted_template):
+    def populate(self, hosts):
         strict = self.get_option("strict")
         state_groups = self.get_option("patch_state_groups")
         for h in hosts:
             name = self.inventory.add_host(h["name"])
             # klpfleet's one host-vars builder (the controller's frozen inventories use it too). Its values
             # are data: set here they stay untrusted, so Ansible never templates them.
-            for key, value in host_vars(h).items():
-                if isinstance(value, trusted_template):
+            for key, value in self._export.host_vars(h).items():
+                if isinstance(value, self._export.TrustedTemplate):
                     from ansible.template import trust_as_template
 
                     value = trust_as_template(str(value))
@@ -115,5 +110,5 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             self._add_host_to_keyed_groups(self.get_option("keyed_groups"), hostvars, name, strict=strict)
 
     def _group(self, host, group):
-        group = self.inventory.add_group(group_safe(group))
+        group = self.inventory.add_group(self._export.group_name(str(group)))
         self.inventory.add_child(group, host)

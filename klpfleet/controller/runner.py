@@ -24,8 +24,6 @@ from klpfleet.collection import collections_path, playbooks_path
 from klpfleet.db.engine import Database, default_data_dir
 from klpfleet.inventory_export import TrustedTemplate, host_vars
 
-PATCH_ACTIONS = {"klpfleet.livepatch.patch", "klpfleet.livepatch.patch_info"}
-
 
 @dataclass
 class HostResult:
@@ -95,7 +93,6 @@ def run_playbook(
     forks: int,
     rollout_id: int | None = None,
     cancel: Callable[[], bool] | None = None,
-    target_actions: set[str] | None = None,
 ) -> RunOutcome:
     """Run one playbook over exactly these hosts in a new folder under `runs_in` (named after `ident`). Results are
     recorded here, from ansible-runner's event stream, by the recorder callback's own code: the run itself
@@ -103,9 +100,8 @@ def run_playbook(
     import ansible_runner
 
     from klpfleet.db.events import default_actor
-    from klpfleet.recorder import Recorder
+    from klpfleet.recorder import Recorder, livepatch_action_of
 
-    target_actions = target_actions or PATCH_ACTIONS
     workdir = new_run_dir(runs_in, ident)
     inventory = workdir / "inventory.yml"
     inventory.write_text(dump_unsafe_yaml(frozen_inventory(records)))
@@ -128,7 +124,7 @@ def run_playbook(
         recorder.record_task_result(run_id, host, str(action), status, res, data.get("task_args") or {})
         if kind == "runner_on_unreachable":
             results[host] = HostResult(host, "unreachable", res)
-        elif action in target_actions:
+        elif livepatch_action_of(str(action), res):
             results[host] = HostResult(host, status, res)
         elif kind == "runner_on_failed" and not data.get("ignore_errors"):
             results[host] = HostResult(host, "failed", {"msg": res.get("msg"), "task": data.get("task")})
