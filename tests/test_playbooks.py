@@ -552,3 +552,41 @@ def test_the_modules_examples_run_as_written(tmp_path, sqlite_url, monkeypatch):
     states_, _, _ = recorded(db)
     assert states_[("sim-01", "livepatch_cve_2026_1234")] == "absent"  # applied, then removed
     assert states_[("sim-02", "livepatch_cve_2026_1234")] == "refused"
+
+
+@pytest.mark.parametrize("module", ["klpfleet.livepatch.patch", "klpfleet.livepatch.patch_info"])
+def test_the_simulator_never_travels_to_a_real_host(tmp_path, module):
+    """What Ansible sends for a real (sysfs) host: the collection's module_utils, without the simulated kernel."""
+    import base64
+    import io
+    import re
+    import sys
+    import zipfile
+
+    env = ansible_env(
+        ANSIBLE_KEEP_REMOTE_FILES="1", ANSIBLE_PIPELINING="False", ANSIBLE_REMOTE_TMP=str(tmp_path / "remote")
+    )
+    subprocess.run(
+        [
+            str(BIN / "ansible"),
+            "localhost",
+            "-c",
+            "local",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+            "-m",
+            module,
+            "-a",
+            "backend=sysfs name=none state=absent" if module.endswith(".patch") else "backend=sysfs",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+    wrapper = next((tmp_path / "remote").rglob("AnsiballZ_*.py"))
+    zipped = base64.b64decode(re.search(rb"zip_data='([A-Za-z0-9+/=]+)'", wrapper.read_bytes()).group(1))
+    names = zipfile.ZipFile(io.BytesIO(zipped)).namelist()
+    assert any(n.endswith("module_utils/_primitives.py") for n in names)
+    assert not [n for n in names if "_sim_kernel" in n]

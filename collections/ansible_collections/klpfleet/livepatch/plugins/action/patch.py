@@ -1,9 +1,12 @@
 # -*- coding: utf-8 -*-
 # Copyright: klpfleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Runs the patch module, filling backend/sim_root from the host vars klp_backend/klp_sim_root."""
+"""Runs the patch module, filling backend/sim_root from the host vars klp_backend/klp_sim_root, and for a
+simulated host the path of the simulated kernel's code (which therefore never travels to a real host)."""
 
 from __future__ import annotations
+
+import os
 
 from ansible.plugins.action import ActionBase
 
@@ -21,6 +24,10 @@ class ActionModule(ActionBase):
         for option, var in HOST_VAR_DEFAULTS:
             if args.get(option) is None and task_vars.get(var) is not None:
                 args[option] = self._templar.template(task_vars[var])
+        if args.get("backend") == "sim" and not args.get("sim_kernel"):
+            from ansible_collections.klpfleet.livepatch.plugins.module_utils import _primitives
+
+            args["sim_kernel"] = os.path.join(os.path.dirname(_primitives.__file__), "_sim_kernel.py")
         wrap_async = bool(self._task.async_val) and not self._connection.has_native_async
         result.update(
             self._execute_module(

@@ -18,4 +18,9 @@ options:
   sim_root:
     description: Directory of the simulated host; defaults to the host var C(klp_sim_root).
     type: path
+  sim_kernel:
+    description:
+      - Path of the simulated kernel's code on the managed host, for O(backend=sim). The action plugin sets it
+        to the collection's own copy, so the simulator is never part of what is sent to a real host.
+    type: path
 """

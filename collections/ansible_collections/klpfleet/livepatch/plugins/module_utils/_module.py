@@ -12,6 +12,7 @@ from ansible_collections.klpfleet.livepatch.plugins.module_utils._primitives imp
 BACKEND_ARGS = dict(
     backend=dict(type="str", choices=["sysfs", "sim"]),
     sim_root=dict(type="path"),
+    sim_kernel=dict(type="path"),
 )
 
 
@@ -35,5 +36,10 @@ def host_primitives(module, klp_module, read_only=False):
             if path:
                 tool_paths[tool] = path
     return primitives_for(
-        backend, module.params.get("sim_root"), run_command=run_command, tool_paths=tool_paths, read_only=read_only
+        backend,
+        module.params.get("sim_root"),
+        run_command=run_command,
+        tool_paths=tool_paths,
+        read_only=read_only,
+        sim_kernel=module.params.get("sim_kernel"),
     )

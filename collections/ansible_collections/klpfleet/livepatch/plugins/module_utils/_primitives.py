@@ -13,8 +13,11 @@ are the kernel's: OSError with its errno from read/write, (rc, stdout, stderr) f
 from __future__ import annotations
 
 import errno
+import importlib
+import importlib.util
 import os
 import subprocess
+import sys
 import time
 
 KMSG = "/dev/kmsg"
@@ -118,15 +121,43 @@ class RealPrimitives(object):
         time.sleep(seconds)
 
 
-def primitives_for(backend, sim_root=None, run_command=None, tool_paths=None, read_only=False):
+def simulated_kernel(path=None):
+    """The simulated kernel's code. Nothing here imports it by name, so Ansible never bundles it into what a
+    module sends to a host: a module for a simulated host is given its file's path (the action plugin does
+    that), and code that runs beside the collection (the simulator, the probe, tests) imports it."""
+    package = __name__.rsplit(".", 1)[0]
+    if not path:
+        return importlib.import_module(package + "._sim_kernel")
+    for sibling in SIM_KERNEL_IMPORTS:  # the module's payload may lack them: they sit beside the file
+        name = package + "." + sibling
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            _load_file(name, os.path.join(os.path.dirname(path), sibling + ".py"))
+    return _load_file("klpfleet_simulated_kernel", path)
+
+
+# What _sim_kernel imports from this package.
+SIM_KERNEL_IMPORTS = ("_modinfo",)
+
+
+def _load_file(name, path):
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def primitives_for(backend, sim_root=None, run_command=None, tool_paths=None, read_only=False, sim_kernel=None):
     """The primitives for a host: `sysfs` (a real kernel) or `sim` (a simulated one kept in sim_root).
     `read_only` callers (patch_info, the probe) get a simulated host's state loaded once."""
     if backend == "sim":
         if not sim_root:
             raise ValueError("the sim backend needs sim_root (host var klp_sim_root)")
-        from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel import SimPrimitives, SimSnapshot
-
-        return SimSnapshot(sim_root) if read_only else SimPrimitives(sim_root)
+        sim = simulated_kernel(sim_kernel)
+        return sim.SimSnapshot(sim_root) if read_only else sim.SimPrimitives(sim_root)
     if backend != "sysfs":
         raise ValueError("unknown backend %r: sysfs or sim" % (backend,))
     return RealPrimitives(run_command=run_command, tool_paths=tool_paths)
