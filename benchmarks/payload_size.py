@@ -73,8 +73,10 @@ def main() -> None:
             wrapper = payload(module, args, Path(tmp) / module)
             names = bundled(wrapper)
             sim = [n for n in names if "_sim_kernel" in n]
-            print(f"{module}: {wrapper.stat().st_size / 1024:.1f} KiB sent to a real host; simulator inside: "
-                  f"{'YES' if sim else 'no'}")
+            print(
+                f"{module}: {wrapper.stat().st_size / 1024:.1f} KiB sent to a real host; simulator inside: "
+                f"{'YES' if sim else 'no'}"
+            )
             for name in names:
                 print(f"    {name}")
 

@@ -1,6 +1,7 @@
 """Operators' requests go through one transitions table; anything else is one clear line."""
 
 import pytest
+from sqlalchemy import select
 
 from klpfleet.controller.control import request
 from klpfleet.db.models import Rollout, Wave
@@ -57,3 +58,31 @@ def test_the_database_refuses_a_status_no_enum_names(sqlite_db, rollout_in):
     rid = rollout_in(RolloutStatus.RUNNING)
     with pytest.raises(IntegrityError), sqlite_db.session.begin() as s:
         s.execute(update(Rollout).where(Rollout.id == rid).values(status="sleeping"))
+
+
+def test_rollback_batches_reverse_the_waves_that_applied_the_patch(sqlite_db, tmp_path):
+    from klpfleet.controller.rollback import batch_order
+    from klpfleet.db.models import Host, WaveHost
+
+    with sqlite_db.session.begin() as s:
+        patch, _ = add_patch(s, make_ko(tmp_path / "lp.ko", "lp_order"))
+        hosts = {n: Host(name=n, vars={}) for n in ("canary", "w2a", "w2b", "w3", "by-hand", "other")}
+        s.add_all(hosts.values())
+        s.flush()
+        for plan in ([["canary"], ["w2a", "w2b"], ["w3"]], [["other"]]):
+            r = Rollout(patch_id=patch.id, status="completed", policy={}, created_by="t")
+            s.add(r)
+            s.flush()
+            for index, names in enumerate(plan):
+                wave = Wave(rollout_id=r.id, index=index, status="completed")
+                s.add(wave)
+                s.flush()
+                s.add_all(
+                    WaveHost(wave_id=wave.id, rollout_id=r.id, host_id=hosts[n].id, status="done", outcome="applied")
+                    for n in names
+                )
+        s.flush()
+        every = set(hosts)
+        assert batch_order(s, patch.id, every) == [["by-hand"], ["w3"], ["w2a", "w2b"], ["canary", "other"]]
+        first = s.scalar(select(Rollout.id).order_by(Rollout.id))
+        assert batch_order(s, patch.id, {"canary", "w3"}, rollout_id=first) == [["w3"], ["canary"]]

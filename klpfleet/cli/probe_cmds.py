@@ -37,7 +37,7 @@ def probe(
     """
     from klpfleet.controller.selection import select_hosts
     from klpfleet.errors import UsageError
-    from klpfleet.probe import probe as run_probe
+    from klpfleet.probe.run import probe as run_probe
 
     if not 1 <= forks <= 500:
         raise UsageError("--forks must be between 1 and 500")

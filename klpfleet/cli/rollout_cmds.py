@@ -435,11 +435,11 @@ def rollback(
     from sqlalchemy import select
 
     from klpfleet.controller.policy import parse_duration
-    from klpfleet.controller.rollback import REMOVED, rollback_batches
+    from klpfleet.controller.rollback import REMOVED, batch_order, rollback_batches
     from klpfleet.controller.runner import runs_dir
     from klpfleet.controller.selection import select_hosts
     from klpfleet.db import events
-    from klpfleet.db.models import Host, HostPatch, Rollout, Wave, WaveHost
+    from klpfleet.db.models import Host, HostPatch
     from klpfleet.errors import UsageError
     from klpfleet.registry.patches import get_patch
     from klpfleet.states import PatchState
@@ -469,21 +469,8 @@ def rollback(
         targets = on if chosen is None else on & chosen
         if not targets:
             raise UsageError(f"{patch.name} is not recorded as applied on any selected host (gather first?)")
-        last_wave = dict(
-            s.execute(
-                select(Host.name, Wave.index)
-                .join(WaveHost, WaveHost.host_id == Host.id)
-                .join(Wave, Wave.id == WaveHost.wave_id)
-                .join(Rollout, Rollout.id == Wave.rollout_id)
-                .where(Rollout.patch_id == patch.id, Host.name.in_(targets))
-                .order_by(Rollout.id)
-            ).all()
-        )
+        ordered = batch_order(s, patch.id, targets)
         patch_name = patch.name
-    batches: dict[int, list[str]] = {}
-    for host in sorted(targets):
-        batches.setdefault(last_wave.get(host, 1 << 20), []).append(host)
-    ordered = [batches[k] for k in sorted(batches, reverse=True)]
     argv = None if fast or not health_check else shlex.split(health_check)
     bake_seconds = 0.0 if fast or not bake else parse_duration(bake, "--bake")
     progress = CliProgress()

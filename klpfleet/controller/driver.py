@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from klpfleet.controller.gate import Control, Verdict, WaveCounts, decide_gate
 from klpfleet.controller.lease import Lease, LeaseLost
 from klpfleet.controller.policy import Policy
-from klpfleet.controller.rollback import REMOVED, rollback_batches
+from klpfleet.controller.rollback import REMOVED, batch_order, rollback_batches
 from klpfleet.controller.runner import HostResult, run_playbook, runs_dir
 from klpfleet.db import events
 from klpfleet.db.engine import Database
@@ -430,25 +430,23 @@ class Driver:
             r = s.get(Rollout, self.id)
             assert r is not None
             patch_name = r.patch.name
-            rows = s.execute(
-                select(Wave.index, Host.name)
-                .join(WaveHost, WaveHost.wave_id == Wave.id)
-                .join(Host, Host.id == WaveHost.host_id)
-                .where(Wave.rollout_id == self.id, WaveHost.outcome.in_(["applied", "health_failed"]))
-                .order_by(Wave.index.desc(), Host.name)
-            ).all()
-        batches: dict[int, list[str]] = {}
-        for index, name in rows:
-            batches.setdefault(index, []).append(name)
-        self.progress.note(f"rolling back {len(rows)} host(s): {reason}")
+            applied = set(
+                s.scalars(
+                    select(Host.name)
+                    .join(WaveHost, WaveHost.host_id == Host.id)
+                    .where(WaveHost.rollout_id == self.id, WaveHost.outcome.in_(["applied", "health_failed"]))
+                )
+            )
+            batches = batch_order(s, r.patch_id, applied, rollout_id=self.id)
+        self.progress.note(f"rolling back {len(applied)} host(s): {reason}")
         with self.tx() as s:
             r = self.lease.check(s)
-            self.event(s, "rollout.rolling_back", r, reason=reason, hosts=len(rows))
+            self.event(s, "rollout.rolling_back", r, reason=reason, hosts=len(applied))
         policy = self.policy()
         answers = rollback_batches(
             self.db,
             patch_name,
-            list(batches.values()),
+            batches,
             runs_in=self.runs_in,
             ident=f"r{self.id}-rb",
             forks=policy.forks,

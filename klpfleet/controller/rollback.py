@@ -17,8 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from klpfleet.controller.runner import HostResult, run_playbook
 from klpfleet.db.engine import Database
+from klpfleet.db.models import Host, Rollout, Wave, WaveHost
 from klpfleet.inventory_export import fleet_inventory
 from klpfleet.probe.health import health_checks
 
@@ -64,6 +68,29 @@ def decide(host: str, facts: dict[str, Any], patch_name: str, cascade: bool) -> 
     if blocked:
         return HostRollback(host, FORCED, f"newer patch {blocked[0]} was force-transitioned: reboot needed"), []
     return None, [*reversed(newer), patch_name]
+
+
+def batch_order(session: Session, patch_id: int, hosts: set[str], rollout_id: int | None = None) -> list[list[str]]:
+    """The order to take a patch off hosts: the reverse of the waves that applied it, so the last hosts to
+    get it lose it first and the canary keeps it longest. Only `rollout_id`'s waves count when given (a
+    rollout rolling itself back); otherwise the newest rollout of the patch that reached each host. Hosts no
+    rollout applied it to (by hand, another tool) come first: nothing vouches for them."""
+    query = (
+        select(Host.name, Wave.index)
+        .join(WaveHost, WaveHost.host_id == Host.id)
+        .join(Wave, Wave.id == WaveHost.wave_id)
+        .join(Rollout, Rollout.id == Wave.rollout_id)
+        .where(Rollout.patch_id == patch_id, Host.name.in_(sorted(hosts)))
+        .order_by(Rollout.id)
+    )
+    if rollout_id is not None:
+        query = query.where(Rollout.id == rollout_id)
+    wave_of: dict[str, int] = dict(session.execute(query).all())
+    unvouched = sorted(h for h in hosts if h not in wave_of)
+    by_wave: dict[int, list[str]] = {}
+    for host in sorted(wave_of):
+        by_wave.setdefault(wave_of[host], []).append(host)
+    return [b for b in [unvouched, *(by_wave[i] for i in sorted(by_wave, reverse=True))] if b]
 
 
 def rollback_batches(

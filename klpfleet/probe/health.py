@@ -15,7 +15,7 @@ HEALTH_OUTPUT_KEPT = 64 * 1024
 def health_checks(
     db: Database, names: list[str], argv: list[str], *, forks: int, timeout: float = 60.0, connect_timeout: float = 10.0
 ) -> dict[str, HostResult]:
-    from klpfleet.probe import default_known_hosts
+    from klpfleet.probe.run import default_known_hosts
 
     targets = [Target.from_record(r) for r in fleet_inventory(db, names)]
     runs = run_all(
