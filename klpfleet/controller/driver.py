@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
-from klpfleet.controller.gate import Control, Verdict, WaveCounts, decide_gate
+from klpfleet.controller.gate import Verdict, WaveCounts, decide_gate
 from klpfleet.controller.lease import Lease, LeaseLost
 from klpfleet.controller.policy import Policy
 from klpfleet.controller.rollback import REMOVED, batch_order, rollback_batches
 from klpfleet.controller.runner import HostResult, run_playbook, runs_dir
+from klpfleet.controller.store import RolloutStore
 from klpfleet.db import events
 from klpfleet.db.engine import Database
 from klpfleet.db.models import Host, HostPatch, Patch, Rollout, Wave, WaveHost, utcnow
@@ -27,13 +30,13 @@ from klpfleet.inventory_export import fleet_inventory
 from klpfleet.probe.health import health_checks
 from klpfleet.states import (
     FAILURE_OUTCOME_STATES,
-    HARD_FAILURES,
     TERMINAL_ROLLOUT_STATUSES,
     Outcome,
     PatchState,
+    RolloutStatus,
+    WaveHostStatus,
+    WaveStatus,
 )
-
-TERMINAL = tuple(TERMINAL_ROLLOUT_STATUSES)
 
 
 class Progress(Protocol):
@@ -81,32 +84,23 @@ class Driver:
         self.progress: Progress = progress or Silent()
         self.sleep = sleep
         self.lease = Lease(db, rollout_id)
+        self.store = RolloutStore(db, rollout_id)
         self.runs_in = runs_dir(db) / f"rollout-{rollout_id}"
 
     # ------------------------------------------------------------------ helpers
 
-    def tx(self) -> Any:
+    def tx(self) -> AbstractContextManager[Session]:
         return self.db.session.begin()
 
-    def event(self, s: Any, kind: str, rollout: Rollout, host: Host | None = None, **details: Any) -> None:
+    def event(self, s: Session, kind: str, rollout: Rollout, host: Host | None = None, **details: Any) -> None:
         events.record(s, kind, actor=self.actor, rollout=rollout, patch=rollout.patch, host=host, **details)
-
-    def policy(self) -> Policy:
-        with self.db.session() as s:
-            r = s.get(Rollout, self.id)
-            assert r is not None
-            return Policy.from_json(r.policy)
-
-    def status(self) -> str:
-        with self.db.session() as s:
-            return str(s.scalar(select(Rollout.status).where(Rollout.id == self.id)))
 
     def interrupted(self) -> str | None:
         """A pause or abort asked for by an operator, or a lost lease: checked at every safe point."""
         if self.lease.lost.is_set():
             raise LeaseLost(f"lost the lease on rollout {self.id}")
-        status = self.status()
-        return status if status in ("paused", "aborting") else None
+        status = self.store.status()
+        return status if status in (RolloutStatus.PAUSED, RolloutStatus.ABORTING) else None
 
     def wait(self, seconds: float) -> str | None:
         """Sleep in small steps, returning early on a pause, abort or promotion past the wait."""
@@ -115,7 +109,7 @@ class Driver:
             why = self.interrupted()
             if why:
                 return why
-            if self.control().promoted_full:
+            if self.store.control().promoted_full:
                 return None
             self.sleep(min(1.0, max(0.0, end - time.monotonic())))
         return self.interrupted()
@@ -126,52 +120,51 @@ class Driver:
     # ------------------------------------------------------------------ the loop
 
     def drive(self) -> str:
+        """The rollout, wave after wave, until it completes or stops. Each step commits before the next."""
         with self.lease:
-            with self.tx() as s:
-                r = self.lease.check(s)
-                if r.status == "planned":
-                    r.status, r.started_at = "running", utcnow()
-                    self.event(s, "rollout.started", r)
-                elif r.status == "running":
-                    self.event(s, "rollout.resumed", r, reason="driver (re)started")
+            self.mark_started()
             while True:
-                status = self.status()
-                if status == "aborting":
+                status = self.store.status()
+                if status == RolloutStatus.ABORTING:
                     return self.abort()
-                if status in ("paused", *TERMINAL):
-                    return status
-                with self.db.session() as s:
-                    wave = s.scalar(
-                        select(Wave)
-                        .where(Wave.rollout_id == self.id, Wave.status.not_in(["completed"]))
-                        .order_by(Wave.index)
-                    )
-                    total = s.scalar(
-                        select(Wave.index).where(Wave.rollout_id == self.id).order_by(Wave.index.desc()).limit(1)
-                    )
-                    wave_id = wave.id if wave else None
-                if wave_id is None:
-                    with self.tx() as s:
-                        r = self.lease.check(s)
-                        r.status, r.finished_at = "completed", utcnow()
-                        self.event(s, "rollout.completed", r)
-                    self.progress.note("rollout completed")
-                    return "completed"
-                result = self.run_wave(wave_id, (total or 0) + 1)
+                if status == RolloutStatus.PAUSED or status in TERMINAL_ROLLOUT_STATUSES:
+                    return status.value
+                wave = self.store.next_wave()
+                if wave is None:
+                    return self.mark_completed()
+                wave_id, total = wave
+                result = self.run_wave(wave_id, total)
                 if result != "next":
                     return result
+
+    def mark_started(self) -> None:
+        with self.tx() as s:
+            r = self.lease.check(s)
+            if r.status == RolloutStatus.PLANNED:
+                r.status, r.started_at = RolloutStatus.RUNNING, utcnow()
+                self.event(s, "rollout.started", r)
+            elif r.status == RolloutStatus.RUNNING:
+                self.event(s, "rollout.resumed", r, reason="driver (re)started")
+
+    def mark_completed(self) -> str:
+        with self.tx() as s:
+            r = self.lease.check(s)
+            r.status, r.finished_at = RolloutStatus.COMPLETED, utcnow()
+            self.event(s, "rollout.completed", r)
+        self.progress.note("rollout completed")
+        return RolloutStatus.COMPLETED.value
 
     # ------------------------------------------------------------------ one wave
 
     def run_wave(self, wave_id: int, wave_total: int) -> str:
-        policy = self.policy()
+        policy = self.store.policy()
         with self.tx() as s:
             r = self.lease.check(s)
             wave = s.get(Wave, wave_id)
             assert wave is not None
             index = wave.index
-            if wave.status == "pending":
-                wave.status, wave.started_at = "running", utcnow()
+            if wave.status == WaveStatus.PENDING:
+                wave.status, wave.started_at = WaveStatus.RUNNING, utcnow()
                 r.current_wave = index
                 self.event(s, "wave.started", r, wave=index + 1, domain=wave.domain, hosts=len(wave.hosts))
             domain, size = wave.domain, len(wave.hosts)
@@ -187,24 +180,13 @@ class Driver:
         if policy.health_check:
             self.health_checks(wave_id, policy)
 
-        counts = self.counts(wave_id)
+        counts = self.store.counts(wave_id)
         self.progress.counts(index, counts)
         return self.gate(wave_id, index, counts, policy)
 
-    def hosts_with(self, wave_id: int, *statuses: str) -> list[str]:
-        with self.db.session() as s:
-            return list(
-                s.scalars(
-                    select(Host.name)
-                    .join(WaveHost, WaveHost.host_id == Host.id)
-                    .where(WaveHost.wave_id == wave_id, WaveHost.status.in_(statuses))
-                    .order_by(Host.name)
-                )
-            )
-
     def recover_in_flight(self, wave_id: int, policy: Policy) -> None:
         """Hosts a killed controller left `running`: read them before deciding anything."""
-        hosts = self.hosts_with(wave_id, "running")
+        hosts = self.store.hosts_with(wave_id, WaveHostStatus.RUNNING)
         if not hosts:
             return
         self.progress.note(f"re-reading {len(hosts)} host(s) that were in flight when the controller stopped")
@@ -222,29 +204,22 @@ class Driver:
         with self.tx() as s:
             r = self.lease.check(s)
             for name in hosts:
-                wh = self._wave_host(s, wave_id, name)
+                wh = self.store.wave_host(s, wave_id, name)
                 state = s.scalar(
                     select(HostPatch.state).where(HostPatch.host_id == wh.host_id, HostPatch.patch_id == r.patch_id)
                 )
                 if run.results[name].status == "ok" and state in (PatchState.APPLIED, PatchState.FORCED):
-                    wh.status, wh.outcome, wh.finished_at = "done", "applied", utcnow()
+                    wh.status, wh.outcome, wh.finished_at = WaveHostStatus.DONE, Outcome.APPLIED, utcnow()
                     verdict = "applied"
                 else:
-                    wh.status = "pending"  # not applied (or unknown): it is run again, and apply is idempotent
+                    wh.status = (
+                        WaveHostStatus.PENDING
+                    )  # not applied (or unknown): it is run again, and apply is idempotent
                     verdict = "pending"
                 self.event(s, "host.recovered", r, host=wh.host, state=state, verdict=verdict)
 
-    def _wave_host(self, s: Any, wave_id: int, name: str) -> WaveHost:
-        wh = s.scalar(
-            select(WaveHost)
-            .join(Host, Host.id == WaveHost.host_id)
-            .where(WaveHost.wave_id == wave_id, Host.name == name)
-        )
-        assert wh is not None
-        return wh
-
     def apply_pending(self, wave_id: int, policy: Policy) -> str | None:
-        hosts = self.hosts_with(wave_id, "pending")
+        hosts = self.store.hosts_with(wave_id, WaveHostStatus.PENDING)
         if not hosts:
             return None
         why = self.interrupted()
@@ -254,10 +229,10 @@ class Driver:
             r = self.lease.check(s)
             patch = r.patch
             for name in hosts:
-                wh = self._wave_host(s, wave_id, name)
-                wh.status, wh.started_at, wh.attempts = "running", utcnow(), wh.attempts + 1
-            attempt = max(self._wave_host(s, wave_id, n).attempts for n in hosts)
-            self.event(s, "wave.run", r, wave=self._wave_index(s, wave_id) + 1, hosts=len(hosts), attempt=attempt)
+                wh = self.store.wave_host(s, wave_id, name)
+                wh.status, wh.started_at, wh.attempts = WaveHostStatus.RUNNING, utcnow(), wh.attempts + 1
+            attempt = max(self.store.wave_host(s, wave_id, n).attempts for n in hosts)
+            self.event(s, "wave.run", r, wave=self.store.wave_index(s, wave_id) + 1, hosts=len(hosts), attempt=attempt)
             extravars = self.apply_vars(patch, policy)
         run = run_playbook(
             db=self.db,
@@ -276,12 +251,9 @@ class Driver:
             r = self.lease.check(s)
             for name in hosts:
                 outcome, code = outcome_of(run.results[name])
-                wh = self._wave_host(s, wave_id, name)
-                wh.status, wh.outcome, wh.error_code, wh.finished_at = "done", outcome, code, utcnow()
+                wh = self.store.wave_host(s, wave_id, name)
+                wh.status, wh.outcome, wh.error_code, wh.finished_at = WaveHostStatus.DONE, outcome, code, utcnow()
         return None
-
-    def _wave_index(self, s: Any, wave_id: int) -> int:
-        return int(s.scalar(select(Wave.index).where(Wave.id == wave_id)))
 
     @staticmethod
     def apply_vars(patch: Patch, policy: Policy) -> dict[str, Any]:
@@ -304,7 +276,7 @@ class Driver:
                     s.scalars(
                         select(WaveHost).where(
                             WaveHost.wave_id == wave_id,
-                            WaveHost.outcome == "refused",
+                            WaveHost.outcome == Outcome.REFUSED,
                             WaveHost.attempts <= policy.retry_refused,
                         )
                     )
@@ -321,10 +293,10 @@ class Driver:
                 s.execute(
                     update(WaveHost)
                     .where(WaveHost.id.in_(ids))
-                    .values(status="pending", outcome=None)
+                    .values(status=WaveHostStatus.PENDING, outcome=None)
                     .execution_options(synchronize_session=False)
                 )
-                self.event(s, "wave.retry_refused", r, wave=self._wave_index(s, wave_id) + 1, hosts=len(ids))
+                self.event(s, "wave.retry_refused", r, wave=self.store.wave_index(s, wave_id) + 1, hosts=len(ids))
             why = self.apply_pending(wave_id, policy)
             if why:
                 return why
@@ -335,7 +307,7 @@ class Driver:
                 s.scalars(
                     select(Host.name)
                     .join(WaveHost, WaveHost.host_id == Host.id)
-                    .where(WaveHost.wave_id == wave_id, WaveHost.outcome == "applied")
+                    .where(WaveHost.wave_id == wave_id, WaveHost.outcome == Outcome.APPLIED)
                 )
             )
         if not hosts:
@@ -347,8 +319,8 @@ class Driver:
             for name in hosts:
                 res = results[name]
                 if res.status != "ok":
-                    wh = self._wave_host(s, wave_id, name)
-                    wh.outcome, wh.error_code = "health_failed", "health_check"
+                    wh = self.store.wave_host(s, wave_id, name)
+                    wh.outcome, wh.error_code = Outcome.HEALTH_FAILED, "health_check"
                     tail = str(res.result.get("stderr") or res.result.get("msg") or "")[-500:]
                     self.event(
                         s,
@@ -360,60 +332,33 @@ class Driver:
                         status=res.status,
                     )
 
-    def counts(self, wave_id: int) -> WaveCounts:
-        with self.db.session() as s:
-            rows = s.execute(select(WaveHost.status, WaveHost.outcome).where(WaveHost.wave_id == wave_id)).all()
-        c = WaveCounts(total=len(rows))
-        for status, outcome in rows:
-            if status != "done":
-                c.pending += 1
-            elif outcome == "applied":
-                c.applied += 1
-            elif outcome == "refused":
-                c.refused += 1
-            elif outcome in HARD_FAILURES:
-                c.failures[outcome] = c.failures.get(outcome, 0) + 1
-        return c
-
-    # ------------------------------------------------------------------ gates and stops
-
-    def control(self) -> Control:
-        with self.db.session() as s:
-            r = s.get(Rollout, self.id)
-            assert r is not None
-            return Control(promoted_full=r.promoted_full, overridden_waves=frozenset(r.gate_overrides or []))
-
     def gate(self, wave_id: int, index: int, counts: WaveCounts, policy: Policy) -> str:
-        decision = decide_gate(index, counts, policy, self.control())
+        decision = decide_gate(index, counts, policy, self.store.control())
         with self.tx() as s:
             r = self.lease.check(s)
             wave = s.get(Wave, wave_id)
             assert wave is not None
             self.event(s, "gate.evaluated", r, wave=index + 1, counts=counts.as_dict(), **decision.details())
             if decision.verdict == Verdict.PAUSE:
-                wave.status = "blocked"
-                r.status, r.pause_reason = "paused", decision.reason
+                wave.status = WaveStatus.BLOCKED
+                r.status, r.pause_reason = RolloutStatus.PAUSED, decision.reason
                 self.event(s, "rollout.paused", r, reason=decision.reason, wave=index + 1, by="gate")
             elif decision.verdict == Verdict.CONTINUE:
-                wave.status, wave.finished_at = "completed", utcnow()
+                wave.status, wave.finished_at = WaveStatus.COMPLETED, utcnow()
                 self.event(s, "wave.completed", r, wave=index + 1, counts=counts.as_dict())
         self.progress.note(decision.reason or f"wave {index + 1} passed its gate")
         if decision.verdict == Verdict.ROLLBACK:
             return self.roll_back(decision.reason or "gate breached")
         if decision.verdict == Verdict.PAUSE:
             return "paused"
-        if self.is_last_wave(index):
+        if self.store.is_last_wave(index):
             return "next"
-        if policy.bake_seconds and not self.control().promoted_full:
+        if policy.bake_seconds and not self.store.control().promoted_full:
             self.progress.note(f"baking for {policy.bake_seconds:g}s")
             why = self.wait(policy.bake_seconds)
             if why:
                 return self.stopped(why)
         return "next"
-
-    def is_last_wave(self, index: int) -> bool:
-        with self.db.session() as s:
-            return s.scalar(select(Wave.id).where(Wave.rollout_id == self.id, Wave.index > index).limit(1)) is None
 
     def stopped(self, why: str) -> str:
         if why == "aborting":
@@ -434,7 +379,9 @@ class Driver:
                 s.scalars(
                     select(Host.name)
                     .join(WaveHost, WaveHost.host_id == Host.id)
-                    .where(WaveHost.rollout_id == self.id, WaveHost.outcome.in_(["applied", "health_failed"]))
+                    .where(
+                        WaveHost.rollout_id == self.id, WaveHost.outcome.in_([Outcome.APPLIED, Outcome.HEALTH_FAILED])
+                    )
                 )
             )
             batches = batch_order(s, r.patch_id, applied, rollout_id=self.id)
@@ -442,7 +389,7 @@ class Driver:
         with self.tx() as s:
             r = self.lease.check(s)
             self.event(s, "rollout.rolling_back", r, reason=reason, hosts=len(applied))
-        policy = self.policy()
+        policy = self.store.policy()
         answers = rollback_batches(
             self.db,
             patch_name,
@@ -464,7 +411,7 @@ class Driver:
                         .where(WaveHost.rollout_id == self.id, Host.name == a.host)
                     )
                     if wh is not None:
-                        wh.status = "rolled_back"
+                        wh.status = WaveHostStatus.ROLLED_BACK
             left = [a.host for a in answers if a.result != REMOVED]
             r.status, r.finished_at = final, utcnow()
             r.pause_reason = reason

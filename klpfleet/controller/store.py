@@ -1,0 +1,97 @@
+"""The driver's reads of one rollout, typed: its policy and operators' control, its status, its waves and
+their hosts. Writes stay in the driver, each in the transaction that also checks the lease."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from klpfleet.controller.gate import Control, WaveCounts
+from klpfleet.controller.policy import Policy
+from klpfleet.db.engine import Database
+from klpfleet.db.models import Host, Rollout, Wave, WaveHost
+from klpfleet.states import HARD_FAILURES, Outcome, RolloutStatus, WaveHostStatus, WaveStatus
+
+
+class RolloutStore:
+    def __init__(self, db: Database, rollout_id: int) -> None:
+        self.db = db
+        self.id = rollout_id
+
+    def _rollout(self, s: Session) -> Rollout:
+        r = s.get(Rollout, self.id)
+        assert r is not None, f"rollout {self.id} vanished"
+        return r
+
+    def policy(self) -> Policy:
+        with self.db.session() as s:
+            return Policy.from_json(self._rollout(s).policy)
+
+    def control(self) -> Control:
+        with self.db.session() as s:
+            r = self._rollout(s)
+            return Control(promoted_full=r.promoted_full, overridden_waves=frozenset(r.gate_overrides or []))
+
+    def status(self) -> RolloutStatus:
+        with self.db.session() as s:
+            return RolloutStatus(self._rollout(s).status)
+
+    def next_wave(self) -> tuple[int, int] | None:
+        """(id of the first wave not completed, number of waves), or None when every wave completed."""
+        with self.db.session() as s:
+            waves = s.execute(select(Wave.id, Wave.status).where(Wave.rollout_id == self.id).order_by(Wave.index)).all()
+        open_ = [wave_id for wave_id, status in waves if status != WaveStatus.COMPLETED]
+        return (open_[0], len(waves)) if open_ else None
+
+    def is_last_wave(self, index: int) -> bool:
+        with self.db.session() as s:
+            return s.scalar(select(Wave.id).where(Wave.rollout_id == self.id, Wave.index > index).limit(1)) is None
+
+    def hosts_with(self, wave_id: int, *statuses: WaveHostStatus) -> list[str]:
+        return self._hosts(wave_id, WaveHost.status.in_([str(s) for s in statuses]))
+
+    def hosts_where_outcome(self, wave_id: int, outcome: Outcome) -> list[str]:
+        return self._hosts(wave_id, WaveHost.outcome == outcome.value)
+
+    def _hosts(self, wave_id: int, condition: object) -> list[str]:
+        with self.db.session() as s:
+            return list(
+                s.scalars(
+                    select(Host.name)
+                    .join(WaveHost, WaveHost.host_id == Host.id)
+                    .where(WaveHost.wave_id == wave_id, condition)  # type: ignore[arg-type]
+                    .order_by(Host.name)
+                )
+            )
+
+    def counts(self, wave_id: int) -> WaveCounts:
+        """A wave's hosts by final outcome: the gate's input."""
+        with self.db.session() as s:
+            rows = s.execute(select(WaveHost.status, WaveHost.outcome).where(WaveHost.wave_id == wave_id)).all()
+        c = WaveCounts(total=len(rows))
+        for status, outcome in rows:
+            if status != WaveHostStatus.DONE:
+                c.pending += 1
+            elif outcome == Outcome.APPLIED:
+                c.applied += 1
+            elif outcome == Outcome.REFUSED:
+                c.refused += 1
+            elif outcome in HARD_FAILURES:
+                c.failures[outcome] = c.failures.get(outcome, 0) + 1
+        return c
+
+    @staticmethod
+    def wave_host(s: Session, wave_id: int, name: str) -> WaveHost:
+        wh = s.scalar(
+            select(WaveHost)
+            .join(Host, Host.id == WaveHost.host_id)
+            .where(WaveHost.wave_id == wave_id, Host.name == name)
+        )
+        assert wh is not None, f"{name} is not in wave {wave_id}"
+        return wh
+
+    @staticmethod
+    def wave_index(s: Session, wave_id: int) -> int:
+        index = s.scalar(select(Wave.index).where(Wave.id == wave_id))
+        assert index is not None, f"wave {wave_id} vanished"
+        return index
