@@ -13,7 +13,7 @@ from klpfleet.collection import collections_path
 
 PACKAGE = "ansible_collections.klpfleet.livepatch.plugins.module_utils"
 MODULES = ("_modinfo", "_primitives", "_livepatch")
-SIM_MODULES = ("_sim_kernel",)  # only simulated hosts need the simulated kernel
+SIM_MODULES = ("_sim_base", "_sim_kmod", "_sim_sysfs", "_sim_kernel")  # simulated hosts only, in import order
 # -I: ignore the remote environment's PYTHON* variables and user site; -S: skip site (only the stdlib is
 # used). Together they took 50 probed hosts from 6.4 s to 5.7 s (benchmarks/probe_bench.py's setup).
 REMOTE_COMMAND = ["python3", "-I", "-S", "-"]

@@ -22,7 +22,6 @@ import fcntl
 import fnmatch
 import json
 import os
-import re
 import time
 
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._modinfo import (
@@ -30,82 +29,27 @@ from ansible_collections.klpfleet.livepatch.plugins.module_utils._modinfo import
     first,
     read_module_file,
 )
-
-SPEC_SECTION = ".klpfleet.spec"
-STATE_FILE = "kernel.json"
-LOG_LIMIT = 20000  # records kept, like a ring buffer
-
-KLP = "/sys/kernel/livepatch"
-TAINT_OOT, TAINT_UNSIGNED, TAINT_LIVEPATCH = 1 << 12, 1 << 13, 1 << 15
-
-MODULE_STATES = {
-    "live": "[MODULE_STATE_LIVE] Normal state",
-    "coming": "[MODULE_STATE_COMING] Full formed, running module_init",
-    "going": "[MODULE_STATE_GOING] Going away",
-}
-
-# kmod's wording: strerror, except where insmod words it otherwise (section 6 of the reference).
-INSMOD_MESSAGES = {
-    errno.EINVAL: "Invalid parameters",
-    errno.ENOEXEC: "Invalid module format",
-    errno.ENOENT: "Unknown symbol in module",
-    errno.ESRCH: "Module has wrong symbol version",
-}
-ERRNO_BY_NAME = {name: num for num, name in errno.errorcode.items()}
-
-
-class KernelError(OSError):
-    def __init__(self, err, path=None):
-        OSError.__init__(self, err, os.strerror(err), path)
-
-
-def errno_value(value):
-    """EBUSY, 16, -16, '-16' -> 16."""
-    if isinstance(value, str) and not value.lstrip("-").isdigit():
-        if value not in ERRNO_BY_NAME:
-            raise ValueError("unknown errno name %r" % value)
-        return ERRNO_BY_NAME[value]
-    return abs(int(value))
-
-
-def release_version(release):
-    parts = []
-    for piece in release.split("-")[0].split(".")[:2]:
-        digits = "".join(c for c in piece if c.isdigit())
-        parts.append(int(digits or 0))
-    while len(parts) < 2:
-        parts.append(0)
-    return tuple(parts)
-
-
-PLACEHOLDER_RE = re.compile(r"\{(mod|obj|cb)\}")
-
-
-def fill(template, **values):
-    """A spec's log line with {mod}, {obj} and {cb} filled in, and nothing else interpreted (str.format
-    would evaluate attribute and index lookups written in the spec)."""
-    return PLACEHOLDER_RE.sub(lambda m: str(values.get(m.group(1), m.group(0))), template)
-
-
-def vermagic_for(release):
-    return "%s SMP preempt mod_unload modversions " % release
-
-
-def kstrtobool(text):
-    s = text.strip()
-    if not s:
-        raise KernelError(errno.EINVAL)
-    c = s[0]
-    if c in "yY1":
-        return True
-    if c in "nN0":
-        return False
-    if c in "oO" and len(s) > 1:
-        if s[1] in "nN":
-            return True
-        if s[1] in "fF":
-            return False
-    raise KernelError(errno.EINVAL)
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_base import (  # noqa: F401 - re-exported
+    ERRNO_BY_NAME,
+    KLP,
+    LOG_LIMIT,
+    MODULE_STATES,
+    SPEC_SECTION,
+    STATE_FILE,
+    TAINT_LIVEPATCH,
+    TAINT_OOT,
+    TAINT_UNSIGNED,
+    KernelError,
+    errno_value,
+    fill,
+    format_param,
+    kstrtobool,
+    parse_param,
+    release_version,
+    vermagic_for,
+)
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kmod import KmodTools
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_sysfs import SysfsView
 
 
 def new_kernel(kernel_release="6.1.0-56-amd64", **options):
@@ -144,7 +88,7 @@ def new_kernel(kernel_release="6.1.0-56-amd64", **options):
     return state
 
 
-class SimKernel(object):
+class SimKernel(KmodTools, SysfsView):
     """The model. Every public method is one thing user space can do to a kernel."""
 
     def __init__(self, state):
@@ -734,308 +678,6 @@ class SimKernel(object):
         self.forget_module(name)
         return 0
 
-    # ------------------------------------------------------------------ kmod's tools
-
-    def tool(self, argv, cwd=None):
-        tool = os.path.basename(argv[0])
-        args = list(argv[1:])
-        if tool == "insmod":
-            return self.insmod(args, cwd)
-        if tool == "rmmod":
-            return self.rmmod(args)
-        if tool == "modprobe":
-            return self.modprobe(args, cwd)
-        return 127, "", "%s: command not found\n" % tool
-
-    def insmod(self, args, cwd=None):
-        if not args:
-            return 1, "", "Usage:\n\tinsmod [options] filename [args]\n"
-        path = args[0]
-        full = os.path.join(cwd or os.getcwd(), path)
-        if not os.path.isfile(full):
-            return 1, "", "insmod: ERROR: could not load module %s: No such file or directory\n" % path
-        ret = self.load_module(full, args[1:])
-        if ret:
-            err = -ret
-            message = INSMOD_MESSAGES.get(err, os.strerror(err))
-            return 1, "", "insmod: ERROR: could not insert module %s: %s\n" % (path, message)
-        return 0, "", ""
-
-    def rmmod(self, args):
-        names = [a for a in args if not a.startswith("-")]
-        if not names:
-            return 1, "", "rmmod: ERROR: missing module name.\n"
-        rc, err = 0, ""
-        for raw in names:
-            name = os.path.basename(raw)
-            if name.endswith(".ko"):
-                name = name[:-3]
-            name = name.replace("-", "_")
-            ret = self.unload_module(name)
-            if ret == -errno.ENOENT:
-                rc, err = 1, err + "rmmod: ERROR: Module %s is not currently loaded\n" % name
-            elif ret:
-                rc, err = 1, err + "rmmod: ERROR: Module %s is in use\n" % name
-        return rc, "", err
-
-    def modprobe(self, args, cwd=None):
-        remove = "-r" in args
-        names = [a for a in args if not a.startswith("-")]
-        if not names:
-            return 1, "", "modprobe: ERROR: missing parameters. See -h.\n"
-        name = names[0].replace("-", "_")
-        if remove:
-            ret = self.unload_module(name)
-            if ret == -errno.ENOENT:
-                return 0, "", ""
-            if ret:
-                return 1, "", "modprobe: FATAL: Module %s is in use.\n" % name
-            return 0, "", ""
-        if name in self.s["modules"]:
-            return 0, "", ""
-        module_dir = self.s.get("module_dir")
-        path = os.path.join(module_dir, name + ".ko") if module_dir else None
-        if not path or not os.path.isfile(path):
-            return (
-                1,
-                "",
-                "modprobe: FATAL: Module %s not found in directory /lib/modules/%s\n"
-                % (name, self.s["kernel_release"]),
-            )
-        ret = self.load_module(path, names[1:])
-        if ret:
-            return 1, "", "modprobe: ERROR: could not insert '%s': %s\n" % (name, os.strerror(-ret))
-        return 0, "", ""
-
-    # ------------------------------------------------------------------ the filesystem
-
-    def read(self, path):
-        path = os.path.normpath(path)
-        value = self._read(path)
-        if value is None:
-            raise KernelError(errno.ENOENT, path)
-        return value
-
-    def _read(self, path):
-        if path in self.s["overrides"]:
-            return self.s["overrides"][path]
-        parts = path.strip("/").split("/")
-        if path == "/proc/sys/kernel/osrelease":
-            return self.s["kernel_release"] + "\n"
-        if path == "/proc/sys/kernel/tainted":
-            return "%d\n" % self.s["taint"]
-        if path == "/proc/cmdline":
-            return self.effect(path, "BOOT_IMAGE=/boot/vmlinuz-%s root=/dev/vda ro\n" % self.s["kernel_release"])
-        if path == "/proc/meminfo":
-            return self.effect(path, "MemTotal:        2000000 kB\n")
-        if path == "/sys/module/module/parameters/sig_enforce":
-            return "Y\n" if self.s["sig_enforce"] else "N\n"
-        if path == "/sys/kernel/security/lockdown":
-            return (
-                " ".join("[%s]" % m if m == self.s["lockdown"] else m for m in ("none", "integrity", "confidentiality"))
-                + "\n"
-            )
-        if parts[:3] == ["sys", "kernel", "livepatch"] and len(parts) >= 5:
-            return self._read_klp(parts[3:])
-        if parts[:2] == ["sys", "module"] and len(parts) >= 4:
-            return self._read_module(parts[2:])
-        if parts[0] == "proc" and len(parts) >= 3:
-            return self._read_proc(parts[1:])
-        return None
-
-    def effect(self, path, default):
-        """A patched function's visible effect (the selftests' /proc show functions)."""
-        for patch in reversed(self.s["patches"]):
-            effects = self.spec_of(patch).get("effects", {})
-            if path in effects and any(o["patched"] for o in patch["objects"]):
-                return fill(effects[path], mod=patch["name"])
-        return default
-
-    def _read_klp(self, rest):
-        patch = self.patch(rest[0])
-        if patch is None:
-            return None
-        attr = rest[1]
-        t = self.s["transition"]
-        v = self.version
-        if len(rest) == 2:
-            if attr == "enabled":
-                return "%d\n" % patch["enabled"]
-            if attr == "transition" and v >= (4, 12):
-                return "%d\n" % (1 if t and t["patch"] == patch["name"] else 0)
-            if attr in ("force", "signal") and self._has_attr(attr):
-                raise KernelError(errno.EACCES)
-            if attr == "replace" and v >= (6, 11):
-                return "%d\n" % patch["replace"]
-            if attr == "stack_order" and v >= (6, 13):
-                return "%d\n" % (self.s["patches"].index(patch) + 1)
-            return None
-        if len(rest) == 3 and rest[2] == "patched" and v >= (6, 0):
-            for obj in patch["objects"]:
-                if obj["name"] == attr:
-                    return "%d\n" % obj["patched"]
-        return None
-
-    def _has_attr(self, attr):
-        v = self.version
-        if attr == "force":
-            return v >= (4, 15)
-        if attr == "signal":
-            return (4, 15) <= v < (5, 1)
-        return False
-
-    def _read_module(self, rest):
-        module = self.s["modules"].get(rest[0])
-        if module is None:
-            return None
-        if rest[1:] == ["refcnt"]:
-            return "%d\n" % module["refcnt"]
-        if rest[1:] == ["initstate"]:
-            return module["state"] + "\n"
-        if len(rest) == 3 and rest[1] == "parameters" and rest[2] in module["params"]:
-            return format_param(module["spec"]["params"][rest[2]].get("type", "int"), module["params"][rest[2]])
-        return None
-
-    def find_task(self, pid):
-        for task in self.s["tasks"]:
-            if task["pid"] == pid:
-                return task
-        return None
-
-    def _read_proc(self, rest):
-        if not rest[0].isdigit():
-            return None
-        task = self.find_task(int(rest[0]))
-        if task is None:
-            return None
-        if rest[1:3] == ["task", str(task["pid"])]:
-            rest = [rest[0], *rest[3:]]
-        leaf = rest[1:]
-        if leaf == ["patch_state"]:
-            return "%d\n" % task["patch_state"]
-        if leaf == ["comm"]:
-            return task["comm"] + "\n"
-        if leaf == ["stack"]:
-            frames = task.get("stack") or []
-            if task.get("sleeping_in"):
-                frames = [f for f in frames if f] or [task["sleeping_in"][0].replace("*", "patched_function")]
-            frames = [*frames, "kthread", "ret_from_fork"] if task.get("module") or task.get("sleeping_in") else []
-            return "".join("[<0>] %s+0x%x/0x%x\n" % (f, 0x20 + 8 * i, 0x100) for i, f in enumerate(frames))
-        return None
-
-    def listdir(self, path):
-        path = os.path.normpath(path)
-        parts = path.strip("/").split("/")
-        if path == KLP:
-            if not self.s["livepatch"]:
-                raise KernelError(errno.ENOENT, path)
-            return sorted(p["name"] for p in self.s["patches"])
-        if parts[:3] == ["sys", "kernel", "livepatch"] and len(parts) >= 4:
-            patch = self.patch(parts[3])
-            if patch is None:
-                raise KernelError(errno.ENOENT, path)
-            if len(parts) == 4:
-                names = ["enabled"]
-                v = self.version
-                if v >= (4, 12):
-                    names.append("transition")
-                names += [a for a in ("force", "signal") if self._has_attr(a)]
-                if v >= (6, 11):
-                    names.append("replace")
-                if v >= (6, 13):
-                    names.append("stack_order")
-                return sorted(names + [o["name"] for o in patch["objects"]])
-            for obj in patch["objects"]:
-                if obj["name"] == parts[4] and len(parts) == 5:
-                    names = ["%s,1" % f for f in obj["funcs"]]
-                    if self.version >= (6, 0):
-                        names.append("patched")
-                    return sorted(names)
-            raise KernelError(errno.ENOENT, path)
-        if path == "/sys/module":
-            return sorted(self.s["modules"])
-        if path == "/proc":
-            return sorted(str(t["pid"]) for t in self.s["tasks"])
-        if parts[0] == "proc" and len(parts) == 3 and parts[2] == "task" and parts[1].isdigit():
-            if self.find_task(int(parts[1])) is None:
-                raise KernelError(errno.ENOENT, path)
-            return [parts[1]]
-        raise KernelError(errno.ENOENT, path)
-
-    def exists(self, path):
-        path = os.path.normpath(path)
-        try:
-            self.listdir(path)
-            return True
-        except OSError:
-            pass
-        try:
-            return self._read(path) is not None
-        except OSError:
-            return True  # exists but unreadable (force)
-
-    def is_dir(self, path):
-        try:
-            self.listdir(os.path.normpath(path))
-            return True
-        except OSError:
-            return False
-
-    def write(self, path, data):
-        path = os.path.normpath(path)
-        parts = path.strip("/").split("/")
-        if parts[:3] == ["sys", "kernel", "livepatch"] and len(parts) == 5:
-            patch = self.patch(parts[3])
-            if patch is None:
-                raise KernelError(errno.ENOENT, path)
-            if parts[4] == "enabled":
-                return self.write_enabled(patch, data)
-            if parts[4] == "force" and self._has_attr("force"):
-                return self.write_force(patch, data)
-            if parts[4] == "signal" and self._has_attr("signal"):
-                kstrtobool(data)
-                if self.s["transition"] is not None:
-                    self.signal_tasks()
-                return None
-            if self._read_klp(parts[3:]) is not None:
-                raise KernelError(errno.EACCES, path)
-            raise KernelError(errno.ENOENT, path)
-        if parts[:2] == ["sys", "module"] and len(parts) == 5 and parts[3] == "parameters":
-            module = self.s["modules"].get(parts[2])
-            if module is None or parts[4] not in module["params"]:
-                raise KernelError(errno.ENOENT, path)
-            pspec = module["spec"]["params"][parts[4]]
-            if "w" not in pspec.get("perm", "rw"):
-                raise KernelError(errno.EACCES, path)
-            try:
-                module["params"][parts[4]] = parse_param(pspec.get("type", "int"), data.strip())
-            except ValueError:
-                raise KernelError(errno.EINVAL, path) from None
-            return None
-        if self.exists(path):
-            raise KernelError(errno.EACCES, path)
-        raise KernelError(errno.ENOENT, path)
-
-    def write_enabled(self, patch, data):
-        enabled = kstrtobool(data)
-        if patch["enabled"] == enabled:
-            raise KernelError(errno.EINVAL)
-        t = self.s["transition"]
-        if t is not None and t["patch"] == patch["name"]:
-            self.reverse_transition(patch)
-        elif not enabled:
-            self.disable_patch(patch)
-        else:
-            raise KernelError(errno.EINVAL)
-
-    def write_force(self, patch, data):
-        if not kstrtobool(data):
-            return
-        t = self.s["transition"]
-        if t is None or t["patch"] != patch["name"]:
-            raise KernelError(errno.EINVAL)
-        self.force_transition(patch)
-
     # ------------------------------------------------------------------ faults set at boot
 
     def new_task_patch_state(self):
@@ -1056,23 +698,6 @@ class SimKernel(object):
                 "log_exit": [],
             }
         )
-
-
-def parse_param(kind, raw):
-    if kind == "bool":
-        try:
-            return kstrtobool(raw)
-        except OSError:
-            raise ValueError(raw) from None
-    if kind == "int":
-        return int(raw, 0)
-    return raw
-
-
-def format_param(kind, value):
-    if kind == "bool":
-        return "Y\n" if value else "N\n"
-    return "%s\n" % (value,)
 
 
 # ---------------------------------------------------------------------- persistence and primitives
