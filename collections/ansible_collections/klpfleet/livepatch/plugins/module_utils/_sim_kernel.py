@@ -53,7 +53,19 @@ from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_sysfs impo
 
 
 def new_kernel(kernel_release="6.1.0-56-amd64", **options):
-    """A freshly booted kernel's state."""
+    """A freshly booted kernel's state: the one JSON document a simulated host is.
+
+    kernel_release, livepatch (CONFIG_LIVEPATCH), module_sig / sig_enforce / lockdown: the build and boot.
+    clock, wall, speed, next_tick: kernel time (see the module docstring). seq, log: the kernel log records
+    (seq, seconds, text), LOG_LIMIT kept. taint, taint_logged: /proc/sys/kernel/tainted and its lines.
+    modules: name -> {name, spec, params, refcnt, state, modinfo_livepatch, path}, in load order
+    (module_order). patches: the klp_patches in enable order, each {name, module, enabled, forced, replace,
+    states, objects: [{name, funcs, patched, post_unpatch_enabled}]}.
+    transition: null or {patch, target (1 patching, 0 unpatching), attempts, signaled}. tasks: every task,
+    {pid, comm, patch_state, sleeping_in, until, ignores_signal, module, log_exit, stack}
+    (add_sleeping_task). faults: what the host refuses or stalls on (klpfleet sim host create). overrides:
+    path -> text read instead of the model (tests of odd hosts).
+    """
     state = {
         "format": 1,
         "kernel_release": kernel_release,
@@ -636,19 +648,13 @@ class SimKernel(KmodTools, SysfsView):
             for line in task_spec.get("log_exit", []):
                 self.log(fill(line, mod=name))
             return
-        seconds = task_spec.get("seconds")
-        self.s["tasks"].append(
-            {
-                "pid": self.next_pid(),
-                "comm": task_spec.get("comm", "kworker/0:1"),
-                "patch_state": self.new_task_patch_state(),
-                "sleeping_in": [task_spec["function"]],
-                "until": None if seconds in (None, "forever") else self.s["clock"] + float(seconds),
-                "ignores_signal": task_spec.get("ignores_signal", True),
-                "module": name,
-                "log_exit": task_spec.get("log_exit", []),
-                "stack": [task_spec["function"]],
-            }
+        self.add_sleeping_task(
+            task_spec["function"],
+            task_spec.get("seconds"),
+            task_spec.get("ignores_signal", True),
+            task_spec.get("comm", "kworker/0:1"),
+            module=name,
+            log_exit=task_spec.get("log_exit", []),
         )
 
     def next_pid(self):
@@ -686,6 +692,12 @@ class SimKernel(KmodTools, SysfsView):
         return -1 if t is None else 1 - t["target"]
 
     def add_stall(self, function="*", seconds=None, ignores_signal=True, comm="app_worker"):
+        self.add_sleeping_task(function, seconds, ignores_signal, comm)
+
+    def add_sleeping_task(self, function, seconds, ignores_signal, comm, module=None, log_exit=()):
+        """A task sleeping inside `function` (a glob) for `seconds` of kernel time (None or "forever": until
+        the end), started by `module` (whose exit waits for it) or by nobody in particular (a stall fault).
+        Every task in the state has these keys."""
         self.s["tasks"].append(
             {
                 "pid": self.next_pid(),
@@ -694,8 +706,9 @@ class SimKernel(KmodTools, SysfsView):
                 "sleeping_in": [function],
                 "until": None if seconds in (None, "forever") else self.s["clock"] + float(seconds),
                 "ignores_signal": bool(ignores_signal),
-                "stack": [],
-                "log_exit": [],
+                "module": module,
+                "log_exit": list(log_exit),
+                "stack": [function] if module else [],
             }
         )
 
