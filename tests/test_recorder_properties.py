@@ -11,13 +11,10 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
-
-from klpfleet.db.models import Host, HostPatch, Patch
 
 from .ansiblehelpers import playbook
 from .controllerhelpers import enabled_on
-from .test_playbooks import ways_fleet
+from .test_playbooks import recorded, ways_fleet
 
 pytestmark = pytest.mark.ansible
 
@@ -87,14 +84,9 @@ def test_the_database_says_what_the_modules_did(tmp_path_factory, steps):
         db_url=url,
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
-    with db.session() as s:
-        rows = s.execute(
-            select(Host.name, Patch.name, HostPatch.state)
-            .join(HostPatch, HostPatch.host_id == Host.id)
-            .join(Patch, Patch.id == HostPatch.patch_id)
-        ).all()
-    recorded_applied = {(h, p) for h, p, state in rows if state == "applied"}
+    states, _, _ = recorded(db)
+    recorded_applied = {key for key, state in states.items() if state == "applied"}
     on_hosts = {(h, p) for h in HOSTS for p in enabled_on(tmp, h)}
     assert recorded_applied == on_hosts, text
-    refused = {(h, p) for h, p, state in rows if state == "refused"}
+    refused = {key for key, state in states.items() if state == "refused"}
     assert refused <= {("sim-02", "lp_b")}, text
