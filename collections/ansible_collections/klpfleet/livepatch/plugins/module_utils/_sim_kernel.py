@@ -29,9 +29,7 @@ from ansible_collections.klpfleet.livepatch.plugins.module_utils._modinfo import
     first,
     read_module_file,
 )
-from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_base import (  # noqa: F401 - re-exported
-    ERRNO_BY_NAME,
-    KLP,
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_base import (
     LOG_LIMIT,
     MODULE_STATES,
     SPEC_SECTION,
@@ -42,8 +40,6 @@ from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_base impor
     KernelError,
     errno_value,
     fill,
-    format_param,
-    kstrtobool,
     parse_param,
     release_version,
     vermagic_for,
