@@ -8,6 +8,7 @@ controller run and a hand run are recorded by the same code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -157,6 +158,10 @@ def run_playbook(
             cancel_callback=cancel,
             settings={"suppress_ansible_output": True},
         )
+    except BaseException:
+        with contextlib.suppress(Exception):  # the run's row must not stay "running"; the cause goes on up
+            recorder.finish_run(run_id, "interrupted")
+        raise
     finally:
         scrub_run_dir(workdir)
     bad = any((stats.get("failures") or {}).values()) or any((stats.get("dark") or {}).values())
