@@ -81,29 +81,46 @@ def test_inventory_values_never_run_as_templates_in_a_rollout_or_through_the_plu
     assert sorted(p.name for p in tmp_path.glob("PWNED*")) == []
 
 
-def test_the_plugin_and_the_controller_build_host_vars_with_one_builder():
-    import inspect
+@pytest.mark.ansible
+def test_the_plugin_and_the_controller_build_host_vars_with_one_builder(tmp_path, sqlite_url):
+    """The inventory plugin's host vars and the controller's frozen inventory are both exactly host_vars():
+    connection columns, stored vars, then labels that do not shadow a var."""
+    from sqlalchemy import select
 
-    from ansible_collections.klpfleet.livepatch.plugins.inventory import fleet
-    from klpfleet.controller import runner as controller_runner
+    from klpfleet.controller.runner import frozen_inventory
+    from klpfleet.db.models import Host, HostLabel
+    from klpfleet.inventory_export import TrustedTemplate, fleet_inventory, host_vars
 
-    assert "host_vars" in inspect.getsource(fleet.InventoryModule.parse)
-    assert "host_vars(" in inspect.getsource(controller_runner.frozen_inventory)
-    record = {
-        "name": "h",
-        "address": "10.0.0.1",
-        "port": None,
-        "user": None,
-        "key_file": None,
-        "vars": {"zone": "from-vars", "ansible_python_interpreter": "{{ ansible_playbook_python }}"},
-        "labels": {"zone": "from-label", "rack": "r1"},
-    }
-    from klpfleet.inventory_export import TrustedTemplate, host_vars
+    db = fleet_db(tmp_path, sqlite_url, hosts=2, gather=False)
+    with db.session.begin() as s:
+        host = s.scalar(select(Host).where(Host.name == "sim-01"))
+        host.vars = {**host.vars, "rack": "from-vars"}
+        s.add(HostLabel(host_id=host.id, key="rack", value="from-label"))
+    records = fleet_inventory(db)
+    expected = {r["name"]: host_vars(r) for r in records}
+    assert expected["sim-01"]["rack"] == "from-vars"  # a label never overrides a var
+    assert isinstance(expected["sim-01"]["ansible_python_interpreter"], TrustedTemplate)
+    assert frozen_inventory(records)["all"]["hosts"] == expected
 
-    hv = host_vars(record)
-    assert hv["zone"] == "from-vars" and hv["rack"] == "r1"  # a label never overrides a var
-    assert isinstance(hv["ansible_python_interpreter"], TrustedTemplate)
-    assert not isinstance(hv["ansible_host"], TrustedTemplate)
+    def plain(value):
+        if isinstance(value, dict) and set(value) == {"__ansible_unsafe"}:
+            return value["__ansible_unsafe"]
+        return {k: plain(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+    config = tmp_path / "fleet.klpfleet.yml"
+    config.write_text(f"plugin: klpfleet.livepatch.fleet\ndb: {sqlite_url}\n")
+    listed = subprocess.run(
+        [str(BIN / "ansible-inventory"), "-i", str(config), "--list"],
+        capture_output=True,
+        text=True,
+        env=ansible_env(),
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    hostvars = json.loads(listed.stdout)["_meta"]["hostvars"]
+    for name, want in expected.items():
+        got = {k: plain(v) for k, v in hostvars[name].items() if k in want}
+        assert got == {k: str(v) if isinstance(v, TrustedTemplate) else v for k, v in want.items()}, name
 
 
 @pytest.mark.ansible
