@@ -199,16 +199,16 @@ def resume(ctx: click.Context, rollout_id: int, wait: bool) -> None:
     from klpfleet.controller.control import driver_alive, request
     from klpfleet.controller.views import get_rollout
     from klpfleet.errors import UsageError
-    from klpfleet.states import Request
+    from klpfleet.states import Request, RolloutStatus
 
     db = database(ctx)
     with db.session() as s:
         status = get_rollout(s, rollout_id).status
-    if status == "paused":
+    if status == RolloutStatus.PAUSED:
         request(db, rollout_id, Request.RESUME)
-    elif status == "planned":
+    elif status == RolloutStatus.PLANNED:
         pass  # a start that died before its first step: resuming starts it
-    elif status in ("running", "aborting"):
+    elif status in (RolloutStatus.RUNNING, RolloutStatus.ABORTING):
         if driver_alive(db, rollout_id):
             raise UsageError(f"rollout {rollout_id} already has a live driver")
     else:
