@@ -26,10 +26,11 @@ def _table(data: dict[str, Any], out: Any) -> None:
 
 @click.group()
 def lab() -> None:
-    """Real-kernel lab: Debian 12's kernel under QEMU, reached over SSH.
+    """Real-kernel lab: Debian 11, 12 or 13's kernel under QEMU, reached over SSH.
 
-    The first `up` fetches the kernel with apt, builds the test modules against its headers and a root
-    filesystem with debootstrap (root needed, a few minutes); later ones reuse the cache
+    The first `up` of a suite debootstraps its toolchain (gcc and headers), fetches the kernel with apt inside
+    it, builds the test modules with it, and builds a root filesystem (root needed, a few minutes); later ones
+    reuse the cache
     (KLPFLEET_LAB_CACHE, default ~/.cache/klpfleet/lab).
     """
 
@@ -37,7 +38,15 @@ def lab() -> None:
 @lab.command()
 @LAB_DIR_OPTION
 @click.option("--vms", "count", default=3, show_default=True, help="Number of VMs.")
-@click.option("--kernel", "release", metavar="RELEASE", help="Kernel release, e.g. 6.1.0-56-amd64 (default: newest).")
+@click.option(
+    "--kernel",
+    "release",
+    metavar="RELEASE",
+    help=(
+        "bullseye, bookworm or trixie (the suite's newest kernel), or a release such as 5.10.0-32-amd64, "
+        "6.1.0-56-amd64 or 6.12.57+deb13-amd64 (default: the newest bookworm kernel cached, else bookworm's newest)."
+    ),
+)
 @click.option(
     "--accel",
     type=click.Choice(["auto", "tcg", "kvm"]),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import lzma
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from klpfleet.errors import KlpfleetError, UsageError
 
-SUITE = "bookworm"
+ROOTFS_SUITE = "bookworm"  # the VMs' userland, whatever kernel boots them
 ROOTFS_PACKAGES = ("python3-minimal", "python3", "openssh-server", "kmod", "iproute2")
 # Trimmed from the root filesystem: it is unpacked into RAM at every boot.
 ROOTFS_PRUNE = (
@@ -33,7 +34,6 @@ ROOTFS_PRUNE = (
     "var/lib/apt/lists",
 )
 E1000 = "kernel/drivers/net/ethernet/intel/e1000/e1000.ko"
-RELEASE_RE = re.compile(r"^6\.1\.0-(\d+)-amd64$")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 Progress = Callable[[str], None]
@@ -78,78 +78,141 @@ def building(final: Path) -> Iterator[Path]:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-# -- kernel release -------------------------------------------------------------------------------------
+# -- kernel release and its toolchain --------------------------------------------------------------------
+#
+# Each Debian suite's kernel is built with that suite's compiler, so its test modules are too: a cached
+# `debootstrap --variant=buildd` tree of the suite (its gcc and linux-headers-amd64) is the toolchain, and
+# apt inside it fetches the kernel image. The host's own apt sources are never touched.
+
+# suite -> the release pattern of its kernels (Debian 11, 12, 13)
+SUITES = {
+    "bullseye": re.compile(r"^5\.10\.0-(\d+)-amd64$"),
+    "bookworm": re.compile(r"^6\.1\.0-(\d+)-amd64$"),
+    "trixie": re.compile(r"^6\.12\.(\d+)\+deb13(?:u\d+)?-amd64$"),
+}
+DEFAULT_SUITE = "bookworm"
+E1000_PATHS = (E1000, E1000 + ".xz")  # trixie compresses its modules
+
+
+def suite_of(release: str) -> str | None:
+    return next((suite for suite, pattern in SUITES.items() if pattern.match(release)), None)
 
 
 def _release_number(release: str) -> int:
-    match = RELEASE_RE.match(release)
+    suite = suite_of(release)
+    match = SUITES[suite].match(release) if suite else None
     return int(match.group(1)) if match else -1
 
 
-def available_releases() -> list[str]:
-    """Releases whose image and headers apt can install, newest first."""
-    out = run(["apt-cache", "pkgnames", "linux-headers-6.1.0-"], "listing kernel headers")
-    headers = {name.removeprefix("linux-headers-") for name in out.split()}
-    out = run(["apt-cache", "pkgnames", "linux-image-6.1.0-"], "listing kernel images")
-    images = {name.removeprefix("linux-image-") for name in out.split()}
-    usable = [r for r in headers & images if RELEASE_RE.match(r)]
-    return sorted(usable, key=_release_number, reverse=True)
+def toolchain_dir(cache: Path, suite: str) -> Path:
+    return cache / f"toolchain-{suite}"
+
+
+def ensure_toolchain(cache: Path, suite: str, progress: Progress) -> Path:
+    """The suite's build tree: gcc, make and the newest linux-headers-amd64 of the suite."""
+    final = toolchain_dir(cache, suite)
+    if (final / "usr" / "bin" / "gcc").exists():
+        return final
+    if os.geteuid() != 0:
+        raise LabError(f"building the {suite} toolchain needs root (debootstrap)")
+    progress(f"building the {suite} toolchain (debootstrap buildd with linux-headers-amd64, about a minute)")
+    with building(final) as scratch:
+        run(
+            ["debootstrap", "--variant=buildd", "--include=linux-headers-amd64", suite, str(scratch), mirror()],
+            f"debootstrap {suite}",
+        )
+    return final
+
+
+def toolchain_releases(toolchain: Path) -> list[str]:
+    """Releases whose headers the toolchain holds, newest first."""
+    found = [p.name.removeprefix("linux-headers-") for p in (toolchain / "usr" / "src").glob("linux-headers-*-amd64")]
+    return sorted((r for r in found if suite_of(r)), key=_release_number, reverse=True)
 
 
 def cached_releases(cache: Path) -> list[str]:
     found = [p.name.removeprefix("kernel-") for p in cache.glob("kernel-*") if (p / "vmlinuz").exists()]
-    usable = [r for r in found if RELEASE_RE.match(r) and headers_dir(r).is_dir()]
-    return sorted(usable, key=_release_number, reverse=True)
+    return sorted((r for r in found if suite_of(r)), key=_release_number, reverse=True)
 
 
-def choose_release(cache: Path, wanted: str | None) -> str:
-    if wanted:
-        if not RELEASE_RE.match(wanted):
-            raise UsageError(f"--kernel {wanted!r}: expected a Debian 12 release such as 6.1.0-56-amd64")
+def choose_release(cache: Path, wanted: str | None, progress: Progress) -> str:
+    """`--kernel`: a release (6.1.0-56-amd64), a suite (bullseye, bookworm, trixie) for its newest kernel, or
+    nothing for the newest cached bookworm kernel, else bookworm's newest."""
+    suite = wanted if wanted in SUITES else None
+    if wanted and not suite:
+        if not suite_of(wanted):
+            raise UsageError(
+                f"--kernel {wanted!r}: expected a suite ({', '.join(SUITES)}) or one of its releases, "
+                "such as 5.10.0-32-amd64, 6.1.0-56-amd64 or 6.12.57+deb13-amd64"
+            )
         return wanted
-    cached = cached_releases(cache)
-    if cached:
-        return cached[0]
-    available = available_releases()
-    if not available:
-        raise LabError("no linux-image-6.1.0-*-amd64 with matching headers in apt's lists (run apt-get update)")
-    return available[0]
+    if not suite:
+        cached = [r for r in cached_releases(cache) if suite_of(r) == DEFAULT_SUITE]
+        if cached:
+            return cached[0]
+        suite = DEFAULT_SUITE
+    releases = toolchain_releases(ensure_toolchain(cache, suite, progress))
+    if not releases:
+        raise LabError(f"the {suite} toolchain has no linux-headers-*-amd64")
+    return releases[0]
 
 
-def headers_dir(release: str) -> Path:
-    return Path("/usr/src") / f"linux-headers-{release}"
-
-
-def ensure_headers(release: str, progress: Progress) -> Path:
-    path = headers_dir(release)
-    if path.is_dir():
-        return path
-    if os.geteuid() != 0:
-        raise LabError(f"linux-headers-{release} is not installed; as root: apt-get install linux-headers-{release}")
-    progress(f"installing linux-headers-{release} (apt-get)")
-    run(["apt-get", "install", "-y", "-q", f"linux-headers-{release}"], f"apt-get install linux-headers-{release}")
-    return path
+def ensure_headers(cache: Path, release: str, progress: Progress) -> Path:
+    """The toolchain of the release's suite, holding the release's headers (installed there when missing)."""
+    suite = suite_of(release)
+    if suite is None:
+        raise UsageError(f"no Debian suite ships kernel {release}")
+    toolchain = ensure_toolchain(cache, suite, progress)
+    if not (toolchain / "usr" / "src" / f"linux-headers-{release}").is_dir():
+        progress(f"installing linux-headers-{release} in the {suite} toolchain")
+        run(
+            ["chroot", str(toolchain), "apt-get", "install", "-y", "-q", f"linux-headers-{release}"],
+            f"apt-get install linux-headers-{release} ({suite})",
+        )
+    return toolchain
 
 
 def ensure_kernel(cache: Path, release: str, progress: Progress) -> Path:
-    """vmlinuz and the NIC driver, extracted from Debian's image package."""
+    """vmlinuz and the NIC driver, extracted from Debian's image package of the release's suite."""
     final = cache / f"kernel-{release}"
     if (final / "vmlinuz").exists():
         return final
-    progress(f"fetching linux-image-{release} (apt-get download)")
-    with building(final) as scratch:
-        run(["apt-get", "download", "-q", f"linux-image-{release}"], f"apt-get download linux-image-{release}", scratch)
-        debs = list(scratch.glob("*.deb"))
+    toolchain = ensure_headers(cache, release, progress)
+    progress(f"fetching linux-image-{release} (apt-get download in the toolchain)")
+    with building(final) as scratch, tempfile.TemporaryDirectory(dir=toolchain / "tmp") as download:
+        inside = "/" + str(Path(download).relative_to(toolchain))
+        run(
+            [
+                "chroot",
+                str(toolchain),
+                "sh",
+                "-c",
+                'cd "$1" && apt-get download -q "$2"',
+                "sh",
+                inside,
+                f"linux-image-{release}",
+            ],
+            f"apt-get download linux-image-{release}",
+        )
+        debs = list(Path(download).glob("*.deb"))
         if len(debs) != 1:
             raise LabError(f"apt-get download linux-image-{release}: expected one .deb, found {len(debs)}")
         tree = scratch / "tree"
         run(["dpkg-deb", "-x", str(debs[0]), str(tree)], f"unpacking {debs[0].name}")
         shutil.copy2(tree / "boot" / f"vmlinuz-{release}", scratch / "vmlinuz")
-        modules = tree / "lib" / "modules" / release
-        shutil.copy2(modules / E1000, scratch / "e1000.ko")
+        (scratch / "e1000.ko").write_bytes(_nic_driver(tree, release))
         shutil.rmtree(tree)
-        debs[0].unlink()
     return final
+
+
+def _nic_driver(tree: Path, release: str) -> bytes:
+    for base in (tree / "lib" / "modules" / release, tree / "usr" / "lib" / "modules" / release):
+        for rel in E1000_PATHS:
+            path = base / rel
+            if path.exists():
+                data = path.read_bytes()
+                return lzma.decompress(data) if path.suffix == ".xz" else data
+    raise LabError(f"linux-image-{release} has no e1000 driver")
 
 
 # -- test modules ---------------------------------------------------------------------------------------
@@ -163,21 +226,34 @@ def source_digest(source: Path) -> str:
 
 
 def build_test_modules(cache: Path, release: str, source: Path, progress: Progress) -> Path:
-    """The .ko files of tests/lab/modules, built with Kbuild against the release's headers."""
+    """The .ko files of tests/lab/modules, built by Kbuild with the compiler and headers of the release's
+    suite (inside its toolchain tree)."""
     if not (source / "Kbuild").exists():
         raise UsageError(f"{source}: not a test module directory (no Kbuild file)")
     final = cache / f"modules-{release}-{source_digest(source)}"
     if final.is_dir() and any(final.glob("*.ko")):
         return final
-    headers = ensure_headers(release, progress)
-    progress(f"building test modules against {headers.name}")
-    with building(final) as scratch:
-        src = scratch / "src"
+    toolchain = ensure_headers(cache, release, progress)
+    progress(f"building test modules against linux-headers-{release}")
+    with building(final) as scratch, tempfile.TemporaryDirectory(dir=toolchain / "tmp") as work:
+        src = Path(work) / "src"
         shutil.copytree(source, src)
-        run(["make", "-s", "-C", str(headers), f"M={src}", "modules"], "building the test modules (make)")
+        inside = "/" + str(src.relative_to(toolchain))
+        run(
+            [
+                "chroot",
+                str(toolchain),
+                "make",
+                "-s",
+                "-C",
+                f"/usr/src/linux-headers-{release}",
+                f"M={inside}",
+                "modules",
+            ],
+            f"building the test modules for {release} (make)",
+        )
         for ko in src.glob("*.ko"):
             shutil.copy2(ko, scratch / ko.name)
-        shutil.rmtree(src)
     return final
 
 
@@ -185,8 +261,8 @@ def build_test_modules(cache: Path, release: str, source: Path, progress: Progre
 
 
 def rootfs_name() -> str:
-    recipe = "\n".join([SUITE, *ROOTFS_PACKAGES, *ROOTFS_PRUNE]).encode()
-    return f"rootfs-{SUITE}-{hashlib.sha256(recipe).hexdigest()[:12]}.cpio.gz"
+    recipe = "\n".join([ROOTFS_SUITE, *ROOTFS_PACKAGES, *ROOTFS_PRUNE]).encode()
+    return f"rootfs-{ROOTFS_SUITE}-{hashlib.sha256(recipe).hexdigest()[:12]}.cpio.gz"
 
 
 def mirror() -> str:
@@ -200,7 +276,7 @@ def ensure_rootfs(cache: Path, progress: Progress) -> Path:
         return final
     if os.geteuid() != 0:
         raise LabError("building the lab's root filesystem needs root (debootstrap)")
-    progress(f"building the root filesystem (debootstrap {SUITE} minbase, about a minute)")
+    progress(f"building the root filesystem (debootstrap {ROOTFS_SUITE} minbase, about a minute)")
     with tempfile.TemporaryDirectory(prefix=f".{final.name}.", dir=cache) as scratch:
         tree = Path(scratch) / "tree"
         run(
@@ -208,7 +284,7 @@ def ensure_rootfs(cache: Path, progress: Progress) -> Path:
                 "debootstrap",
                 "--variant=minbase",
                 "--include=" + ",".join(ROOTFS_PACKAGES),
-                SUITE,
+                ROOTFS_SUITE,
                 str(tree),
                 mirror(),
             ],

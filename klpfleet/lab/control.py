@@ -59,7 +59,7 @@ def up(
     lab = lab.resolve()
     _claim(lab)
     cache = artifacts.cache_dir()
-    chosen = artifacts.choose_release(cache, release)
+    chosen = artifacts.choose_release(cache, release, progress)
     kernel_dir = artifacts.ensure_kernel(cache, chosen, progress)
     modules_dir = artifacts.build_test_modules(cache, chosen, module_source or default_module_source(), progress)
     rootfs = artifacts.ensure_rootfs(cache, progress)
