@@ -279,13 +279,16 @@ class Recorder:
         code = result.get("klp_error")
         outcome = result.get("outcome")
         if not code and outcome in ("applied", "already_applied"):
-            seen.state = PatchState.FORCED if result.get("forced") else PatchState.APPLIED
+            # A force pins this patch only on some kernels (`pinned` names what this one pinned).
+            seen.state = PatchState.FORCED if name in (result.get("pinned") or []) else PatchState.APPLIED
+        elif not code and result.get("module_pinned"):
+            seen.state = PatchState.PINNED
         elif not code and (outcome in ("removed", "already_absent") or status == "ok"):
             seen.state = PatchState.ABSENT
         else:
             seen.state = FAILURE_OUTCOME_STATES.get(str(outcome), PatchState.FAILED)
             if code == "forced_unremovable":
-                seen.state = PatchState.FORCED
+                seen.state = PatchState.PINNED
             seen.error_code = code
             seen.errno = result.get("errno") if isinstance(result.get("errno"), int) else None
             seen.refused_object = result.get("refused_object")
@@ -331,7 +334,7 @@ class Recorder:
                 continue
             # Not on the host. Failure states keep their story (the refusal is still the last word).
             if patch.name in forced_lingering:
-                state = PatchState.FORCED
+                state = PatchState.PINNED
             elif row.state in (PatchState.REFUSED, PatchState.STALLED, PatchState.FAILED) and row.host_clean:
                 continue
             else:

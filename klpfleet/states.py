@@ -16,13 +16,16 @@ class PatchState(StrEnum):
     UNLOADING = "unloading"  # disable issued, unpatching transition or rmmod pending
     ABSENT = "absent"  # not loaded on the host
     UNREACHABLE = "unreachable"  # the host could not be reached when last tried
-    FORCED = "forced"  # applied with force: the module can never be removed before reboot
+    FORCED = "forced"  # enabled, and a forced transition pinned its module until reboot
+    PINNED = "pinned"  # disabled (its code no longer runs), but a forced transition pinned its module until reboot
     DRIFT = "drift"  # the database's belief and the host's report disagree
 
 
 # How `klpfleet status` rates each state: the worst one found sets the exit code.
 CRITICAL_STATES = frozenset({PatchState.STALLED, PatchState.FAILED})
-DEGRADED_STATES = frozenset({PatchState.REFUSED, PatchState.UNREACHABLE, PatchState.FORCED, PatchState.DRIFT})
+DEGRADED_STATES = frozenset(
+    {PatchState.REFUSED, PatchState.UNREACHABLE, PatchState.FORCED, PatchState.PINNED, PatchState.DRIFT}
+)
 ATTENTION_STATES = CRITICAL_STATES | DEGRADED_STATES
 
 ATTENTION_REASONS = {
@@ -30,7 +33,8 @@ ATTENTION_REASONS = {
     PatchState.FAILED: "last operation failed",
     PatchState.REFUSED: "a pre-patch callback refused the patch",
     PatchState.UNREACHABLE: "host unreachable",
-    PatchState.FORCED: "forced transition: reboot needed to remove the patch",
+    PatchState.FORCED: "forced transition pinned the patch: it can be disabled, its module unloads only at reboot",
+    PatchState.PINNED: "disabled, but a forced transition keeps its module loaded until reboot",
     PatchState.DRIFT: "host state differs from the database",
 }
 

@@ -108,23 +108,26 @@ def test_failures(capsys, tmp_path, faults, spec, args, klp_error, outcome, extr
     assert result["msg"]
 
 
-def test_forced_then_unremovable(capsys, tmp_path):
+def test_forced_on_5_10_then_removal_leaves_a_pinned_module(capsys, tmp_path):
+    release = "5.10.0-32-amd64"  # pins every patch present at a force (docs/kernel.md)
     root = tmp_path / "host"
-    sim_host(root, stall={"function": "*", "seconds": 20})
+    sim_host(root, release, stall={"function": "*", "seconds": 20})
     common = {"backend": "sim", "sim_root": str(root)}
+    ko = build(tmp_path, "lp_a", release)
     forced = run_module(
-        patch_module,
-        capsys,
-        **common,
-        src=build(tmp_path, "lp_a"),
-        on_stall="force",
-        allow_force=True,
-        transition_timeout=2,
+        patch_module, capsys, **common, src=ko, on_stall="force", allow_force=True, transition_timeout=2
     )
-    assert (forced["outcome"], forced["forced"], forced["changed"]) == ("applied", True, True)
+    assert (forced["outcome"], forced["forced"], forced["changed"], forced["pinned"]) == (
+        "applied",
+        True,
+        True,
+        ["lp_a"],
+    )
     assert forced["stalled_tasks"][0]["comm"] == "app_worker"
     gone = run_module(patch_module, capsys, **common, name="lp_a", state="absent", transition_timeout=30)
-    assert (gone["klp_error"], gone["outcome"]) == ("forced_unremovable", "failed")
+    assert (gone["outcome"], gone["changed"], gone["module_pinned"], gone["patch"]) == ("removed", True, True, None)
+    again = run_module(patch_module, capsys, **common, src=ko)
+    assert (again["klp_error"], again["failed"]) == ("forced_unremovable", True)
 
 
 def test_patch_info(capsys, host_dir, tmp_path):

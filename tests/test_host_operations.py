@@ -101,9 +101,7 @@ def test_stall_wait_leaves_transition_running(tmp_path):
     assert err.details["patch"]["transition"] is True
 
 
-def test_force_needs_allow_force_and_then_can_never_be_removed(tmp_path):
-    # The task leaves the patched function after 20 s: long after the 5 s timeout forced the patching
-    # transition, in time for the unpatching transition to complete.
+def test_force_needs_allow_force(tmp_path):
     host = sim_host(tmp_path / "h", stall={"function": "*", "seconds": 20})
     ko = build(tmp_path, "lp_fix")
     assert "allow_force" in str(failure(apply_patch, host, ko, on_stall="force", **FAST))
@@ -111,11 +109,7 @@ def test_force_needs_allow_force_and_then_can_never_be_removed(tmp_path):
     result = apply_patch(host, ko, on_stall="force", allow_force=True, **FAST)
     assert result["outcome"] == "applied" and result["forced"] is True
     assert "livepatch: forcing remaining tasks to the patched state" in result["kernel_log"]
-    err = failure(remove_patch, host, "lp_fix", transition_timeout=30)
-    assert err.klp_error == "forced_unremovable"
-    assert "lp_fix" in kernel_state(host)["modules"]
-    facts = Livepatch(host).facts()
-    assert facts["forced_modules"] == [{"name": "lp_fix", "module_refcnt": 1, "forced": True}]
+    # What the force pinned depends on the kernel generation: tests/test_kernel_generations.py.
 
 
 def test_busy_while_another_transition_runs_then_retries_succeed(tmp_path):
@@ -251,7 +245,9 @@ def test_facts(tmp_path):
     facts = Livepatch(host).facts()
     assert facts["kernel_release"] == "6.1.0-56-amd64" and facts["livepatch_supported"] is True
     assert [p["name"] for p in facts["patches"]] == ["lp_a", "lp_b"]
-    assert all(p["stack_order"] is None and p["stack_order_estimated"] for p in facts["patches"])
+    # 6.1 exports no stack_order: the module load order (/proc/modules) gives it.
+    assert [p["stack_order"] for p in facts["patches"]] == [1, 2]
+    assert all(p["stack_order_source"] == "module_load_order" and p["stack_order_estimated"] for p in facts["patches"])
     assert facts["taint"]["flags"] == "OEK" and facts["taint"]["value"] == 45056
     assert facts["signatures"] == {"enforced": False, "lockdown": "none"}
     assert facts["transition"] is None

@@ -5,8 +5,10 @@ Each batch of hosts is read fresh (patch_info) before anything is removed. Per h
 - patches enabled after it sit on top (a stack, not a replace): refused unless cascade, which removes
   the newer ones first, newest first (the only order that is right on every kernel and never exposes
   an untested combination);
-- it was force-transitioned: it can never be removed before a reboot;
-- otherwise it is removed.
+- otherwise it is removed. A patch a forced transition pinned is disabled like any other (its code stops
+  running, through the kernel's consistency model); its module stays loaded until reboot, which the answer
+  says (`pinned`). Which patches a force pins depends on the kernel generation (docs/kernel.md), so the
+  removal's result decides, not a guess made beforehand.
 """
 
 from __future__ import annotations
@@ -26,11 +28,10 @@ from klpfleet.db.models import Host, Rollout, Wave, WaveHost
 from klpfleet.inventory_export import fleet_inventory
 from klpfleet.probe.health import health_checks
 
-REMOVED, NOTHING, STACKED, FORCED, FAILED, UNREACHABLE = (
+REMOVED, NOTHING, STACKED, FAILED, UNREACHABLE = (
     "removed",
     "nothing_to_remove",
     "stacked",
-    "forced",
     "failed",
     "unreachable",
 )
@@ -43,18 +44,18 @@ class HostRollback:
     detail: str = ""
     removed: list[str] = field(default_factory=list)
     klp_error: str | None = None
+    pinned: list[str] = field(default_factory=list)  # removed, but their modules stay loaded until reboot
 
 
 def decide(host: str, facts: dict[str, Any], patch_name: str, cascade: bool) -> tuple[HostRollback | None, list[str]]:
     """(a final answer, or None and the patch names to remove in order)."""
     stack = [p.get("name") for p in facts.get("patches") or []]
-    forced = {p.get("name") for p in facts.get("patches") or [] if p.get("forced")}
-    forced |= {p.get("name") for p in facts.get("forced_modules") or []}
-    if patch_name in forced:
-        return HostRollback(host, FORCED, "force-transitioned: only a reboot removes it"), []
+    pinned = {p.get("name") for p in facts.get("forced_modules") or []}
     if patch_name not in stack:
         detail = "not enabled here"
-        if stack:
+        if patch_name in pinned:
+            detail = "already disabled; a forced transition keeps its module loaded until reboot"
+        elif stack:
             detail += f" (enabled now: {', '.join(map(str, stack))}; a cumulative patch may have replaced it)"
         return HostRollback(host, NOTHING, detail), []
     newer = stack[stack.index(patch_name) + 1 :]
@@ -64,9 +65,6 @@ def decide(host: str, facts: dict[str, Any], patch_name: str, cascade: bool) -> 
             STACKED,
             f"newer patches on top: {', '.join(map(str, newer))} (use --cascade to remove them first, newest first)",
         ), []
-    blocked = [n for n in newer if n in forced]
-    if blocked:
-        return HostRollback(host, FORCED, f"newer patch {blocked[0]} was force-transitioned: reboot needed"), []
     return None, [*reversed(newer), patch_name]
 
 
@@ -156,7 +154,11 @@ def rollback_batches(
                 for host in hosts:
                     r = run.results[host]
                     if r.status == "ok":
-                        answers.setdefault(host, HostRollback(host, REMOVED)).removed.append(name)
+                        answer = answers.setdefault(host, HostRollback(host, REMOVED))
+                        answer.removed.append(name)
+                        if r.result.get("module_pinned"):
+                            answer.pinned.append(name)
+                            answer.detail = f"module(s) {', '.join(answer.pinned)} stay loaded until reboot (forced)"
                         plans[host] = plans[host][1:]
                     else:
                         answers[host] = _failed(host, r, removed=answers.get(host, HostRollback(host, "")).removed)

@@ -74,9 +74,13 @@ def record_probe(
         if on_host is not None:
             seen_names.add(patch.name)
         expected = PatchState(row.state) in PRESENT
-        present = on_host is not None or patch.name in lingering
-        if expected and not present:
-            _drift(session, host, patch, row, found, actor, "expected applied, found absent")
+        present = on_host is not None
+        if row.state == PatchState.PINNED and not present and patch.name not in lingering:
+            # The reboot the pinned module waited for: gone, as expected.
+            observe(session, host, patch, PatchObservation(state=PatchState.ABSENT), observed_by="probe", actor=actor)
+        elif expected and not present:
+            found_as = "disabled, its module pinned by a forced transition" if patch.name in lingering else "absent"
+            _drift(session, host, patch, row, found, actor, f"expected applied, found {found_as}")
         elif present and not expected and row.state != PatchState.DRIFT:
             _drift(session, host, patch, row, found, actor, f"expected {row.state}, found loaded")
         elif on_host is not None and row.state != PatchState.DRIFT:

@@ -71,6 +71,8 @@ def create_host(
             options.setdefault("faults", {}).setdefault("refuse", []).append(
                 {"patch": str(r.get("patch", "*")), "object": str(r.get("object", "*")), "errno": errno_}
             )
+    if faults.get("log_unreadable"):  # dmesg_restrict without CAP_SYSLOG, a container, an LSM
+        options.setdefault("faults", {})["log_unreadable"] = True
     sim.create_host(str(root), kernel_release, **options)
     stall = faults.get("stall")
     with sim.SimHost(str(root)) as kernel:

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from klpfleet.errors import UsageError
-from klpfleet.sim.elfbuild import SPEC_SECTION, build_module
+from klpfleet.sim.elfbuild import SPEC_SECTION, build_id_note, build_module, modinfo_bytes
+
+BUILD_ID_SECTION = ".note.gnu.build-id"
 
 
 def _sim_kernel() -> Any:
@@ -226,7 +228,10 @@ def build_ko(spec: dict[str, Any]) -> bytes:
         fields.append(("intree", "Y"))
     if spec["description"]:
         fields.append(("description", spec["description"]))
-    return build_module(fields, {SPEC_SECTION: payload})
+    # As ld --build-id=sha1 does for Kbuild's modules: the ID follows the content, so a rebuilt patch of the
+    # same name has another (the host layer compares it with the loaded module's).
+    build_id = hashlib.sha1(modinfo_bytes(fields) + payload, usedforsecurity=False).digest()
+    return build_module(fields, {SPEC_SECTION: payload, BUILD_ID_SECTION: build_id_note(build_id)})
 
 
 def write_ko(spec: dict[str, Any], out: str | Path) -> Path:

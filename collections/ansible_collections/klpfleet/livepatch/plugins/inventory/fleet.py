@@ -45,7 +45,7 @@ keyed_groups:
   - key: klp_labels.rack
     prefix: rack
 groups:
-  needs_reboot: "'forced' in (klp_patch_states.values() | list)"
+  needs_reboot: "['forced', 'pinned'] | intersect(klp_patch_states.values() | list) | length > 0"
 compose:
   ansible_user: "'ops'"
 """

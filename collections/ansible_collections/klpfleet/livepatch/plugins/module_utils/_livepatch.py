@@ -19,6 +19,8 @@ import hashlib
 import os
 import re
 
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._modinfo import build_id_from_note
+
 KLP = "/sys/kernel/livepatch"
 POLL = 0.1
 
@@ -45,17 +47,21 @@ TAINT_NAMES = [
     "test",
 ]
 
-# kmod words some errnos its own way (reference, section 6); everything else is strerror.
+# kmod words some errnos its own way (docs/kernel.md, "What the tools print"), busybox others, in lower case;
+# everything else is strerror. Matched without regard to case.
 TOOL_MESSAGES = {
-    "Invalid parameters": errno.EINVAL,
-    "Invalid module format": errno.ENOEXEC,
-    "Unknown symbol in module": errno.ENOENT,
-    "Module has wrong symbol version": errno.ESRCH,
+    "invalid parameters": errno.EINVAL,
+    "invalid parameter": errno.EINVAL,
+    "invalid module format": errno.ENOEXEC,
+    "unknown symbol in module": errno.ENOENT,
+    "unknown symbol in module, or unknown parameter": errno.ENOENT,
+    "module has wrong symbol version": errno.ESRCH,
+    "kernel does not support requested operation": errno.ENOSYS,
 }
 STRERROR = {}
 for _num in sorted(errno.errorcode, reverse=True):
-    STRERROR[os.strerror(_num)] = _num
-STRERROR["Operation would block"] = errno.EWOULDBLOCK
+    STRERROR[os.strerror(_num).lower()] = _num
+STRERROR["operation would block"] = errno.EWOULDBLOCK
 
 RE_LOAD_ERROR = re.compile(
     r"(?:could not insert module .*|can't insert '.*'|could not insert '.*'): (?P<msg>[^:\n]+)\s*$"
@@ -66,7 +72,18 @@ RE_REFUSED_LOAD = re.compile(
     r"livepatch: patch '(?P<patch>[^']+)' failed for module '(?P<module>[^']+)', refusing to load module"
 )
 RE_STARTING = re.compile(r"livepatch: '(?P<patch>[^']+)': starting (?:patching|unpatching) transition")
+RE_ENABLING = re.compile(r"livepatch: enabling patch '(?P<patch>[^']+)'")
+RE_UNPATCHED = re.compile(r"livepatch: '(?P<patch>[^']+)': unpatching complete")
 FORCING = "livepatch: forcing remaining tasks to the patched state"
+# The module loader's words when ENOEXEC is about the kernel it was built for, not a relocation or format fault.
+VERMAGIC_WORDS = ("version magic", "disagrees about version of symbol", "no symbol version for")
+
+# Lifecycles (docs/kernel.md, "Kernel generations"), decided from what the host's sysfs shows:
+# before 5.1 a disabled patch stays registered until rmmod and only the newest can be disabled.
+LIFECYCLE_LEGACY, LIFECYCLE_MODERN = "pre-5.1", "5.1+"
+# Which patches a forced transition pins until reboot: every patch from then on (pre-5.1), every patch
+# present (5.1 until the 2022 change), or only those unsafe to unload (since; 6.1 and 6.12 seen).
+FORCE_PINS_ALL_FOREVER, FORCE_PINS_ALL_PRESENT, FORCE_PINS_UNSAFE = "all-until-reboot", "all-present", "unsafe-only"
 
 
 # Every klp_error a module can return, with what it means. The modules' RETURN docs, the README, the
@@ -82,7 +99,9 @@ KLP_ERRORS = {
     "lockdown": "the kernel is locked down and refuses unsigned modules",
     "checksum_mismatch": "the file on the host differs from the expected sha256",
     "in_use": "the module cannot be removed while something holds it",
-    "forced_unremovable": "the patch was force-transitioned; its module stays until a reboot",
+    "forced_unremovable": "a forced transition pinned the patch's module; it stays loaded until a reboot",
+    "different_build": "a different build of the patch is loaded under the same name",
+    "not_on_top": "this kernel (pre-5.1 lifecycle) disables only the newest patch; newer ones must go first",
     "livepatch_unsupported": "the kernel has no livepatch support",
     "invalid_argument": "the task's arguments contradict each other or are missing",
     "source_unreadable": "the .ko cannot be read on the host or has no module name",
@@ -113,7 +132,7 @@ def errno_from_tool(stderr):
             return errno.EBUSY  # kmod's rmmod checks the refcount itself and returns -EBUSY
         m = RE_LOAD_ERROR.search(line)
         if m:
-            message = m.group("msg").strip()
+            message = m.group("msg").strip().lower()
             if message in TOOL_MESSAGES:
                 return TOOL_MESSAGES[message]
             return STRERROR.get(message)
@@ -187,27 +206,124 @@ class Livepatch(object):
             "objects": objects,
         }
 
-    def patches(self):
+    # ------------------------------------------------------------------ modules and generations
+
+    def proc_modules(self):
+        """/proc/modules, newest module first: [{name, refcnt, state, taint}] ([] when unreadable)."""
+        try:
+            text = self.p.read("/proc/modules")
+        except OSError:
+            return []
+        modules = []
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) < 5:
+                continue
+            taint = line.rsplit("(", 1)[1].rstrip(")") if line.endswith(")") else ""
+            refcnt = int(fields[2]) if fields[2].isdigit() else None
+            modules.append({"name": fields[0], "refcnt": refcnt, "state": fields[4], "taint": taint})
+        return modules
+
+    def module_build_id(self, name):
+        """The GNU build ID of the loaded module (its identity), or None where the kernel does not show it."""
+        try:
+            return build_id_from_note(self.p.read_bytes("/sys/module/%s/notes/.note.gnu.build-id" % name))
+        except OSError:
+            return None
+
+    def module_srcversion(self, name):
+        try:
+            return self.p.read("/sys/module/%s/srcversion" % name).strip() or None
+        except OSError:
+            return None
+
+    def lifecycle(self, names=None):
+        """pre-5.1 or 5.1+, from what a patch directory holds: `signal` existed only before 5.1, `force` exists
+        from 4.15, and only before 5.1 does a disabled patch outside a transition keep its directory. None while
+        no patch is loaded."""
+        for name in self.patch_names() if names is None else names:
+            try:
+                entries = self.p.listdir("%s/%s" % (KLP, name))
+            except OSError:
+                continue
+            if "signal" in entries or "force" not in entries:
+                return LIFECYCLE_LEGACY
+            if self.read_flag("%s/%s/enabled" % (KLP, name)) is False and not self.read_flag(
+                "%s/%s/transition" % (KLP, name)
+            ):
+                return LIFECYCLE_LEGACY
+            return LIFECYCLE_MODERN
+        return None
+
+    def force_semantics(self, lifecycle, patches):
+        """Which patches a force pins on this kernel. The 2022 change came with 6.0, as did the objects'
+        `patched` attribute, the evidence used here (kernels 5.17 to 5.19 may differ: removal reports what
+        actually happened, from the module's reference count)."""
+        if lifecycle == LIFECYCLE_LEGACY:
+            return FORCE_PINS_ALL_FOREVER
+        if lifecycle is None or not patches:
+            return None
+        has_patched = any(v is not None for p in patches for v in p["objects"].values())
+        return FORCE_PINS_UNSAFE if has_patched else FORCE_PINS_ALL_PRESENT
+
+    def pinned_modules(self, modules=None, names=None):
+        """Livepatch modules (taint K) whose patch is no longer enabled but whose reference was never dropped:
+        a forced transition pinned them until reboot. Evidence, not inference from the log."""
+        names = set(self.patch_names() if names is None else names)
+        pinned = []
+        for m in self.proc_modules() if modules is None else modules:
+            if "K" not in m["taint"] or m["state"] != "Live" or not m["refcnt"]:
+                continue
+            if m["name"] in names:
+                state = self.patch_state(m["name"])
+                if state is None or state["enabled"] or state["transition"]:
+                    continue  # enabled: it holds its own reference
+            pinned.append({"name": m["name"], "module_refcnt": m["refcnt"], "forced": True})
+        return pinned
+
+    def patches(self, modules=None, records=None):
+        """Every patch in stack order (oldest first). The order is the kernel's `stack_order` (6.13+), else the
+        order the modules were loaded in (/proc/modules, which survives the kernel log); the log's "enabling
+        patch" lines are a cross-check (`stack_order_conflict` when they disagree)."""
         found = [s for s in (self.patch_state(n) for n in self.patch_names()) if s is not None]
-        if found and all(p["stack_order"] is None for p in found):
-            # Before 6.13 the stack order is not exported; the kernel log's order of enabling is the
-            # best evidence, and the kernel lists the directories in no particular order.
-            order = self.enable_order()
-            for p in found:
-                p["stack_order_estimated"] = True
-            found.sort(key=lambda p: order.get(p["name"], 1 << 30))
+        if not found:
+            return found
+        if all(p["stack_order"] is not None for p in found):
+            found.sort(key=lambda p: p["stack_order"])
+            source = "sysfs"
         else:
-            found.sort(key=lambda p: p["stack_order"] or 0)
+            newest_first = [m["name"] for m in (self.proc_modules() if modules is None else modules)]
+            loaded = {name: len(newest_first) - i for i, name in enumerate(newest_first)}
+            found.sort(key=lambda p: (loaded.get(p["name"], 0), p["name"]))
+            source = "module_load_order" if loaded else "name"
+            for i, p in enumerate(found):
+                p["stack_order"] = i + 1
+        logged = self.enable_order(records)
+        in_log = [p["name"] for p in found if p["name"] in logged]
+        by_log = sorted(in_log, key=lambda n: logged[n])
+        for p in found:
+            p["stack_order_source"] = source
+            p["stack_order_estimated"] = source != "sysfs"
+            p["stack_order_conflict"] = in_log != by_log and p["name"] in in_log
         return found
 
-    def enable_order(self):
-        records, _dummy = self.p.read_log(-1)
+    def enable_order(self, records=None):
+        if records is None:
+            records, _dummy = self.p.read_log(-1)
         order = {}
         for seq, _dummy, text in records:
-            m = re.search(r"livepatch: enabling patch '([^']+)'", text)
+            m = RE_ENABLING.search(text)
             if m:
-                order[m.group(1)] = seq
+                order[m.group("patch")] = seq
         return order
+
+    def log_status(self):
+        """Whether the kernel log could be read (and whether the ring buffer had already dropped records)."""
+        return {
+            "readable": getattr(self.p, "log_error", None) is None,
+            "error": getattr(self.p, "log_error", None),
+            "wrapped": bool(getattr(self.p, "log_wrapped", False)),
+        }
 
     def tasks(self):
         """(pid, tid) of every thread; tid == pid for the main thread."""
@@ -282,27 +398,49 @@ class Livepatch(object):
                 )
         return out
 
-    def forced_patches(self, records=None):
-        """Patches whose transition was forced, attributed from the kernel log."""
+    def forced_patches(self, semantics, enabled_names, records=None):
+        """The enabled patches a forced transition pinned, from the kernel log and this kernel's force
+        semantics. On kernels that pin only what is unsafe to unload, an enabled patch is never pinned (what a
+        force pinned was disabled or replaced: `pinned_modules` shows it). Elsewhere every patch enabled before
+        a force is. None when the log cannot tell (unreadable, or wrapped past the loads)."""
+        if semantics == FORCE_PINS_UNSAFE:
+            return set()
         if records is None:
             records, _dummy = self.p.read_log(-1)
-        forced, current = set(), None
+        status = self.log_status()
+        enabled_before_force, present, forced_any = set(), set(), False
         for _dummy_seq, _dummy_ts, text in records:
-            m = RE_STARTING.search(text)
+            m = RE_ENABLING.search(text)
             if m:
-                current = m.group("patch")
-            elif FORCING in text and current:
-                forced.add(current)
-        return forced
+                present.add(m.group("patch"))
+                continue
+            m = RE_UNPATCHED.search(text)
+            if m:
+                present.discard(m.group("patch"))
+                continue
+            if FORCING in text:
+                forced_any = True
+                enabled_before_force |= present
+        if semantics == FORCE_PINS_ALL_FOREVER and forced_any:
+            return set(enabled_names)
+        unknown = [n for n in enabled_names if n not in present and n not in enabled_before_force]
+        if unknown and (not status["readable"] or status["wrapped"]):
+            return None
+        return enabled_before_force & set(enabled_names)
 
     def facts(self, with_tasks=True):
         supported = self.supported()
         records, cursor = self.p.read_log(-1)
-        forced = self.forced_patches(records)
-        patches = self.patches() if supported else []
+        modules = self.proc_modules()
+        patches = self.patches(modules, records) if supported else []
+        names = [p["name"] for p in patches]
+        lifecycle = self.lifecycle(names)
+        semantics = self.force_semantics(lifecycle, patches)
+        forced = self.forced_patches(semantics, [p["name"] for p in patches if p["enabled"]], records)
         for p in patches:
-            p["forced"] = p["name"] in forced
+            p["forced"] = None if forced is None else p["name"] in forced
             p["module_refcnt"] = self.module_refcnt(p["name"])
+            p["build_id"] = self.module_build_id(p["name"])
         transition = None
         for p in patches:
             if p["transition"]:
@@ -312,16 +450,17 @@ class Livepatch(object):
                     "target": "patched" if target else "unpatched",
                     "stalled_tasks": self.stalled_tasks(target) if with_tasks else [],
                 }
-        # A forced patch that was disabled has no directory but keeps its module forever.
-        lingering = []
-        for name in sorted(forced):
-            if name not in [p["name"] for p in patches] and self.module_loaded(name):
-                lingering.append({"name": name, "module_refcnt": self.module_refcnt(name), "forced": True})
         return {
             "kernel_release": self.kernel_release(),
             "livepatch_supported": supported,
+            "lifecycle": lifecycle,
+            "force_semantics": semantics,
+            "stack_order_source": patches[0]["stack_order_source"] if patches else None,
+            "stack_order_conflict": any(p["stack_order_conflict"] for p in patches),
+            "kernel_log": self.log_status(),
             "patches": patches,
-            "forced_modules": lingering,
+            # Disabled (or replaced) patches whose module a forced transition pinned until reboot.
+            "forced_modules": self.pinned_modules(modules, names) if supported else [],
             "transition": transition,
             "taint": self.taint(),
             "signatures": self.signatures(),
@@ -340,6 +479,10 @@ class Livepatch(object):
             if self.p.now() - start >= timeout:
                 return False, self.p.now() - start
             self.p.sleep(POLL)
+
+    def in_transition(self, name):
+        state = self.patch_state(name)
+        return state is not None and bool(state["transition"])
 
     def transition_done(self, name):
         state = self.patch_state(name)
@@ -367,23 +510,45 @@ def livepatch_lines(lines, name):
     ]
 
 
-def classify_insmod_failure(name, rc, stderr, lines):
-    """A LivepatchError for a failed insmod, from the kernel log and the errno."""
+def enable_block(lines, name):
+    """The log lines of this load's enable attempt: from "enabling patch '<name>'" to its end. A refusal line
+    outside it belongs to another load (a target module refused by another patch, say), never to this one."""
+    start = "livepatch: enabling patch '%s'" % name
+    if start not in lines:
+        return []
+    block = []
+    for line in lines[lines.index(start) + 1 :]:
+        if RE_ENABLING.search(line):
+            break
+        block.append(line)
+        if line in ("livepatch: failed to enable patch '%s'" % name, "livepatch: '%s': unpatching complete" % name):
+            break
+    return block
+
+
+def classify_insmod_failure(name, rc, stderr, lines, log_error=None):
+    """A LivepatchError for a failed insmod, from the kernel log plus the errno. Without the log (log_error)
+    a callback's refusal cannot be told from any other failure with the same errno: the result says so."""
     err = errno_from_tool(stderr)
     details = {"rc": rc, "stderr": stderr.strip(), "errno": err, "errno_name": errno_name(err)}
-    enabling = "livepatch: enabling patch '%s'" % name in lines
-    for line in lines:
+    if log_error:
+        details["kernel_log_unreadable"] = log_error
+        details["warnings"] = [
+            "the kernel log could not be read (%s): a pre-patch refusal looks like any other failure" % log_error
+        ]
+    block = enable_block(lines, name)
+    for line in block:
         m = RE_REFUSED_OBJECT.search(line)
-        if m and enabling:
+        if m:
             return LivepatchError(
                 "refused",
                 "pre-patch callback of %s refused object '%s' (%s)" % (name, m.group("obj"), errno_name(err) or err),
                 refused_object=m.group("obj"),
                 **details,
             )
-    for line in lines:
+    for line in block:
         m = RE_HOOK_FAILED.search(line)
-        if m and enabling:
+        if m:
             return LivepatchError(
                 "insmod_failed",
                 "the kernel failed to patch object '%s' of %s (%s)" % (m.group("obj"), name, errno_name(err) or err),
@@ -396,13 +561,19 @@ def classify_insmod_failure(name, rc, stderr, lines):
         )
     if any("is not marked as a livepatch module" in line for line in lines):
         return LivepatchError("not_livepatch", "%s is not marked as a livepatch module" % name, **details)
-    if (
-        any("version magic" in line or "disagrees about version of symbol" in line for line in lines)
-        or err == errno.ENOEXEC
-    ):
+    if any(word in line for line in lines for word in VERMAGIC_WORDS):
         return LivepatchError(
             "vermagic_mismatch",
             "the kernel refused %s as built for another kernel (%s)" % (name, errno_name(err)),
+            **details,
+        )
+    if err == errno.ENOEXEC:
+        # ENOEXEC is also a relocation the loader cannot apply or a malformed section: the log says which.
+        said = [line for line in lines if line.startswith(name + ":") or "livepatch:" in line]
+        return LivepatchError(
+            "insmod_failed",
+            "the kernel refused %s as an invalid module (ENOEXEC)%s"
+            % (name, ": " + said[-1] if said else "; the kernel log names no cause"),
             **details,
         )
     if err == errno.EKEYREJECTED:
@@ -411,6 +582,7 @@ def classify_insmod_failure(name, rc, stderr, lines):
         )
     if err == errno.EPERM and any(line.startswith("Lockdown:") for line in lines):
         return LivepatchError("lockdown", "the kernel is locked down: unsigned module %s refused" % name, **details)
+    enabling = "livepatch: enabling patch '%s'" % name in lines
     if err == errno.EBUSY and not enabling:
         return LivepatchError("busy", "another livepatch transition is in progress", **details)
     if err == errno.EEXIST:

@@ -11,6 +11,7 @@ deliberately small ELF64/ELF32 section-table reader that refuses anything it doe
 
 from __future__ import annotations
 
+import binascii
 import struct
 
 MAX_MODULE_BYTES = 64 * 1024 * 1024
@@ -85,3 +86,19 @@ def read_module_file(path):
 def first(fields, key, default=None):
     values = fields.get(key)
     return values[0] if values else default
+
+
+BUILD_ID_SECTION = ".note.gnu.build-id"
+NT_GNU_BUILD_ID = 3
+
+
+def build_id_from_note(raw):
+    """The hex GNU build ID in an ELF note (a .ko's section, or /sys/module/<m>/notes/.note.gnu.build-id),
+    or None. The note is namesz, descsz, type (native-endian words), the name "GNU\\0" padded to 4, the ID."""
+    if not raw or len(raw) < 16:
+        return None
+    namesz, descsz, kind = struct.unpack_from("<III", raw, 0)
+    start = 12 + ((namesz + 3) & ~3)
+    if kind != NT_GNU_BUILD_ID or raw[12 : 12 + namesz].rstrip(b"\0") != b"GNU" or len(raw) < start + descsz:
+        return None
+    return binascii.hexlify(raw[start : start + descsz]).decode("ascii") or None

@@ -17,7 +17,10 @@ import errno
 import os
 
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._livepatch import (
+    FORCE_PINS_ALL_FOREVER,
+    FORCE_PINS_ALL_PRESENT,
     KLP,
+    LIFECYCLE_LEGACY,
     Livepatch,
     LivepatchError,
     classify_insmod_failure,
@@ -26,9 +29,17 @@ from ansible_collections.klpfleet.livepatch.plugins.module_utils._livepatch impo
     file_sha256,
     livepatch_lines,
 )
-from ansible_collections.klpfleet.livepatch.plugins.module_utils._modinfo import ModinfoError, first, read_module_file
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._modinfo import (
+    BUILD_ID_SECTION,
+    ModinfoError,
+    build_id_from_note,
+    first,
+    read_module_file,
+)
 
 ON_STALL = ("reverse", "wait", "force")
+REFCNT_WAIT = 15.0  # kpatch waits this long for a module's reference count to drop before rmmod
+SIGNAL_EVERY = 15.0  # pre-5.1 kernels never signal stalled tasks themselves; kpatch writes `signal` after 15 s
 
 
 class Operation(object):
@@ -55,6 +66,11 @@ class Operation(object):
     def kernel_log(self):
         return livepatch_lines(self.lp.log_since(self.cursor), self.name)
 
+    def warn(self, text):
+        self.result.setdefault("warnings", [])
+        if text not in self.result["warnings"]:
+            self.result["warnings"].append(text)
+
     def host_clean(self):
         return self.state() is None and not self.lp.module_loaded(self.name)
 
@@ -65,6 +81,10 @@ class Operation(object):
         error.details["kernel_log"] = self.kernel_log()
         for key in ("attempts", "transition_seconds", "name", "kernel_release"):
             error.details.setdefault(key, self.result[key])
+        for warning in self.result.get("warnings", []):
+            error.details.setdefault("warnings", [])
+            if warning not in error.details["warnings"]:
+                error.details["warnings"].append(warning)
         raise error
 
     def finish(self, outcome, changed):
@@ -90,31 +110,40 @@ class Operation(object):
                 self.p.sleep(self.busy_delay)
 
     def wait_transition(self):
-        done, seconds = self.lp.wait_until(lambda: self.lp.transition_done(self.name), self.timeout)
-        self.result["transition_seconds"] += round(seconds, 3)
-        return done
+        """Wait for this patch's transition to end, however it ends: on 5.1+ an unpatched patch's directory goes,
+        before 5.1 it stays with `enabled` 0. Before 5.1 the kernel never signals stalled tasks itself, so
+        write its `signal` file every SIGNAL_EVERY seconds, as kpatch does."""
+        signal = "%s/%s/signal" % (KLP, self.name)
+        state = {"next_signal": self.p.now() + SIGNAL_EVERY}
 
-    def wait_gone(self):
-        done, seconds = self.lp.wait_until(lambda: self.lp.gone(self.name), self.timeout)
+        def done():
+            if not self.lp.in_transition(self.name):
+                return True
+            if self.p.now() >= state["next_signal"] and self.p.exists(signal):
+                state["next_signal"] = self.p.now() + SIGNAL_EVERY
+                with contextlib.suppress(OSError):
+                    self.p.write(signal, "1")
+                self.result["signaled"] = True
+            return False
+
+        ok, seconds = self.lp.wait_until(done, self.timeout)
         self.result["transition_seconds"] += round(seconds, 3)
-        return done
+        return ok
+
+    def pinned(self):
+        """This patch's module was pinned by a forced transition: no longer enabled, reference never dropped."""
+        return any(m["name"] == self.name for m in self.lp.pinned_modules())
 
     def rmmod(self):
-        # The kernel drops the module reference just after the directory goes; give it a moment.
-        self.lp.wait_until(lambda: (self.lp.module_refcnt(self.name) or 0) == 0, 2.0)
+        """Remove the module. Returns True when a forced transition pinned it (it stays until reboot; its patch
+        is disabled); raises on any other failure."""
+        # The kernel drops the module reference just after the transition completes; kpatch gives it 15 s.
+        self.lp.wait_until(lambda: (self.lp.module_refcnt(self.name) or 0) == 0, REFCNT_WAIT)
         rc, _dummy, stderr = self.p.run(["rmmod", self.name])
         if rc == 0 or not self.lp.module_loaded(self.name):
-            return
-        forced = self.name in self.lp.forced_patches()
-        if forced:
-            self.fail(
-                LivepatchError(
-                    "forced_unremovable",
-                    "%s was force-transitioned: its module can never be removed before a reboot" % self.name,
-                    forced=True,
-                    stderr=stderr.strip(),
-                )
-            )
+            return False
+        if self.pinned():
+            return True
         err = errno_from_tool(stderr)
         self.fail(
             LivepatchError(
@@ -162,6 +191,41 @@ def check_source(prims, src, sha256=None):
     return name, modinfo
 
 
+def artifact_identity(src, modinfo):
+    """(build_id, srcversion) of the .ko at src: what tells two builds with one name apart."""
+    try:
+        _dummy, sections = read_module_file(src)
+        build_id = build_id_from_note(sections.get(BUILD_ID_SECTION))
+    except (OSError, ModinfoError):
+        build_id = None
+    return build_id, first(modinfo, "srcversion")
+
+
+def same_build(op, src, modinfo):
+    """Whether the loaded module is the build at src: its GNU build ID (every Kbuild module has one, shown in
+    /sys/module/<name>/notes), else srcversion; None when the kernel shows neither."""
+    build_id, srcversion = artifact_identity(src, modinfo)
+    loaded_id, loaded_src = op.lp.module_build_id(op.name), op.lp.module_srcversion(op.name)
+    op.result["identity"] = {"artifact_build_id": build_id, "loaded_build_id": loaded_id}
+    if build_id and loaded_id:
+        return build_id == loaded_id
+    if srcversion and loaded_src:
+        op.result["identity"].update(artifact_srcversion=srcversion, loaded_srcversion=loaded_src)
+        return srcversion == loaded_src
+    op.warn("the kernel shows no build ID or srcversion for %s: identified by name only" % op.name)
+    return None
+
+
+def different_build_error(op):
+    return LivepatchError(
+        "different_build",
+        "another build of %s is loaded (build ID %s, this artifact %s): remove it first, or ship the new build "
+        "under a new name or as a replace patch"
+        % (op.name, op.result["identity"]["loaded_build_id"], op.result["identity"]["artifact_build_id"]),
+        **op.result["identity"],
+    )
+
+
 def apply_patch(
     prims,
     src,
@@ -189,7 +253,7 @@ def apply_patch(
     if check_mode and not os.path.exists(src):
         return predict_without_source(prims, name, src)
     try:
-        src_name, _dummy = check_source(prims, src, sha256)
+        src_name, modinfo = check_source(prims, src, sha256)
     except LivepatchError as exc:
         # Refused before anything was loaded: this call left nothing behind.
         exc.details.update(
@@ -202,9 +266,22 @@ def apply_patch(
 
     op = Operation(prims, name, transition_timeout, busy_retries, busy_delay)
     before = op.state()
-    op.result["before"] = {"patch": before, "loaded": lp.module_loaded(name)}
-    if before is not None and before["enabled"] and not before["transition"]:
-        return op.finish("already_applied", False)
+    loaded = lp.module_loaded(name)
+    op.result["before"] = {"patch": before, "loaded": loaded}
+    if before is not None and before["enabled"]:
+        # Loaded under this name: applied only if it is this build (a rebuilt fix keeps the name).
+        if same_build(op, src, modinfo) is False:
+            op.fail(different_build_error(op))
+        if not before["transition"]:
+            return op.finish("already_applied", False)
+    if loaded and (before is None or not before["enabled"]) and op.pinned():
+        op.fail(
+            LivepatchError(
+                "forced_unremovable",
+                "a forced transition pinned an earlier %s in memory: it cannot be loaded again before a reboot" % name,
+                forced=True,
+            )
+        )
     if check_mode:
         return op.finish("applied", True)
 
@@ -214,8 +291,10 @@ def apply_patch(
             op.write_enabled("1")  # it was being unpatched: reverse back to patching
         return settle(op, on_stall, changed=True)
 
-    if before is None and lp.module_loaded(name):
-        op.rmmod()  # disabled or replaced earlier but never removed: its module must go before it loads again
+    if loaded:
+        # Disabled or replaced earlier but never removed (before 5.1 a disabled patch even keeps its directory):
+        # unload it and load the artifact, never write 1 to an old registration.
+        op.rmmod()
 
     argv = ["insmod", src] + ["%s=%s" % (k, v) for k, v in sorted((params or {}).items())]
     while True:
@@ -225,7 +304,7 @@ def apply_patch(
         if rc == 0:
             break
         lines = lp.log_since(call_cursor)
-        error = classify_insmod_failure(name, rc, stderr, lines)
+        error = classify_insmod_failure(name, rc, stderr, lines, getattr(prims, "log_error", None))
         if error.klp_error == "busy" and op.result["attempts"] <= op.busy_retries:
             prims.sleep(op.busy_delay)
             continue
@@ -270,16 +349,7 @@ def settle(op, on_stall, changed):
             )
         )
     if on_stall == "force":
-        op.p.write("%s/%s/force" % (KLP, op.name), "1")
-        if not op.wait_transition():
-            op.fail(
-                LivepatchError(
-                    "transition_stalled", "%s: forced transition did not complete" % op.name, stalled_tasks=stalled
-                )
-            )
-        op.result["forced"] = True
-        op.result["stalled_tasks"] = stalled
-        return op.finish("applied", changed)
+        return force(op, stalled, changed)
 
     # reverse: write 0 during our own transition reverses it; the stalled tasks still run old code,
     # so the reversal completes and the module can go.
@@ -288,7 +358,7 @@ def settle(op, on_stall, changed):
     except OSError as exc:
         if exc.errno != errno.EINVAL:  # EINVAL: it completed meanwhile or is already unpatching
             raise
-    if not op.wait_gone():
+    if not op.wait_transition():
         op.fail(
             LivepatchError(
                 "transition_stalled",
@@ -297,6 +367,10 @@ def settle(op, on_stall, changed):
                 reversed=False,
             )
         )
+    state = op.state()
+    if state is not None and state["enabled"]:
+        # The transition completed just before the reversal was written: the patch is applied after all.
+        return op.finish("applied", changed)
     op.rmmod()
     op.fail(
         LivepatchError(
@@ -308,10 +382,34 @@ def settle(op, on_stall, changed):
     )
 
 
+def force(op, stalled, changed):
+    """Force the stalled patching transition, then report which patches this kernel now keeps until reboot."""
+    lp = op.lp
+    before = [p["name"] for p in lp.patches()]
+    semantics = lp.force_semantics(lp.lifecycle(before), lp.patches())
+    op.p.write("%s/%s/force" % (KLP, op.name), "1")
+    if not op.wait_transition():
+        op.fail(
+            LivepatchError(
+                "transition_stalled", "%s: forced transition did not complete" % op.name, stalled_tasks=stalled
+            )
+        )
+    # Evidence first: patches a forced replace freed keep their module's reference. Then the kernel's rule for
+    # patches still enabled (pre-6.0 kernels pin every patch present at the force).
+    pinned = [m["name"] for m in lp.pinned_modules()]
+    if semantics in (FORCE_PINS_ALL_PRESENT, FORCE_PINS_ALL_FOREVER):
+        pinned = sorted(set(pinned) | set(before))
+    op.result.update(forced=True, force_semantics=semantics, pinned=pinned, stalled_tasks=stalled)
+    if pinned:
+        op.warn("the forced transition pinned %s until reboot (%s)" % (", ".join(pinned), semantics))
+    return op.finish("applied", changed)
+
+
 def remove_patch(
     prims, name, transition_timeout=60.0, busy_retries=5, busy_delay=2.0, on_stall="reverse", check_mode=False
 ):
-    """Bring the patch to `absent`: disabled, unpatching transition complete, module removed."""
+    """Bring the patch to `absent`: disabled, unpatching transition complete, module removed. A module a forced
+    transition pinned stays loaded until reboot; its patch is disabled and the result says `module_pinned`."""
     lp = Livepatch(prims)
     op = Operation(prims, name, transition_timeout, busy_retries, busy_delay)
     before = op.state()
@@ -319,35 +417,81 @@ def remove_patch(
     op.result["before"] = {"patch": before, "loaded": loaded}
     if before is None and not loaded:
         return op.finish("already_absent", False)
+    if (before is None or not before["enabled"]) and loaded and op.pinned():
+        return finish_pinned(op, "already_absent", False)
     if check_mode:
         return op.finish("removed", True)
     if before is not None:
-        try:
-            if before["enabled"]:
-                op.write_enabled("0")  # disables, or reverses our own patching transition
-        except OSError as exc:
-            op.fail(
-                LivepatchError(
-                    "busy" if exc.errno == errno.EBUSY else "disable_failed",
-                    "cannot disable %s: %s" % (name, exc.strerror),
-                    errno=exc.errno,
-                    errno_name=errno_name(exc.errno),
-                )
-            )
-        if not op.wait_gone():
+        if before["enabled"]:
+            disable(op, lp)
+        if not op.wait_transition():
             stalled = op.stalled(0)
-            if on_stall == "reverse":
-                with contextlib.suppress(OSError):
-                    op.p.write("%s/%s/enabled" % (KLP, name), "1")  # back to patched: the state it had
-                op.wait_transition()
+            reversed_ = on_stall == "reverse" and reverse_unpatching(op)
             op.fail(
                 LivepatchError(
                     "transition_stalled",
                     "%s: unpatching transition stalled after %ss%s"
-                    % (name, op.timeout, "; reversed, the patch stays applied" if on_stall == "reverse" else ""),
+                    % (name, op.timeout, "; reversed, the patch stays applied" if reversed_ else ""),
                     stalled_tasks=stalled,
-                    reversed=on_stall == "reverse",
+                    reversed=reversed_,
                 )
             )
-    op.rmmod()
+    if op.rmmod():
+        return finish_pinned(op, "removed", True)
     return op.finish("removed", True)
+
+
+def disable(op, lp):
+    """Write 0 to enabled. Before 5.1 only the newest enabled patch can be disabled (EBUSY with no transition
+    running): that is its own error, not a busy kernel."""
+    try:
+        op.write_enabled("0")  # disables, or reverses our own patching transition
+    except OSError as exc:
+        if (
+            exc.errno == errno.EBUSY
+            and lp.lifecycle() == LIFECYCLE_LEGACY
+            and not any(p["transition"] for p in lp.patches())
+        ):
+            newer = [p["name"] for p in lp.patches() if p["enabled"]]
+            newer = newer[newer.index(op.name) + 1 :] if op.name in newer else newer
+            op.fail(
+                LivepatchError(
+                    "not_on_top",
+                    "this kernel (pre-5.1 lifecycle) disables only the newest patch: remove %s first"
+                    % ", ".join(newer or ["the newer patches"]),
+                    errno=exc.errno,
+                    errno_name=errno_name(exc.errno),
+                    newer_patches=newer,
+                )
+            )
+        op.fail(
+            LivepatchError(
+                "busy" if exc.errno == errno.EBUSY else "disable_failed",
+                "cannot disable %s: %s" % (op.name, exc.strerror),
+                errno=exc.errno,
+                errno_name=errno_name(exc.errno),
+            )
+        )
+
+
+def reverse_unpatching(op):
+    """Back a stalled unpatching transition out to patched. Only while it is still our unpatching transition:
+    before 5.1 writing 1 to a patch that finished unpatching would enable it again."""
+    state = op.state()
+    if state is None or not state["transition"] or state["enabled"]:
+        return False
+    with contextlib.suppress(OSError):
+        op.p.write("%s/%s/enabled" % (KLP, op.name), "1")
+    op.wait_transition()
+    state = op.state()
+    return state is not None and bool(state["enabled"])
+
+
+def finish_pinned(op, outcome, changed):
+    op.warn(
+        "a forced transition pinned the module %s: its patch is disabled, the module stays loaded until reboot"
+        % op.name
+    )
+    result = op.finish(outcome, changed)
+    result.update(module_pinned=True, host_clean=False)
+    return result

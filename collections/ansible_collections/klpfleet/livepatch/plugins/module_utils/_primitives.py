@@ -50,6 +50,10 @@ class RealPrimitives(object):
         with open(path) as f:
             return f.read()
 
+    def read_bytes(self, path, limit=1 << 16):
+        with open(path, "rb") as f:
+            return f.read(limit)
+
     def write(self, path, data):
         with open(path, "w") as f:
             f.write(data)
@@ -71,20 +75,32 @@ class RealPrimitives(object):
 
     # Kernel log: records of /dev/kmsg are "prio,seq,usec,flags;text"; the cursor is a sequence number.
     # Returns ([(seq, seconds since boot, text)], last seq).
+    # `log_error` says why the log could not be read (dmesg_restrict without CAP_SYSLOG, a container, an LSM);
+    # `log_wrapped` that the ring buffer had already dropped records the caller asked for.
+    log_error = None
+    log_wrapped = False
+
     def read_log(self, cursor=-1):
         records = []
         last = cursor
         try:
             fd = os.open(KMSG, os.O_RDONLY | os.O_NONBLOCK)
-        except OSError:
+        except OSError as exc:
+            self.log_error = "%s: %s" % (KMSG, exc.strerror)
             return records, last
+        self.log_error = None
+        first = True
         try:
             while True:
                 try:
                     raw = os.read(fd, 8192)
                 except OSError as exc:
                     if exc.errno == errno.EPIPE:  # the ring buffer overwrote records: skip ahead
+                        self.log_wrapped = True
                         continue
+                    if exc.errno in (errno.EPERM, errno.EACCES):
+                        self.log_error = "%s: %s" % (KMSG, exc.strerror)
+                        break
                     if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
                         break
                     raise
@@ -97,6 +113,11 @@ class RealPrimitives(object):
                 except (IndexError, ValueError):
                     continue
                 text = text.split("\n", 1)[0]
+                if first:
+                    # Records start at 0 after boot; a later first one means the ring buffer wrapped past
+                    # records this call wanted.
+                    self.log_wrapped = self.log_wrapped or seq > cursor + 1
+                    first = False
                 if seq > cursor:
                     records.append((seq, usec / 1e6, text))
                 last = max(last, seq)

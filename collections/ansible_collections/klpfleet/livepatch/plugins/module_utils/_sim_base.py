@@ -18,6 +18,19 @@ LOG_LIMIT = 20000  # records kept, like a ring buffer
 KLP = "/sys/kernel/livepatch"
 TAINT_OOT, TAINT_UNSIGNED, TAINT_LIVEPATCH = 1 << 12, 1 << 13, 1 << 15
 
+# Where the livepatch core's behaviour changed, by kernel version (docs/kernel.md, "Kernel generations").
+# Before 5.1 a disabled patch stays registered until rmmod, only the newest patch can be disabled, a force pins
+# every patch until reboot (even later ones) and the kernel never signals stalled tasks itself; there is no
+# atomic replace. From 5.1 a force pins every patch present. Since the 2022 change "livepatch: Don't block
+# removal of patches that are safe to unload" (seen: absent in 5.10, present in 6.1) it pins only the patch
+# being unpatched, or the patches a forced replace patch replaces.
+MODERN_LIFECYCLE_SINCE = (5, 1)
+SYSTEM_STATES_SINCE = (5, 5)
+SELECTIVE_FORCE_SINCE = (6, 0)
+# The transition's debug line for a stalled task is printed by klp_check_stack on 5.10, by
+# klp_try_switch_task on 6.1 (both seen).
+TRY_SWITCH_WORDING_SINCE = (6, 0)
+
 MODULE_STATES = {
     "live": "[MODULE_STATE_LIVE] Normal state",
     "coming": "[MODULE_STATE_COMING] Full formed, running module_init",

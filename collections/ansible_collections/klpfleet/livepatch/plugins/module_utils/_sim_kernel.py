@@ -25,18 +25,24 @@ import os
 import time
 
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._modinfo import (
+    BUILD_ID_SECTION,
     ModinfoError,
+    build_id_from_note,
     first,
     read_module_file,
 )
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_base import (
     LOG_LIMIT,
+    MODERN_LIFECYCLE_SINCE,
     MODULE_STATES,
+    SELECTIVE_FORCE_SINCE,
     SPEC_SECTION,
     STATE_FILE,
+    SYSTEM_STATES_SINCE,
     TAINT_LIVEPATCH,
     TAINT_OOT,
     TAINT_UNSIGNED,
+    TRY_SWITCH_WORDING_SINCE,
     KernelError,
     errno_value,
     fill,
@@ -141,11 +147,24 @@ class SimKernel(KmodTools, SysfsView):
         records = [(seq, ts, text) for seq, ts, text in self.s["log"] if seq > cursor]
         return records, self.s["seq"]
 
+    def log_access(self, cursor):
+        """(log_error, log_wrapped) for a reader asking from cursor: a host may refuse its log (fault
+        log_unreadable, like dmesg_restrict without CAP_SYSLOG), and the ring keeps LOG_LIMIT records."""
+        if self.s["faults"].get("log_unreadable"):
+            return "/dev/kmsg: Operation not permitted", False
+        oldest = self.s["log"][0][0] if self.s["log"] else self.s["seq"] + 1
+        return None, oldest > max(cursor + 1, 1)  # the simulated kernel numbers records from 1
+
     # ------------------------------------------------------------------ lookups
 
     @property
     def version(self):
         return release_version(self.s["kernel_release"])
+
+    @property
+    def modern_lifecycle(self):
+        """5.1+: disabled patches are freed, any patch can be disabled, the kernel signals stalled tasks."""
+        return self.version >= MODERN_LIFECYCLE_SINCE
 
     def patch(self, name):
         for p in self.s["patches"]:
@@ -300,9 +319,8 @@ class SimKernel(KmodTools, SysfsView):
         if stalled:
             if self.s["debug"].get("try_switch"):
                 for task, func in stalled:
-                    self.klp(
-                        "klp_try_switch_task: %s:%d is sleeping on function %s" % (task["comm"], task["pid"], func)
-                    )
+                    where = "klp_try_switch_task" if self.version >= TRY_SWITCH_WORDING_SINCE else "klp_check_stack"
+                    self.klp("%s: %s:%d is sleeping on function %s" % (where, task["comm"], task["pid"], func))
             return False
         self.complete_transition()
         return True
@@ -317,8 +335,8 @@ class SimKernel(KmodTools, SysfsView):
         t["attempts"] += 1
         if self.try_complete():
             return
-        if t["attempts"] % 15 == 0:
-            self.signal_tasks()
+        if t["attempts"] % 15 == 0 and self.modern_lifecycle:
+            self.signal_tasks()  # before 5.1 only a write to the patch's `signal` file does
 
     def signal_tasks(self):
         t = self.s["transition"]
@@ -364,19 +382,28 @@ class SimKernel(KmodTools, SysfsView):
         self.klp("'%s': %s complete" % (patch["name"], "patching" if target else "unpatching"))
         self.s["transition"] = None
         if not patch["enabled"]:
-            self.free_patch(patch)
+            if self.modern_lifecycle:
+                self.free_patch(patch)
+            else:
+                self.put_patch_module(patch)  # stays registered, its directory too, until rmmod
         for old in replaced:
             self.free_patch(old)
 
     def free_patch(self, patch):
         self.s["patches"] = [p for p in self.s["patches"] if p is not patch]
+        self.put_patch_module(patch)
+
+    def put_patch_module(self, patch):
+        """module_put() of the patch's module, never done for a patch a force pinned."""
         module = self.s["modules"].get(patch["module"])
-        if module is not None and not patch.get("forced"):
+        if module is not None and not patch.get("forced") and not self.s.get("forced_all_until_reboot"):
             module["refcnt"] = max(0, module["refcnt"] - 1)
 
     # ------------------------------------------------------------------ enable / disable
 
     def states_compatible(self, spec):
+        if self.version < SYSTEM_STATES_SINCE:
+            return True
         new_states = {st["id"]: st["version"] for st in spec.get("states", [])}
         for old in self.s["patches"]:
             for st in old["states"]:
@@ -388,6 +415,8 @@ class SimKernel(KmodTools, SysfsView):
         return True
 
     def patch_replace(self, spec, module_name=None):
+        if not self.modern_lifecycle:
+            return False  # atomic replace came with 5.1
         value = spec.get("replace", False)
         if isinstance(value, str) and value.startswith("param:"):
             return bool(self.resolve(module_name or spec["name"], value))
@@ -418,8 +447,14 @@ class SimKernel(KmodTools, SysfsView):
         }
         if self.s["transition"] is not None:
             return -errno.EBUSY  # another transition: refused with no log line
-        module["refcnt"] += 1
         self.s["patches"].append(patch)
+        return self.enable_registered(patch)
+
+    def enable_registered(self, patch):
+        """__klp_enable_patch(): take the module reference, run pre_patch and hook every loaded object, start
+        the patching transition. Before 5.1 a write of 1 to a disabled (still registered) patch does this too."""
+        name = patch["name"]
+        self.s["modules"][patch["module"]]["refcnt"] += 1
         self.klp("enabling patch '%s'" % name)
         self.klp_debug("'%s': initializing patching transition" % name)
         for obj in patch["objects"]:
@@ -443,11 +478,28 @@ class SimKernel(KmodTools, SysfsView):
         self.klp_debug("'%s': canceling patching transition, going to unpatch" % patch["name"])
         self.s["transition"] = {"patch": patch["name"], "target": 0, "attempts": 0, "signaled": False}
         self.complete_transition()  # patch["enabled"] is False: it is freed
+        if patch in self.s["patches"]:  # before 5.1 it stayed registered; the module's init fails and unregisters it
+            self.s["patches"] = [p for p in self.s["patches"] if p is not patch]
         return ret
+
+    def legacy_enable(self, patch):
+        """Before 5.1: writing 1 to a disabled, registered patch enables it again, if the one below it is enabled."""
+        if self.s["transition"] is not None:
+            raise KernelError(errno.EBUSY)
+        below = self.s["patches"][: self.s["patches"].index(patch)]
+        if below and not below[-1]["enabled"]:
+            raise KernelError(errno.EBUSY)
+        ret = self.enable_registered(patch)
+        if ret:
+            raise KernelError(-ret)
 
     def disable_patch(self, patch):
         if self.s["transition"] is not None:
             raise KernelError(errno.EBUSY)
+        if not self.modern_lifecycle:
+            above = self.s["patches"][self.s["patches"].index(patch) + 1 :]
+            if above and above[0]["enabled"]:
+                raise KernelError(errno.EBUSY)  # only the newest enabled patch can be disabled
         self.klp_debug("'%s': initializing unpatching transition" % patch["name"])
         for obj in patch["objects"]:
             if obj["patched"] and self.object_loaded(obj):
@@ -474,9 +526,21 @@ class SimKernel(KmodTools, SysfsView):
         t = self.s["transition"]
         for task in self.s["tasks"]:
             task["patch_state"] = t["target"]
-        for p in self.s["patches"] if patch["replace"] else [patch]:
+        if not self.modern_lifecycle:
+            self.s["forced_all_until_reboot"] = True  # klp_forced: no patch module is ever put again
+        for p in self.pinned_by_force(patch, t["target"]):
             p["forced"] = True
         t["forced"] = True  # completes on the next retry
+
+    def pinned_by_force(self, patch, target):
+        """The patches whose module a forced transition pins until reboot, by kernel generation."""
+        if self.version < SELECTIVE_FORCE_SINCE:
+            return list(self.s["patches"])
+        if target == 0:
+            return [patch]
+        if patch["replace"]:
+            return [p for p in self.s["patches"] if p is not patch]
+        return []
 
     # ------------------------------------------------------------------ module load / unload
 
@@ -545,6 +609,10 @@ class SimKernel(KmodTools, SysfsView):
             "name": name,
             "spec": spec,
             "params": values,
+            "build_id": build_id_from_note(sections.get(BUILD_ID_SECTION)),
+            "taint": ("O" if not first(modinfo, "intree") else "")
+            + ("E" if not spec.get("signed", False) and self.s["module_sig"] else "")
+            + ("K" if is_lp else ""),
             "refcnt": 0,
             "state": "coming",
             "modinfo_livepatch": is_lp,
@@ -678,6 +746,8 @@ class SimKernel(KmodTools, SysfsView):
             self.log(fill(line, mod=name))
         self.module_going_notifier(module)
         self.forget_module(name)
+        # Before 5.1 the module's exit unregisters its disabled patch: only now does the directory go.
+        self.s["patches"] = [p for p in self.s["patches"] if p["module"] != name]
         return 0
 
     # ------------------------------------------------------------------ faults set at boot
@@ -771,6 +841,10 @@ class SimPrimitives(object):
         with self._host() as k:
             return k.read(path)
 
+    def read_bytes(self, path):
+        with self._host() as k:
+            return k.read_bytes(path)
+
     def write(self, path, data):
         with self._host() as k:
             k.write(path, data)
@@ -791,9 +865,17 @@ class SimPrimitives(object):
         with self._host() as k:
             return k.tool(argv, self.cwd)
 
+    log_error = None
+    log_wrapped = False
+
     def read_log(self, cursor=-1):
         with self._host() as k:
-            return k.read_log(cursor)
+            return self._checked_log(k, cursor)
+
+    def _checked_log(self, kernel, cursor):
+        self.log_error, wrapped = kernel.log_access(cursor)
+        self.log_wrapped = self.log_wrapped or wrapped
+        return ([], cursor) if self.log_error else kernel.read_log(cursor)
 
     def log_cursor(self):
         return self.read_log(-1)[1]
@@ -832,6 +914,9 @@ class SimSnapshot(SimPrimitives):
     def read(self, path):
         return self.kernel.read(path)
 
+    def read_bytes(self, path):
+        return self.kernel.read_bytes(path)
+
     def listdir(self, path):
         return self.kernel.listdir(path)
 
@@ -842,7 +927,7 @@ class SimSnapshot(SimPrimitives):
         return self.kernel.is_dir(path)
 
     def read_log(self, cursor=-1):
-        return self.kernel.read_log(cursor)
+        return self._checked_log(self.kernel, cursor)
 
     def now(self):
         return self.kernel.s["clock"]

@@ -10,8 +10,10 @@ SimKernel, which provides the state (`self.s`) and the operations a write starts
 
 from __future__ import annotations
 
+import binascii
 import errno
 import os
+import struct
 
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_base import (
     KernelError,
@@ -32,6 +34,13 @@ PATCH_ATTRIBUTES = (
     ("stack_order", (6, 13), None, "_read_stack_order", None),
 )
 OBJECT_PATCHED_SINCE = (6, 0)  # <patch>/<object>/patched
+BUILD_ID_NOTE = ".note.gnu.build-id"
+
+
+def build_id_note(build_id_hex):
+    """/sys/module/<m>/notes/.note.gnu.build-id: the module's ELF note as the kernel exposes it."""
+    desc = binascii.unhexlify(build_id_hex)
+    return struct.pack("<III", 4, len(desc), 3) + b"GNU\0" + desc
 
 
 def route(kernel, path):
@@ -64,8 +73,10 @@ def route(kernel, path):
             return ("file", path)  # /sys/module/module/parameters/sig_enforce and the like
         if len(parts) == 5 and parts[3] == "parameters" and parts[4] in module["params"]:
             return ("module_param", module, parts[4])
-        if len(parts) == 4 and parts[3] in ("refcnt", "initstate"):
+        if len(parts) == 4 and parts[3] in ("refcnt", "initstate", "taint"):
             return ("module_file", module, parts[3])
+        if parts[3:] == ["notes", BUILD_ID_NOTE] and module.get("build_id"):
+            return ("module_note", module)
         return ("missing",)
     if parts == ["proc"]:
         return ("proc",)
@@ -114,7 +125,11 @@ class SysfsView(object):
             return "%d\n" % where[2]["patched"]
         if kind == "module_file":
             module, name = where[1], where[2]
+            if name == "taint":
+                return module.get("taint", "") + "\n"
             return "%d\n" % module["refcnt"] if name == "refcnt" else module["state"] + "\n"
+        if kind == "module_note":
+            raise KernelError(errno.EINVAL, path)  # binary: read_bytes
         if kind == "module_param":
             module, name = where[1], where[2]
             return format_param(module["spec"]["params"][name].get("type", "int"), module["params"][name])
@@ -140,6 +155,8 @@ class SysfsView(object):
     def _read_file(self, path):
         if path == "/proc/sys/kernel/osrelease":
             return self.s["kernel_release"] + "\n"
+        if path == "/proc/modules":
+            return self._proc_modules()
         if path == "/proc/sys/kernel/tainted":
             return "%d\n" % self.s["taint"]
         if path == "/proc/cmdline":
@@ -152,6 +169,26 @@ class SysfsView(object):
             modes = ("none", "integrity", "confidentiality")
             return " ".join("[%s]" % m if m == self.s["lockdown"] else m for m in modes) + "\n"
         return None
+
+    def _proc_modules(self):
+        """Newest first, as the kernel lists them: name size refcnt deps state address (taint)."""
+        lines = []
+        loaded = [self.s["modules"][n] for n in self.s["module_order"] if n in self.s["modules"]]
+        for index, module in enumerate(reversed(loaded)):
+            name = module["name"]
+            state = {"live": "Live", "coming": "Loading", "going": "Unloading"}[module["state"]]
+            taint = " (%s)" % module["taint"] if module.get("taint") else ""
+            address = 0xFFFFFFFFC0400000 - 0x10000 * index
+            lines.append("%s 16384 %d - %s 0x%x%s\n" % (name, module["refcnt"], state, address, taint))
+        return "".join(lines)
+
+    def read_bytes(self, path):
+        """A binary file: a module's build-id note; anything else as its text."""
+        path = os.path.normpath(path)
+        where = route(self, path)
+        if where[0] == "module_note":
+            return build_id_note(where[1]["build_id"])
+        return self.read(path).encode("utf-8")
 
     def effect(self, path, default):
         """A patched function's visible effect (the selftests' /proc show functions)."""
@@ -259,6 +296,8 @@ class SysfsView(object):
             self.reverse_transition(patch)
         elif not enabled:
             self.disable_patch(patch)
+        elif not self.modern_lifecycle:
+            self.legacy_enable(patch)  # before 5.1 a disabled patch stays registered and can be enabled again
         else:
             raise KernelError(errno.EINVAL)
 

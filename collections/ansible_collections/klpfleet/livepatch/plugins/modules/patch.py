@@ -136,7 +136,9 @@ klp_error:
       - V(lockdown) - the kernel is locked down and refuses unsigned modules.
       - V(checksum_mismatch) - the file on the host differs from the expected sha256.
       - V(in_use) - the module cannot be removed while something holds it.
-      - V(forced_unremovable) - the patch was force-transitioned; its module stays until a reboot.
+      - V(forced_unremovable) - a forced transition pinned the patch's module; it stays loaded until a reboot.
+      - V(different_build) - a different build of the patch is loaded under the same name.
+      - V(not_on_top) - this kernel (pre-5.1 lifecycle) disables only the newest patch; newer ones must go first.
       - V(livepatch_unsupported) - the kernel has no livepatch support.
       - V(invalid_argument) - the task's arguments contradict each other or are missing.
       - V(source_unreadable) - the .ko cannot be read on the host or has no module name.
@@ -158,6 +160,8 @@ klp_error:
     - checksum_mismatch
     - in_use
     - forced_unremovable
+    - different_build
+    - not_on_top
     - livepatch_unsupported
     - invalid_argument
     - source_unreadable
@@ -267,10 +271,49 @@ reversed:
   type: bool
   sample: true
 forced:
-  description: The transition was forced (the module can never be removed before a reboot).
+  description: The transition was forced.
   returned: when on_stall=force was used
   type: bool
   sample: true
+pinned:
+  description:
+    - The patches whose module this kernel now keeps loaded until reboot because of the force. Kernels since 6.0
+      pin only the patches a forced replace patch replaced; 5.1 to 5.19 pin every patch present; older kernels
+      every patch until reboot (C(force_semantics)).
+  returned: when on_stall=force was used
+  type: list
+  elements: str
+  sample: []
+force_semantics:
+  description: Which patches a force pins on this kernel, V(unsafe-only), V(all-present) or V(all-until-reboot).
+  returned: when on_stall=force was used
+  type: str
+  sample: unsafe-only
+module_pinned:
+  description:
+    - The patch is disabled (its code no longer runs) but a forced transition pinned its module, which stays
+      loaded until reboot.
+  returned: when state=absent met a pinned module
+  type: bool
+  sample: true
+identity:
+  description:
+    - The GNU build IDs (else srcversions) of the artifact and of the module loaded under the same name, compared
+      to decide V(already_applied) versus O(klp_error=different_build).
+  returned: when a module of that name was already enabled
+  type: dict
+  sample: {"artifact_build_id": "ee1143d5f1d876dfbae8af4a6628ba7eaa27f6ff",
+           "loaded_build_id": "ee1143d5f1d876dfbae8af4a6628ba7eaa27f6ff"}
+signaled:
+  description: The patch's C(signal) file was written to wake stalled tasks (kernels before 5.1 never do it).
+  returned: when it was
+  type: bool
+  sample: true
+kernel_log_unreadable:
+  description: Why the kernel log could not be read; without it a pre-patch refusal looks like any other failure.
+  returned: when the log could not be read during a failed load
+  type: str
+  sample: "/dev/kmsg: Operation not permitted"
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -73,18 +73,52 @@ livepatch_supported:
   returned: always
   type: bool
   sample: true
+lifecycle:
+  description:
+    - V(pre-5.1) (a disabled patch stays registered until rmmod; only the newest can be disabled) or V(5.1+), decided
+      from what the patch directories hold; null while no patch is loaded.
+  returned: always
+  type: str
+  sample: 5.1+
+force_semantics:
+  description: Which patches a forced transition pins on this kernel (see the patch module's C(force_semantics)).
+  returned: always
+  type: str
+  sample: unsafe-only
+stack_order_source:
+  description:
+    - Where the stack order comes from, V(sysfs) (the kernel's C(stack_order), 6.13+) or V(module_load_order)
+      (C(/proc/modules), which outlives the kernel log); null with no patch.
+  returned: always
+  type: str
+  sample: module_load_order
+stack_order_conflict:
+  description: The kernel log's "enabling patch" lines order the patches otherwise than the source used.
+  returned: always
+  type: bool
+  sample: false
+kernel_log:
+  description: Whether the kernel log could be read (C(error) says why not) and whether its ring buffer had wrapped.
+  returned: always
+  type: dict
+  sample: {"readable": true, "error": null, "wrapped": false}
 patches:
   description:
-    - Every patch with a sysfs directory, in stack order (enable order). Before kernel 6.13 the order is estimated
-      from the kernel log (C(stack_order_estimated)); C(replace) is null before 6.11, objects' C(patched) before 6.0.
+    - Every patch with a sysfs directory, in stack order (oldest first), with its 1-based C(stack_order) and its
+      C(stack_order_source). C(replace) is null before 6.11, objects' C(patched) before 6.0. C(forced) is whether a
+      forced transition pinned the enabled patch (null when the kernel log cannot tell); C(build_id) is the loaded
+      module's GNU build ID.
   returned: always
   type: list
   elements: dict
   sample: [{"name": "livepatch_cve_2026_1234", "enabled": true, "transition": false, "replace": null,
-            "stack_order": null, "stack_order_estimated": true, "objects": {"vmlinux": true}, "forced": false,
-            "module_refcnt": 1}]
+            "stack_order": 1, "stack_order_source": "module_load_order", "stack_order_estimated": true,
+            "stack_order_conflict": false, "objects": {"vmlinux": true}, "forced": false, "module_refcnt": 1,
+            "build_id": "ee1143d5f1d876dfbae8af4a6628ba7eaa27f6ff"}]
 forced_modules:
-  description: Modules of forced patches that were disabled but can never be removed before a reboot.
+  description:
+    - Livepatch modules whose patch is disabled or was replaced but whose reference a forced transition never
+      dropped (seen from C(/proc/modules)); they stay loaded until reboot.
   returned: always
   type: list
   elements: dict
