@@ -32,6 +32,8 @@ class PatchObservation:
     stalled_tasks: list[dict[str, Any]] = field(default_factory=list)
     host_clean: bool | None = None
     attempted: bool = False  # this observation is the result of an attempt to change the host
+    # What the host said beyond the state, kept in the event: what a force pinned, a build mismatch, warnings.
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 TRACKED = (
@@ -90,6 +92,7 @@ def observe(
                 details[key] = after[key]
         if seen.stalled_tasks:
             details["stalled_tasks"] = seen.stalled_tasks
+        details.update(seen.notes)
         event = events.record(session, "patch.state", actor=actor, host=host, patch=patch, **details)
         event.rollout_id = rollout_id
     return row

@@ -105,6 +105,20 @@ def task_results(status: str, result: dict[str, Any]) -> list[tuple[str, dict[st
     return pairs
 
 
+# Result fields worth keeping in the audit trail beside the state (docs/kernel.md, "Kernel generations").
+NOTE_KEYS = ("forced", "pinned", "force_semantics", "module_pinned", "identity", "signaled", "kernel_log_unreadable")
+
+
+def result_notes(result: dict[str, Any]) -> dict[str, Any]:
+    notes = {k: result[k] for k in NOTE_KEYS if result.get(k)}
+    if isinstance(result.get("pinned"), list):  # an empty list is news too: the force pinned nothing
+        notes["pinned"] = [str(name)[:200] for name in result["pinned"][:50]]
+    warnings = [str(w)[:500] for w in result.get("warnings") or [] if isinstance(w, str)][:10]
+    if warnings:
+        notes["warnings"] = warnings
+    return notes
+
+
 class Recorder:
     def __init__(self, db: Database, actor: str | None = None) -> None:
         self.db = db
@@ -294,6 +308,8 @@ class Recorder:
             seen.refused_object = result.get("refused_object")
             if not no_log:
                 seen.stalled_tasks = [stalled_task(t) for t in result.get("stalled_tasks") or [] if isinstance(t, dict)]
+        if not no_log:
+            seen.notes = result_notes(result)
         observe(s, host, patch, seen, observed_by=observed_by, actor=self.actor)
 
     def _record_info(self, s: Session, host: Host, facts: dict[str, Any], observed_by: str) -> None:

@@ -1,6 +1,7 @@
-"""The real-kernel lab from the tests: one lab of 3 VMs per session (or the one named by KLPFLEET_TEST_LAB,
-kept running afterwards), shell access to a VM for checks independent of klpfleet, and a reset between
-tests so each starts from an unpatched kernel."""
+"""The real-kernel lab from the tests: one lab of 3 VMs per kernel (KLPFLEET_TEST_KERNELS, default every
+suite the lab knows: Debian 11, 12 and 13), or the one named by KLPFLEET_TEST_LAB (kept running afterwards);
+shell access to a VM for checks independent of klpfleet, and a reset between tests so each starts from an
+unpatched kernel."""
 
 from __future__ import annotations
 
@@ -20,8 +21,17 @@ from .conftest import run_klpfleet
 
 LAB_VMS = 3
 LAB_UP_TIMEOUT = 45 * 60  # a cold cache fetches a kernel, builds modules and debootstraps
+DEFAULT_KERNELS = "bullseye,bookworm,trixie"
 
-# Disable every patch top of the stack first (the kernel refuses others), then unload every test module.
+
+def lab_kernels() -> list[str]:
+    """The kernels the lab tier runs on: KLPFLEET_TEST_KERNELS, or the running lab's (KLPFLEET_TEST_LAB)."""
+    if os.environ.get("KLPFLEET_TEST_LAB"):
+        return ["given"]
+    return [k for k in os.environ.get("KLPFLEET_TEST_KERNELS", DEFAULT_KERNELS).split(",") if k]
+
+
+# Disable every patch top of the stack first (pre-5.1 kernels refuse others), then unload every test module.
 RESET_SCRIPT = r"""
 echo N > /sys/module/test_klp_callbacks_busy/parameters/block_transition 2>/dev/null
 for round in 1 2 3 4 5; do
@@ -36,6 +46,7 @@ for round in 1 2 3; do
     for m in $(awk '/^test_klp_/ {print $1}' /proc/modules); do rmmod $m 2>/dev/null; done
 done
 rm -rf /var/lib/klpfleet
+[ -e /dev/kmsg ] || mknod -m 644 /dev/kmsg c 1 11
 ls /sys/kernel/livepatch; awk '/^test_klp_/ {print $1}' /proc/modules
 """
 
@@ -68,18 +79,36 @@ class Lab:
         assert result.exit_code == 0, f"{vm}: exit {result.exit_code}: {result.stderr}"
         return result.stdout
 
+    @property
+    def release(self) -> str:
+        return str(self.info["release"])
+
+    @property
+    def version(self) -> tuple[int, int]:
+        major, minor = self.release.split("-")[0].split(".")[:2]
+        return int(major), int(minor)
+
     def reset(self) -> None:
         for vm in self.names:
             leftover = self.sh(vm, RESET_SCRIPT).split()
-            assert leftover == [], f"{vm} could not be reset: {leftover}"
+            if leftover:  # a module a forced transition pinned stays until reboot: boot this VM afresh
+                self.reboot(vm)
+
+    def reboot(self, vm: str) -> None:
+        proc = run_klpfleet("lab", "reboot", "--dir", str(self.directory), vm, "-o", "json", timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        self.info = json.loads(proc.stdout)["data"]
+        leftover = self.sh(vm, RESET_SCRIPT).split()
+        assert leftover == [], f"{vm} could not be reset: {leftover}"
 
 
-def start_lab(tmp_factory: Any) -> tuple[Lab, bool]:
+def start_lab(tmp_factory: Any, kernel: str) -> tuple[Lab, bool]:
     """(lab, owned): owned labs are stopped at the end of the session."""
     given = os.environ.get("KLPFLEET_TEST_LAB")
-    directory = Path(given) if given else tmp_factory.mktemp("lab")
+    directory = Path(given) if given else tmp_factory.mktemp(f"lab-{kernel}")
+    args = ["--kernel", kernel] if not given else []
     proc = run_klpfleet(
-        "lab", "up", "--dir", str(directory), "--vms", str(LAB_VMS), "-o", "json", timeout=LAB_UP_TIMEOUT
+        "lab", "up", "--dir", str(directory), "--vms", str(LAB_VMS), *args, "-o", "json", timeout=LAB_UP_TIMEOUT
     )
     if proc.returncode != 0:
         pytest.fail(f"klpfleet lab up failed: {proc.stderr.strip()}", pytrace=False)

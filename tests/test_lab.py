@@ -1,5 +1,6 @@
-"""Every host operation on a real Linux kernel: Debian 12's kernel in QEMU VMs (klpfleet lab), reached over
-SSH by the real playbooks, the controller and the probe. Checks of what the kernel did are made on the VM
+"""Every host operation on real Linux kernels: Debian 11, 12 and 13's kernels (5.10, 6.1, 6.12) in QEMU VMs
+(klpfleet lab), reached over SSH by the real playbooks, the controller and the probe. Every test runs on
+each kernel (KLPFLEET_TEST_KERNELS narrows the list). Checks of what the kernel did are made on the VM
 itself (sysfs, /proc), independently of klpfleet's own reading.
 
 Set KLPFLEET_TEST_LAB=DIR to reuse (and keep) a running lab while developing.
@@ -26,7 +27,7 @@ from klpfleet.sim.scenario import load_scenario, run_scenario
 
 from .ansiblehelpers import ROOT, playbook
 from .conftest import run_klpfleet
-from .labhelpers import Lab, start_lab, stop_lab
+from .labhelpers import Lab, lab_kernels, start_lab, stop_lab
 
 pytestmark = pytest.mark.lab
 
@@ -39,9 +40,9 @@ SCENARIOS = sorted(
 PATCHED_CMDLINE = "this has been live patched\n"
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    lab, owned = start_lab(tmp_path_factory)
+@pytest.fixture(scope="module", params=lab_kernels())
+def lab(request, tmp_path_factory):
+    lab, owned = start_lab(tmp_path_factory, request.param)
     yield lab
     if owned:
         stop_lab(lab)
@@ -227,6 +228,125 @@ def test_an_atomic_replace_supersedes_the_patch_below(clean_lab, lab_db):
     assert proc.returncode == 0
     assert state(lab_db, "lab1", "test_klp_atomic_replace")[0] == "applied"
     assert state(lab_db, "lab1", "test_klp_livepatch")[0] != "applied"
+
+
+# ------------------------------------------------------------------------------- kernel generations
+# What changed between 5.10, 6.1 and 6.12 (docs/kernel.md, "Kernel generations"), each checked on the VM itself.
+
+STALL = "insmod /root/test_modules/test_klp_callbacks_busy.ko block_transition=Y"
+FORCE = ("-e", "klp_transition_timeout=3", "-e", "klp_on_stall=force", "-e", "klp_allow_force=true")
+
+
+def pins_all(lab: Lab) -> bool:
+    """5.10 pins every patch present at a force; 6.1 and 6.12 only what is unsafe to unload (both seen)."""
+    return lab.version < (6, 0)
+
+
+def refcnt(lab: Lab, vm: str, module: str) -> int:
+    return int(lab.sh(vm, f"cat /sys/module/{module}/refcnt"))
+
+
+def test_force_then_remove_pins_what_this_kernel_pins(clean_lab, lab_db):
+    lab = clean_lab
+    assert apply(lab, lab_db, "test_klp_livepatch").returncode == 0
+    lab.sh("lab1", STALL)
+    proc = apply(lab, lab_db, "test_klp_callbacks_demo", *FORCE)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    forced = last_event(lab_db, "lab1", "patch.state")
+    expected = ["test_klp_callbacks_demo", "test_klp_livepatch"] if pins_all(lab) else []
+    assert sorted(forced.details.get("pinned") or []) == expected, forced.details
+    assert state(lab_db, "lab1", "test_klp_callbacks_demo")[0] == ("forced" if pins_all(lab) else "applied")
+    lab.sh("lab1", "echo N > /sys/module/test_klp_callbacks_busy/parameters/block_transition")
+    for name in ("test_klp_callbacks_demo", "test_klp_livepatch"):
+        proc = remove(lab, lab_db, name)
+        assert proc.returncode == 0, proc.stdout[-3000:]  # disabled either way: its code is out
+        assert state(lab_db, "lab1", name)[0] == ("pinned" if pins_all(lab) else "absent")
+    assert livepatches(lab, "lab1") == []
+    assert lab.sh("lab1", "cat /proc/cmdline") != PATCHED_CMDLINE
+    left = [m for m in modules(lab, "lab1") if m != "test_klp_callbacks_busy"]
+    if pins_all(lab):  # the kernel's own word: the references were never dropped
+        assert sorted(left) == ["test_klp_callbacks_demo", "test_klp_livepatch"]
+        assert refcnt(lab, "lab1", "test_klp_livepatch") == 1
+        assert "in use" in lab.sh("lab1", "rmmod test_klp_livepatch 2>&1 || true")
+    else:
+        assert left == []
+
+
+def test_forcing_a_replace_patch_pins_the_patch_it_replaced(clean_lab, lab_db):
+    lab = clean_lab
+    assert apply(lab, lab_db, "test_klp_livepatch").returncode == 0
+    lab.sh("lab1", STALL)
+    proc = apply(lab, lab_db, "test_klp_callbacks_demo", *FORCE, "-e", json.dumps({"klp_patch_params": {"replace": 1}}))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert livepatches(lab, "lab1") == ["test_klp_callbacks_demo"]  # the replaced patch was freed...
+    assert refcnt(lab, "lab1", "test_klp_livepatch") == 1  # ...but its module reference was never dropped
+    forced = last_event(lab_db, "lab1", "patch.state")
+    assert "test_klp_livepatch" in forced.details["pinned"], forced.details
+    assert ("test_klp_callbacks_demo" in forced.details["pinned"]) is pins_all(lab)
+    gathered = playbook(lab.inventory, ROOT / "playbooks" / "gather.yml", "--limit", "lab1", db_url=lab_db)
+    assert gathered.returncode == 0
+    assert state(lab_db, "lab1", "test_klp_livepatch")[0] == "pinned"
+    proc = remove(lab, lab_db, "test_klp_livepatch")
+    assert proc.returncode == 0 and "changed=0" in recap(proc, "lab1"), proc.stdout[-3000:]
+    lab.sh("lab1", "echo N > /sys/module/test_klp_callbacks_busy/parameters/block_transition")
+    assert remove(lab, lab_db, "test_klp_callbacks_demo").returncode == 0
+    gone = "test_klp_callbacks_demo" not in modules(lab, "lab1")
+    assert gone is not pins_all(lab)
+
+
+def test_stack_order_survives_a_kernel_log_that_wrapped(clean_lab, lab_db):
+    lab = clean_lab
+    # Loaded in the reverse of name order: a guess from names, or from a wrapped log, gets it wrong.
+    assert apply(lab, lab_db, "test_klp_livepatch").returncode == 0
+    assert apply(lab, lab_db, "test_klp_atomic_replace").returncode == 0
+    filler = "klpfleet-lab filler line ...................................................."
+    lab.sh("lab1", f'i=0; while [ $i -lt 6000 ]; do echo "{filler} $i" > /dev/kmsg; i=$((i+1)); done')
+    assert "enabling patch" not in lab.sh("lab1", "dmesg")  # the ring buffer no longer holds the loads
+    proc = playbook(lab.inventory, ROOT / "playbooks" / "gather.yml", "--limit", "lab1", db_url=lab_db)
+    assert proc.returncode == 0
+    db = open_database(lab_db)
+    with db.session() as s:
+        orders = dict(
+            s.execute(
+                select(Patch.name, HostPatch.stack_order)
+                .join(HostPatch, HostPatch.patch_id == Patch.id)
+                .join(Host, Host.id == HostPatch.host_id)
+                .where(Host.name == "lab1")
+            ).all()
+        )
+    assert orders["test_klp_livepatch"] < orders["test_klp_atomic_replace"], orders
+
+
+def test_a_rebuilt_patch_under_the_same_name_is_reported_not_skipped(clean_lab, lab_db):
+    lab = clean_lab
+    assert apply(lab, lab_db, "test_klp_livepatch").returncode == 0
+    rebuilt = Path(lab.info["test_modules"]) / "rebuilt" / "test_klp_livepatch.ko"
+    proc = playbook(
+        lab.inventory,
+        ROOT / "playbooks" / "apply.yml",
+        "-e",
+        f"klp_patch_src={rebuilt}",
+        "-e",
+        f"klp_patch_sha256={sha256(rebuilt)}",
+        "--limit",
+        "lab1",
+        db_url=lab_db,
+    )
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert "different_build" in proc.stdout
+    assert lab.sh("lab1", "cat /proc/cmdline") == PATCHED_CMDLINE  # the old build still runs, and it says so
+
+
+def test_an_unreadable_kernel_log_is_said_not_guessed(clean_lab, lab_db):
+    lab = clean_lab
+    lab.sh("lab1", "rm /dev/kmsg")  # as in a container without /dev/kmsg
+    proc = apply(lab, lab_db, "test_klp_callbacks_demo", "-e", json.dumps({"klp_patch_params": {"pre_patch_ret": -19}}))
+    assert proc.returncode == 2
+    assert state(lab_db, "lab1", "test_klp_callbacks_demo")[:2] == ("failed", "insmod_failed")
+    details = last_event(lab_db, "lab1", "patch.state").details
+    assert details["errno"] == 19
+    assert "kernel log could not be read" in proc.stdout
+    assert livepatches(lab, "lab1") == []
 
 
 # ------------------------------------------------------------------------------- controller and probe

@@ -101,6 +101,17 @@ def status(directory: str, output: str) -> None:
 
 @lab.command()
 @LAB_DIR_OPTION
+@click.argument("vm")
+@output_option
+def reboot(directory: str, vm: str, output: str) -> None:
+    """Power-cycle one VM into the same kernel (a pinned module goes; so does everything loaded)."""
+    from klpfleet.lab.control import reboot as lab_reboot
+
+    emit("lab", lab_reboot(Path(directory), vm, info), output, _table)
+
+
+@lab.command()
+@LAB_DIR_OPTION
 def down(directory: str) -> None:
     """Stop the VMs (the artifact cache stays)."""
     from klpfleet.lab.control import down as lab_down

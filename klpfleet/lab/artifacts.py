@@ -34,6 +34,7 @@ ROOTFS_PRUNE = (
     "var/lib/apt/lists",
 )
 E1000 = "kernel/drivers/net/ethernet/intel/e1000/e1000.ko"
+REBUILT = "test_klp_livepatch"  # also built a second time, with -DLAB_REBUILD, into rebuilt/
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 Progress = Callable[[str], None]
@@ -239,21 +240,15 @@ def build_test_modules(cache: Path, release: str, source: Path, progress: Progre
         src = Path(work) / "src"
         shutil.copytree(source, src)
         inside = "/" + str(src.relative_to(toolchain))
-        run(
-            [
-                "chroot",
-                str(toolchain),
-                "make",
-                "-s",
-                "-C",
-                f"/usr/src/linux-headers-{release}",
-                f"M={inside}",
-                "modules",
-            ],
-            f"building the test modules for {release} (make)",
-        )
+        make = ["chroot", str(toolchain), "make", "-s", "-C", f"/usr/src/linux-headers-{release}", f"M={inside}"]
+        run([*make, "modules"], f"building the test modules for {release} (make)")
         for ko in src.glob("*.ko"):
             shutil.copy2(ko, scratch / ko.name)
+        # The same patch rebuilt (another build ID under the same name), as a vendor's next fix would be.
+        run([*make, "clean"], "cleaning the test modules (make)")
+        run([*make, "KCFLAGS=-DLAB_REBUILD", "modules"], f"rebuilding {REBUILT} for {release} (make)")
+        (scratch / "rebuilt").mkdir()
+        shutil.copy2(src / f"{REBUILT}.ko", scratch / "rebuilt" / f"{REBUILT}.ko")
     return final
 
 

@@ -150,6 +150,24 @@ def describe(lab: Path) -> dict[str, Any]:
     }
 
 
+def reboot(lab: Path, name: str, progress: Progress) -> dict[str, Any]:
+    """Power-cycle one VM into the same kernel, host key and port: what clears a module a forced transition
+    pinned, and the reboot a fleet tool must survive."""
+    lab = lab.resolve()
+    state = LabState.load(lab)
+    vm = next((v for v in state.vms if v.name == name), None) if state else None
+    if state is None or vm is None:
+        raise UsageError(f"no VM {name!r} in the lab at {lab} (klpfleet lab up first)")
+    stop_vm(vm)
+    kernel_dir = artifacts.cache_dir() / f"kernel-{state.release}"
+    try:
+        boot([vm], kernel_dir / "vmlinuz", state.accel, artifacts.cache_dir(), progress)
+    finally:
+        state.save(lab)
+    progress(f"{name} rebooted into {state.release}")
+    return describe(lab)
+
+
 def down(lab: Path, progress: Progress) -> int:
     lab = lab.resolve()
     state = LabState.load(lab)

@@ -111,6 +111,8 @@ def build_lab_layer(dest: Path, release: str, kernel_dir: Path, modules_dir: Pat
     _place(staging, f"usr/lib/modules/{release}/e1000.ko", (kernel_dir / "e1000.ko").read_bytes(), 0o644)
     for ko in sorted(modules_dir.glob("*.ko")):
         _place(staging, f"root/test_modules/{ko.name}", ko.read_bytes(), 0o644)
+    for ko in sorted(modules_dir.glob("rebuilt/*.ko")):
+        _place(staging, f"root/test_modules/rebuilt/{ko.name}", ko.read_bytes(), 0o644)
     pack_tree(staging, dest)
     shutil.rmtree(staging)
 

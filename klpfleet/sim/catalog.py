@@ -56,7 +56,8 @@ RAW: dict[str, dict[str, Any]] = {
     "test_klp_callbacks_demo": {
         "name": "test_klp_callbacks_demo",
         "intree": True,
-        "params": {"pre_patch_ret": {"type": "int", "default": 0}},
+        "replace": "param:replace",
+        "params": {"pre_patch_ret": {"type": "int", "default": 0}, "replace": {"type": "int", "default": 0}},
         "objects": [
             {"name": "vmlinux", "callbacks": _callbacks(ret="param:pre_patch_ret")},
             {"name": "test_klp_callbacks_mod", "callbacks": _callbacks(ret="param:pre_patch_ret")},

@@ -3,6 +3,7 @@
  * klpfleet lab: livepatch with all four callbacks on vmlinux and two test modules, like the kernel
  * selftests' module of the same name. pre_patch returns the pre_patch_ret parameter, so a test can make
  * the kernel refuse the patch (insmod, -19 = ENODEV) or a later target module load (write the parameter).
+ * replace=1 makes it an atomic-replace patch (a forced replace stalls on the busy module's worker).
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -14,6 +15,10 @@
 static int pre_patch_ret;
 module_param(pre_patch_ret, int, 0644);
 MODULE_PARM_DESC(pre_patch_ret, "pre_patch_ret (default=0)");
+
+static int replace;
+module_param(replace, int, 0644);
+MODULE_PARM_DESC(replace, "replace (default=0)");
 
 #define LAB_PRE_PATCH_RET pre_patch_ret
 #include "callbacks_log.h"
@@ -44,6 +49,7 @@ static struct klp_patch patch = {
 
 static int __init lab_demo_init(void)
 {
+	patch.replace = replace;
 	return klp_enable_patch(&patch);
 }
 
