@@ -311,6 +311,20 @@ class Recorder:
         if not no_log:
             seen.notes = result_notes(result)
         observe(s, host, patch, seen, observed_by=observed_by, actor=self.actor)
+        if seen.state in (PatchState.APPLIED, PatchState.FORCED) and not no_log:
+            self._record_replaced(s, host, name, result.get("replaced"), observed_by)
+
+    def _record_replaced(self, s: Session, host: Host, name: str, replaced: Any, observed_by: str) -> None:
+        """Patches a cumulative patch freed as its transition completed: absent now, and why."""
+        for old in replaced if isinstance(replaced, list) else []:
+            patch = self._patch(s, host, str(old), None)
+            if patch is None:
+                continue
+            row = s.scalar(select(HostPatch).where(HostPatch.host_id == host.id, HostPatch.patch_id == patch.id))
+            if row is None or row.state == PatchState.ABSENT:
+                continue
+            seen = PatchObservation(state=PatchState.ABSENT, host_clean=False, notes={"replaced_by": name})
+            observe(s, host, patch, seen, observed_by=observed_by, actor=self.actor)
 
     def _record_info(self, s: Session, host: Host, facts: dict[str, Any], observed_by: str) -> None:
         host.livepatch_supported = facts.get("livepatch_supported")

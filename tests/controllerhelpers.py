@@ -70,3 +70,11 @@ def enable_count(tmp: Path, host: str, patch: str) -> int:
 
     with SimHost(sim_root(tmp, host)) as k:
         return sum(1 for _, _, text in k.s["log"] if text == f"livepatch: enabling patch '{patch}'")
+
+
+def kernel_modules(tmp: Path, host: str) -> list[str]:
+    """Every module loaded on the simulated host (a freed patch's module stays until rmmod)."""
+    from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel import SimHost
+
+    with SimHost(sim_root(tmp, host)) as k:
+        return sorted(k.s["modules"])

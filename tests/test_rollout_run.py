@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from klpfleet.db.models import Event, Host, HostPatch
 
-from .controllerhelpers import enable_count, enabled_on, fleet_db, register
+from .controllerhelpers import enable_count, enabled_on, fleet_db, kernel_modules, register, sim_root
 
 pytestmark = pytest.mark.ansible
 PATCH = "livepatch_cve_2026_1234"
@@ -204,16 +204,52 @@ def test_stacked_and_replaced_rollback(cli, env):
 
 
 def test_replaced_host_has_nothing_to_remove(cli, env):
+    from ansible_collections.klpfleet.livepatch.plugins.module_utils._operations import apply_patch
+    from ansible_collections.klpfleet.livepatch.plugins.module_utils._primitives import primitives_for
+
     tmp, url = env
     db = fleet_db(tmp, url, hosts=1)
     register(db, tmp, "lp_v1", replace=True, objects=[{"name": "vmlinux", "funcs": ["f1"]}])
     register(db, tmp, "lp_v2", replace=True, objects=[{"name": "vmlinux", "funcs": ["f1"]}])
-    for patch in ("lp_v1", "lp_v2"):
-        rid = cli("--db", url, "rollout", "create", patch, "-o", "json").json()["data"]["id"]
-        assert cli("--db", url, "rollout", "start", str(rid), "--wait").code == 0
-    # The database still believes lp_v1 is applied until a gather; rollback reads the host first.
+    rid = cli("--db", url, "rollout", "create", "lp_v1", "-o", "json").json()["data"]["id"]
+    assert cli("--db", url, "rollout", "start", str(rid), "--wait").code == 0
+    # lp_v2 loaded behind klpfleet's back: the database still believes lp_v1 is applied; rollback reads the
+    # host first.
+    apply_patch(primitives_for("sim", sim_root(tmp, "sim-01")), str(tmp / "lp_v2.ko"))
     result = cli("--db", url, "rollback", "lp_v1", "-o", "json")
     [row] = result.json()["data"]
     assert row["result"] == "nothing_to_remove" and "lp_v2" in row["detail"]
     assert result.code == 0
     assert enabled_on(tmp, "sim-01") == ["lp_v2"]
+
+
+def test_a_cumulative_patch_is_rolled_back_to_the_one_it_replaced_never_to_nothing(cli, env):
+    tmp, url = env
+    db = fleet_db(tmp, url, hosts=2)
+    register(db, tmp, "lp_v1", replace=True, objects=[{"name": "vmlinux", "funcs": ["f1"]}])
+    register(db, tmp, "lp_v2", replace=True, objects=[{"name": "vmlinux", "funcs": ["f1", "f2"]}])
+    for patch in ("lp_v1", "lp_v2"):
+        rid = cli("--db", url, "rollout", "create", patch, "-o", "json").json()["data"]["id"]
+        assert cli("--db", url, "rollout", "start", str(rid), "--wait").code == 0
+    assert enabled_on(tmp, "sim-01") == ["lp_v2"]
+    with db.session() as s:  # the apply's result said what lp_v2 replaced: no gather needed
+        event = s.scalars(
+            select(Event).where(Event.kind == "patch.state", Event.patch_name == "lp_v1").order_by(Event.id.desc())
+        ).first()
+    assert (event.details["to"], event.details["replaced_by"]) == ("absent", "lp_v2")
+
+    refused = cli("--db", url, "rollback", "lp_v2")
+    assert refused.code == 2
+    assert "leaves 2 host(s) with no livepatch at all" in refused.err and "--to lp_v1" in refused.err
+    assert enabled_on(tmp, "sim-01") == ["lp_v2"]  # said before acting: nothing touched
+
+    restored = cli("--db", url, "rollback", "lp_v2", "--to", "lp_v1", "-o", "json")
+    assert restored.code == 0, restored.err
+    assert {r["result"] for r in restored.json()["data"]} == {"removed"}
+    for host in ("sim-01", "sim-02"):
+        assert enabled_on(tmp, host) == ["lp_v1"]
+        assert "lp_v2" not in kernel_modules(tmp, host)  # the freed module was unloaded too
+
+    unpatched = cli("--db", url, "rollback", "lp_v1", "--allow-unpatched", "-o", "json")
+    assert unpatched.code == 0, unpatched.err
+    assert enabled_on(tmp, "sim-01") == []

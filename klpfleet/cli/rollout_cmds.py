@@ -416,6 +416,17 @@ def _status_table(d: dict[str, Any], out: Any) -> None:
 @click.option("--bake", metavar="DURATION", help="Wait between batches (default: none).")
 @click.option("--health-check", metavar="CMD", help="Command run on each host after the removal (no shell).")
 @click.option("--forks", default=20, show_default=True)
+@click.option(
+    "--to",
+    "previous_ref",
+    metavar="PATCH",
+    help="For a cumulative (replace) PATCH: load this patch (the one it replaced) in its place first.",
+)
+@click.option(
+    "--allow-unpatched",
+    is_flag=True,
+    help="Remove a cumulative PATCH although that leaves the hosts with no livepatch at all.",
+)
 @output_option
 @click.pass_context
 def rollback(
@@ -427,15 +438,28 @@ def rollback(
     bake: str | None,
     health_check: str | None,
     forks: int,
+    previous_ref: str | None,
+    allow_unpatched: bool,
     output: str,
 ) -> None:
-    """Remove PATCH from hosts, last wave first, stack-aware."""
+    """Remove PATCH from hosts, last wave first, stack-aware.
+
+    A cumulative (replace) patch freed the patches it replaced: removing it leaves no livepatch at all. Such a
+    rollback is refused unless --to names the patch to load in its place (the database suggests the one it
+    replaced) or --allow-unpatched says that is the intent."""
     import shlex
 
     from sqlalchemy import select
 
     from klpfleet.controller.policy import parse_duration
-    from klpfleet.controller.rollback import REMOVED, batch_order, rollback_batches
+    from klpfleet.controller.rollback import (
+        REMOVED,
+        batch_order,
+        is_cumulative,
+        replaced_patches,
+        restore_batches,
+        rollback_batches,
+    )
     from klpfleet.controller.runner import runs_dir
     from klpfleet.controller.selection import select_hosts
     from klpfleet.db import events
@@ -471,22 +495,55 @@ def rollback(
             raise UsageError(f"{patch.name} is not recorded as applied on any selected host (gather first?)")
         ordered = batch_order(s, patch.id, targets)
         patch_name = patch.name
+        replaced = replaced_patches(s, patch, targets)
+        previous = get_patch(s, previous_ref) if previous_ref else None
+        if previous is not None:
+            if previous.kernel_release != patch.kernel_release or previous.id == patch.id:
+                raise UsageError(f"--to {previous_ref}: not another patch for kernel {patch.kernel_release}")
+            s.expunge(previous)
+        elif is_cumulative(s, patch, replaced) and not allow_unpatched:
+            hint = sorted(set(replaced.values()))
+            raise UsageError(
+                f"{patch_name} is a cumulative (replace) patch: removing it leaves "
+                f"{len(targets)} host(s) with no livepatch at all. "
+                + (f"It replaced {', '.join(hint)}: klpfleet rollback {patch_name} --to {hint[0]}" if hint else "")
+                + (" (or " if hint else "Use ")
+                + "--allow-unpatched"
+                + (")" if hint else "")
+            )
     argv = None if fast or not health_check else shlex.split(health_check)
     bake_seconds = 0.0 if fast or not bake else parse_duration(bake, "--bake")
     progress = CliProgress()
     progress.note(f"rolling back {patch_name} from {len(targets)} host(s) in {len(ordered)} batch(es)")
-    answers = rollback_batches(
-        db,
-        patch_name,
-        ordered,
-        runs_in=runs_dir(db) / f"rollback-{patch_name}",
-        ident=f"rollback-{patch_name}",
-        forks=forks,
-        cascade=cascade,
-        health_check=argv,
-        bake_seconds=bake_seconds,
-        on_batch=lambda n, a: progress.note(f"batch {n + 1}: " + ", ".join(f"{x.host} {x.result}" for x in a)[:300]),
-    )
+    if previous is not None:
+        progress.note(f"loading {previous.name} in its place first")
+        answers = restore_batches(
+            db,
+            patch_name,
+            previous,
+            ordered,
+            runs_in=runs_dir(db) / f"rollback-{patch_name}",
+            ident=f"rollback-{patch_name}-to-{previous.name}",
+            forks=forks,
+            on_batch=lambda n, a: progress.note(
+                f"batch {n + 1}: " + ", ".join(f"{x.host} {x.result}" for x in a)[:300]
+            ),
+        )
+    else:
+        answers = rollback_batches(
+            db,
+            patch_name,
+            ordered,
+            runs_in=runs_dir(db) / f"rollback-{patch_name}",
+            ident=f"rollback-{patch_name}",
+            forks=forks,
+            cascade=cascade,
+            health_check=argv,
+            bake_seconds=bake_seconds,
+            on_batch=lambda n, a: progress.note(
+                f"batch {n + 1}: " + ", ".join(f"{x.host} {x.result}" for x in a)[:300]
+            ),
+        )
     with db.session.begin() as s:
         events.record(
             s,
@@ -494,6 +551,7 @@ def rollback(
             patch=get_patch(s, patch_ref),
             cascade=cascade,
             fast=fast,
+            to=previous.name if previous is not None else None,
             results={a.host: a.result for a in answers},
         )
     rows = [

@@ -24,9 +24,10 @@ from sqlalchemy.orm import Session
 
 from klpfleet.controller.runner import HostResult, run_playbook
 from klpfleet.db.engine import Database
-from klpfleet.db.models import Host, Rollout, Wave, WaveHost
+from klpfleet.db.models import Event, Host, HostPatch, Patch, Rollout, Wave, WaveHost
 from klpfleet.inventory_export import fleet_inventory
 from klpfleet.probe.health import health_checks
+from klpfleet.states import PatchState
 
 REMOVED, NOTHING, STACKED, FAILED, UNREACHABLE = (
     "removed",
@@ -66,6 +67,50 @@ def decide(host: str, facts: dict[str, Any], patch_name: str, cascade: bool) -> 
             f"newer patches on top: {', '.join(map(str, newer))} (use --cascade to remove them first, newest first)",
         ), []
     return None, [*reversed(newer), patch_name]
+
+
+def replaced_patches(session: Session, patch: Patch, hosts: set[str]) -> dict[str, str]:
+    """host -> the patch `patch` replaced there, where the database shows one: the patch most recently seen
+    applied on the host (same kernel release) that is now absent although nothing removed it. Removing a
+    cumulative patch leaves no livepatch at all (the kernel freed what it replaced); this is what to load
+    instead."""
+    applied_at: dict[tuple[str | None, str | None], Any] = {
+        (host, name): at
+        for host, name, at in session.execute(
+            select(Event.host_name, Event.patch_name, Event.at).where(
+                Event.kind == "patch.state",
+                Event.host_name.in_(sorted(hosts)),
+                Event.details["to"].as_string() == "applied",
+            )
+        ).all()
+    }
+    rows = session.execute(
+        select(Host.name, Patch.name)
+        .join(HostPatch, HostPatch.host_id == Host.id)
+        .join(Patch, Patch.id == HostPatch.patch_id)
+        .where(
+            Host.name.in_(sorted(hosts)),
+            Patch.id != patch.id,
+            Patch.kernel_release == patch.kernel_release,
+            HostPatch.state == PatchState.ABSENT.value,
+            HostPatch.last_outcome.in_(["applied", "already_applied"]),  # gone, and klpfleet never removed it
+        )
+    ).all()
+    mine = {host: applied_at.get((host, patch.name)) for host in hosts}
+    found: dict[str, tuple[Any, str]] = {}
+    for host, name in rows:
+        at, since = applied_at.get((host, name)), mine.get(host)
+        if at is None or (since is not None and at > since):
+            continue
+        if host not in found or at > found[host][0]:
+            found[host] = (at, name)
+    return {host: name for host, (_at, name) in found.items()}
+
+
+def is_cumulative(session: Session, patch: Patch, replaced: dict[str, str]) -> bool:
+    """The kernel says so (`replace`, 6.11+), or the database saw it replace another patch."""
+    flagged = session.scalar(select(HostPatch.id).where(HostPatch.patch_id == patch.id, HostPatch.replace.is_(True)))
+    return flagged is not None or bool(replaced)
 
 
 def batch_order(session: Session, patch_id: int, hosts: set[str], rollout_id: int | None = None) -> list[list[str]]:
@@ -178,6 +223,64 @@ def rollback_batches(
             on_batch(n, batch_answers)
         if bake_seconds and n < len(batches) - 1:
             sleep(bake_seconds)
+    return done
+
+
+def restore_batches(
+    db: Database,
+    patch_name: str,
+    previous: Patch,
+    batches: list[list[str]],
+    *,
+    runs_in: Path,
+    ident: str,
+    forks: int,
+    transition_timeout: float = 60.0,
+    on_batch: Callable[[int, list[HostRollback]], None] | None = None,
+) -> list[HostRollback]:
+    """Roll a cumulative patch back to the one it replaced: load `previous` first (a cumulative patch replaces
+    the current one atomically, so the host is never without a livepatch), then remove what is left of
+    `patch_name` (its freed module). A host where `previous` fails keeps `patch_name`."""
+    done: list[HostRollback] = []
+    for n, batch in enumerate(b for b in batches if b):
+        records = {r["name"]: r for r in fleet_inventory(db, batch)}
+        applied = run_playbook(
+            db=db,
+            playbook="apply.yml",
+            records=list(records.values()),
+            extravars={
+                "klp_patch_src": previous.path,
+                "klp_patch_sha256": previous.sha256,
+                "klp_patch_name": previous.name,
+                "klp_transition_timeout": transition_timeout,
+            },
+            runs_in=runs_in,
+            ident=f"{ident}-b{n}-apply-{previous.name}",
+            forks=forks,
+        )
+        answers = {h: _failed(h, applied.results[h]) for h in batch if applied.results[h].status != "ok"}
+        ready = [h for h in batch if h not in answers]
+        if ready:
+            removed = run_playbook(
+                db=db,
+                playbook="remove.yml",
+                records=[records[h] for h in ready],
+                extravars={"klp_patch_name": patch_name, "klp_transition_timeout": transition_timeout},
+                runs_in=runs_in,
+                ident=f"{ident}-b{n}-remove-{patch_name}",
+                forks=forks,
+            )
+            for host in ready:
+                r = removed.results[host]
+                if r.status == "ok":
+                    answers[host] = HostRollback(host, REMOVED, f"{previous.name} applied in its place", [patch_name])
+                else:
+                    answers[host] = _failed(host, r)
+                    answers[host].detail = f"{previous.name} applied; {answers[host].detail}"
+        batch_answers = [answers[h] for h in batch]
+        done.extend(batch_answers)
+        if on_batch is not None:
+            on_batch(n, batch_answers)
     return done
 
 

@@ -22,9 +22,11 @@ transition_done() { [ "$(cat "/sys/kernel/livepatch/$1/transition" 2>/dev/null)"
 patch_gone() { [ ! -e "/sys/kernel/livepatch/$1" ]; }
 refcnt_zero() { [ "$(cat "/sys/module/$1/refcnt" 2>/dev/null)" = 0 ]; }
 
-# The selftests' setup: livepatch debug lines on, the per-task retry lines off.
+# The selftests' setup: livepatch debug lines on, the per-task retry lines off (printed by klp_check_stack
+# on 5.10, by klp_try_switch_task on 6.1 and later: each kernel knows only one of them).
 echo 'file kernel/livepatch/* +p' > /sys/kernel/debug/dynamic_debug/control
-echo 'func klp_try_switch_task -p' > /sys/kernel/debug/dynamic_debug/control
+echo 'func klp_try_switch_task -p' > /sys/kernel/debug/dynamic_debug/control 2>/dev/null
+echo 'func klp_check_stack -p' > /sys/kernel/debug/dynamic_debug/control 2>/dev/null
 dmesg -C
 
 while read -r action target params; do

@@ -296,6 +296,7 @@ def apply_patch(
         # unload it and load the artifact, never write 1 to an old registration.
         op.rmmod()
 
+    others = [n for n in lp.patch_names() if n != name]
     argv = ["insmod", src] + ["%s=%s" % (k, v) for k, v in sorted((params or {}).items())]
     while True:
         op.result["attempts"] += 1
@@ -312,7 +313,10 @@ def apply_patch(
             # The kernel always cleans up after a refusal; a directory left over means it did not.
             error.details["host_clean"] = False
         op.fail(error)
-    return settle(op, on_stall, changed=True)
+    result = settle(op, on_stall, changed=True)
+    # A cumulative (replace) patch frees every patch below it when its transition completes, silently.
+    result["replaced"] = [n for n in others if lp.patch_state(n) is None]
+    return result
 
 
 def predict_without_source(prims, name, src):
