@@ -108,12 +108,13 @@ def state(url: str, host: str, patch: str) -> tuple[str, str | None, bool | None
     return row[0], row[1], row[2]
 
 
-def last_event(url: str, host: str, kind: str) -> Event:
+def last_event(url: str, host: str, kind: str, patch: str | None = None) -> Event:
     db = open_database(url)
     with db.session() as s:
-        event = s.scalars(
-            select(Event).where(Event.host_name == host, Event.kind == kind).order_by(Event.id.desc())
-        ).first()
+        query = select(Event).where(Event.host_name == host, Event.kind == kind)
+        if patch is not None:
+            query = query.where(Event.patch_name == patch)
+        event = s.scalars(query.order_by(Event.id.desc())).first()
         assert event is not None, f"no {kind} event for {host}"
         s.expunge(event)
         return event
@@ -252,7 +253,7 @@ def test_force_then_remove_pins_what_this_kernel_pins(clean_lab, lab_db):
     lab.sh("lab1", STALL)
     proc = apply(lab, lab_db, "test_klp_callbacks_demo", *FORCE)
     assert proc.returncode == 0, proc.stdout[-3000:]
-    forced = last_event(lab_db, "lab1", "patch.state")
+    forced = last_event(lab_db, "lab1", "patch.state", "test_klp_callbacks_demo")
     expected = ["test_klp_callbacks_demo", "test_klp_livepatch"] if pins_all(lab) else []
     assert sorted(forced.details.get("pinned") or []) == expected, forced.details
     assert state(lab_db, "lab1", "test_klp_callbacks_demo")[0] == ("forced" if pins_all(lab) else "applied")
@@ -280,8 +281,10 @@ def test_forcing_a_replace_patch_pins_the_patch_it_replaced(clean_lab, lab_db):
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert livepatches(lab, "lab1") == ["test_klp_callbacks_demo"]  # the replaced patch was freed...
     assert refcnt(lab, "lab1", "test_klp_livepatch") == 1  # ...but its module reference was never dropped
-    forced = last_event(lab_db, "lab1", "patch.state")
+    forced = last_event(lab_db, "lab1", "patch.state", "test_klp_callbacks_demo")
     assert "test_klp_livepatch" in forced.details["pinned"], forced.details
+    replaced = last_event(lab_db, "lab1", "patch.state", "test_klp_livepatch")
+    assert replaced.details["replaced_by"] == "test_klp_callbacks_demo"
     assert ("test_klp_callbacks_demo" in forced.details["pinned"]) is pins_all(lab)
     gathered = playbook(lab.inventory, ROOT / "playbooks" / "gather.yml", "--limit", "lab1", db_url=lab_db)
     assert gathered.returncode == 0
@@ -345,7 +348,9 @@ def test_an_unreadable_kernel_log_is_said_not_guessed(clean_lab, lab_db):
     assert state(lab_db, "lab1", "test_klp_callbacks_demo")[:2] == ("failed", "insmod_failed")
     details = last_event(lab_db, "lab1", "patch.state").details
     assert details["errno"] == 19
-    assert "kernel log could not be read" in proc.stdout
+    assert "kernel log could not be read" in proc.stderr  # Ansible's [WARNING] line
+    assert any("refusal looks like any other failure" in w for w in details["warnings"])
+    assert details["kernel_log_unreadable"].startswith("/dev/kmsg")
     assert livepatches(lab, "lab1") == []
 
 

@@ -21,7 +21,17 @@ from klpfleet.sim.spec import DEFAULT_KERNEL_RELEASE, normalize, write_ko
 # that is down. It never leaves the machine.
 UNREACHABLE_PORT = 9
 FLEET_KEYS = {"kernel_release", "hosts", "labels", "faults", "speed", "debug"}
-FAULT_KEYS = {"refuse", "stall", "unreachable", "kernel_release", "modules", "sig_enforce", "lockdown", "livepatch"}
+FAULT_KEYS = {
+    "refuse",
+    "stall",
+    "unreachable",
+    "kernel_release",
+    "modules",
+    "sig_enforce",
+    "lockdown",
+    "livepatch",
+    "log_unreadable",
+}
 
 
 def sim_kernel() -> Any:

@@ -386,6 +386,8 @@ def main():
             result = remove_patch(prims, p["name"], on_stall=p["on_stall"], **common)
     except LivepatchError as exc:
         details = dict(exc.details)
+        for warning in details.pop("warnings", []):
+            module.warn(warning)  # Ansible shows them and returns them in the result's `warnings`
         # A failure changed the host unless it was verified back to where it started.
         changed = bool(details.get("attempts")) and not details.get("host_clean")
         module.fail_json(
