@@ -312,7 +312,7 @@ class Recorder:
             seen.notes = result_notes(result)
         observe(s, host, patch, seen, observed_by=observed_by, actor=self.actor)
         if seen.state in (PatchState.APPLIED, PatchState.FORCED) and not no_log:
-            self._record_replaced(s, host, name, result.get("replaced"), observed_by)
+            self._record_replaced(s, host, patch.name, result.get("replaced"), observed_by)
 
     def _record_replaced(self, s: Session, host: Host, name: str, replaced: Any, observed_by: str) -> None:
         """Patches a cumulative patch freed as its transition completed: absent now, and why."""
