@@ -279,6 +279,11 @@ def _exec(transport: Any, command: str, stdin: str, timeout: float, result: RunR
                 raise CommandTimeout
             else:
                 select.select([chan], [], [], 0.05)
+        # sshd sends all output before the exit status, but both can land between two checks above: drain.
+        while chan.recv_ready():
+            out.add(chan.recv(65536))
+        while chan.recv_stderr_ready():
+            err.add(chan.recv_stderr(65536))
         result.exit_code = chan.recv_exit_status()
         _keep(result, out, err)
     finally:
