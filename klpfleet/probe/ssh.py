@@ -233,6 +233,9 @@ class CommandTimeout(Exception):
     pass
 
 
+EOF_GRACE = 5.0  # seconds to wait for the end of the output once the command's exit status came
+
+
 class Tail:
     """What a command printed, bounded: the last `limit` bytes are kept, the rest is counted and dropped
     (a health check that prints 150 MB must not take the controller's memory with it)."""
@@ -268,22 +271,23 @@ def _exec(transport: Any, command: str, stdin: str, timeout: float, result: RunR
         chan.sendall(stdin.encode())
         chan.shutdown_write()
         out, err = Tail(max_output), Tail(max_output)
+        exited_at = None
         while True:
             if chan.recv_ready():
                 out.add(chan.recv(65536))
             elif chan.recv_stderr_ready():
                 err.add(chan.recv_stderr(65536))
-            elif chan.exit_status_ready():
+            elif chan.exit_status_ready() and (chan.eof_received or chan.closed):
                 break
             elif time.monotonic() > deadline:
                 raise CommandTimeout
+            elif exited_at is not None and time.monotonic() - exited_at > EOF_GRACE:
+                break  # a server that never sends EOF: what arrived is all there is
             else:
+                # sshd may send the exit status before the last of the output: read on until EOF.
+                if exited_at is None and chan.exit_status_ready():
+                    exited_at = time.monotonic()
                 select.select([chan], [], [], 0.05)
-        # sshd sends all output before the exit status, but both can land between two checks above: drain.
-        while chan.recv_ready():
-            out.add(chan.recv(65536))
-        while chan.recv_stderr_ready():
-            err.add(chan.recv_stderr(65536))
         result.exit_code = chan.recv_exit_status()
         _keep(result, out, err)
     finally:
