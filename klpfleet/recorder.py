@@ -380,6 +380,42 @@ class Recorder:
         for refusal in facts.get("refused_module_loads") or []:
             if isinstance(refusal, dict):
                 self.module_refusal(s, host, refusal)
+        self._check_stack_order(s, host, facts)
+
+    def _check_stack_order(self, s: Session, host: Host, facts: dict[str, Any]) -> None:
+        """Three witnesses of the stack order: the host's (sysfs, else module load order), its kernel log, and the
+        order in which klpfleet loaded the patches (the events of loads that applied them; a gather's events
+        only observe). An event when they disagree (once per finding)."""
+        patches = [p for p in facts.get("patches") or [] if isinstance(p, dict) and isinstance(p.get("name"), str)]
+        on_host = [str(p["name"]) for p in sorted(patches, key=lambda p: p.get("stack_order") or 0)]
+        applied_at: dict[str, Any] = {}
+        for name, at in s.execute(
+            select(Event.patch_name, Event.at).where(
+                Event.host_id == host.id,
+                Event.kind == "patch.state",
+                Event.patch_name.in_(on_host),
+                Event.details["outcome"].as_string() == "applied",
+            )
+        ).all():
+            if name is not None:
+                applied_at[name] = max(at, applied_at.get(name, at))
+        known = [n for n in on_host if n in applied_at]
+        recorded = sorted(known, key=lambda n: applied_at[n])
+        if known == recorded and not facts.get("stack_order_conflict"):
+            return
+        finding: dict[str, Any] = {
+            "host_order": known if known != recorded else on_host,
+            "recorded_order": recorded if known != recorded else None,
+            "kernel_log_disagrees": bool(facts.get("stack_order_conflict")),
+            "source": facts.get("stack_order_source"),
+        }
+        last = s.scalars(
+            select(Event.details)
+            .where(Event.host_id == host.id, Event.kind == "host.stack_order_conflict")
+            .order_by(Event.id.desc())
+        ).first()
+        if last != finding:
+            events.record(s, "host.stack_order_conflict", actor=self.actor, host=host, **finding)
 
     def module_refusal(self, s: Session, host: Host, refusal: dict[str, Any]) -> None:
         """A target-module load a patch refused (found in the kernel log): one event per log record."""

@@ -235,3 +235,44 @@ def test_an_unreadable_kernel_log_is_reported_not_hidden(tmp_path):
     assert any("refusal looks like any other failure" in w for w in err.details["warnings"])
     facts = Livepatch(host).facts()
     assert facts["kernel_log"]["readable"] is False
+
+
+# -- the database as the third witness of the stack order ---------------------------------------------------
+
+
+def test_the_recorder_says_when_the_host_and_its_own_record_order_the_stack_differently(tmp_path, sqlite_db):
+    from sqlalchemy import select
+
+    from klpfleet.db.models import Event, Host
+    from klpfleet.recorder import Recorder
+    from klpfleet.registry.patches import add_patch
+
+    host = sim_host(tmp_path / "h", BOOKWORM)
+    kos = {name: build(tmp_path, name, BOOKWORM) for name in ("lp_first", "lp_second")}
+    with sqlite_db.session.begin() as s:
+        s.add(Host(name="h1", kernel_release=BOOKWORM))
+        for ko in kos.values():
+            add_patch(s, ko)
+    recorder = Recorder(sqlite_db, actor="test")
+
+    def record(action, result, args=None):
+        recorder.record_task_result(None, "h1", f"klpfleet.livepatch.{action}", "ok", result, args or {})
+
+    def conflicts():
+        with sqlite_db.session() as s:
+            return list(s.scalars(select(Event.details).where(Event.kind == "host.stack_order_conflict")))
+
+    for name in ("lp_first", "lp_second"):
+        record("patch", apply_patch(host, kos[name], **FAST), {"src": kos[name]})
+    record("patch_info", Livepatch(host).facts())
+    assert conflicts() == []  # the host's load order and klpfleet's record agree
+
+    # Behind klpfleet's back: lp_first unloaded and loaded again, now on top; the record says otherwise.
+    remove_patch(host, "lp_first", **FAST)
+    apply_patch(host, kos["lp_first"], **FAST)
+    record("patch_info", Livepatch(host).facts())
+    record("patch_info", Livepatch(host).facts())  # said once, not at every gather
+    [finding] = conflicts()
+    assert finding["host_order"] == ["lp_second", "lp_first"]
+    assert finding["recorded_order"] == ["lp_first", "lp_second"]
+    assert finding["source"] == "module_load_order"

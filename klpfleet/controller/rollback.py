@@ -80,7 +80,7 @@ def replaced_patches(session: Session, patch: Patch, hosts: set[str]) -> dict[st
             select(Event.host_name, Event.patch_name, Event.at).where(
                 Event.kind == "patch.state",
                 Event.host_name.in_(sorted(hosts)),
-                Event.details["to"].as_string() == "applied",
+                Event.details["outcome"].as_string() == "applied",
             )
         ).all()
     }
