@@ -299,7 +299,7 @@ module_pinned:
 identity:
   description:
     - The GNU build IDs (else srcversions) of the artifact and of the module loaded under the same name, compared
-      to decide V(already_applied) versus O(klp_error=different_build).
+      to decide V(already_applied) versus RV(klp_error=different_build).
   returned: when a module of that name was already enabled
   type: dict
   sample: {"artifact_build_id": "ee1143d5f1d876dfbae8af4a6628ba7eaa27f6ff",
