@@ -27,8 +27,11 @@ STEPS = (
     "disable_lp",
     "unload_lp",
     "unload_mod",
+    "force_lp",
+    "try_unload",
     "sleep",
 )
+TRY_UNLOAD_WAIT = 2.0  # a module whose reference was never dropped (a forced transition pinned it) stays at 1
 
 
 class ScenarioFailed(KlpfleetError):
@@ -161,6 +164,27 @@ class Runner:
             rc, _, err = self.p.run(["rmmod", name])
             if rc != 0:
                 raise ScenarioFailed(f"{step.action} {name}: {err.strip()}")
+        elif step.action == "force_lp":
+            path = f"/sys/kernel/livepatch/{name}/force"
+            self.log(f"% echo 1 > {path}")
+            try:
+                self.p.write(path, "1")
+            except OSError as exc:
+                raise ScenarioFailed(f"force_lp {name}: {exc.strerror}") from None
+            self.loop_until(
+                lambda: self.read(f"/sys/kernel/livepatch/{name}/transition") in ("0", None),
+                f"failed to complete the forced transition of {name}",
+            )
+        elif step.action == "try_unload":
+            # rmmod whatever the reference count says, logging the tool's answer: what each kernel pins differs.
+            waited = 0.0
+            while self.read(f"/sys/module/{name}/refcnt") != "0" and waited < TRY_UNLOAD_WAIT:
+                self.p.sleep(POLL)
+                waited += POLL
+            self.log(f"% rmmod {name}")
+            rc, _, err = self.p.run(["rmmod", name])
+            if rc != 0:
+                self.log(err.strip())
         elif step.action == "sleep":
             self.p.sleep(step.value)
 

@@ -20,6 +20,7 @@ wait_until() {
 }
 transition_done() { [ "$(cat "/sys/kernel/livepatch/$1/transition" 2>/dev/null)" = 0 ]; }
 patch_gone() { [ ! -e "/sys/kernel/livepatch/$1" ]; }
+transition_done_or_gone() { patch_gone "$1" || transition_done "$1"; }
 refcnt_zero() { [ "$(cat "/sys/module/$1/refcnt" 2>/dev/null)" = 0 ]; }
 
 # The selftests' setup: livepatch debug lines on, the per-task retry lines off (printed by klp_check_stack
@@ -61,6 +62,18 @@ while read -r action target params; do
 		wait_until "module $target refcnt never reached 0" refcnt_zero "$target"
 		log "% rmmod $target"
 		out=$(rmmod "$target" 2>&1) || fail "$action $target: $out"
+		;;
+	force_lp)
+		log "% echo 1 > /sys/kernel/livepatch/$target/force"
+		echo 1 > "/sys/kernel/livepatch/$target/force" || fail "force_lp $target: write failed"
+		wait_until "failed to complete the forced transition of $target" transition_done_or_gone "$target"
+		;;
+	try_unload)
+		# rmmod whatever the reference count says, logging the answer: what a force pins differs by kernel.
+		tries=0
+		while ! refcnt_zero "$target" && [ "$tries" -lt 20 ]; do sleep 0.1; tries=$((tries + 1)); done
+		log "% rmmod $target"
+		out=$(rmmod "$target" 2>&1) || log "$out"
 		;;
 	sleep)
 		sleep "$target"

@@ -102,6 +102,9 @@ def new_kernel(kernel_release="6.1.0-56-amd64", **options):
     return state
 
 
+UNKNOWN_VERSION = "*"  # a task of a state written before tasks recorded the code they run: it blocks any version
+
+
 class SimKernel(KmodTools, SysfsView):
     """The model. Every public method is one thing user space can do to a kernel."""
 
@@ -296,12 +299,53 @@ class SimKernel(KmodTools, SysfsView):
         return funcs
 
     def blocking_function(self, task, funcs):
+        """The function a sleeping task blocks the transition in: the kernel looks on each stack for the version
+        of the function being switched away from (klp_check_stack_func): patching, the version the patch
+        replaces; unpatching, the patch's own. A task sleeping in another version (the original code, after a
+        forced patching transition) blocks nothing."""
         sleeping = task.get("sleeping_in")
         if not sleeping:
             return None
+        t = self.s["transition"]
+        patch = self.transition_patch()
         for func in sorted(funcs):
             if any(fnmatch.fnmatchcase(func, pattern) for pattern in sleeping):
-                return func
+                checked = patch["name"] if t["target"] == 0 else self.version_below(func, patch)
+                if self.task_version(task, func) in (checked, UNKNOWN_VERSION):
+                    return func
+        return None
+
+    def patches_in_effect(self):
+        """The patches whose code a task born now runs: the enabled ones, the one in transition only if it is
+        being unpatched (a new task starts unswitched, like its parent)."""
+        t = self.s["transition"]
+        names = []
+        for p in self.s["patches"]:
+            if t is not None and t["patch"] == p["name"]:
+                if t["target"] == 0:
+                    names.append(p["name"])
+            elif p["enabled"]:
+                names.append(p["name"])
+        return names
+
+    def version_below(self, func, patch):
+        """The version of func in effect under `patch`: the newest earlier patch that patches it, else None (the
+        original)."""
+        below = self.s["patches"][: self.s["patches"].index(patch)]
+        for p in reversed(below):
+            if any(func in o["funcs"] for o in p["objects"]):
+                return p["name"]
+        return None
+
+    def task_version(self, task, func):
+        """Which version of func a sleeping task runs: it entered the function before it slept, so the version in
+        effect when it started (tasks from before this model could be in any)."""
+        runs = task.get("runs")
+        if runs is None:
+            return UNKNOWN_VERSION
+        for p in reversed(self.s["patches"]):
+            if p["name"] in runs and any(func in o["funcs"] for o in p["objects"]):
+                return p["name"]
         return None
 
     def try_complete(self):
@@ -775,6 +819,7 @@ class SimKernel(KmodTools, SysfsView):
                 "module": module,
                 "log_exit": list(log_exit),
                 "stack": [function] if module else [],
+                "runs": self.patches_in_effect(),
             }
         )
 
