@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from klpfleet.db import events
-from klpfleet.db.models import Host, HostPatch, Patch, utcnow
+from klpfleet.db.models import Event, Host, HostPatch, Patch, utcnow
 from klpfleet.states import PatchState
 
 
@@ -96,3 +96,23 @@ def observe(
         event = events.record(session, "patch.state", actor=actor, host=host, patch=patch, **details)
         event.rollout_id = rollout_id
     return row
+
+
+def last_loaded(
+    session: Session, host_names: list[str], patch_names: list[str] | None = None
+) -> dict[tuple[str, str], Any]:
+    """(host, patch) -> when klpfleet last loaded the patch there: the events of loads whose outcome was
+    `applied` (a gather's events only observe). The order of loads, as klpfleet saw them."""
+    query = select(Event.host_name, Event.patch_name, Event.at).where(
+        Event.kind == "patch.state",
+        Event.host_name.in_(sorted(host_names)),
+        Event.details["outcome"].as_string() == "applied",
+    )
+    if patch_names is not None:
+        query = query.where(Event.patch_name.in_(sorted(patch_names)))
+    loaded: dict[tuple[str, str], Any] = {}
+    for host, patch, at in session.execute(query).all():
+        if host is not None and patch is not None:
+            key = (host, patch)
+            loaded[key] = max(at, loaded.get(key, at))
+    return loaded

@@ -16,7 +16,7 @@ from klpfleet.db import events
 from klpfleet.db.engine import Database
 from klpfleet.db.models import AnsibleRun, Event, Host, HostPatch, Patch, utcnow
 from klpfleet.inventory import HOST_NAME_RE
-from klpfleet.observations import PatchObservation, observe
+from klpfleet.observations import PatchObservation, last_loaded, observe
 from klpfleet.states import FAILURE_OUTCOME_STATES, PatchState
 
 PATCH_ACTIONS = {"klpfleet.livepatch.patch", "patch"}
@@ -106,12 +106,12 @@ def task_results(status: str, result: dict[str, Any]) -> list[tuple[str, dict[st
 
 
 # Result fields worth keeping in the audit trail beside the state (docs/kernel.md, "Kernel generations").
-NOTE_KEYS = ("forced", "pinned", "force_semantics", "module_pinned", "identity", "signaled", "kernel_log_unreadable")
+NOTE_KEYS = ("forced", "force_semantics", "module_pinned", "identity", "signaled", "kernel_log_unreadable")
 
 
 def result_notes(result: dict[str, Any]) -> dict[str, Any]:
     notes = {k: result[k] for k in NOTE_KEYS if result.get(k)}
-    if isinstance(result.get("pinned"), list):  # an empty list is news too: the force pinned nothing
+    if isinstance(result.get("pinned"), list):  # even empty: the force pinned nothing
         notes["pinned"] = [str(name)[:200] for name in result["pinned"][:50]]
     warnings = [str(w)[:500] for w in result.get("warnings") or [] if isinstance(w, str)][:10]
     if warnings:
@@ -388,17 +388,7 @@ class Recorder:
         only observe). An event when they disagree (once per finding)."""
         patches = [p for p in facts.get("patches") or [] if isinstance(p, dict) and isinstance(p.get("name"), str)]
         on_host = [str(p["name"]) for p in sorted(patches, key=lambda p: p.get("stack_order") or 0)]
-        applied_at: dict[str, Any] = {}
-        for name, at in s.execute(
-            select(Event.patch_name, Event.at).where(
-                Event.host_id == host.id,
-                Event.kind == "patch.state",
-                Event.patch_name.in_(on_host),
-                Event.details["outcome"].as_string() == "applied",
-            )
-        ).all():
-            if name is not None:
-                applied_at[name] = max(at, applied_at.get(name, at))
+        applied_at = {patch: at for (_host, patch), at in last_loaded(s, [host.name], on_host).items()}
         known = [n for n in on_host if n in applied_at]
         recorded = sorted(known, key=lambda n: applied_at[n])
         if known == recorded and not facts.get("stack_order_conflict"):

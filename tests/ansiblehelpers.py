@@ -43,3 +43,18 @@ def playbook(
         timeout=timeout,
         check=False,
     )
+
+
+def ansible_inventory(
+    inventory: Path | str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`ansible-inventory -i INVENTORY ARGS` with the repo's ansible.cfg (the inventory plugin's way in)."""
+    return subprocess.run(
+        [str(BIN / "ansible-inventory"), "-i", str(inventory), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**ansible_env(), **(env or {})},
+        timeout=300,
+        check=False,
+    )

@@ -35,6 +35,12 @@ def load(tmp_path, host, name, release, **kwargs):
     return apply_patch(host, ko, **{**FAST, **kwargs})
 
 
+def force_in(tmp_path, host, name, release, **spec):
+    """Load a patch of the function the stalled task sleeps in, forcing its transition after the timeout."""
+    spec.setdefault("objects", [{"name": "vmlinux", "funcs": ["stuck_func"]}])
+    return load(tmp_path, host, name, release, spec=spec, on_stall="force", allow_force=True)
+
+
 def enabled_dirs(host):
     return [p["name"] for p in Livepatch(host).patches()]
 
@@ -47,15 +53,7 @@ def test_since_6_0_forcing_a_patch_in_pins_nothing_and_both_patches_come_out(tmp
     """Seen on 6.1.0-56 and 6.12.117: P1 applied, P2's stalled patching transition forced; both removable."""
     host = stalled_host(tmp_path, release)
     load(tmp_path, host, "p1", release)
-    forced = load(
-        tmp_path,
-        host,
-        "p2",
-        release,
-        spec={"objects": [{"name": "vmlinux", "funcs": ["stuck_func"]}]},
-        on_stall="force",
-        allow_force=True,
-    )
+    forced = force_in(tmp_path, host, "p2", release)
     assert (forced["forced"], forced["pinned"], forced["force_semantics"]) == (True, [], "unsafe-only")
     facts = Livepatch(host).facts()
     assert [p["forced"] for p in facts["patches"]] == [False, False]
@@ -70,15 +68,7 @@ def test_on_5_10_a_force_pins_every_patch_present_and_removal_says_so(tmp_path):
     """Seen on 5.10.0-32: after P2's forced transition, P1 and P2 disable but neither module unloads."""
     host = stalled_host(tmp_path, BULLSEYE)
     load(tmp_path, host, "p1", BULLSEYE)
-    forced = load(
-        tmp_path,
-        host,
-        "p2",
-        BULLSEYE,
-        spec={"objects": [{"name": "vmlinux", "funcs": ["stuck_func"]}]},
-        on_stall="force",
-        allow_force=True,
-    )
+    forced = force_in(tmp_path, host, "p2", BULLSEYE)
     assert (forced["pinned"], forced["force_semantics"]) == (["p1", "p2"], "all-present")
     assert any("pinned p1, p2" in w for w in forced["warnings"])
     facts = Livepatch(host).facts()
@@ -100,15 +90,7 @@ def test_on_5_10_a_force_pins_every_patch_present_and_removal_says_so(tmp_path):
 def test_since_6_0_forcing_a_replace_patch_in_pins_the_patches_it_replaced(tmp_path, release):
     host = stalled_host(tmp_path, release)
     load(tmp_path, host, "p1", release)
-    forced = load(
-        tmp_path,
-        host,
-        "cumulative",
-        release,
-        spec={"replace": True, "objects": [{"name": "vmlinux", "funcs": ["stuck_func"]}]},
-        on_stall="force",
-        allow_force=True,
-    )
+    forced = force_in(tmp_path, host, "cumulative", release, replace=True)
     assert forced["pinned"] == ["p1"]
     facts = Livepatch(host).facts()
     assert [p["name"] for p in facts["patches"]] == ["cumulative"]
@@ -170,15 +152,7 @@ def test_pre_5_1_stalled_tasks_are_signalled_by_writing_signal(tmp_path):
 
 def test_pre_5_1_a_force_pins_every_patch_until_reboot(tmp_path):
     host = stalled_host(tmp_path, BUSTER)
-    forced = load(
-        tmp_path,
-        host,
-        "p1",
-        BUSTER,
-        spec={"objects": [{"name": "vmlinux", "funcs": ["stuck_func"]}]},
-        on_stall="force",
-        allow_force=True,
-    )
+    forced = force_in(tmp_path, host, "p1", BUSTER)
     assert forced["force_semantics"] == "all-until-reboot"
     load(tmp_path, host, "p2", BUSTER)  # loaded after the force: pinned too
     removed = remove_patch(host, "p2", transition_timeout=30)

@@ -74,8 +74,9 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def apply(lab: Lab, url: str, module: str, *extra: str, limit: str = "lab1"):
-    ko = lab.module(module)
+def apply(lab: Lab, url: str, module: str | Path, *extra: str, limit: str = "lab1"):
+    """apply.yml with a test module by name, or any .ko by path."""
+    ko = module if isinstance(module, Path) else lab.module(module)
     return playbook(
         lab.inventory,
         ROOT / "playbooks" / "apply.yml",
@@ -324,17 +325,7 @@ def test_a_rebuilt_patch_under_the_same_name_is_reported_not_skipped(clean_lab, 
     lab = clean_lab
     assert apply(lab, lab_db, "test_klp_livepatch").returncode == 0
     rebuilt = Path(lab.info["test_modules"]) / "rebuilt" / "test_klp_livepatch.ko"
-    proc = playbook(
-        lab.inventory,
-        ROOT / "playbooks" / "apply.yml",
-        "-e",
-        f"klp_patch_src={rebuilt}",
-        "-e",
-        f"klp_patch_sha256={sha256(rebuilt)}",
-        "--limit",
-        "lab1",
-        db_url=lab_db,
-    )
+    proc = apply(lab, lab_db, rebuilt)
     assert proc.returncode == 2, proc.stdout[-3000:]
     assert "different_build" in proc.stdout
     assert lab.sh("lab1", "cat /proc/cmdline") == PATCHED_CMDLINE  # the old build still runs, and it says so

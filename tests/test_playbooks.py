@@ -19,7 +19,7 @@ from klpfleet.registry.patches import add_patch
 from klpfleet.sim.fleet import create_fleet
 from klpfleet.sim.spec import normalize, write_ko
 
-from .ansiblehelpers import BIN, ROOT, ansible_env, playbook
+from .ansiblehelpers import BIN, ROOT, ansible_env, ansible_inventory, playbook
 from .controllerhelpers import enabled_on
 from .simhelpers import build
 
@@ -235,14 +235,8 @@ def test_inventory_plugin_lists_groups_by_label_kernel_and_state(tmp_path, sqlit
     )
     import json
 
-    out = subprocess.run(
-        [str(BIN / "ansible-inventory"), "-i", str(config), "--list"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=ansible_env(),
-        check=True,
-    )
+    out = ansible_inventory(config, "--list")
+    assert out.returncode == 0, out.stderr
     inv = json.loads(out.stdout)
     assert inv["klp_livepatch_cve_2026_1234_refused"]["hosts"] == ["sim-02"]
     assert sorted(inv["klp_livepatch_cve_2026_1234_applied"]["hosts"]) == ["sim-01", "sim-06"]
@@ -261,14 +255,7 @@ def test_inventory_plugin_lists_groups_by_label_kernel_and_state(tmp_path, sqlit
 def test_inventory_plugin_reports_an_unusable_database(tmp_path):
     config = tmp_path / "fleet.klpfleet.yml"
     config.write_text(f"plugin: klpfleet.livepatch.fleet\ndb: {tmp_path / 'missing.db'}\n")
-    out = subprocess.run(
-        [str(BIN / "ansible-inventory"), "-i", str(config), "--list"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=ansible_env(ANSIBLE_INVENTORY_UNPARSED_FAILED="true"),
-        check=False,
-    )
+    out = ansible_inventory(config, "--list", env={"ANSIBLE_INVENTORY_UNPARSED_FAILED": "true"})
     assert out.returncode != 0
     assert "klpfleet db upgrade" in out.stderr
 

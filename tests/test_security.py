@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .ansiblehelpers import BIN, ansible_env, playbook
+from .ansiblehelpers import BIN, ansible_inventory, playbook
 from .conftest import run_klpfleet
 from .controllerhelpers import fleet_db, register
 
@@ -58,13 +58,7 @@ def test_inventory_values_never_run_as_templates_in_a_rollout_or_through_the_plu
     # The inventory plugin: the values arrive as the literal text, and a playbook using them runs nothing.
     config = tmp_path / "fleet.klpfleet.yml"
     config.write_text(f"plugin: klpfleet.livepatch.fleet\ndb: {sqlite_url}\n")
-    listed = subprocess.run(
-        [str(BIN / "ansible-inventory"), "-i", str(config), "--host", "sim-01"],
-        capture_output=True,
-        text=True,
-        env=ansible_env(),
-        check=False,
-    )
+    listed = ansible_inventory(config, "--host", "sim-01")
     assert listed.returncode == 0, listed.stderr
     hostvars = json.loads(listed.stdout)
     assert hostvars["ansible_user"] == payload(marker, 2)
@@ -109,13 +103,7 @@ def test_the_plugin_and_the_controller_build_host_vars_with_one_builder(tmp_path
 
     config = tmp_path / "fleet.klpfleet.yml"
     config.write_text(f"plugin: klpfleet.livepatch.fleet\ndb: {sqlite_url}\n")
-    listed = subprocess.run(
-        [str(BIN / "ansible-inventory"), "-i", str(config), "--list"],
-        capture_output=True,
-        text=True,
-        env=ansible_env(),
-        check=False,
-    )
+    listed = ansible_inventory(config, "--list")
     assert listed.returncode == 0, listed.stderr
     hostvars = json.loads(listed.stdout)["_meta"]["hostvars"]
     for name, want in expected.items():
@@ -322,8 +310,6 @@ def test_vault_values_are_decrypted_with_a_password_or_refused_in_one_line(tmp_p
     from sqlalchemy import select
 
     from klpfleet.db.models import Host
-
-    from .ansiblehelpers import BIN
 
     password = tmp_path / "vault-pass"
     password.write_text("correct horse\n")

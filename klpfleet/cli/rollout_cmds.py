@@ -503,18 +503,23 @@ def rollback(
             s.expunge(previous)
         elif is_cumulative(s, patch, replaced) and not allow_unpatched:
             hint = sorted(set(replaced.values()))
+            instead = (
+                f"It replaced {', '.join(hint)}: klpfleet rollback {patch_name} --to {hint[0]} (or --allow-unpatched)"
+                if hint
+                else "Use --allow-unpatched"
+            )
             raise UsageError(
                 f"{patch_name} is a cumulative (replace) patch: removing it leaves "
-                f"{len(targets)} host(s) with no livepatch at all. "
-                + (f"It replaced {', '.join(hint)}: klpfleet rollback {patch_name} --to {hint[0]}" if hint else "")
-                + (" (or " if hint else "Use ")
-                + "--allow-unpatched"
-                + (")" if hint else "")
+                f"{len(targets)} host(s) with no livepatch at all. {instead}"
             )
     argv = None if fast or not health_check else shlex.split(health_check)
     bake_seconds = 0.0 if fast or not bake else parse_duration(bake, "--bake")
     progress = CliProgress()
     progress.note(f"rolling back {patch_name} from {len(targets)} host(s) in {len(ordered)} batch(es)")
+
+    def report(n: int, answers: list[Any]) -> None:
+        progress.note(f"batch {n + 1}: " + ", ".join(f"{x.host} {x.result}" for x in answers)[:300])
+
     if previous is not None:
         progress.note(f"loading {previous.name} in its place first")
         answers = restore_batches(
@@ -525,9 +530,7 @@ def rollback(
             runs_in=runs_dir(db) / f"rollback-{patch_name}",
             ident=f"rollback-{patch_name}-to-{previous.name}",
             forks=forks,
-            on_batch=lambda n, a: progress.note(
-                f"batch {n + 1}: " + ", ".join(f"{x.host} {x.result}" for x in a)[:300]
-            ),
+            on_batch=report,
         )
     else:
         answers = rollback_batches(
@@ -540,9 +543,7 @@ def rollback(
             cascade=cascade,
             health_check=argv,
             bake_seconds=bake_seconds,
-            on_batch=lambda n, a: progress.note(
-                f"batch {n + 1}: " + ", ".join(f"{x.host} {x.result}" for x in a)[:300]
-            ),
+            on_batch=report,
         )
     with db.session.begin() as s:
         events.record(

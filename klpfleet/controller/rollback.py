@@ -24,8 +24,9 @@ from sqlalchemy.orm import Session
 
 from klpfleet.controller.runner import HostResult, run_playbook
 from klpfleet.db.engine import Database
-from klpfleet.db.models import Event, Host, HostPatch, Patch, Rollout, Wave, WaveHost
+from klpfleet.db.models import Host, HostPatch, Patch, Rollout, Wave, WaveHost
 from klpfleet.inventory_export import fleet_inventory
+from klpfleet.observations import last_loaded
 from klpfleet.probe.health import health_checks
 from klpfleet.states import PatchState
 
@@ -74,16 +75,7 @@ def replaced_patches(session: Session, patch: Patch, hosts: set[str]) -> dict[st
     applied on the host (same kernel release) that is now absent although nothing removed it. Removing a
     cumulative patch leaves no livepatch at all (the kernel freed what it replaced); this is what to load
     instead."""
-    applied_at: dict[tuple[str | None, str | None], Any] = {
-        (host, name): at
-        for host, name, at in session.execute(
-            select(Event.host_name, Event.patch_name, Event.at).where(
-                Event.kind == "patch.state",
-                Event.host_name.in_(sorted(hosts)),
-                Event.details["outcome"].as_string() == "applied",
-            )
-        ).all()
-    }
+    applied_at = last_loaded(session, sorted(hosts))
     rows = session.execute(
         select(Host.name, Patch.name)
         .join(HostPatch, HostPatch.host_id == Host.id)
@@ -179,37 +171,18 @@ def rollback_batches(
                 answers[host] = answer
             else:
                 plans[host] = sequence
-        step = 0
-        while plans:
-            by_name: dict[str, list[str]] = {}
-            for host, sequence in plans.items():
-                by_name.setdefault(sequence[0], []).append(host)
-            for name, hosts in sorted(by_name.items()):
-                run = run_playbook(
-                    db=db,
-                    playbook="remove.yml",
-                    records=[records[h] for h in hosts],
-                    extravars={"klp_patch_name": name, "klp_transition_timeout": transition_timeout},
-                    runs_in=runs_in,
-                    ident=f"{ident}-b{n}-s{step}-{name}",
-                    forks=forks,
-                    rollout_id=rollout_id,
-                    cancel=cancel,
-                )
-                for host in hosts:
-                    r = run.results[host]
-                    if r.status == "ok":
-                        answer = answers.setdefault(host, HostRollback(host, REMOVED))
-                        answer.removed.append(name)
-                        if r.result.get("module_pinned"):
-                            answer.pinned.append(name)
-                            answer.detail = f"module(s) {', '.join(answer.pinned)} stay loaded until reboot (forced)"
-                        plans[host] = plans[host][1:]
-                    else:
-                        answers[host] = _failed(host, r, removed=answers.get(host, HostRollback(host, "")).removed)
-                        plans[host] = []
-            plans = {h: s for h, s in plans.items() if s}
-            step += 1
+        _remove_in_order(
+            db,
+            records,
+            plans,
+            answers,
+            transition_timeout,
+            runs_in=runs_in,
+            ident=f"{ident}-b{n}",
+            forks=forks,
+            rollout_id=rollout_id,
+            cancel=cancel,
+        )
         if health_check:
             healthy = [h for h, a in answers.items() if a.result == REMOVED]
             if healthy:
@@ -259,29 +232,68 @@ def restore_batches(
             forks=forks,
         )
         answers = {h: _failed(h, applied.results[h]) for h in batch if applied.results[h].status != "ok"}
-        ready = [h for h in batch if h not in answers]
-        if ready:
-            removed = run_playbook(
-                db=db,
-                playbook="remove.yml",
-                records=[records[h] for h in ready],
-                extravars={"klp_patch_name": patch_name, "klp_transition_timeout": transition_timeout},
-                runs_in=runs_in,
-                ident=f"{ident}-b{n}-remove-{patch_name}",
-                forks=forks,
+        ready = [h for h in batch if h not in answers]  # a host where `previous` failed keeps `patch_name`
+        plans = {h: [patch_name] for h in ready}
+        _remove_in_order(
+            db, records, plans, answers, transition_timeout, runs_in=runs_in, ident=f"{ident}-b{n}", forks=forks
+        )
+        for host in ready:
+            answers[host].detail = f"{previous.name} applied in its place" + (
+                f"; {answers[host].detail}" if answers[host].detail else ""
             )
-            for host in ready:
-                r = removed.results[host]
-                if r.status == "ok":
-                    answers[host] = HostRollback(host, REMOVED, f"{previous.name} applied in its place", [patch_name])
-                else:
-                    answers[host] = _failed(host, r)
-                    answers[host].detail = f"{previous.name} applied; {answers[host].detail}"
         batch_answers = [answers[h] for h in batch]
         done.extend(batch_answers)
         if on_batch is not None:
             on_batch(n, batch_answers)
     return done
+
+
+def _remove_in_order(
+    db: Database,
+    records: dict[str, dict[str, Any]],
+    plans: dict[str, list[str]],
+    answers: dict[str, HostRollback],
+    transition_timeout: float,
+    *,
+    runs_in: Path,
+    ident: str,
+    forks: int,
+    rollout_id: int | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> None:
+    """Remove each host's planned patches in order, one remove.yml run per patch and step, answering per host:
+    removed (and which modules a forced transition left loaded until reboot), or the first failure."""
+    step = 0
+    while plans:
+        by_name: dict[str, list[str]] = {}
+        for host, sequence in plans.items():
+            by_name.setdefault(sequence[0], []).append(host)
+        for name, hosts in sorted(by_name.items()):
+            run = run_playbook(
+                db=db,
+                playbook="remove.yml",
+                records=[records[h] for h in hosts],
+                extravars={"klp_patch_name": name, "klp_transition_timeout": transition_timeout},
+                runs_in=runs_in,
+                ident=f"{ident}-s{step}-{name}",
+                forks=forks,
+                rollout_id=rollout_id,
+                cancel=cancel,
+            )
+            for host in hosts:
+                r = run.results[host]
+                if r.status == "ok":
+                    answer = answers.setdefault(host, HostRollback(host, REMOVED))
+                    answer.removed.append(name)
+                    if r.result.get("module_pinned"):
+                        answer.pinned.append(name)
+                        answer.detail = f"module(s) {', '.join(answer.pinned)} stay loaded until reboot (forced)"
+                    plans[host] = plans[host][1:]
+                else:
+                    answers[host] = _failed(host, r, removed=answers.get(host, HostRollback(host, "")).removed)
+                    plans[host] = []
+        plans = {h: s for h, s in plans.items() if s}
+        step += 1
 
 
 def _msg(r: HostResult) -> str:

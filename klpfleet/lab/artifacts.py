@@ -100,18 +100,14 @@ def suite_of(release: str) -> str | None:
 
 
 def _release_number(release: str) -> int:
-    suite = suite_of(release)
-    match = SUITES[suite].match(release) if suite else None
-    return int(match.group(1)) if match else -1
-
-
-def toolchain_dir(cache: Path, suite: str) -> Path:
-    return cache / f"toolchain-{suite}"
+    """The release's ABI or patch number within its suite (newer is larger); -1 for no known suite."""
+    matches = (pattern.match(release) for pattern in SUITES.values())
+    return next((int(m.group(1)) for m in matches if m), -1)
 
 
 def ensure_toolchain(cache: Path, suite: str, progress: Progress) -> Path:
     """The suite's build tree: gcc, make and the newest linux-headers-amd64 of the suite."""
-    final = toolchain_dir(cache, suite)
+    final = cache / f"toolchain-{suite}"
     if (final / "usr" / "bin" / "gcc").exists():
         return final
     if os.geteuid() != 0:

@@ -19,14 +19,6 @@ THIS_MODULE_SIZE = 0x3C0  # sizeof(struct module) on x86_64 6.1, zero-filled
 SPEC_SECTION = ".klpfleet.spec"
 
 
-NT_GNU_BUILD_ID = 3
-
-
-def build_id_note(build_id: bytes) -> bytes:
-    """A .note.gnu.build-id section: namesz, descsz, type, "GNU\\0", the ID (what ld --build-id writes)."""
-    return struct.pack("<III", 4, len(build_id), NT_GNU_BUILD_ID) + b"GNU\0" + build_id
-
-
 def modinfo_bytes(fields: list[tuple[str, str]]) -> bytes:
     return b"".join(f"{k}={v}".encode() + b"\0" for k, v in fields)
 

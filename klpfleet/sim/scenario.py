@@ -106,13 +106,26 @@ class Runner:
     def log(self, text: str) -> None:
         self.p.log_write(text)
 
-    def loop_until(self, predicate: Callable[[], bool], what: str) -> None:
+    def wait_for(self, predicate: Callable[[], bool], limit: float) -> bool:
         waited = 0.0
         while not predicate():
-            if waited >= WAIT_LIMIT:
-                raise ScenarioFailed(what)
+            if waited >= limit:
+                return False
             self.p.sleep(POLL)
             waited += POLL
+        return True
+
+    def loop_until(self, predicate: Callable[[], bool], what: str) -> None:
+        if not self.wait_for(predicate, WAIT_LIMIT):
+            raise ScenarioFailed(what)
+
+    def echo(self, step: Step, path: str, value: str) -> None:
+        """`echo VALUE > PATH`, logged first as the selftests do; a refused write fails the step."""
+        self.log(f"% echo {value} > {path}")
+        try:
+            self.p.write(path, value)
+        except OSError as exc:
+            raise ScenarioFailed(f"{step.action} {step.target}: {exc.strerror}") from None
 
     def read(self, path: str) -> str | None:
         try:
@@ -147,12 +160,7 @@ class Runner:
             self.log(f"% echo {step.value} > {path}")
             self.p.write(path, f"{step.value}\n")
         elif step.action == "disable_lp":
-            path = f"/sys/kernel/livepatch/{name}/enabled"
-            self.log(f"% echo 0 > {path}")
-            try:
-                self.p.write(path, "0")
-            except OSError as exc:
-                raise ScenarioFailed(f"disable_lp {name}: {exc.strerror}") from None
+            self.echo(step, f"/sys/kernel/livepatch/{name}/enabled", "0")
             self.loop_until(
                 lambda: not self.p.exists(f"/sys/kernel/livepatch/{name}"), f"failed to disable livepatch {name}"
             )
@@ -165,22 +173,14 @@ class Runner:
             if rc != 0:
                 raise ScenarioFailed(f"{step.action} {name}: {err.strip()}")
         elif step.action == "force_lp":
-            path = f"/sys/kernel/livepatch/{name}/force"
-            self.log(f"% echo 1 > {path}")
-            try:
-                self.p.write(path, "1")
-            except OSError as exc:
-                raise ScenarioFailed(f"force_lp {name}: {exc.strerror}") from None
+            self.echo(step, f"/sys/kernel/livepatch/{name}/force", "1")
             self.loop_until(
                 lambda: self.read(f"/sys/kernel/livepatch/{name}/transition") in ("0", None),
                 f"failed to complete the forced transition of {name}",
             )
         elif step.action == "try_unload":
             # rmmod whatever the reference count says, logging the tool's answer: what each kernel pins differs.
-            waited = 0.0
-            while self.read(f"/sys/module/{name}/refcnt") != "0" and waited < TRY_UNLOAD_WAIT:
-                self.p.sleep(POLL)
-                waited += POLL
+            self.wait_for(lambda: self.read(f"/sys/module/{name}/refcnt") == "0", TRY_UNLOAD_WAIT)
             self.log(f"% rmmod {name}")
             rc, _, err = self.p.run(["rmmod", name])
             if rc != 0:

@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from klpfleet.errors import UsageError
-from klpfleet.sim.elfbuild import SPEC_SECTION, build_id_note, build_module, modinfo_bytes
-
-BUILD_ID_SECTION = ".note.gnu.build-id"
+from klpfleet.sim.elfbuild import SPEC_SECTION, build_module, modinfo_bytes
 
 
 def _sim_kernel() -> Any:
@@ -25,6 +23,13 @@ def _sim_kernel() -> Any:
     from klpfleet.sim.fleet import sim_kernel
 
     return sim_kernel()
+
+
+def _collection_modinfo() -> Any:
+    _sim_kernel()  # puts the collection on the import path
+    from ansible_collections.klpfleet.livepatch.plugins.module_utils import _modinfo
+
+    return _modinfo
 
 
 DEFAULT_KERNEL_RELEASE = "6.1.0-56-amd64"
@@ -230,8 +235,9 @@ def build_ko(spec: dict[str, Any]) -> bytes:
         fields.append(("description", spec["description"]))
     # As ld --build-id=sha1 does for Kbuild's modules: the ID follows the content, so a rebuilt patch of the
     # same name has another (the host layer compares it with the loaded module's).
-    build_id = hashlib.sha1(modinfo_bytes(fields) + payload, usedforsecurity=False).digest()
-    return build_module(fields, {SPEC_SECTION: payload, BUILD_ID_SECTION: build_id_note(build_id)})
+    build_id = hashlib.sha1(modinfo_bytes(fields) + payload, usedforsecurity=False).hexdigest()
+    modinfo = _collection_modinfo()  # the ELF note format lives with the host code that reads it
+    return build_module(fields, {SPEC_SECTION: payload, modinfo.BUILD_ID_SECTION: modinfo.build_id_note(build_id)})
 
 
 def write_ko(spec: dict[str, Any], out: str | Path) -> Path:

@@ -71,7 +71,6 @@ RE_HOOK_FAILED = re.compile(r"livepatch: failed to patch object '(?P<obj>[^']+)'
 RE_REFUSED_LOAD = re.compile(
     r"livepatch: patch '(?P<patch>[^']+)' failed for module '(?P<module>[^']+)', refusing to load module"
 )
-RE_STARTING = re.compile(r"livepatch: '(?P<patch>[^']+)': starting (?:patching|unpatching) transition")
 RE_ENABLING = re.compile(r"livepatch: enabling patch '(?P<patch>[^']+)'")
 RE_UNPATCHED = re.compile(r"livepatch: '(?P<patch>[^']+)': unpatching complete")
 FORCING = "livepatch: forcing remaining tasks to the patched state"
@@ -266,20 +265,18 @@ class Livepatch(object):
         has_patched = any(v is not None for p in patches for v in p["objects"].values())
         return FORCE_PINS_UNSAFE if has_patched else FORCE_PINS_ALL_PRESENT
 
-    def pinned_modules(self, modules=None, names=None):
+    def pinned_modules(self, modules=None, patches=None):
         """Livepatch modules (taint K) whose patch is no longer enabled but whose reference was never dropped:
-        a forced transition pinned them until reboot. Evidence, not inference from the log."""
-        names = set(self.patch_names() if names is None else names)
-        pinned = []
-        for m in self.proc_modules() if modules is None else modules:
-            if "K" not in m["taint"] or m["state"] != "Live" or not m["refcnt"]:
-                continue
-            if m["name"] in names:
-                state = self.patch_state(m["name"])
-                if state is None or state["enabled"] or state["transition"]:
-                    continue  # enabled: it holds its own reference
-            pinned.append({"name": m["name"], "module_refcnt": m["refcnt"], "forced": True})
-        return pinned
+        a forced transition pinned them until reboot. Evidence, not inference from the log. `modules` and
+        `patches` (the states already read) save reading them again."""
+        if patches is None:
+            patches = [s for s in (self.patch_state(n) for n in self.patch_names()) if s is not None]
+        holding = {p["name"] for p in patches if p["enabled"] or p["transition"]}  # they hold their own reference
+        return [
+            {"name": m["name"], "module_refcnt": m["refcnt"], "forced": True}
+            for m in (self.proc_modules() if modules is None else modules)
+            if "K" in m["taint"] and m["state"] == "Live" and m["refcnt"] and m["name"] not in holding
+        ]
 
     def patches(self, modules=None, records=None):
         """Every patch in stack order (oldest first). The order is the kernel's `stack_order` (6.13+), else the
@@ -460,7 +457,7 @@ class Livepatch(object):
             "kernel_log": self.log_status(),
             "patches": patches,
             # Disabled (or replaced) patches whose module a forced transition pinned until reboot.
-            "forced_modules": self.pinned_modules(modules, names) if supported else [],
+            "forced_modules": self.pinned_modules(modules, patches) if supported else [],
             "transition": transition,
             "taint": self.taint(),
             "signatures": self.signatures(),
@@ -480,16 +477,9 @@ class Livepatch(object):
                 return False, self.p.now() - start
             self.p.sleep(POLL)
 
-    def in_transition(self, name):
-        state = self.patch_state(name)
-        return state is not None and bool(state["transition"])
-
     def transition_done(self, name):
         state = self.patch_state(name)
         return state is None or not state["transition"]
-
-    def gone(self, name):
-        return self.patch_state(name) is None
 
     # ------------------------------------------------------------------ kernel log of one call
 

@@ -102,3 +102,10 @@ def build_id_from_note(raw):
     if kind != NT_GNU_BUILD_ID or raw[12 : 12 + namesz].rstrip(b"\0") != b"GNU" or len(raw) < start + descsz:
         return None
     return binascii.hexlify(raw[start : start + descsz]).decode("ascii") or None
+
+
+def build_id_note(build_id_hex):
+    """The ELF note for a build ID, as ld --build-id writes it into a .ko and the kernel shows it in
+    /sys/module/<m>/notes (the simulator writes and serves it)."""
+    desc = binascii.unhexlify(build_id_hex)
+    return struct.pack("<III", 4, len(desc), NT_GNU_BUILD_ID) + b"GNU\0" + desc

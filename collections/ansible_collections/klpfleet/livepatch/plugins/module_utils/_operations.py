@@ -117,7 +117,7 @@ class Operation(object):
         state = {"next_signal": self.p.now() + SIGNAL_EVERY}
 
         def done():
-            if not self.lp.in_transition(self.name):
+            if self.lp.transition_done(self.name):
                 return True
             if self.p.now() >= state["next_signal"] and self.p.exists(signal):
                 state["next_signal"] = self.p.now() + SIGNAL_EVERY
@@ -162,7 +162,7 @@ class Operation(object):
 def check_source(prims, src, sha256=None):
     """Name and modinfo of the .ko at src, refusing what can never load here."""
     try:
-        modinfo, _dummy = read_module_file(src)
+        modinfo, sections = read_module_file(src)
     except (OSError, ModinfoError) as exc:
         raise LivepatchError("source_unreadable", "cannot read %s: %s" % (src, exc), src=src) from None
     name = first(modinfo, "name")
@@ -188,23 +188,14 @@ def check_source(prims, src, sha256=None):
             vermagic=vermagic,
             kernel_release=release,
         )
-    return name, modinfo
+    return name, modinfo, sections
 
 
-def artifact_identity(src, modinfo):
-    """(build_id, srcversion) of the .ko at src: what tells two builds with one name apart."""
-    try:
-        _dummy, sections = read_module_file(src)
-        build_id = build_id_from_note(sections.get(BUILD_ID_SECTION))
-    except (OSError, ModinfoError):
-        build_id = None
-    return build_id, first(modinfo, "srcversion")
-
-
-def same_build(op, src, modinfo):
-    """Whether the loaded module is the build at src: its GNU build ID (every Kbuild module has one, shown in
-    /sys/module/<name>/notes), else srcversion; None when the kernel shows neither."""
-    build_id, srcversion = artifact_identity(src, modinfo)
+def same_build(op, modinfo, sections):
+    """Whether the loaded module is the build whose .modinfo and sections are given: its GNU build ID (every
+    Kbuild module has one, shown in /sys/module/<name>/notes), else srcversion; None when the kernel shows
+    neither."""
+    build_id, srcversion = build_id_from_note(sections.get(BUILD_ID_SECTION)), first(modinfo, "srcversion")
     loaded_id, loaded_src = op.lp.module_build_id(op.name), op.lp.module_srcversion(op.name)
     op.result["identity"] = {"artifact_build_id": build_id, "loaded_build_id": loaded_id}
     if build_id and loaded_id:
@@ -253,7 +244,7 @@ def apply_patch(
     if check_mode and not os.path.exists(src):
         return predict_without_source(prims, name, src)
     try:
-        src_name, modinfo = check_source(prims, src, sha256)
+        src_name, modinfo, sections = check_source(prims, src, sha256)
     except LivepatchError as exc:
         # Refused before anything was loaded: this call left nothing behind.
         exc.details.update(
@@ -270,7 +261,7 @@ def apply_patch(
     op.result["before"] = {"patch": before, "loaded": loaded}
     if before is not None and before["enabled"]:
         # Loaded under this name: applied only if it is this build (a rebuilt fix keeps the name).
-        if same_build(op, src, modinfo) is False:
+        if same_build(op, modinfo, sections) is False:
             op.fail(different_build_error(op))
         if not before["transition"]:
             return op.finish("already_applied", False)
@@ -389,8 +380,9 @@ def settle(op, on_stall, changed):
 def force(op, stalled, changed):
     """Force the stalled patching transition, then report which patches this kernel now keeps until reboot."""
     lp = op.lp
-    before = [p["name"] for p in lp.patches()]
-    semantics = lp.force_semantics(lp.lifecycle(before), lp.patches())
+    present = lp.patches()
+    before = [p["name"] for p in present]
+    semantics = lp.force_semantics(lp.lifecycle(before), present)
     op.p.write("%s/%s/force" % (KLP, op.name), "1")
     if not op.wait_transition():
         op.fail(
@@ -451,13 +443,11 @@ def disable(op, lp):
     try:
         op.write_enabled("0")  # disables, or reverses our own patching transition
     except OSError as exc:
-        if (
-            exc.errno == errno.EBUSY
-            and lp.lifecycle() == LIFECYCLE_LEGACY
-            and not any(p["transition"] for p in lp.patches())
-        ):
-            newer = [p["name"] for p in lp.patches() if p["enabled"]]
-            newer = newer[newer.index(op.name) + 1 :] if op.name in newer else newer
+        patches = lp.patches() if exc.errno == errno.EBUSY else []
+        legacy = lp.lifecycle([p["name"] for p in patches]) == LIFECYCLE_LEGACY
+        if exc.errno == errno.EBUSY and legacy and not any(p["transition"] for p in patches):
+            enabled = [p["name"] for p in patches if p["enabled"]]
+            newer = enabled[enabled.index(op.name) + 1 :] if op.name in enabled else enabled
             op.fail(
                 LivepatchError(
                     "not_on_top",

@@ -105,6 +105,10 @@ def new_kernel(kernel_release="6.1.0-56-amd64", **options):
 UNKNOWN_VERSION = "*"  # a task of a state written before tasks recorded the code they run: it blocks any version
 
 
+def patches_function(patch, func):
+    return any(func in obj["funcs"] for obj in patch["objects"])
+
+
 class SimKernel(KmodTools, SysfsView):
     """The model. Every public method is one thing user space can do to a kernel."""
 
@@ -332,10 +336,7 @@ class SimKernel(KmodTools, SysfsView):
         """The version of func in effect under `patch`: the newest earlier patch that patches it, else None (the
         original)."""
         below = self.s["patches"][: self.s["patches"].index(patch)]
-        for p in reversed(below):
-            if any(func in o["funcs"] for o in p["objects"]):
-                return p["name"]
-        return None
+        return next((p["name"] for p in reversed(below) if patches_function(p, func)), None)
 
     def task_version(self, task, func):
         """Which version of func a sleeping task runs: it entered the function before it slept, so the version in
@@ -343,10 +344,9 @@ class SimKernel(KmodTools, SysfsView):
         runs = task.get("runs")
         if runs is None:
             return UNKNOWN_VERSION
-        for p in reversed(self.s["patches"]):
-            if p["name"] in runs and any(func in o["funcs"] for o in p["objects"]):
-                return p["name"]
-        return None
+        return next(
+            (p["name"] for p in reversed(self.s["patches"]) if p["name"] in runs and patches_function(p, func)), None
+        )
 
     def try_complete(self):
         t = self.s["transition"]
@@ -639,24 +639,26 @@ class SimKernel(KmodTools, SysfsView):
             except ValueError:
                 self.log("%s: `%s' invalid for parameter `%s'" % (name, raw, key))
                 return -errno.EINVAL
+        taints = set()  # the module's own flags (/proc/modules)
         if not first(modinfo, "intree"):
             self.taint(TAINT_OOT, "oot", "%s: loading out-of-tree module taints kernel." % name)
+            taints.add("O")
         if is_lp:
             self.taint(TAINT_LIVEPATCH, "livepatch", "%s: tainting kernel with TAINT_LIVEPATCH" % name)
+            taints.add("K")
         if not spec.get("signed", False) and self.s["module_sig"]:
             self.taint(
                 TAINT_UNSIGNED,
                 "unsigned",
                 "%s: module verification failed: signature and/or required key missing - tainting kernel" % name,
             )
+            taints.add("E")
         module = {
             "name": name,
             "spec": spec,
             "params": values,
             "build_id": build_id_from_note(sections.get(BUILD_ID_SECTION)),
-            "taint": ("O" if not first(modinfo, "intree") else "")
-            + ("E" if not spec.get("signed", False) and self.s["module_sig"] else "")
-            + ("K" if is_lp else ""),
+            "taint": "".join(letter for letter in "OEK" if letter in taints),
             "refcnt": 0,
             "state": "coming",
             "modinfo_livepatch": is_lp,

@@ -10,11 +10,10 @@ SimKernel, which provides the state (`self.s`) and the operations a write starts
 
 from __future__ import annotations
 
-import binascii
 import errno
 import os
-import struct
 
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._modinfo import BUILD_ID_SECTION, build_id_note
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_base import (
     KernelError,
     fill,
@@ -34,13 +33,6 @@ PATCH_ATTRIBUTES = (
     ("stack_order", (6, 13), None, "_read_stack_order", None),
 )
 OBJECT_PATCHED_SINCE = (6, 0)  # <patch>/<object>/patched
-BUILD_ID_NOTE = ".note.gnu.build-id"
-
-
-def build_id_note(build_id_hex):
-    """/sys/module/<m>/notes/.note.gnu.build-id: the module's ELF note as the kernel exposes it."""
-    desc = binascii.unhexlify(build_id_hex)
-    return struct.pack("<III", 4, len(desc), 3) + b"GNU\0" + desc
 
 
 def route(kernel, path):
@@ -75,7 +67,7 @@ def route(kernel, path):
             return ("module_param", module, parts[4])
         if len(parts) == 4 and parts[3] in ("refcnt", "initstate", "taint"):
             return ("module_file", module, parts[3])
-        if parts[3:] == ["notes", BUILD_ID_NOTE] and module.get("build_id"):
+        if parts[3:] == ["notes", BUILD_ID_SECTION] and module.get("build_id"):
             return ("module_note", module)
         return ("missing",)
     if parts == ["proc"]:
