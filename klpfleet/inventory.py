@@ -7,6 +7,7 @@ Secrets (passwords, become passwords, vault values) are never read into the data
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 from collections import defaultdict
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from klpfleet.db import events, locks
 from klpfleet.db.models import Event, Group, Host, HostLabel, host_groups
+from klpfleet.db.types import utcnow
 from klpfleet.errors import UsageError
 
 DEFAULT_LABEL_KEYS = ("zone", "rack", "region", "datacenter", "failure_domain")
@@ -50,6 +52,10 @@ SECRET_TEXT_RE = re.compile(
     r"sshpass|(passw(or)?d|secret|token|api[_-]?key)\s*[=:]|BEGIN [A-Z ]*PRIVATE KEY", re.IGNORECASE
 )
 SECRET_NAME_RE = re.compile(r"pass|secret|token|vault|api_?key|cred", re.IGNORECASE)
+# Read into the host's own columns (address, port, user, key file).
+CONNECTION_VARS = frozenset(
+    {"ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file", "ansible_private_key_file"}
+)
 LABEL_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 LABEL_VALUE_MAX = 200
 
@@ -111,18 +117,18 @@ def read_inventory(sources: list[str], label_keys: tuple[str, ...] = DEFAULT_LAB
     from ansible.errors import AnsibleError
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
-    from ansible.vars.manager import VariableManager
 
     loader = DataLoader()
     _load_vault_secrets(loader)
     try:
         with captured_ansible_warnings() as warnings:
             manager = InventoryManager(loader=loader, sources=sources)
-        variables = VariableManager(loader=loader, inventory=manager)
+        inventory_vars = InventoryVars(loader, manager, sources, wanted_vars(label_keys))
         hosts = []
         for host in manager.get_hosts():
-            hostvars = variables.get_vars(host=host, include_hostvars=False)
-            hosts.append(_to_inventory_host(host.name, hostvars, [g.name for g in host.get_groups()], label_keys))
+            hosts.append(
+                _to_inventory_host(host.name, inventory_vars.of(host), [g.name for g in host.get_groups()], label_keys)
+            )
     except AnsibleError as exc:
         message = " ".join(str(getattr(exc, "message", exc)).split())
         raise UsageError(f"cannot read inventory: {message}{most_telling(warnings)}") from None
@@ -131,6 +137,78 @@ def read_inventory(sources: list[str], label_keys: tuple[str, ...] = DEFAULT_LAB
         # remove every host from the database.
         raise UsageError(f"the inventory sources list no hosts: {', '.join(sources)}{most_telling(warnings)}")
     return hosts
+
+
+class InventoryVars:
+    """A host's variables as ansible-playbook sees them from the inventory: group vars (inventory and vars
+    plugins such as group_vars/ beside the source) merged in ansible's configured precedence, then the host's
+    own vars and host_vars/. What VariableManager.get_vars() gives for a host without a play, minus facts
+    (klpfleet keeps none of them), restricted to `keys` when given, and at a tenth of its cost: the group
+    part depends only on the host's groups, so it is merged once per distinct set of groups, not per host.
+    Merging is per variable, so keeping only some variables before merging gives the same values.
+    (tests/test_inventory.py compares the two on an inventory with every kind of source.)"""
+
+    def __init__(self, loader: Any, manager: Any, sources: list[str], keys: frozenset[str] | None = None) -> None:
+        self.loader, self.manager, self.sources, self.keys = loader, manager, sources, keys
+        self._by_groups: dict[tuple[str, ...], dict[str, Any]] = {}
+        self._hosts_have_plugin_vars: bool | None = None
+
+    def _only(self, found: dict[str, Any]) -> dict[str, Any]:
+        if self.keys is None or not found:
+            return found
+        return {k: v for k, v in found.items() if k in self.keys}
+
+    def _plugins(self, entities: list[Any]) -> dict[str, Any]:
+        from ansible.vars.plugins import get_vars_from_inventory_sources
+
+        return self._only(get_vars_from_inventory_sources(self.loader, self.sources, entities, "task"))
+
+    def _group_vars(self, groups: list[Any]) -> dict[str, Any]:
+        from ansible import constants as C
+        from ansible.inventory.helpers import get_group_vars
+        from ansible.utils.vars import combine_vars
+
+        all_group = self.manager.groups["all"]
+        parts = {
+            "all_inventory": lambda: self._only(all_group.get_vars()),
+            "all_plugins_inventory": lambda: self._plugins([all_group]),
+            "groups_inventory": lambda: self._only(get_group_vars(groups)),
+            "groups_plugins_inventory": lambda: self._plugins(groups),
+            # Playbook-adjacent vars need a playbook; an import has none (as VariableManager without a play).
+            "all_plugins_play": dict,
+            "groups_plugins_play": dict,
+        }
+        merged: dict[str, Any] = {}
+        for entry in C.VARIABLE_PRECEDENCE:
+            if entry in parts:
+                merged = combine_vars(merged, parts[entry]())
+        return merged
+
+    def of(self, host: Any) -> dict[str, Any]:
+        from ansible.inventory.helpers import sort_groups
+        from ansible.utils.vars import combine_vars
+
+        groups = sort_groups([g for g in host.get_groups() if g.name != "all"])
+        key = tuple(g.name for g in groups)
+        if key not in self._by_groups:
+            self._by_groups[key] = self._group_vars(groups)
+        merged = self._by_groups[key]
+        # host.vars, not host.get_vars(): the magic vars it adds are Ansible's, never kept.
+        own = self._only(host.vars) if self.keys is not None else host.get_vars()
+        if own:
+            merged = combine_vars(merged, own)
+        if self._any_host_plugin_vars():
+            found = self._plugins([host])
+            if found:
+                merged = combine_vars(merged, found)
+        return merged
+
+    def _any_host_plugin_vars(self) -> bool:
+        """Whether vars plugins (host_vars/ and the like) give any host anything: asked once for all hosts
+        together, so that an inventory without host_vars does not pay one plugin round per host."""
+        if self._hosts_have_plugin_vars is None:
+            self._hosts_have_plugin_vars = bool(self._plugins(self.manager.get_hosts()))
+        return self._hosts_have_plugin_vars
 
 
 def _load_vault_secrets(loader: Any) -> None:
@@ -184,6 +262,11 @@ def captured_ansible_warnings() -> Iterator[list[str]]:
                 setattr(display, name, value)
 
 
+def wanted_vars(label_keys: tuple[str, ...]) -> frozenset[str]:
+    """Every variable _to_inventory_host reads."""
+    return KEPT_VARS | CONNECTION_VARS | {"klp_labels", *label_keys}
+
+
 def _to_inventory_host(
     name: str, hostvars: dict[str, Any], groups: list[str], label_keys: tuple[str, ...]
 ) -> InventoryHost:
@@ -202,9 +285,9 @@ def _to_inventory_host(
     if port is not None and not 0 < port < 65536:
         raise UsageError(f"host {name!r}: ansible_port {port} is out of range")
 
-    kept = {k: _plain(name, k, hostvars[k]) for k in sorted(KEPT_VARS) if k in hostvars}
+    kept = {k: _plain(name, k, hostvars[k]) for k in sorted(KEPT_VARS.intersection(hostvars))}
     for key, value in kept.items():
-        if SECRET_TEXT_RE.search(repr(value)):
+        if _holds_secret(repr(value)):
             raise UsageError(
                 f"host {name!r}: {key} looks like it holds a credential; klpfleet never stores secrets "
                 "(keep it in a vault or an SSH agent, outside the inventory klpfleet imports)"
@@ -218,9 +301,9 @@ def _to_inventory_host(
         if key in hostvars and hostvars[key] is not None:
             labels[key] = str(_plain(name, key, hostvars[key]))
     for key, value in labels.items():
-        if not LABEL_KEY_RE.match(key) or SECRET_NAME_RE.search(key):
+        if not _label_name_ok(key):
             raise UsageError(f"host {name!r}: label {key[:64]!r} is not a label name (letters, digits, _)")
-        if len(value) > LABEL_VALUE_MAX or not value.isprintable() or SECRET_TEXT_RE.search(value):
+        if not _label_value_ok(value):
             raise UsageError(f"host {name!r}: label {key!r} is not a short printable value")
 
     return InventoryHost(
@@ -231,8 +314,24 @@ def _to_inventory_host(
         key_file=text("ansible_ssh_private_key_file") or text("ansible_private_key_file"),
         vars=kept,
         groups=sorted(g for g in groups if g not in ("all", "ungrouped")),
-        labels=labels,
+        labels=dict(sorted(labels.items())),
     )
+
+
+# Most values repeat across thousands of hosts (they come from group vars): check each distinct one once.
+@functools.lru_cache(maxsize=65536)
+def _holds_secret(text: str) -> bool:
+    return bool(SECRET_TEXT_RE.search(text))
+
+
+@functools.lru_cache(maxsize=1024)
+def _label_name_ok(key: str) -> bool:
+    return bool(LABEL_KEY_RE.match(key)) and not SECRET_NAME_RE.search(key)
+
+
+@functools.lru_cache(maxsize=65536)
+def _label_value_ok(value: str) -> bool:
+    return len(value) <= LABEL_VALUE_MAX and value.isprintable() and not _holds_secret(value)
 
 
 def _plain(host: str, var: str, value: Any) -> Any:
@@ -262,19 +361,18 @@ def apply_import(session: Session, found: list[InventoryHost], *, prune: bool) -
     inventory writes nothing, a new one is a few executemany() calls."""
     locks.serialize(session, locks.INVENTORY)  # concurrent imports: the second sees what the first wrote
     result = ImportResult()
-    wanted: dict[str, InventoryHost] = {}
+    wanted: dict[str, dict[str, Any]] = {}
     for h in found:
         if h.name in wanted:
             raise UsageError(f"host {h.name!r} appears twice across the inventory sources")
-        wanted[h.name] = h
+        wanted[h.name] = _desired(h)
     conn = session.connection()
     hosts, groups, labels = _table(Host), _table(Group), _table(HostLabel)
     before = _current_hosts(conn)
     group_ids = dict(conn.execute(select(groups.c.name, groups.c.id)).all())
 
     added, changed = [], []
-    for name, h in wanted.items():
-        after = _desired(h)
+    for name, after in wanted.items():
         if name not in before:
             added.append(name)
         elif before[name][1] != after:
@@ -284,58 +382,86 @@ def apply_import(session: Session, found: list[InventoryHost], *, prune: bool) -
     result.added, result.updated = added, changed
     removed = sorted(set(before) - set(wanted)) if prune else []
     result.removed = removed
+    if not (added or changed or removed):
+        return result
 
-    missing_groups = sorted({g for n in added + changed for g in wanted[n].groups} - set(group_ids))
+    missing_groups = sorted({g for n in added + changed for g in wanted[n]["groups"]} - set(group_ids))
     if missing_groups:
         conn.execute(insert(groups), [{"name": g} for g in missing_groups])
         group_ids = dict(conn.execute(select(groups.c.name, groups.c.id)).all())
 
+    now = utcnow()  # one import, one time
     ids = {name: before[name][0] for name in changed}
     if added:
-        rows = [{"name": n, **_columns(wanted[n])} for n in added]
-        for start in range(0, len(rows), 5000):
-            ids.update(
-                (name, host_id)
-                for host_id, name in conn.execute(
-                    insert(hosts).returning(hosts.c.id, hosts.c.name), rows[start : start + 5000]
-                )
-            )
+        _insert_many(
+            conn,
+            hosts,
+            ("name", *HOST_COLUMNS, "created_at", "updated_at"),
+            [(n, *(wanted[n][c] for c in HOST_COLUMNS), now, now) for n in added],
+        )
+        ids.update(conn.execute(select(hosts.c.name, hosts.c.id).where(hosts.c.created_at == now)).all())
     if changed:
         conn.execute(
             update(hosts).where(hosts.c.id == bindparam("host_id")),
-            [{"host_id": ids[n], **_columns(wanted[n])} for n in changed],
+            [{"host_id": ids[n], "updated_at": now, **{c: wanted[n][c] for c in HOST_COLUMNS}} for n in changed],
         )
         doomed = [{"host_id": ids[n]} for n in changed]
         conn.execute(delete(host_groups).where(host_groups.c.host_id == bindparam("host_id")), doomed)
         conn.execute(delete(labels).where(labels.c.host_id == bindparam("host_id")), doomed)
     touched = added + changed
-    memberships = [{"host_id": ids[n], "group_id": group_ids[g]} for n in touched for g in wanted[n].groups]
-    if memberships:
-        conn.execute(insert(host_groups), memberships)
-    label_rows = [{"host_id": ids[n], "key": k, "value": v} for n in touched for k, v in wanted[n].labels.items()]
-    if label_rows:
-        conn.execute(insert(labels), label_rows)
+    _insert_many(
+        conn,
+        host_groups,
+        ("host_id", "group_id"),
+        [(ids[n], group_ids[g]) for n in touched for g in wanted[n]["groups"]],
+    )
+    _insert_many(
+        conn,
+        labels,
+        ("host_id", "key", "value"),
+        [(ids[n], k, v) for n in touched for k, v in wanted[n]["labels"].items()],
+    )
 
     actor = events.default_actor()
-    trail = [_event(actor, "host.added", ids[n], n, _desired(wanted[n])) for n in added]
+    trail = [(now, actor, "host.added", ids[n], n, wanted[n]) for n in added]
     for n in changed:
-        old, new = before[n][1], _desired(wanted[n])
-        trail.append(
-            _event(
-                actor,
-                "host.updated",
-                ids[n],
-                n,
-                {"changes": {k: {"from": old[k], "to": new[k]} for k in new if old[k] != new[k]}},
-            )
-        )
-    trail += [_event(actor, "host.removed", before[n][0], n, {}) for n in removed]
-    if trail:
-        conn.execute(insert(_table(Event)), trail)
+        old, new = before[n][1], wanted[n]
+        changes = {k: {"from": old[k], "to": new[k]} for k in new if old[k] != new[k]}
+        trail.append((now, actor, "host.updated", ids[n], n, {"changes": changes}))
+    trail += [(now, actor, "host.removed", before[n][0], n, {}) for n in removed]
+    _insert_many(conn, _table(Event), ("at", "actor", "kind", "host_id", "host_name", "details"), trail)
     for start in range(0, len(removed), 5000):
         doomed_ids = [before[n][0] for n in removed[start : start + 5000]]
         conn.execute(delete(hosts).where(hosts.c.id.in_(doomed_ids)))
     return result
+
+
+def _insert_many(conn: Any, table: Table, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    """INSERT rows (tuples in `columns` order) in one executemany. On SQLite the rows go to the driver as they
+    are, after each column type's own bind processing (JSON, UTC timestamps), since SQLAlchemy's per-row
+    parameter handling costs more than SQLite's insert itself; other databases take the Core statement."""
+    if not rows:
+        return
+    if conn.dialect.name != "sqlite":
+        conn.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
+        return
+    # The dialect's own INSERT (qmark placeholders), its parameters in the order it names them.
+    compiled = insert(table).compile(dialect=conn.dialect, column_keys=list(columns))
+    order = [columns.index(key) for key in compiled.positiontup or ()]
+    processors = [table.c[columns[i]].type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for i in order]
+    columns_of_rows = list(zip(*rows, strict=True))
+    bound = []
+    for i, process in zip(order, processors, strict=True):
+        values = columns_of_rows[i]
+        if process is None:
+            bound.append(values)
+        elif all(v is values[0] for v in values):  # one timestamp for a whole import: converted once
+            bound.append((process(values[0]),) * len(values))
+        else:
+            bound.append(tuple(map(process, values)))
+    rows = list(zip(*bound, strict=True))
+    sql = str(compiled)
+    conn.exec_driver_sql(sql, rows)
 
 
 def _table(model: Any) -> Table:
@@ -343,12 +469,20 @@ def _table(model: Any) -> Table:
     return table
 
 
-def _columns(h: InventoryHost) -> dict[str, Any]:
-    return {"address": h.address, "port": h.port, "user": h.user, "key_file": h.key_file, "vars": h.vars}
+HOST_COLUMNS = ("address", "port", "user", "key_file", "vars")
 
 
 def _desired(h: InventoryHost) -> dict[str, Any]:
-    return {**_columns(h), "groups": sorted(h.groups), "labels": dict(sorted(h.labels.items()))}
+    """A host as the database should hold it, in the shape _current_hosts reads it back."""
+    return {
+        "address": h.address,
+        "port": h.port,
+        "user": h.user,
+        "key_file": h.key_file,
+        "vars": h.vars,
+        "groups": h.groups,  # both sorted by _to_inventory_host
+        "labels": h.labels,
+    }
 
 
 def _current_hosts(conn: Any) -> dict[str, tuple[int, dict[str, Any]]]:
@@ -379,16 +513,3 @@ def _current_hosts(conn: Any) -> dict[str, tuple[int, dict[str, Any]]]:
             },
         )
     return out
-
-
-def _event(actor: str, kind: str, host_id: int, host_name: str, details: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "actor": actor,
-        "kind": kind,
-        "host_id": host_id,
-        "host_name": host_name,
-        "patch_id": None,
-        "patch_name": None,
-        "rollout_id": None,
-        "details": details,
-    }

@@ -172,3 +172,75 @@ def test_collection_inventory_plugin_as_a_source(cli, sqlite_db, sqlite_url, ini
     assert result.json()["data"]["added"] == 3
     detail = cli("--db", sqlite_url, "host", "web1", "-o", "json").json()["data"]
     assert (detail["address"], detail["port"], detail["labels"]["zone"]) == ("10.0.0.1", 2222, "a")
+
+
+@pytest.mark.parametrize("precedence", ["default", "reversed"])
+def test_inventory_vars_equal_ansibles_own_for_every_host(tmp_path, monkeypatch, precedence):
+    """klpfleet merges a host's inventory vars itself (once per set of groups, not per host); the result must
+    be exactly what ansible-core's VariableManager gives, whatever the nesting, priorities, group_vars and
+    host_vars directories and the configured precedence."""
+    from ansible import constants as C
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.vars.manager import VariableManager
+
+    from klpfleet.inventory import DEFAULT_LABEL_KEYS, InventoryVars, wanted_vars
+
+    if precedence == "reversed":
+        monkeypatch.setattr(C, "VARIABLE_PRECEDENCE", list(reversed(C.VARIABLE_PRECEDENCE)))
+    inv = tmp_path / "inv"
+    write(
+        inv / "a.ini",
+        """
+        [web]
+        web1 zone=a klp_on_stall=reverse
+        web2
+        [db]
+        db1 ansible_port=2200
+        [prod:children]
+        web
+        db
+        [web:vars]
+        zone=w
+        ansible_group_priority=5
+        klp_transition_timeout=90
+        [all:vars]
+        ansible_user=ops
+        klp_transition_timeout=30
+    """,
+    )
+    write(
+        inv / "b.yml",
+        """
+        all:
+          children:
+            canary:
+              vars: {klp_transition_timeout: 45, rack: r9}
+              hosts:
+                web2: {}
+                lone: {ansible_host: 192.0.2.9}
+    """,
+    )
+    write(inv / "group_vars" / "all.yml", "klp_busy_retries: 3\nzone: everywhere\n")
+    write(inv / "group_vars" / "prod" / "one.yml", "klp_busy_retries: 5\nregion: eu\n")
+    write(inv / "group_vars" / "prod" / "two.yml", "klp_labels: {tier: app}\n")
+    write(inv / "group_vars" / "canary.yml", "zone: c\nklp_labels: {tier: canary}\n")
+    write(inv / "host_vars" / "web2.yml", "klp_busy_retries: 9\n")
+    write(inv / "host_vars" / "lone" / "x.yml", "region: us\n")
+
+    loader = DataLoader()
+    manager = InventoryManager(loader=loader, sources=[str(inv)])
+    reference = VariableManager(loader=loader, inventory=manager)
+    everything = InventoryVars(loader, manager, [str(inv)])
+    kept = InventoryVars(loader, manager, [str(inv)], wanted_vars(DEFAULT_LABEL_KEYS))
+    hosts = manager.get_hosts()
+    assert len(hosts) == 4
+    for host in hosts:
+        expected = reference.get_vars(host=host, include_hostvars=False)
+        got = everything.of(host)
+        assert kept.of(host) == {k: v for k, v in expected.items() if k in wanted_vars(DEFAULT_LABEL_KEYS)}
+        # Magic vars are Ansible's own, facts are never kept by klpfleet (and this run gathered none).
+        magic = {*reference._get_magic_variables(None, host, None, False, None, None), "ansible_facts"}
+        assert {k: v for k, v in got.items() if k not in magic} == {
+            k: v for k, v in expected.items() if k not in magic
+        }, host.name
