@@ -2,7 +2,6 @@
 database by the recorder callback (SQLite and PostgreSQL)."""
 
 import hashlib
-import os
 import signal
 import subprocess
 import time
@@ -109,7 +108,8 @@ def test_apply_remove_gather_recorded(tmp_path, backend, request, monkeypatch):
     assert got["sim-02"] == ("refused", "refused", True)
     assert got["sim-03"] == ("stalled", "transition_stalled", True)
     assert got["sim-05"] == ("failed", "vermagic_mismatch", True)
-    assert "sim-04" not in got
+    # Unreachable at the one task that copies and loads: the patch's state on it is unknown, not "not applied".
+    assert got["sim-04"] == ("unreachable", None, None)
     with db.session() as s:
         sim04 = s.scalar(select(Host).where(Host.name == "sim-04"))
         assert sim04.reachable is False
@@ -455,7 +455,8 @@ def test_ad_hoc_runs_are_recorded(tmp_path, sqlite_url, monkeypatch):
 
 
 def test_apply_playbook_in_check_mode_on_hosts_that_never_had_the_patch(tmp_path, sqlite_url, monkeypatch):
-    """--check --diff before anything was copied: a prediction for every host, no failure, nothing changed."""
+    """--check --diff before anything was copied: a prediction for every host, no failure, nothing changed.
+    The .ko travels with the task, so check mode judges the file itself, not a guess from the patch's name."""
     monkeypatch.setenv("KLPFLEET_ARTIFACTS", str(tmp_path / "art"))
     db, kos = ways_fleet(tmp_path, sqlite_url)
     ko = kos["lp_a"]
@@ -478,7 +479,7 @@ def test_apply_playbook_in_check_mode_on_hosts_that_never_had_the_patch(tmp_path
     )
     assert checked.returncode == 0, checked.stdout[-3000:]
     assert "failed=0" in checked.stdout
-    assert "not on the host yet" in checked.stderr  # the prediction says what it is based on
+    assert "not on the host yet" not in checked.stderr  # judged from the .ko's bytes, no warning needed
     assert enabled_on(tmp_path, "sim-02") == [] and not list(
         (tmp_path / "fleet" / "hosts" / "sim-02").glob("patches/*.ko")
     )
@@ -489,7 +490,6 @@ def test_apply_playbook_in_check_mode_on_hosts_that_never_had_the_patch(tmp_path
     assert states_ == {("sim-01", "lp_a"): "applied"}  # check mode recorded nothing
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the examples use the real path /var/lib/klpfleet/patches")
 def test_the_modules_examples_run_as_written(tmp_path, sqlite_url, monkeypatch):
     """Each module's EXAMPLES, unchanged, as a playbook over simulated hosts (one refusing the patch)."""
     import shutil
@@ -514,26 +514,20 @@ def test_the_modules_examples_run_as_written(tmp_path, sqlite_url, monkeypatch):
         kernel.s.setdefault("faults", {}).setdefault("refuse", []).append(
             {"patch": "livepatch_cve_2026_1234", "object": "vmlinux", "errno": "ENODEV"}
         )
-    target = Path("/var/lib/klpfleet/patches/livepatch_cve_2026_1234.ko")
-    existed = target.exists()
-    if not existed:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ko, target)
-    try:
-        tasks = yaml.safe_load(patch_module.EXAMPLES) + yaml.safe_load(patch_info_module.EXAMPLES)
-        book = tmp_path / "examples.yml"
-        book.write_text(yaml.safe_dump([{"hosts": "sim-01:sim-02", "gather_facts": False, "tasks": tasks}]))
-        proc = playbook(
-            tmp_path / "fleet" / "inventory.yml",
-            book,
-            "-e",
-            f"patch_sha256={hashlib.sha256(ko.read_bytes()).hexdigest()}",
-            db_url=sqlite_url,
-            env={"ANSIBLE_BECOME_METHOD": "su"},
-        )
-    finally:
-        if not existed:
-            target.unlink()
+    # The example's src is relative: looked up in files/ beside the playbook, as copy's src is.
+    (tmp_path / "files" / "patches").mkdir(parents=True)
+    shutil.copy(ko, tmp_path / "files" / "patches" / "livepatch_cve_2026_1234.ko")
+    tasks = yaml.safe_load(patch_module.EXAMPLES) + yaml.safe_load(patch_info_module.EXAMPLES)
+    book = tmp_path / "examples.yml"
+    book.write_text(yaml.safe_dump([{"hosts": "sim-01:sim-02", "gather_facts": False, "tasks": tasks}]))
+    proc = playbook(
+        tmp_path / "fleet" / "inventory.yml",
+        book,
+        "-e",
+        f"patch_sha256={hashlib.sha256(ko.read_bytes()).hexdigest()}",
+        db_url=sqlite_url,
+        env={"ANSIBLE_BECOME_METHOD": "su"},
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "refused by vmlinux (ENODEV)" in proc.stdout
     states_, _, _ = recorded(db)
@@ -577,3 +571,68 @@ def test_the_simulator_never_travels_to_a_real_host(tmp_path, module):
     names = zipfile.ZipFile(io.BytesIO(zipped)).namelist()
     assert any(n.endswith("module_utils/_primitives.py") for n in names)
     assert not [n for n in names if "_sim_kernel" in n]
+
+
+def test_apply_is_one_task_that_copies_checks_and_loads(tmp_path, sqlite_url, monkeypatch):
+    """apply.yml is one module run per host: the .ko travels with the arguments, is checked before it is
+    written, lands root-only under its sha256 and is loaded from there; remove.yml deletes that copy."""
+    monkeypatch.setenv("KLPFLEET_ARTIFACTS", str(tmp_path / "art"))
+    db, kos = ways_fleet(tmp_path, sqlite_url)
+    ko = kos["lp_a"]
+    sha = hashlib.sha256(ko.read_bytes()).hexdigest()
+    inventory = tmp_path / "fleet" / "inventory.yml"
+    hosts = tmp_path / "fleet" / "hosts"
+
+    def apply(*extra: str):
+        return playbook(
+            inventory, ROOT / "playbooks" / "apply.yml", "-e", f"klp_patch_src={ko}", *extra, db_url=sqlite_url
+        )
+
+    wrong = apply("-e", f"klp_patch_sha256={'0' * 64}", "--limit", "sim-01")
+    assert wrong.returncode != 0 and "checksum_mismatch" in wrong.stdout
+    assert enabled_on(tmp_path, "sim-01") == [] and not (hosts / "sim-01" / "patches").exists()  # nothing written
+
+    first = apply("-e", f"klp_patch_sha256={sha}", "--limit", "sim-01:sim-03")
+    assert first.returncode == 0, first.stdout[-3000:]
+    assert first.stdout.count("TASK [") == 1  # one task, hence one module run per host
+    for host in ("sim-01", "sim-03"):
+        copy = hosts / host / "patches" / f"{sha}.ko"
+        assert copy.read_bytes() == ko.read_bytes()
+        assert (copy.stat().st_mode & 0o777) == 0o400 and (copy.parent.stat().st_mode & 0o777) == 0o700
+        assert enabled_on(tmp_path, host) == ["lp_a"]
+    again = apply("-e", f"klp_patch_sha256={sha}", "--limit", "sim-01:sim-03")
+    assert again.returncode == 0 and "changed=0" in again.stdout and "changed=1" not in again.stdout
+
+    removed = playbook(
+        inventory,
+        ROOT / "playbooks" / "remove.yml",
+        "-e",
+        "klp_patch_name=lp_a",
+        "-e",
+        f"klp_patch_sha256={sha}",
+        "--limit",
+        "sim-01",
+        db_url=sqlite_url,
+    )
+    assert removed.returncode == 0, removed.stdout[-3000:]
+    assert enabled_on(tmp_path, "sim-01") == [] and not (hosts / "sim-01" / "patches" / f"{sha}.ko").exists()
+    assert (hosts / "sim-03" / "patches" / f"{sha}.ko").exists()
+    states_, _, _ = recorded(db)
+    assert states_[("sim-01", "lp_a")] == "absent" and states_[("sim-03", "lp_a")] == "applied"
+
+    missing = playbook(
+        inventory,
+        ROOT / "playbooks" / "apply.yml",
+        "-e",
+        f"klp_patch_src={tmp_path / 'nowhere.ko'}",
+        "-e",
+        f"klp_patch_sha256={sha}",
+        "--limit",
+        "sim-02",
+        db_url=sqlite_url,
+    )
+    assert missing.returncode != 0 and "source_unreadable" in missing.stdout
+    by_hand = playbook(
+        inventory, ROOT / "tests" / "playbooks" / "content.yml", "--limit", "sim-02", db_url=sqlite_url
+    )
+    assert by_hand.returncode != 0 and "set by the action plugin" in by_hand.stdout

@@ -2,15 +2,24 @@
 # Copyright: klpfleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Runs the patch module, filling backend/sim_root from the host vars klp_backend/klp_sim_root, and for a
-simulated host the path of the simulated kernel's code (which therefore never travels to a real host)."""
+simulated host the path of the simulated kernel's code (which therefore never travels to a real host).
+
+With state=present and src on the controller (remote_src=false), the .ko's bytes ride along in the module's
+arguments: the module checks them, writes the copy and loads it in one run on the host. Copying first (as the
+copy module does: a stat, a transfer, a chmod) costs several round trips per host before the load starts."""
 
 from __future__ import annotations
 
+import base64
 import os
 
+from ansible.errors import AnsibleError
+from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 
 HOST_VAR_DEFAULTS = (("backend", "klp_backend"), ("sim_root", "klp_sim_root"))
+# No kernel module is this large (the host code's own limit, module_utils/_modinfo.MAX_MODULE_BYTES).
+MAX_KO_BYTES = 64 * 1024 * 1024
 
 
 class ActionModule(ActionBase):
@@ -28,6 +37,13 @@ class ActionModule(ActionBase):
             from ansible_collections.klpfleet.livepatch.plugins.module_utils import _primitives
 
             args["sim_kernel"] = os.path.join(os.path.dirname(_primitives.__file__), "_sim_kernel.py")
+        if args.pop("content", None) is not None:
+            return self._refused(result, args, "invalid_argument", "content is set by the action plugin, not by hand")
+        if args.get("state", "present") == "present" and args.get("src") and not self._remote_src(args):
+            try:
+                args["src"], args["content"] = self._controller_ko(args["src"])
+            except AnsibleError as exc:
+                return self._refused(result, args, "source_unreadable", to_text(exc.message))
         wrap_async = bool(self._task.async_val) and not self._connection.has_native_async
         result.update(
             self._execute_module(
@@ -36,4 +52,38 @@ class ActionModule(ActionBase):
         )
         if not wrap_async:
             self._remove_tmp_path(self._connection._shell.tmpdir)
+        return result
+
+    def _remote_src(self, args):
+        from ansible.module_utils.parsing.convert_bool import boolean
+
+        return boolean(args.get("remote_src", False), strict=False)
+
+    def _controller_ko(self, src):
+        """(absolute path, base64 bytes) of the .ko on the controller."""
+        path = self._find_needle("files", src)
+        try:
+            size = os.path.getsize(path)
+            if size > MAX_KO_BYTES:
+                raise AnsibleError("%s is %d bytes, larger than any kernel module" % (path, size))
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise AnsibleError("cannot read %s on the controller: %s" % (path, exc.strerror)) from None
+        return path, base64.b64encode(data).decode("ascii")
+
+    def _refused(self, result, args, klp_error, msg):
+        """A failure found on the controller, shaped like the module's own so the recorder reads it alike."""
+        result.update(
+            failed=True,
+            changed=False,
+            msg=msg,
+            klp_error=klp_error,
+            klp_module="patch",
+            outcome="failed",
+            name=args.get("name"),
+            src=args.get("src"),
+            host_clean=True,
+            attempts=0,
+        )
         return result

@@ -22,6 +22,8 @@ import re
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._modinfo import build_id_from_note
 
 KLP = "/sys/kernel/livepatch"
+# A kernel module's name (MODULE_NAME_LEN is 56 with the NUL); it becomes a path under /sys, so nothing else.
+MODULE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,55}$")
 POLL = 0.1
 
 TAINT_LETTERS = "PFSRMBUDAWCIOELKXTN"
@@ -103,7 +105,8 @@ KLP_ERRORS = {
     "not_on_top": "this kernel (pre-5.1 lifecycle) disables only the newest patch; newer ones must go first",
     "livepatch_unsupported": "the kernel has no livepatch support",
     "invalid_argument": "the task's arguments contradict each other or are missing",
-    "source_unreadable": "the .ko cannot be read on the host or has no module name",
+    "source_unreadable": "the .ko cannot be read (on the controller or the host) or has no module name",
+    "install_failed": "the .ko could not be written to (or deleted from) the host's patch directory",
     "state_unreadable": "the kernel's livepatch state cannot be read",
     "disable_failed": "writing 0 to the patch's enabled file failed",
     "insmod_failed": "the module load failed with another errno",
@@ -118,6 +121,12 @@ class LivepatchError(Exception):
         self.klp_error = klp_error
         self.msg = msg
         self.details = details
+
+
+def check_name(name):
+    if not isinstance(name, str) or not MODULE_NAME_RE.match(name):
+        raise LivepatchError("invalid_argument", "%r is not a kernel module name" % (name,))
+    return name
 
 
 def errno_name(num):

@@ -74,7 +74,11 @@ def parse_modinfo(raw):
 def read_module_file(path):
     """(modinfo fields, sections) of the module at path; raises ModinfoError or OSError."""
     with open(path, "rb") as f:
-        data = f.read(MAX_MODULE_BYTES + 1)
+        return read_module_bytes(f.read(MAX_MODULE_BYTES + 1))
+
+
+def read_module_bytes(data):
+    """(modinfo fields, sections) of a module's bytes; raises ModinfoError."""
     if len(data) > MAX_MODULE_BYTES:
         raise ModinfoError("file is larger than any kernel module")
     sections = read_sections(data)

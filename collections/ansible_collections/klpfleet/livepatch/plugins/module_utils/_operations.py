@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._livepatch import (
@@ -23,6 +24,7 @@ from ansible_collections.klpfleet.livepatch.plugins.module_utils._livepatch impo
     LIFECYCLE_LEGACY,
     Livepatch,
     LivepatchError,
+    check_name,
     classify_insmod_failure,
     errno_from_tool,
     errno_name,
@@ -34,6 +36,7 @@ from ansible_collections.klpfleet.livepatch.plugins.module_utils._modinfo import
     ModinfoError,
     build_id_from_note,
     first,
+    read_module_bytes,
     read_module_file,
 )
 
@@ -159,22 +162,24 @@ class Operation(object):
         return self.lp.stalled_tasks(target)
 
 
-def check_source(prims, src, sha256=None):
-    """Name and modinfo of the .ko at src, refusing what can never load here."""
+def check_source(prims, src, sha256=None, data=None):
+    """Name and modinfo of the .ko at src (or of its bytes, `data`, before they were written there),
+    refusing what can never load here."""
     try:
-        modinfo, sections = read_module_file(src)
+        modinfo, sections = read_module_file(src) if data is None else read_module_bytes(data)
     except (OSError, ModinfoError) as exc:
         raise LivepatchError("source_unreadable", "cannot read %s: %s" % (src, exc), src=src) from None
     name = first(modinfo, "name")
     if not name:
         raise LivepatchError("source_unreadable", "%s has no module name in .modinfo" % src, src=src)
-    if sha256 and file_sha256(src) != sha256.lower():
+    actual = (file_sha256(src) if data is None else hashlib.sha256(data).hexdigest()) if sha256 else None
+    if sha256 and actual != sha256.lower():
         raise LivepatchError(
             "checksum_mismatch",
             "%s does not match the expected sha256" % src,
             src=src,
             expected_sha256=sha256.lower(),
-            actual_sha256=file_sha256(src),
+            actual_sha256=actual,
         )
     if first(modinfo, "livepatch") != "Y":
         raise LivepatchError("not_livepatch", "%s (%s) is not a livepatch module" % (src, name), src=src)
@@ -229,8 +234,10 @@ def apply_patch(
     busy_retries=5,
     busy_delay=2.0,
     check_mode=False,
+    data=None,
 ):
-    """Bring the patch to `present`: loaded, enabled, transition complete."""
+    """Bring the patch to `present`: loaded, enabled, transition complete. `data`, the .ko's bytes, lets check
+    mode judge a copy that was not written yet."""
     if on_stall not in ON_STALL:
         raise LivepatchError("invalid_argument", "on_stall must be one of %s" % ", ".join(ON_STALL))
     if on_stall == "force" and not allow_force:
@@ -238,13 +245,16 @@ def apply_patch(
             "invalid_argument",
             "on_stall=force needs allow_force=true: a forced patch can never be removed before a reboot",
         )
+    if name is not None:
+        check_name(name)
     lp = Livepatch(prims)
     if not lp.supported():
         raise LivepatchError("livepatch_unsupported", "this kernel has no livepatch support (%s missing)" % KLP)
-    if check_mode and not os.path.exists(src):
+    unwritten = check_mode and not os.path.exists(src)
+    if unwritten and data is None:
         return predict_without_source(prims, name, src)
     try:
-        src_name, modinfo, sections = check_source(prims, src, sha256)
+        src_name, modinfo, sections = check_source(prims, src, sha256, data if unwritten else None)
     except LivepatchError as exc:
         # Refused before anything was loaded: this call left nothing behind.
         exc.details.update(
@@ -406,6 +416,7 @@ def remove_patch(
 ):
     """Bring the patch to `absent`: disabled, unpatching transition complete, module removed. A module a forced
     transition pinned stays loaded until reboot; its patch is disabled and the result says `module_pinned`."""
+    check_name(name)
     lp = Livepatch(prims)
     op = Operation(prims, name, transition_timeout, busy_retries, busy_delay)
     before = op.state()

@@ -27,8 +27,29 @@ options:
       - Defaults to the name in O(src)'s C(.modinfo). Required with O(state=absent).
     type: str
   src:
-    description: Path of the livepatch C(.ko) on the managed host. Required with O(state=present).
+    description:
+      - Path of the livepatch C(.ko). Required with O(state=present).
+      - On the controller (relative paths are looked up in the playbook's C(files/) as C(copy) does) unless
+        O(remote_src=true). The action plugin sends the file with the module's arguments and the module writes
+        it to O(remote_dir) as C(SHA256.ko) (mode 0400) after checking it, then loads that copy; copying,
+        checking and loading are one module run on the host.
     type: path
+  remote_src:
+    description: O(src) is a path on the managed host, loaded from where it is; nothing is copied.
+    type: bool
+    default: false
+  remote_dir:
+    description:
+      - Directory on the host for the copies of O(src), an absolute path. Created mode 0700 when missing; an
+        existing one is used as it is (its mode is never changed) and refused when users other than its owner
+        can write to it.
+      - Defaults to C(/var/lib/klpfleet/patches), or C(patches) in O(sim_root) on simulated hosts.
+      - With O(state=absent) and O(sha256), the copy C(SHA256.ko) there is deleted once the patch is removed.
+    type: path
+  content:
+    description:
+      - The C(.ko)'s bytes, base64. Set by the action plugin from O(src); not meant to be set by hand.
+    type: str
   state:
     description:
       - V(present) - loaded, enabled, transition complete.
@@ -41,7 +62,9 @@ options:
     type: dict
     default: {}
   sha256:
-    description: Refuse to load a file whose SHA-256 differs (hex).
+    description:
+      - Refuse to load a file whose SHA-256 differs (64 hex digits). Checked before the copy is written and
+        again right before the load.
     type: str
   transition_timeout:
     description: Seconds to wait for a transition to complete before O(on_stall) applies.
@@ -92,9 +115,9 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Apply a livepatch, backing the transition out if it stalls
+- name: Apply a livepatch from the controller, backing the transition out if it stalls
   klpfleet.livepatch.patch:
-    src: /var/lib/klpfleet/patches/livepatch_cve_2026_1234.ko
+    src: patches/livepatch_cve_2026_1234.ko
     sha256: "{{ patch_sha256 }}"
     state: present
     transition_timeout: 60
@@ -141,7 +164,8 @@ klp_error:
       - V(not_on_top) - this kernel (pre-5.1 lifecycle) disables only the newest patch; newer ones must go first.
       - V(livepatch_unsupported) - the kernel has no livepatch support.
       - V(invalid_argument) - the task's arguments contradict each other or are missing.
-      - V(source_unreadable) - the .ko cannot be read on the host or has no module name.
+      - V(source_unreadable) - the .ko cannot be read (on the controller or the host) or has no module name.
+      - V(install_failed) - the .ko could not be written to (or deleted from) the host's patch directory.
       - V(state_unreadable) - the kernel's livepatch state cannot be read.
       - V(disable_failed) - writing 0 to the patch's enabled file failed.
       - V(insmod_failed) - the module load failed with another errno.
@@ -165,6 +189,7 @@ klp_error:
     - livepatch_unsupported
     - invalid_argument
     - source_unreadable
+    - install_failed
     - state_unreadable
     - disable_failed
     - insmod_failed
@@ -189,6 +214,21 @@ src:
   returned: when the source file was refused
   type: str
   sample: /var/lib/klpfleet/patches/livepatch_cve_2026_1234.ko
+sha256:
+  description: The sha256 of the C(.ko) that was sent (its copy on the host is C(remote_dir/SHA256.ko)).
+  returned: when O(src) was sent from the controller
+  type: str
+  sample: 8568e04b8634353d25a208462fc5b0436012b8f6fbe21c02eed89c872a40e823
+path:
+  description: Where the copy of the C(.ko) is on the host.
+  returned: when O(src) was sent from the controller, or when O(state=absent) deleted a copy
+  type: str
+  sample: /var/lib/klpfleet/patches/8568e04b8634353d25a208462fc5b0436012b8f6fbe21c02eed89c872a40e823.ko
+copied:
+  description: The copy was written (or, with O(state=absent), deleted) by this run.
+  returned: when O(src) was sent from the controller, or O(state=absent) was given O(sha256)
+  type: bool
+  sample: true
 expected_sha256:
   description: The sha256 the task asked for.
   returned: when klp_error is checksum_mismatch
@@ -316,8 +356,11 @@ kernel_log_unreadable:
   sample: "/dev/kmsg: Operation not permitted"
 """
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.klpfleet.livepatch.plugins.module_utils import _artifact as artifact
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._livepatch import LivepatchError
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._module import BACKEND_ARGS, host_primitives
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._operations import apply_patch, remove_patch
@@ -332,6 +375,10 @@ def summary(state, loaded):
     return {"loaded": True, "enabled": state["enabled"], "transition": state["transition"]}
 
 
+def remote_dir(p):
+    return p["remote_dir"] or artifact.default_dir(p["backend"], p["sim_root"])
+
+
 def predicted(target):
     if target == "present":
         return {"loaded": True, "enabled": True, "transition": False}
@@ -343,6 +390,9 @@ def main():
         argument_spec=dict(
             name=dict(type="str"),
             src=dict(type="path"),
+            remote_src=dict(type="bool", default=False),
+            remote_dir=dict(type="path"),
+            content=dict(type="str", no_log=True),
             state=dict(type="str", default="present", choices=["present", "absent"]),
             params=dict(type="dict", default={}),
             sha256=dict(type="str"),
@@ -364,16 +414,31 @@ def main():
         busy_delay=p["busy_delay"],
         check_mode=module.check_mode,
     )
+    copy = {}
     try:
         if p["state"] == "present":
+            src, data = p["src"], None
+            if p["content"] is not None:
+                # Sent from the controller: checked, then written where it is loaded from.
+                try:
+                    data = artifact.decode(p["content"])
+                    sha256 = artifact.checked_sha256(data, p["sha256"])
+                    path, copied = artifact.install(data, remote_dir(p), sha256, module.check_mode)
+                except LivepatchError as exc:
+                    # Refused before anything was loaded: this call left the kernel as it was.
+                    exc.details.update(host_clean=True, attempts=0, transition_seconds=0.0)
+                    raise
+                copy = dict(sha256=sha256, path=path, copied=copied)
+                src = path
             result = apply_patch(
                 prims,
-                p["src"],
+                src,
                 name=p["name"],
                 params=p["params"],
                 sha256=p["sha256"],
                 on_stall=p["on_stall"],
                 allow_force=p["allow_force"],
+                data=data,
                 **common,
             )
         else:
@@ -384,19 +449,24 @@ def main():
                     name=p["name"],
                 )
             result = remove_patch(prims, p["name"], on_stall=p["on_stall"], **common)
+            if p["sha256"]:
+                directory = remote_dir(p)
+                copied = artifact.discard(directory, p["sha256"], module.check_mode)
+                copy = dict(path=os.path.join(directory, p["sha256"].lower() + ".ko"), copied=copied)
     except LivepatchError as exc:
         details = dict(exc.details)
         for warning in details.pop("warnings", []):
             module.warn(warning)  # Ansible shows them and returns them in the result's `warnings`
         # A failure changed the host unless it was verified back to where it started.
         changed = bool(details.get("attempts")) and not details.get("host_clean")
+        changed = changed or bool(copy.get("copied"))
         module.fail_json(
             msg=exc.msg,
             klp_error=exc.klp_error,
             klp_module="patch",
             outcome=FAILURE_OUTCOMES.get(exc.klp_error, "failed"),
             changed=changed,
-            **dict(details, name=details.get("name") or p["name"]),
+            **dict(details, name=details.get("name") or p["name"], **copy),
         )
 
     for warning in result.pop("warnings", []):
@@ -407,7 +477,8 @@ def main():
         after = predicted(p["state"]) if result["changed"] else before
     else:
         after = summary(result["patch"], result["loaded"])
-    result["changed"] = before != after
+    result["changed"] = before != after or bool(copy.get("copied"))
+    result.update(copy)
     if module._diff:
         result["diff"] = dict(before=before, after=after, before_header=result["name"], after_header=result["name"])
     module.exit_json(klp_module="patch", **result)
