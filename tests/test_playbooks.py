@@ -632,7 +632,5 @@ def test_apply_is_one_task_that_copies_checks_and_loads(tmp_path, sqlite_url, mo
         db_url=sqlite_url,
     )
     assert missing.returncode != 0 and "source_unreadable" in missing.stdout
-    by_hand = playbook(
-        inventory, ROOT / "tests" / "playbooks" / "content.yml", "--limit", "sim-02", db_url=sqlite_url
-    )
+    by_hand = playbook(inventory, ROOT / "tests" / "playbooks" / "content.yml", "--limit", "sim-02", db_url=sqlite_url)
     assert by_hand.returncode != 0 and "set by the action plugin" in by_hand.stdout

@@ -17,6 +17,16 @@ EXIT = {"completed": 0, "paused": 1, "aborted": 1, "rolled_back": 1, "failed": 2
 NOT_FINISHED = 3
 
 
+engine_option = click.option(
+    "--engine",
+    type=click.Choice(["auto", "mitogen", "ansible"]),
+    default="auto",
+    show_default=True,
+    help="What runs the playbooks: Mitogen's strategy (pip install 'klpfleet[fast]'), Ansible's own, or "
+    "(auto) Mitogen where it is installed, with Ansible's own as the fallback.",
+)
+
+
 @click.group()
 def rollout() -> None:
     """Plan, run and steer rollouts: waves, gates, pause, promote, abort."""
@@ -40,6 +50,7 @@ def rollout() -> None:
 @click.option("--transition-timeout", metavar="DURATION", help="Per host (default 60s).")
 @click.option("--on-stall", type=click.Choice(["reverse", "wait", "force"]), default="reverse", show_default=True)
 @click.option("--allow-force", is_flag=True, help="Needed with --on-stall force (a forced patch needs a reboot to go).")
+@engine_option
 @output_option
 @click.pass_context
 def create(
@@ -427,6 +438,7 @@ def _status_table(d: dict[str, Any], out: Any) -> None:
     is_flag=True,
     help="Remove a cumulative PATCH although that leaves the hosts with no livepatch at all.",
 )
+@engine_option
 @output_option
 @click.pass_context
 def rollback(
@@ -440,6 +452,7 @@ def rollback(
     forks: int,
     previous_ref: str | None,
     allow_unpatched: bool,
+    engine: str,
     output: str,
 ) -> None:
     """Remove PATCH from hosts, last wave first, stack-aware.
@@ -451,6 +464,7 @@ def rollback(
 
     from sqlalchemy import select
 
+    from klpfleet.controller.engine import resolve as resolve_engine
     from klpfleet.controller.policy import parse_duration
     from klpfleet.controller.rollback import (
         REMOVED,
@@ -520,6 +534,7 @@ def rollback(
     def report(n: int, answers: list[Any]) -> None:
         progress.note(f"batch {n + 1}: " + ", ".join(f"{x.host} {x.result}" for x in answers)[:300])
 
+    runs_with = resolve_engine(engine)
     if previous is not None:
         progress.note(f"loading {previous.name} in its place first")
         answers = restore_batches(
@@ -531,6 +546,7 @@ def rollback(
             ident=f"rollback-{patch_name}-to-{previous.name}",
             forks=forks,
             on_batch=report,
+            engine=runs_with,
         )
     else:
         answers = rollback_batches(
@@ -544,6 +560,7 @@ def rollback(
             health_check=argv,
             bake_seconds=bake_seconds,
             on_batch=report,
+            engine=runs_with,
         )
     with db.session.begin() as s:
         events.record(

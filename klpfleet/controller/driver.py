@@ -17,15 +17,18 @@ from typing import Any, Protocol
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from klpfleet.controller.engine import Engine
+from klpfleet.controller.engine import resolve as resolve_engine
 from klpfleet.controller.gate import Verdict, WaveCounts, decide_gate
 from klpfleet.controller.lease import Lease, LeaseLost
 from klpfleet.controller.policy import Policy
 from klpfleet.controller.rollback import REMOVED, batch_order, rollback_batches
-from klpfleet.controller.runner import HostResult, run_playbook, runs_dir
+from klpfleet.controller.runner import HostResult, RunOutcome, run_playbook, runs_dir
 from klpfleet.controller.store import RolloutStore
 from klpfleet.db import events
 from klpfleet.db.engine import Database
 from klpfleet.db.models import Host, HostPatch, Patch, Rollout, Wave, WaveHost, utcnow
+from klpfleet.errors import UsageError
 from klpfleet.inventory_export import fleet_inventory
 from klpfleet.probe.health import health_checks
 from klpfleet.states import (
@@ -86,6 +89,7 @@ class Driver:
         self.lease = Lease(db, rollout_id)
         self.store = RolloutStore(db, rollout_id)
         self.runs_in = runs_dir(db) / f"rollout-{rollout_id}"
+        self.engine = Engine("ansible", "auto")  # chosen when the drive starts (mark_started)
 
     # ------------------------------------------------------------------ helpers
 
@@ -138,13 +142,39 @@ class Driver:
                     return result
 
     def mark_started(self) -> None:
+        self.engine = self.choose_engine(self.store.policy().engine)
+        engine: dict[str, Any] = {"engine": self.engine.name, "requested": self.engine.requested}
+        if self.engine.reason:
+            engine["engine_reason"] = self.engine.reason
         with self.tx() as s:
             r = self.lease.check(s)
             if r.status == RolloutStatus.PLANNED:
                 r.status, r.started_at = RolloutStatus.RUNNING, utcnow()
-                self.event(s, "rollout.started", r)
+                self.event(s, "rollout.started", r, None, **engine)
             elif r.status == RolloutStatus.RUNNING:
-                self.event(s, "rollout.resumed", r, reason="driver (re)started")
+                self.event(s, "rollout.resumed", r, None, reason="driver (re)started", **engine)
+        if self.engine.reason:
+            self.progress.note(f"engine: {self.engine.name} ({self.engine.reason})")
+
+    @staticmethod
+    def choose_engine(requested: str) -> Engine:
+        """The policy's engine on this machine; Mitogen asked for but not installed here falls back too."""
+        try:
+            return resolve_engine(requested)
+        except UsageError as exc:
+            return Engine("ansible", requested, {}, str(exc))
+
+    def ran(self, run: RunOutcome) -> RunOutcome:
+        """Note a run that gave Mitogen up: the rest of the rollout uses Ansible's own strategy."""
+        if run.fallback is not None and self.engine.name == "mitogen":
+            self.engine = self.engine.fallback(run.fallback)
+            self.progress.note(f"engine: ansible ({run.fallback})")
+            with self.tx() as s:
+                r = self.lease.check(s)
+                self.event(
+                    s, "rollout.engine", r, engine="ansible", requested=self.engine.requested, reason=run.fallback
+                )
+        return run
 
     def mark_completed(self) -> str:
         with self.tx() as s:
@@ -190,16 +220,19 @@ class Driver:
         if not hosts:
             return
         self.progress.note(f"re-reading {len(hosts)} host(s) that were in flight when the controller stopped")
-        run = run_playbook(
-            db=self.db,
-            playbook="gather.yml",
-            records=fleet_inventory(self.db, hosts),
-            extravars={},
-            runs_in=self.runs_in,
-            ident=f"r{self.id}-w{wave_id}-recover",
-            forks=policy.forks,
-            rollout_id=self.id,
-            cancel=self.cancel,
+        run = self.ran(
+            run_playbook(
+                db=self.db,
+                playbook="gather.yml",
+                records=fleet_inventory(self.db, hosts),
+                extravars={},
+                runs_in=self.runs_in,
+                ident=f"r{self.id}-w{wave_id}-recover",
+                forks=policy.forks,
+                rollout_id=self.id,
+                cancel=self.cancel,
+                engine=self.engine,
+            )
         )
         with self.tx() as s:
             r = self.lease.check(s)
@@ -234,16 +267,19 @@ class Driver:
             attempt = max(self.store.wave_host(s, wave_id, n).attempts for n in hosts)
             self.event(s, "wave.run", r, wave=self.store.wave_index(s, wave_id) + 1, hosts=len(hosts), attempt=attempt)
             extravars = self.apply_vars(patch, policy)
-        run = run_playbook(
-            db=self.db,
-            playbook="apply.yml",
-            records=fleet_inventory(self.db, hosts),
-            extravars=extravars,
-            runs_in=self.runs_in,
-            ident=f"r{self.id}-w{wave_id}-t{attempt}",
-            forks=policy.forks,
-            rollout_id=self.id,
-            cancel=self.cancel,
+        run = self.ran(
+            run_playbook(
+                db=self.db,
+                playbook="apply.yml",
+                records=fleet_inventory(self.db, hosts),
+                extravars=extravars,
+                runs_in=self.runs_in,
+                ident=f"r{self.id}-w{wave_id}-t{attempt}",
+                forks=policy.forks,
+                rollout_id=self.id,
+                cancel=self.cancel,
+                engine=self.engine,
+            )
         )
         if run.status == "canceled":
             raise LeaseLost(f"lost the lease on rollout {self.id} during a run; hosts stay marked in flight")
@@ -400,6 +436,7 @@ class Driver:
             transition_timeout=policy.transition_timeout,
             rollout_id=self.id,
             cancel=self.cancel,
+            engine=self.engine,
         )
         with self.tx() as s:
             r = self.lease.check(s)

@@ -7,6 +7,7 @@ import shlex
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from klpfleet.controller.engine import resolve as resolve_engine
 from klpfleet.errors import UsageError
 
 DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
@@ -80,6 +81,7 @@ class Policy:
     allow_force: bool = False
     busy_retries: int = 5
     busy_delay: float = 2.0
+    engine: str = "auto"  # auto | mitogen | ansible (controller/engine.py)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,9 +108,11 @@ def build_policy(
     transition_timeout: str | None,
     on_stall: str,
     allow_force: bool,
+    engine: str = "auto",
 ) -> Policy:
     if on_stall == "force" and not allow_force:
         raise UsageError("--on-stall force needs --allow-force: a forced patch can never be removed before a reboot")
+    resolve_engine(engine)  # refuses an unknown engine, or Mitogen asked for where it is not installed
     if forks < 1 or forks > 500:
         raise UsageError("--forks must be between 1 and 500")
     if retry_refused < 0 or retry_refused > 20:
@@ -138,6 +142,7 @@ def build_policy(
         transition_timeout=parse_duration(transition_timeout, "--transition-timeout") if transition_timeout else 60.0,
         on_stall=on_stall,
         allow_force=allow_force,
+        engine=engine,
     )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from klpfleet.controller.engine import Engine
 from klpfleet.controller.runner import HostResult, run_playbook
 from klpfleet.db.engine import Database
 from klpfleet.db.models import Host, HostPatch, Patch, Rollout, Wave, WaveHost
@@ -144,6 +145,7 @@ def rollback_batches(
     on_batch: Callable[[int, list[HostRollback]], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    engine: Engine | None = None,
 ) -> list[HostRollback]:
     done: list[HostRollback] = []
     for n, batch in enumerate(b for b in batches if b):
@@ -156,6 +158,7 @@ def rollback_batches(
             runs_in=runs_in,
             ident=f"{ident}-b{n}-gather",
             forks=forks,
+            engine=engine,
             rollout_id=rollout_id,
             cancel=cancel,
         )
@@ -182,6 +185,7 @@ def rollback_batches(
             forks=forks,
             rollout_id=rollout_id,
             cancel=cancel,
+            engine=engine,
         )
         if health_check:
             healthy = [h for h, a in answers.items() if a.result == REMOVED]
@@ -210,6 +214,7 @@ def restore_batches(
     forks: int,
     transition_timeout: float = 60.0,
     on_batch: Callable[[int, list[HostRollback]], None] | None = None,
+    engine: Engine | None = None,
 ) -> list[HostRollback]:
     """Roll a cumulative patch back to the one it replaced: load `previous` first (a cumulative patch replaces
     the current one atomically, so the host is never without a livepatch), then remove what is left of
@@ -230,12 +235,21 @@ def restore_batches(
             runs_in=runs_in,
             ident=f"{ident}-b{n}-apply-{previous.name}",
             forks=forks,
+            engine=engine,
         )
         answers = {h: _failed(h, applied.results[h]) for h in batch if applied.results[h].status != "ok"}
         ready = [h for h in batch if h not in answers]  # a host where `previous` failed keeps `patch_name`
         plans = {h: [patch_name] for h in ready}
         _remove_in_order(
-            db, records, plans, answers, transition_timeout, runs_in=runs_in, ident=f"{ident}-b{n}", forks=forks
+            db,
+            records,
+            plans,
+            answers,
+            transition_timeout,
+            runs_in=runs_in,
+            ident=f"{ident}-b{n}",
+            forks=forks,
+            engine=engine,
         )
         for host in ready:
             answers[host].detail = f"{previous.name} applied in its place" + (
@@ -260,6 +274,7 @@ def _remove_in_order(
     forks: int,
     rollout_id: int | None = None,
     cancel: Callable[[], bool] | None = None,
+    engine: Engine | None = None,
 ) -> None:
     """Remove each host's planned patches in order, one remove.yml run per patch and step, answering per host:
     removed (and which modules a forced transition left loaded until reboot), or the first failure."""
@@ -277,6 +292,7 @@ def _remove_in_order(
                 runs_in=runs_in,
                 ident=f"{ident}-s{step}-{name}",
                 forks=forks,
+                engine=engine,
                 rollout_id=rollout_id,
                 cancel=cancel,
             )

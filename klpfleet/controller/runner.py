@@ -9,6 +9,7 @@ controller run and a hand run are recorded by the same code.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from typing import Any
 import yaml
 
 from klpfleet.collection import collections_path, playbooks_path
+from klpfleet.controller.engine import Engine, failed_to_start, resolve
 from klpfleet.db.engine import Database, default_data_dir
 from klpfleet.inventory_export import TrustedTemplate, host_vars
 
@@ -44,6 +46,8 @@ class RunOutcome:
     status: str  # ansible-runner's: successful | failed | canceled | timeout
     rc: int | None
     directory: Path
+    engine: str = "ansible"  # what ran it: mitogen | ansible
+    fallback: str | None = None  # why Mitogen was given up for Ansible's own strategy during this run
 
 
 def runs_dir(db: Database) -> Path:
@@ -94,10 +98,49 @@ def run_playbook(
     forks: int,
     rollout_id: int | None = None,
     cancel: Callable[[], bool] | None = None,
+    engine: Engine | None = None,
 ) -> RunOutcome:
     """Run one playbook over exactly these hosts in a new folder under `runs_in` (named after `ident`). Results are
     recorded here, from ansible-runner's event stream, by the recorder callback's own code: the run itself
-    gets no database URL or password, and its folder holds no secret once it ends."""
+    gets no database URL or password, and its folder holds no secret once it ends.
+
+    Under Mitogen (the default where it is installed), a run that fails before any host answered is run again
+    with Ansible's own strategy; the outcome says so (`fallback`). No module ran, so nothing runs twice."""
+    engine = engine or resolve("auto")
+    once = functools.partial(
+        _run_once,
+        db=db,
+        playbook=playbook,
+        records=records,
+        extravars=extravars,
+        runs_in=runs_in,
+        forks=forks,
+        rollout_id=rollout_id,
+        cancel=cancel,
+    )
+    outcome, error = once(ident=ident, engine=engine)
+    answered = sum(1 for r in outcome.results.values() if r.status != "missing")
+    if engine.name == "mitogen" and failed_to_start(outcome.status, answered):
+        reason = f"Mitogen failed before any host answered: {error or 'no output'}"
+        outcome, _ = once(ident=f"{ident}-ansible", engine=engine.fallback(reason))
+        outcome.fallback = reason
+    return outcome
+
+
+def _run_once(
+    *,
+    db: Database,
+    playbook: str,
+    records: list[dict[str, Any]],
+    extravars: dict[str, Any],
+    runs_in: Path,
+    ident: str,
+    forks: int,
+    rollout_id: int | None,
+    cancel: Callable[[], bool] | None,
+    engine: Engine,
+) -> tuple[RunOutcome, str | None]:
+    """One ansible-runner run: its outcome and the last error line it printed."""
     import ansible_runner
 
     from klpfleet.db.events import default_actor
@@ -141,6 +184,7 @@ def run_playbook(
         # Recorded here, not by a recorder inside the run; the controller's own database URL is masked.
         "KLPFLEET_CONTROLLER_RECORDS": "1",
         "KLPFLEET_DB": "",
+        **engine.envvars,
     }
     if "ANSIBLE_CONFIG" not in os.environ:
         envvars["ANSIBLE_CONFIG"] = str(_default_config(workdir))
@@ -169,7 +213,18 @@ def run_playbook(
     recorder.finish_run(run_id, run_status, {"hosts": stats})
     for h in records:
         results.setdefault(h["name"], HostResult(h["name"], "missing", {"msg": "no result from the run"}))
-    return RunOutcome(results=results, status=runner.status, rc=runner.rc, directory=workdir)
+    outcome = RunOutcome(results=results, status=runner.status, rc=runner.rc, directory=workdir, engine=engine.name)
+    return outcome, _last_error(workdir / "artifacts" / ident / "stdout")
+
+
+def _last_error(stdout: Path) -> str | None:
+    """The run's last `ERROR` line (what made a run fail before any host answered)."""
+    try:
+        lines = stdout.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    errors = [line.strip() for line in lines if "ERROR" in line]
+    return errors[-1][:300] if errors else None
 
 
 def scrub_run_dir(workdir: Path) -> None:
