@@ -30,6 +30,8 @@ DEFAULT_LABEL_KEYS = ("zone", "rack", "region", "datacenter", "failure_domain")
 KEPT_VARS = frozenset(
     {
         "ansible_connection",
+        "ansible_become_method",
+        "ansible_become_user",
         "ansible_python_interpreter",
         "ansible_ssh_common_args",
         "ansible_ssh_extra_args",

@@ -92,3 +92,23 @@ def test_mitogen_that_fails_to_start_falls_back_with_the_reason(cli, env, monkey
     assert "mitogen_linear" in switched[0]["reason"]  # Ansible's own words about the missing strategy
     for i in (1, 2, 4, 5, 6):
         assert enable_count(env / "broken", f"sim-0{i}", PATCH) == 1  # the failed start ran nothing
+
+
+@pytest.mark.ansible
+def test_async_under_mitogen_is_refused_at_once(tmp_path):
+    """Mitogen's isolated async child hangs importing a collection's module_utils: the action plugin says so
+    at once rather than letting the job run into its time limit."""
+    from .ansiblehelpers import playbook
+
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    fleet_db(tmp_path, url, hosts=1)
+    book = tmp_path / "async.yml"
+    book.write_text(
+        "- hosts: all\n  gather_facts: false\n  tasks:\n"
+        "    - klpfleet.livepatch.patch_info:\n      async: 30\n      poll: 1\n"
+    )
+    mitogen = engines.resolve("mitogen")
+    proc = playbook(tmp_path / "fleet" / "inventory.yml", book, db_url=url, env=mitogen.envvars, timeout=60)
+    assert proc.returncode != 0 and "async is not supported" in proc.stdout, proc.stdout[-2000:]
+    plain = playbook(tmp_path / "fleet" / "inventory.yml", book, db_url=url, timeout=60)
+    assert plain.returncode == 0, plain.stdout[-2000:]  # Ansible's own strategy runs it

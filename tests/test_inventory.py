@@ -244,3 +244,45 @@ def test_inventory_vars_equal_ansibles_own_for_every_host(tmp_path, monkeypatch,
         assert {k: v for k, v in got.items() if k not in magic} == {
             k: v for k, v in expected.items() if k not in magic
         }, host.name
+
+
+def test_unchanged_static_sources_are_not_parsed_again(cli, sqlite_db, sqlite_url, tmp_path, monkeypatch):
+    """A re-import is answered from the last import's fingerprint only when nothing it depends on changed:
+    the source's bytes, its group_vars/host_vars, the options, Ansible's settings, and the hosts themselves."""
+    inv = tmp_path / "site"
+    source = write(inv / "hosts.ini", "[web]\nweb1 zone=a\nweb2 zone=b\n")
+
+    def imported(*args):
+        result = cli("--db", sqlite_url, "inventory", "import", "-i", source, *args, "-o", "json")
+        assert result.code == 0, result.err
+        return result.json()["data"]
+
+    assert imported()["added"] == 2
+    events_before = event_count(sqlite_db)
+    again = imported()
+    assert again["skipped"] and again["unchanged"] == 2 and event_count(sqlite_db) == events_before  # wrote nothing
+    assert not imported("--reread")["skipped"]
+
+    write(inv / "group_vars" / "web.yml", "klp_on_stall: wait\n")
+    assert imported()["updated"] == 2  # a group_vars file beside the source counts
+    assert imported()["skipped"]
+    assert not imported("--label", "rack")["skipped"]  # other options, another reading
+    monkeypatch.setenv("ANSIBLE_PRECEDENCE", "groups_inventory,all_inventory")
+    assert not imported()["skipped"]  # another Ansible setting, another reading
+    monkeypatch.delenv("ANSIBLE_PRECEDENCE")
+    assert not imported()["skipped"]
+    source.write_text("[web]\nweb1 zone=a\nweb2 zone=c\n")
+    changed = imported()
+    assert not changed["skipped"] and changed["updated"] == 1
+
+    other = write(tmp_path / "other.ini", "[db]\ndb1\n")
+    assert cli("--db", sqlite_url, "inventory", "import", "-i", other).code == 0
+    assert not imported()["skipped"]  # a host was added since: the database is not what the last import left
+
+    script = tmp_path / "dynamic.sh"
+    script.write_text('#!/bin/sh\necho \'{"all": {"hosts": ["dyn1"]}}\'\n')
+    script.chmod(0o755)
+    for _ in range(2):  # a script may answer differently every time: always run
+        result = cli("--db", sqlite_url, "inventory", "import", "-i", script, "-o", "json")
+        assert result.code == 0, result.err
+        assert not result.json()["data"]["skipped"]

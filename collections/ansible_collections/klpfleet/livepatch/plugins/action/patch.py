@@ -37,6 +37,16 @@ class ActionModule(ActionBase):
             from ansible_collections.klpfleet.livepatch.plugins.module_utils import _primitives
 
             args["sim_kernel"] = os.path.join(os.path.dirname(_primitives.__file__), "_sim_kernel.py")
+        if self._task.async_val and hasattr(self._connection, "spawn_isolated_child"):  # a Mitogen connection
+            # Mitogen runs async jobs in an isolated child that never finishes importing this collection's
+            # module_utils (the job hangs until its time limit): say so at once instead.
+            return self._refused(
+                result,
+                args,
+                "invalid_argument",
+                "async is not supported for klpfleet.livepatch modules under Mitogen's strategy; "
+                "run the task without async, or the play with Ansible's own strategy",
+            )
         if args.pop("content", None) is not None:
             return self._refused(result, args, "invalid_argument", "content is set by the action plugin, not by hand")
         if args.get("state", "present") == "present" and args.get("src") and not self._remote_src(args):
