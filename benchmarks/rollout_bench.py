@@ -73,7 +73,9 @@ class Contender:
             {**self.env, "KLPFLEET_DB": self.db, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")},
         )
         self.klpfleet("patch", "add", str(ko))
-        created = self.klpfleet("rollout", "create", "livepatch_bench", "--waves", waves, "--forks", str(forks), *options, "-o", "json")
+        created = self.klpfleet(
+            "rollout", "create", "livepatch_bench", "--waves", waves, "--forks", str(forks), *options, "-o", "json"
+        )
         rid = str(json.loads(created.stdout)["data"]["id"])
         wall, cpu = timed([*self.cli, "--db", self.db, "rollout", "start", rid, "--wait"], self.env, cwd=self.dir)
         status = json.loads(self.klpfleet("rollout", "status", rid, "-o", "json").stdout)["data"]
@@ -82,7 +84,11 @@ class Contender:
     def by_hand(self, ko: Path, waves: str, forks: int) -> tuple[float, float]:
         serial = [int(w) if w.isdigit() else w for w in waves.split(",")]
         (self.dir / "defaults.cfg").write_text(f"[defaults]\ncollections_path = {ROOT / 'collections'}\n")
-        extra = {"bench_ko": str(ko), "bench_sha256": hashlib.sha256(ko.read_bytes()).hexdigest(), "bench_serial": serial}
+        extra = {
+            "bench_ko": str(ko),
+            "bench_sha256": hashlib.sha256(ko.read_bytes()).hexdigest(),
+            "bench_serial": serial,
+        }
         argv = [str(BIN / "ansible-playbook"), "-i", str(self.inventory), str(ROOT / "benchmarks" / "handwritten.yml")]
         env = {**self.env, "ANSIBLE_CONFIG": str(self.dir / "defaults.cfg")}
         return timed([*argv, "-f", str(forks), "-e", json.dumps(extra)], env)
@@ -92,7 +98,9 @@ def baseline_checkout(tmp: Path, rev: str) -> Path | None:
     if rev == "none":
         return None
     target = tmp / "baseline"
-    proc = subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(target), rev], capture_output=True)
+    proc = subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(target), rev], capture_output=True
+    )
     if proc.returncode != 0:
         print(f"(no baseline: git worktree add {rev} failed: {proc.stderr.decode().strip()[:200]})")
         return None
@@ -115,7 +123,9 @@ def main() -> None:
             "KLPFLEET_RUN_DIR": str(tmp / "runs"),
         }
         env.pop("ANSIBLE_CONFIG", None)
-        (tmp / "lp.yml").write_text("name: livepatch_bench\nobjects: [{name: vmlinux, funcs: [tcp_send_challenge_ack]}]\n")
+        (tmp / "lp.yml").write_text(
+            "name: livepatch_bench\nobjects: [{name: vmlinux, funcs: [tcp_send_challenge_ack]}]\n"
+        )
         ko = tmp / "lp.ko"
         run([sys.executable, "-m", "klpfleet.cli.main", "sim", "build-patch", str(tmp / "lp.yml"), "-o", str(ko)], env)
         code = baseline_checkout(tmp, args.baseline)
@@ -124,7 +134,10 @@ def main() -> None:
             rows: dict[str, tuple[float, float]] = {}
             wall, cpu = Contender("by-hand", tmp, args.hosts, env).by_hand(ko, args.waves, args.forks)
             rows["hand-written playbook (copy + load, Ansible defaults)"] = (wall, cpu)
-            contenders = [("klpfleet now, --engine ansible", None, ("--engine", "ansible")), ("klpfleet now (default engine)", None, ())]
+            contenders = [
+                ("klpfleet now, --engine ansible", None, ("--engine", "ansible")),
+                ("klpfleet now (default engine)", None, ()),
+            ]
             if code is not None:
                 contenders.insert(0, (f"klpfleet at {args.baseline}", code, ()))
             for label, checkout, options in contenders:
@@ -137,7 +150,9 @@ def main() -> None:
                 rows[label] = (wall, cpu)
         finally:
             if code is not None:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(code)], capture_output=True)
+                subprocess.run(
+                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(code)], capture_output=True
+                )
     hand = rows["hand-written playbook (copy + load, Ansible defaults)"]
     now = rows["klpfleet now (default engine)"]
     print(f"{'':58} {'wall s':>7} {'CPU s':>7} {'CPU/host':>9}")
@@ -146,7 +161,10 @@ def main() -> None:
     print(f"klpfleet now / hand-written: wall {now[0] / hand[0]:.2f}x, CPU {now[1] / hand[1]:.2f}x   (target <= 0.5x)")
     earlier = rows.get(f"klpfleet at {args.baseline}")
     if earlier:
-        print(f"klpfleet now / klpfleet at {args.baseline}: wall {now[0] / earlier[0]:.2f}x, CPU {now[1] / earlier[1]:.2f}x   (target <= 0.5x)")
+        print(
+            f"klpfleet now / klpfleet at {args.baseline}: wall {now[0] / earlier[0]:.2f}x, "
+            f"CPU {now[1] / earlier[1]:.2f}x   (target <= 0.5x)"
+        )
 
 
 if __name__ == "__main__":

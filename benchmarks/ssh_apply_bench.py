@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probe_bench import start_sshd  # noqa: E402  (the same loopback sshd as the probe's benchmark)
+from probe_bench import start_sshd
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -62,6 +62,7 @@ def measure(tmp: Path, port: int, engine: str, hosts: int, forks: int) -> tuple[
         "KLPFLEET_DB": str(work / "k.db"),
         "KLPFLEET_RUN_DIR": str(work / "runs"),
         "KLPFLEET_ARTIFACTS": str(work / "art"),
+        "KLPFLEET_KNOWN_HOSTS": str(tmp / "known_hosts"),
     }
     inventory = {}
     for i in range(1, hosts + 1):
@@ -88,6 +89,7 @@ def measure(tmp: Path, port: int, engine: str, hosts: int, forks: int) -> tuple[
 
     klpfleet("db", "upgrade")
     klpfleet("inventory", "import", "-i", str(work / "inventory.yml"))
+    klpfleet("probe", "--forks", str(forks))  # the kernel release each host runs, before any plan
     klpfleet("sim", "build-patch", str(work / "lp.yml"), "-o", str(work / "lp.ko"))
     klpfleet("patch", "add", str(work / "lp.ko"))
     created = klpfleet(
