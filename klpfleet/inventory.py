@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import pickle
 import re
+import signal
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -89,7 +91,9 @@ class ImportResult:
         return {k: len(getattr(self, k)) for k in ("added", "updated", "unchanged", "removed")}
 
 
-def _prepare_ansible_env() -> None:
+def prepare_ansible_env() -> None:
+    """Settings ansible-core reads once, when its constants are first imported: call before anything imports
+    ansible.constants (the import's fingerprint does)."""
     # A source Ansible cannot parse must fail the import, not become an empty inventory with a warning.
     os.environ.setdefault("ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED", "True")
     os.environ.setdefault("ANSIBLE_INVENTORY_UNPARSED_WARNING", "False")
@@ -103,7 +107,7 @@ def enable_collection_inventory_plugins() -> None:
     (amazon.aws.aws_ec2, klpfleet.livepatch.fleet ...). This installs ansible-core's collection loader,
     which then owns the `ansible_collections` namespace: call it only in a process that does not also
     import klpfleet's own module_utils (the CLI command does not; the simulator and tests do)."""
-    _prepare_ansible_env()
+    prepare_ansible_env()
     from ansible.plugins.loader import init_plugin_loader
 
     from klpfleet.collection import collections_path
@@ -115,7 +119,7 @@ def read_inventory(sources: list[str], label_keys: tuple[str, ...] = DEFAULT_LAB
     for source in sources:
         if "," not in source and not os.path.exists(source):
             raise UsageError(f"inventory source {source!r} does not exist")
-    _prepare_ansible_env()
+    prepare_ansible_env()
     from ansible.errors import AnsibleError
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
@@ -126,11 +130,7 @@ def read_inventory(sources: list[str], label_keys: tuple[str, ...] = DEFAULT_LAB
         with captured_ansible_warnings() as warnings:
             manager = InventoryManager(loader=loader, sources=sources)
         inventory_vars = InventoryVars(loader, manager, sources, wanted_vars(label_keys))
-        hosts = []
-        for host in manager.get_hosts():
-            hosts.append(
-                _to_inventory_host(host.name, inventory_vars.of(host), [g.name for g in host.get_groups()], label_keys)
-            )
+        hosts = convert_hosts(manager.get_hosts(), inventory_vars, label_keys)
     except AnsibleError as exc:
         message = " ".join(str(getattr(exc, "message", exc)).split())
         raise UsageError(f"cannot read inventory: {message}{most_telling(warnings)}") from None
@@ -139,6 +139,58 @@ def read_inventory(sources: list[str], label_keys: tuple[str, ...] = DEFAULT_LAB
         # remove every host from the database.
         raise UsageError(f"the inventory sources list no hosts: {', '.join(sources)}{most_telling(warnings)}")
     return hosts
+
+
+# Below this many hosts a second process costs more than it saves.
+PARALLEL_FROM = 20_000
+
+
+def convert_hosts(found: list[Any], inventory_vars: InventoryVars, label_keys: tuple[str, ...]) -> list[InventoryHost]:
+    """Ansible's hosts as InventoryHosts, in order. A large inventory is split with a forked child that
+    converts the second half while this process converts the first (the parse before it uses one core; this
+    uses both), and sends it back pickled."""
+
+    def convert(part: list[Any]) -> list[InventoryHost]:
+        out = []
+        for host in part:
+            hostvars, groups = inventory_vars.of(host)
+            out.append(_to_inventory_host(host.name, hostvars, groups, label_keys))
+        return out
+
+    if len(found) < PARALLEL_FROM or (os.cpu_count() or 1) < 2:
+        return convert(found)
+    middle = len(found) // 2
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: convert, send, and leave without running any of the parent's cleanup
+        code = 0
+        try:
+            os.close(reader)
+            try:
+                answer: tuple[str, Any] = ("hosts", convert(found[middle:]))
+            except UsageError as exc:
+                answer = ("error", str(exc))
+            with os.fdopen(writer, "wb") as out:
+                pickle.dump(answer, out, protocol=pickle.HIGHEST_PROTOCOL)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(writer)
+    try:
+        first = convert(found[:middle])
+        with os.fdopen(reader, "rb") as inp:
+            kind, value = pickle.load(inp)  # noqa: S301  (our own child, through a private pipe)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.kill(child, signal.SIGKILL)
+        raise
+    finally:
+        os.waitpid(child, 0)
+    if kind == "error":
+        raise UsageError(value)
+    second: list[InventoryHost] = value
+    return first + second
 
 
 class InventoryVars:
@@ -152,7 +204,9 @@ class InventoryVars:
 
     def __init__(self, loader: Any, manager: Any, sources: list[str], keys: frozenset[str] | None = None) -> None:
         self.loader, self.manager, self.sources, self.keys = loader, manager, sources, keys
-        self._by_groups: dict[tuple[str, ...], dict[str, Any]] = {}
+        # By the identity of a host's groups (the same objects for every host in them), so a host costs a
+        # lookup, not a sort.
+        self._by_groups: dict[tuple[int, ...], tuple[dict[str, Any], list[str]]] = {}
         self._hosts_have_plugin_vars: bool | None = None
 
     def _only(self, found: dict[str, Any]) -> dict[str, Any]:
@@ -186,15 +240,14 @@ class InventoryVars:
                 merged = combine_vars(merged, parts[entry]())
         return merged
 
-    def of(self, host: Any) -> dict[str, Any]:
-        from ansible.inventory.helpers import sort_groups
+    def of(self, host: Any) -> tuple[dict[str, Any], list[str]]:
+        """(the host's variables, the names of its groups)."""
         from ansible.utils.vars import combine_vars
 
-        groups = sort_groups([g for g in host.get_groups() if g.name != "all"])
-        key = tuple(g.name for g in groups)
+        key = tuple(map(id, host.get_groups()))
         if key not in self._by_groups:
-            self._by_groups[key] = self._group_vars(groups)
-        merged = self._by_groups[key]
+            self._by_groups[key] = self._for_groups(host.get_groups())
+        merged, names = self._by_groups[key]
         # host.vars, not host.get_vars(): the magic vars it adds are Ansible's, never kept.
         own = self._only(host.vars) if self.keys is not None else host.get_vars()
         if own:
@@ -203,7 +256,13 @@ class InventoryVars:
             found = self._plugins([host])
             if found:
                 merged = combine_vars(merged, found)
-        return merged
+        return merged, names
+
+    def _for_groups(self, groups: list[Any]) -> tuple[dict[str, Any], list[str]]:
+        from ansible.inventory.helpers import sort_groups
+
+        ordered = sort_groups([g for g in groups if g.name != "all"])
+        return self._group_vars(ordered), [g.name for g in groups]
 
     def _any_host_plugin_vars(self) -> bool:
         """Whether vars plugins (host_vars/ and the like) give any host anything: asked once for all hosts

@@ -237,8 +237,9 @@ def test_inventory_vars_equal_ansibles_own_for_every_host(tmp_path, monkeypatch,
     assert len(hosts) == 4
     for host in hosts:
         expected = reference.get_vars(host=host, include_hostvars=False)
-        got = everything.of(host)
-        assert kept.of(host) == {k: v for k, v in expected.items() if k in wanted_vars(DEFAULT_LABEL_KEYS)}
+        got, groups = everything.of(host)
+        assert groups == [g.name for g in host.get_groups()]
+        assert kept.of(host)[0] == {k: v for k, v in expected.items() if k in wanted_vars(DEFAULT_LABEL_KEYS)}
         # Magic vars are Ansible's own, facts are never kept by klpfleet (and this run gathered none).
         magic = {*reference._get_magic_variables(None, host, None, False, None, None), "ansible_facts"}
         assert {k: v for k, v in got.items() if k not in magic} == {
@@ -286,3 +287,24 @@ def test_unchanged_static_sources_are_not_parsed_again(cli, sqlite_db, sqlite_ur
         result = cli("--db", sqlite_url, "inventory", "import", "-i", script, "-o", "json")
         assert result.code == 0, result.err
         assert not result.json()["data"]["skipped"]
+
+
+def test_a_large_inventory_is_converted_by_two_processes_with_the_same_result(tmp_path, monkeypatch):
+    """Above PARALLEL_FROM hosts a forked child converts the second half: same hosts, same order, and a bad
+    host in the child's half is the same one-line error."""
+    from klpfleet import inventory
+    from klpfleet.errors import UsageError
+
+    lines = ["[web]"] + [f"web{n:03d} ansible_host=10.0.0.{n % 250} zone=z{n % 3}" for n in range(60)]
+    lines += ["[db]", "db1 ansible_port=2222", "[web:vars]", "klp_on_stall=wait"]
+    source = write(tmp_path / "hosts.ini", "\n".join(lines) + "\n")
+    alone = inventory.read_inventory([str(source)])
+    monkeypatch.setattr(inventory, "PARALLEL_FROM", 10)
+    together = inventory.read_inventory([str(source)])
+    assert together == alone and len(together) == 61
+    assert (together[-1].name, together[-1].port) == ("db1", 2222)
+    assert together[-2].vars == {"klp_on_stall": "wait"} and together[-2].labels == {"zone": "z2"}
+
+    source.write_text(source.read_text().replace("web059 ansible_host", "web059 ansible_port=x ansible_host"))
+    with pytest.raises(UsageError, match="host 'web059': ansible_port 'x' is not a number"):
+        inventory.read_inventory([str(source)])
