@@ -149,3 +149,25 @@ def test_checksum_in_any_case(capsys, host_dir, tmp_path):
     ko = build(tmp_path, "lp_fix")
     result = run_module(patch_module, capsys, backend="sim", sim_root=host_dir, src=ko, sha256=file_sha256(ko).upper())
     assert result["outcome"] == "applied"
+
+
+def test_a_sha256_or_name_that_is_not_one_never_becomes_a_path(capsys, host_dir, tmp_path):
+    """The sha256 names the copy to write or delete and the name a directory under /sys: anything else is
+    refused before a file is touched."""
+    import base64
+    from pathlib import Path
+
+    outside = tmp_path / "keep.ko"
+    outside.write_bytes(b"not yours")
+    sim = {"backend": "sim", "sim_root": host_dir}
+    traversal = "../" * 8 + str(outside)[1:-3]
+    removed = run_module(patch_module, capsys, **sim, name="lp_fix", state="absent", sha256=traversal)
+    assert removed["klp_error"] == "invalid_argument" and outside.exists()
+    ko = build(tmp_path, "lp_fix")
+    content = base64.b64encode(Path(ko).read_bytes()).decode()
+    sent = run_module(patch_module, capsys, **sim, src=ko, content=content, sha256=traversal)
+    assert sent["klp_error"] == "invalid_argument" and not (tmp_path / "host" / "patches").exists()
+    named = run_module(patch_module, capsys, **sim, name="../../etc", state="absent")
+    assert named["klp_error"] == "invalid_argument"
+    good = run_module(patch_module, capsys, **sim, src=ko, content=content, sha256=file_sha256(ko))
+    assert good["outcome"] == "applied" and good["copied"] and good["path"].endswith(f"{file_sha256(ko)}.ko")

@@ -40,13 +40,19 @@ def decode(content):
         raise LivepatchError("invalid_argument", "content is not base64 (it is set by the action plugin)") from None
 
 
+def sha256_hex(value):
+    """The sha256 as 64 lower-case hex digits; it names a file, so nothing else is accepted."""
+    wanted = value.lower() if isinstance(value, str) else ""
+    if len(wanted) != 64 or not set(wanted) <= SHA256_HEX:
+        raise LivepatchError("invalid_argument", "sha256 must be 64 hex digits (got %r)" % (str(value)[:80],))
+    return wanted
+
+
 def checked_sha256(data, expected):
     """The data's sha256, refused when the task expected another one."""
     actual = hashlib.sha256(data).hexdigest()
     if expected is not None:
-        wanted = expected.lower()
-        if len(wanted) != 64 or not set(wanted) <= SHA256_HEX:
-            raise LivepatchError("invalid_argument", "sha256 must be 64 hex digits (got %r)" % expected[:80])
+        wanted = sha256_hex(expected)
         if wanted != actual:
             raise LivepatchError(
                 "checksum_mismatch",
@@ -108,7 +114,7 @@ def install(data, directory, sha256, check_mode=False):
 def discard(directory, sha256, check_mode=False):
     """Delete the copy DIRECTORY/SHA256.ko if there is one; whether there was."""
     usable_directory(directory)
-    path = os.path.join(directory, sha256.lower() + ".ko")
+    path = os.path.join(directory, sha256_hex(sha256) + ".ko")
     if not os.path.isfile(path):
         return False
     if not check_mode:

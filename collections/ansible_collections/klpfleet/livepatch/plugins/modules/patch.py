@@ -452,7 +452,7 @@ def main():
             if p["sha256"]:
                 directory = remote_dir(p)
                 copied = artifact.discard(directory, p["sha256"], module.check_mode)
-                copy = dict(path=os.path.join(directory, p["sha256"].lower() + ".ko"), copied=copied)
+                copy = dict(path=os.path.join(directory, artifact.sha256_hex(p["sha256"]) + ".ko"), copied=copied)
     except LivepatchError as exc:
         details = dict(exc.details)
         for warning in details.pop("warnings", []):
