@@ -180,7 +180,12 @@ def convert_hosts(found: list[Any], inventory_vars: InventoryVars, label_keys: t
     try:
         first = convert(found[:middle])
         with os.fdopen(reader, "rb") as inp:
-            kind, value = pickle.load(inp)  # noqa: S301  (our own child, through a private pipe)
+            try:
+                kind, value = pickle.load(inp)  # noqa: S301  (our own child, through a private pipe)
+            except (EOFError, pickle.UnpicklingError):
+                # The child died of something unforeseen: convert its half here, so the error (if it was
+                # one) surfaces as it would have without the child.
+                kind, value = "hosts", None
     except BaseException:
         with contextlib.suppress(OSError):
             os.kill(child, signal.SIGKILL)
@@ -189,7 +194,7 @@ def convert_hosts(found: list[Any], inventory_vars: InventoryVars, label_keys: t
         os.waitpid(child, 0)
     if kind == "error":
         raise UsageError(value)
-    second: list[InventoryHost] = value
+    second: list[InventoryHost] = value if value is not None else convert(found[middle:])
     return first + second
 
 

@@ -303,6 +303,13 @@ def test_a_large_inventory_is_converted_by_two_processes_with_the_same_result(tm
     together = inventory.read_inventory([str(source)])
     assert together == alone and len(together) == 61
     assert (together[-1].name, together[-1].port) == ("db1", 2222)
+
+    def broken_pipe(*args, **kwargs):
+        raise RuntimeError("the child dies before it answers")
+
+    with monkeypatch.context() as patched:  # the child dies: this process converts its half itself
+        patched.setattr(inventory.pickle, "dump", broken_pipe)
+        assert inventory.read_inventory([str(source)]) == alone
     assert together[-2].vars == {"klp_on_stall": "wait"} and together[-2].labels == {"zone": "z2"}
 
     source.write_text(source.read_text().replace("web059 ansible_host", "web059 ansible_port=x ansible_host"))
