@@ -18,8 +18,6 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 
 HOST_VAR_DEFAULTS = (("backend", "klp_backend"), ("sim_root", "klp_sim_root"))
-# No kernel module is this large (the host code's own limit, module_utils/_modinfo.MAX_MODULE_BYTES).
-MAX_KO_BYTES = 64 * 1024 * 1024
 
 
 class ActionModule(ActionBase):
@@ -71,10 +69,12 @@ class ActionModule(ActionBase):
 
     def _controller_ko(self, src):
         """(absolute path, base64 bytes) of the .ko on the controller."""
+        from ansible_collections.klpfleet.livepatch.plugins.module_utils._modinfo import MAX_MODULE_BYTES
+
         path = self._find_needle("files", src)
         try:
             size = os.path.getsize(path)
-            if size > MAX_KO_BYTES:
+            if size > MAX_MODULE_BYTES:  # the host code's own limit
                 raise AnsibleError("%s is %d bytes, larger than any kernel module" % (path, size))
             with open(path, "rb") as f:
                 data = f.read()
