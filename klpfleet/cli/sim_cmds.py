@@ -57,6 +57,34 @@ def host_create(directory: str, kernel_release: str, speed: float) -> None:
     info(f"simulated host in {directory} running {kernel_release}")
 
 
+@host.command("reboot")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--kernel-release", default=None, help="Boot another kernel release (default: the one it runs).")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds the boot loader waits for each transition.")
+@output_option
+def host_reboot(directory: str, kernel_release: str | None, timeout: float, output: str) -> None:
+    """Reboot a simulated host: a fresh kernel, then the boot loader loads the patches kept for its release.
+
+    Exit status: 0 every kept patch loaded (or none kept), 1 a kept patch failed to load at boot, 2 bad input."""
+    from klpfleet.sim.fleet import reboot_host
+
+    status = reboot_host(Path(directory), kernel_release, timeout)
+
+    def render(d: dict[str, Any], out: Any) -> None:
+        info(f"{directory} booted {d['kernel_release']} (boot id {d['boot_id']})")
+        if d.get("error"):
+            info(f"boot loader: {d['error']}")
+        rows = [[r["name"], r["outcome"], r.get("klp_error") or "", r.get("msg") or ""] for r in d["results"]]
+        if rows:
+            table(None, ["patch", "outcome", "klp_error", "message"], rows, out)
+        else:
+            info("no patches kept for this kernel release")
+
+    emit("boot", status, output, render)
+    failed = [r for r in status["results"] if r["outcome"] not in ("applied", "already_applied")]
+    click.get_current_context().exit(1 if failed or status.get("error") else 0)
+
+
 @host.command("log")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--selftest-filter", is_flag=True, help="Filter as the kernel selftests do.")

@@ -83,26 +83,61 @@ def create_host(
             )
     if faults.get("log_unreadable"):  # dmesg_restrict without CAP_SYSLOG, a container, an LSM
         options.setdefault("faults", {})["log_unreadable"] = True
+    stall = faults.get("stall") or []
+    stalls = [dict(s) for s in (stall if isinstance(stall, list) else [stall])]
+    options["boot"] = {"stalls": stalls, "modules": [str(n) for n in faults.get("modules", []) or []]}
     sim.create_host(str(root), kernel_release, **options)
-    stall = faults.get("stall")
     with sim.SimHost(str(root)) as kernel:
-        for s in (stall if isinstance(stall, list) else [stall]) if stall else []:
-            seconds = s.get("seconds", "forever")
-            kernel.add_stall(
-                str(s.get("function", "*")),
-                None if seconds == "forever" else float(seconds),
-                bool(s.get("ignores_signal", True)),
-                str(s.get("comm", "app_worker")),
-            )
-        for name in faults.get("modules", []) or []:
-            spec = normalize(
-                {"name": name, "kernel_release": kernel_release, "livepatch": False, "intree": True, "signed": True}
-            )
-            path = write_ko(spec, module_dir / f"{name}.ko")
-            rc, _, err = kernel.tool(["insmod", str(path)])
-            if rc:
-                raise UsageError(f"booting {root}: {err.strip()}")
+        _start_workload(kernel, module_dir)
     return root
+
+
+def _start_workload(kernel: Any, module_dir: Path) -> None:
+    """What the host runs from boot: tasks that sleep in kernel functions, plain modules loaded by name."""
+    boot = kernel.s.get("boot") or {}
+    for s in boot.get("stalls") or []:
+        seconds = s.get("seconds", "forever")
+        kernel.add_stall(
+            str(s.get("function", "*")),
+            None if seconds == "forever" else float(seconds),
+            bool(s.get("ignores_signal", True)),
+            str(s.get("comm", "app_worker")),
+        )
+    for name in boot.get("modules") or []:
+        spec = normalize(
+            {
+                "name": name,
+                "kernel_release": kernel.s["kernel_release"],
+                "livepatch": False,
+                "intree": True,
+                "signed": True,
+            }
+        )
+        path = write_ko(spec, module_dir / f"{name}.ko")
+        rc, _, err = kernel.tool(["insmod", str(path)])
+        if rc:
+            raise UsageError(f"booting {kernel.s['kernel_release']}: {err.strip()}")
+
+
+def reboot_host(root: Path, kernel_release: str | None = None, transition_timeout: float = 60.0) -> dict[str, Any]:
+    """Reboot a simulated host (into kernel_release, default the same one): a fresh kernel, the same build options,
+    faults and boot workload, then the boot loader of the collection loads what the host kept for that release,
+    exactly as klpfleet-boot.service does on a real host. Returns the loader's status."""
+    sim = sim_kernel()
+    from ansible_collections.klpfleet.livepatch.plugins.module_utils import _boot, _persist
+
+    if kernel_release is not None and not re.match(r"^\d+\.\d+[\w.+~-]*$", kernel_release):
+        raise UsageError(f"{kernel_release!r} is not a kernel release")
+    try:
+        with sim.SimHost(str(root)) as kernel:
+            fresh = sim.rebooted(kernel.s, kernel_release)
+            kernel.s.clear()
+            kernel.s.update(fresh)
+            _start_workload(kernel, Path(kernel.s.get("module_dir") or root / "modules"))
+    except OSError as exc:
+        raise UsageError(f"{root}: {exc.strerror}") from None
+    prims = sim.SimPrimitives(str(root))
+    return dict(_boot.load_all(prims, _persist.default_dir("sim", str(root)), transition_timeout))
 
 
 def _host_names(value: Any) -> list[str]:

@@ -177,6 +177,23 @@ class Livepatch(object):
     def kernel_release(self):
         return self.p.read("/proc/sys/kernel/osrelease").strip()
 
+    def boot_id(self):
+        """This boot's random id: a reboot is the only thing that changes it."""
+        try:
+            return self.p.read("/proc/sys/kernel/random/boot_id").strip() or None
+        except OSError:
+            return None
+
+    def booted_at(self):
+        """When this boot started, in seconds since the epoch (/proc/stat's btime)."""
+        try:
+            for line in self.p.read("/proc/stat").splitlines():
+                if line.startswith("btime "):
+                    return int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+        return None
+
     def patch_names(self):
         try:
             return self.p.listdir(KLP)
@@ -458,6 +475,8 @@ class Livepatch(object):
                 }
         return {
             "kernel_release": self.kernel_release(),
+            "boot_id": self.boot_id(),
+            "booted_at": self.booted_at(),
             "livepatch_supported": supported,
             "lifecycle": lifecycle,
             "force_semantics": semantics,

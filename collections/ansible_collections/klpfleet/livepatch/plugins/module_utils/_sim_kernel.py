@@ -23,6 +23,7 @@ import fnmatch
 import json
 import os
 import time
+import uuid
 
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._modinfo import (
     BUILD_ID_SECTION,
@@ -78,6 +79,8 @@ def new_kernel(kernel_release="6.1.0-56-amd64", **options):
         "speed": 1.0,
         "clock": 5.0,  # seconds since boot
         "wall": time.time(),
+        "boot_id": str(uuid.uuid4()),  # /proc/sys/kernel/random/boot_id
+        "booted_at": int(time.time() - 5.0),  # /proc/stat btime
         "next_tick": 6.0,
         "seq": 0,
         "log": [],
@@ -100,6 +103,28 @@ def new_kernel(kernel_release="6.1.0-56-amd64", **options):
     }
     state.update(options)
     return state
+
+
+# What a host keeps across a reboot: how its kernel was built and booted, its faults, and what it runs at boot
+# (`boot`: {stalls, modules}, replayed by klpfleet.sim.fleet). Everything else starts afresh.
+KEPT_AT_REBOOT = (
+    "livepatch",
+    "module_sig",
+    "sig_enforce",
+    "lockdown",
+    "speed",
+    "debug",
+    "faults",
+    "module_dir",
+    "overrides",
+    "boot",
+)
+
+
+def rebooted(state, kernel_release=None):
+    """The state of the same host after a reboot into kernel_release (default: the release it ran)."""
+    kept = dict((k, state[k]) for k in KEPT_AT_REBOOT if k in state)
+    return new_kernel(kernel_release or state["kernel_release"], **kept)
 
 
 UNKNOWN_VERSION = "*"  # a task of a state written before tasks recorded the code they run: it blocks any version
@@ -928,8 +953,11 @@ class SimPrimitives(object):
         return self.read_log(-1)[1]
 
     def log_write(self, text):
+        text = text.rstrip("\n")
+        if text.startswith("<") and ">" in text[:5] and text[1 : text.index(">")].isdigit():
+            text = text[text.index(">") + 1 :]  # /dev/kmsg takes a leading <priority> as the record's level
         with self._host() as k:
-            k.log(text.rstrip("\n"))
+            k.log(text)
 
     def now(self):
         with self._host() as k:

@@ -149,6 +149,10 @@ class SysfsView(object):
             return self.s["kernel_release"] + "\n"
         if path == "/proc/modules":
             return self._proc_modules()
+        if path == "/proc/sys/kernel/random/boot_id" and self.s.get("boot_id"):
+            return self.s["boot_id"] + "\n"
+        if path == "/proc/stat" and self.s.get("booted_at"):
+            return "cpu  0 0 0 0 0 0 0 0 0 0\nbtime %d\n" % self.s["booted_at"]
         if path == "/proc/sys/kernel/tainted":
             return "%d\n" % self.s["taint"]
         if path == "/proc/cmdline":

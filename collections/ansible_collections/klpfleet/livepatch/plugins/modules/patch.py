@@ -50,6 +50,24 @@ options:
     description:
       - The C(.ko)'s bytes, base64. Set by the action plugin from O(src); not meant to be set by hand.
     type: str
+  persist:
+    description:
+      - Keep the patch for boot. Once it is applied, its verified C(.ko) is kept in O(persist_dir) under the running
+        kernel release with a manifest in stack order, and the boot loader (C(klpfleet-boot.service) on systemd
+        hosts) loads it again whenever the host boots that release. A replace patch takes the place of every
+        patch kept before it. With O(state=absent) the patch is taken out of the manifest.
+      - A patch that was applied but could not be kept is reported with RV(persisted=false) and a warning.
+    type: bool
+    default: true
+  persist_dir:
+    description:
+      - Where patches are kept for boot, an absolute path. Defaults to C(/var/lib/klpfleet/boot), or C(boot) in
+        O(sim_root) on simulated hosts. Created mode 0700; refused when users other than its owner can write to it.
+    type: path
+  loader:
+    description:
+      - The boot loader's zip archive, base64. Set by the action plugin; not meant to be set by hand.
+    type: str
   state:
     description:
       - V(present) - loaded, enabled, transition complete.
@@ -349,6 +367,18 @@ signaled:
   returned: when it was
   type: bool
   sample: true
+persisted:
+  description:
+    - Whether the patch is kept for boot after this run (with O(state=absent), whether it was taken out of the
+      manifest). False with a warning when it was applied but could not be kept.
+  returned: when O(persist=true) and the patch is applied or removed
+  type: bool
+  sample: true
+persist_error:
+  description: Why an applied patch could not be kept for boot.
+  returned: when it could not
+  type: str
+  sample: "cannot keep livepatch_fix for boot: No space left on device"
 kernel_log_unreadable:
   description: Why the kernel log could not be read; without it a pre-patch refusal looks like any other failure.
   returned: when the log could not be read during a failed load
@@ -357,10 +387,12 @@ kernel_log_unreadable:
 """
 
 import os
+import sys
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.klpfleet.livepatch.plugins.module_utils import _artifact as artifact
+from ansible_collections.klpfleet.livepatch.plugins.module_utils import _persist as persist
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._livepatch import LivepatchError
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._module import BACKEND_ARGS, host_primitives
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._operations import apply_patch, remove_patch
@@ -379,6 +411,55 @@ def remote_dir(p):
     return p["remote_dir"] or artifact.default_dir(p["backend"], p["sim_root"])
 
 
+def persist_dir(p):
+    return p["persist_dir"] or persist.default_dir(p["backend"], p["sim_root"])
+
+
+def keep_for_boot(module, result, src, data):
+    """After a successful load: the patch (and the loader) kept for boot. Failing to keep it does not undo the
+    load: the patch runs, the result says it will not survive a reboot."""
+    p = module.params
+    try:
+        if data is None:
+            with open(src, "rb") as f:
+                data = f.read()
+        state = result.get("patch") or {}
+        changed = persist.keep(
+            persist_dir(p),
+            result["kernel_release"],
+            result["name"],
+            artifact.checked_sha256(data, p["sha256"]),
+            data,
+            params=p["params"],
+            replace=bool(state.get("replace")),
+            replaced=result.get("replaced") or [],
+            check_mode=module.check_mode,
+        )
+        if p["loader"]:
+            bundle = artifact.decode(p["loader"])
+            wrote = persist.install_loader(persist_dir(p), bundle, sys.executable, check_mode=module.check_mode)
+            changed = wrote or changed
+        result.update(persisted=True)
+        return changed
+    except (OSError, LivepatchError) as exc:
+        message = getattr(exc, "msg", None) or str(exc)
+        module.warn("%s is applied but not kept for boot: %s" % (result["name"], message))
+        result.update(persisted=False, persist_error=message)
+        return False
+
+
+def forget_for_boot(module, result):
+    p = module.params
+    try:
+        changed = persist.forget(persist_dir(p), result["kernel_release"], result["name"], module.check_mode)
+        result.update(persisted=False)
+        return changed
+    except LivepatchError as exc:
+        module.warn("%s is removed but still kept for boot: %s" % (result["name"], exc.msg))
+        result.update(persisted=True, persist_error=exc.msg)
+        return False
+
+
 def predicted(target):
     if target == "present":
         return {"loaded": True, "enabled": True, "transition": False}
@@ -393,6 +474,9 @@ def main():
             remote_src=dict(type="bool", default=False),
             remote_dir=dict(type="path"),
             content=dict(type="str", no_log=True),
+            persist=dict(type="bool", default=True),
+            persist_dir=dict(type="path"),
+            loader=dict(type="str", no_log=True),
             state=dict(type="str", default="present", choices=["present", "absent"]),
             params=dict(type="dict", default={}),
             sha256=dict(type="str"),
@@ -441,6 +525,8 @@ def main():
                 data=data,
                 **common,
             )
+            if p["persist"] and (data is not None or os.path.exists(src)):  # check mode may have neither yet
+                copy["boot_changed"] = keep_for_boot(module, result, src, data)
         else:
             if p["on_stall"] == "force":
                 raise LivepatchError(
@@ -449,6 +535,8 @@ def main():
                     name=p["name"],
                 )
             result = remove_patch(prims, p["name"], on_stall=p["on_stall"], **common)
+            if p["persist"]:
+                copy["boot_changed"] = forget_for_boot(module, result)
             if p["sha256"]:
                 directory = remote_dir(p)
                 copied = artifact.discard(directory, p["sha256"], module.check_mode)
@@ -460,6 +548,7 @@ def main():
         # A failure changed the host unless it was verified back to where it started.
         changed = bool(details.get("attempts")) and not details.get("host_clean")
         changed = changed or bool(copy.get("copied"))
+        copy.pop("boot_changed", None)
         module.fail_json(
             msg=exc.msg,
             klp_error=exc.klp_error,
@@ -477,7 +566,7 @@ def main():
         after = predicted(p["state"]) if result["changed"] else before
     else:
         after = summary(result["patch"], result["loaded"])
-    result["changed"] = before != after or bool(copy.get("copied"))
+    result["changed"] = before != after or bool(copy.get("copied")) or bool(copy.pop("boot_changed", False))
     result.update(copy)
     if module._diff:
         result["diff"] = dict(before=before, after=after, before_header=result["name"], after_header=result["name"])
