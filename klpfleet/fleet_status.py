@@ -113,11 +113,15 @@ def fleet_status(conn: Connection, attention_limit: int = 50) -> dict[str, Any]:
         health = "degraded"
     else:
         health = "healthy"
+    from klpfleet.exposure import exposure
+
+    cves = [dict(e.counts(), cve=e.cve, exposed_by_reason=e.exposed_by_reason()) for e in exposure(conn)]
     return {
         "health": health,
         "hosts": {"total": total, "reachable": reachable, "unreachable": unreachable, "by_kernel_release": by_kernel},
         "patches": patches,
         "rollouts": rollouts,
+        "cves": cves,  # hosts covered, exposed and unknown per CVE (klpfleet cves); not part of the health
         "attention": {
             "total": sum(by_state.values()) + unreachable,
             "by_state": by_state,

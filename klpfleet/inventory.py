@@ -42,6 +42,8 @@ KEPT_VARS = frozenset(
         "klp_sim_unreachable",
         "klp_become",
         "klp_remote_dir",
+        "klp_persist",
+        "klp_persist_dir",
         "klp_patch_params",
         "klp_transition_timeout",
         "klp_on_stall",

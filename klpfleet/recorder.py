@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from klpfleet import boots
 from klpfleet.db import events
 from klpfleet.db.engine import Database
 from klpfleet.db.models import AnsibleRun, Event, Host, HostPatch, Patch, utcnow
@@ -328,6 +329,8 @@ class Recorder:
 
     def _record_info(self, s: Session, host: Host, facts: dict[str, Any], observed_by: str) -> None:
         host.livepatch_supported = facts.get("livepatch_supported")
+        rebooted = boots.observe_boot(s, host, facts, self.actor)
+        at_boot = boots.loaded_at_boot(facts) if rebooted else {}
         on_host = {p.get("name"): p for p in facts.get("patches") or [] if isinstance(p, dict)}
         forced_lingering = {p.get("name") for p in facts.get("forced_modules") or [] if isinstance(p, dict)}
         known = {hp.patch_id: hp for hp in s.scalars(select(HostPatch).where(HostPatch.host_id == host.id))}
@@ -357,16 +360,26 @@ class Recorder:
                 observed_by=observed_by,
                 actor=self.actor,
             )
+            if str(name) in at_boot:
+                boots.record_reloaded(s, host, patch, at_boot[str(name)], self.actor)
             known.pop(patch.id, None)
         for row in known.values():
             patch = s.get(Patch, row.patch_id)
             if patch is None:
+                continue
+            after_boot = boots.missing_state(
+                row.state, patch.kernel_release, host.kernel_release, rebooted, at_boot.get(patch.name)
+            )
+            if after_boot is not None:
+                boots.observe_missing(s, host, patch, row, after_boot, at_boot.get(patch.name), observed_by, self.actor)
                 continue
             # Not on the host. Failure states keep their story (the refusal is still the last word).
             if patch.name in forced_lingering:
                 state = PatchState.PINNED
             elif row.state in (PatchState.REFUSED, PatchState.STALLED, PatchState.FAILED) and row.host_clean:
                 continue
+            elif row.state in (PatchState.LOST_AT_REBOOT, PatchState.SUPERSEDED):
+                continue  # still lost (reconcile puts it back), still for another release
             else:
                 state = PatchState.ABSENT
             observe(

@@ -19,12 +19,21 @@ class PatchState(StrEnum):
     FORCED = "forced"  # enabled, and a forced transition pinned its module until reboot
     PINNED = "pinned"  # disabled (its code no longer runs), but a forced transition pinned its module until reboot
     DRIFT = "drift"  # the database's belief and the host's report disagree
+    LOST_AT_REBOOT = "lost_at_reboot"  # applied before the host rebooted, not loaded after it
+    SUPERSEDED = "superseded"  # built for a kernel release the host no longer runs (it booted another one)
 
 
 # How `klpfleet status` rates each state: the worst one found sets the exit code.
 CRITICAL_STATES = frozenset({PatchState.STALLED, PatchState.FAILED})
 DEGRADED_STATES = frozenset(
-    {PatchState.REFUSED, PatchState.UNREACHABLE, PatchState.FORCED, PatchState.PINNED, PatchState.DRIFT}
+    {
+        PatchState.REFUSED,
+        PatchState.UNREACHABLE,
+        PatchState.FORCED,
+        PatchState.PINNED,
+        PatchState.DRIFT,
+        PatchState.LOST_AT_REBOOT,
+    }
 )
 ATTENTION_STATES = CRITICAL_STATES | DEGRADED_STATES
 
@@ -36,6 +45,7 @@ ATTENTION_REASONS = {
     PatchState.FORCED: "forced transition pinned the patch: it can be disabled, its module unloads only at reboot",
     PatchState.PINNED: "disabled, but a forced transition keeps its module loaded until reboot",
     PatchState.DRIFT: "host state differs from the database",
+    PatchState.LOST_AT_REBOOT: "the host rebooted and the patch was not loaded again (klpfleet reconcile)",
 }
 
 

@@ -14,7 +14,7 @@ from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel imp
 from klpfleet.db.models import Event, Host, HostPatch
 from klpfleet.observations import PatchObservation, observe
 from klpfleet.registry.patches import add_patch
-from klpfleet.sim.fleet import create_host
+from klpfleet.sim.fleet import create_host, reboot_host
 from klpfleet.sim.spec import normalize, write_ko
 from klpfleet.states import PatchState
 
@@ -83,9 +83,7 @@ def test_probe_reads_state_and_finds_every_kind_of_drift(cli, sqlite_url, fleet)
         fleet["hosts"] / "unknown.ko",
     )
     apply_patch(prims(fleet, "web4"), str(other))  # a patch nobody registered
-    with SimHost(str(fleet["hosts"] / "web1")) as k:  # web1 "rebooted" into another kernel
-        k.s["kernel_release"] = "6.1.0-57-amd64"
-        k.s["patches"], k.s["modules"] = [], {}
+    reboot_host(fleet["hosts"] / "web1", "6.1.0-57-amd64")  # web1 rebooted into another kernel
 
     before = {n: (fleet["hosts"] / n / "kernel.json").read_text().count("enabling patch") for n in ("web1", "web3")}
     result = run_probe(cli, sqlite_url, fleet)
@@ -93,22 +91,22 @@ def test_probe_reads_state_and_finds_every_kind_of_drift(cli, sqlite_url, fleet)
     data = result.json()["data"]
     assert data["summary"]["reachable"] == 4 and data["summary"]["by_status"] == {"ok": 4, "unreachable": 1}
     hosts = {h["host"]: h for h in data["hosts"]}
-    assert {d["kind"] for d in hosts["web1"]["drift"]} == {"kernel_changed", "patch_state"}
+    # Not drift: its patch was built for the release it left (superseded), and the new kernel is reported.
+    assert hosts["web1"]["drift"] == []
+    assert hosts["web1"]["kernel_changed"] == {"previous": "6.1.0-56-amd64", "current": "6.1.0-57-amd64"}
     assert hosts["web2"]["drift"][0]["found"] == "expected applied, found absent"
     assert hosts["web3"]["drift"][0]["found"] == "expected absent, found loaded"
     assert hosts["web4"]["drift"] == [{"kind": "unknown_patch", "patch": "lp_unknown"}]
     assert hosts["web4"]["patches"] == ["lp_unknown"]
     assert hosts["down1"]["status"] == "unreachable"
-    assert host_states(db) == {"web1": "drift", "web2": "drift", "web3": "drift"}
+    assert host_states(db) == {"web1": "superseded", "web2": "drift", "web3": "drift"}
     with db.session() as s:
         kinds = sorted(k for (k,) in s.execute(select(Event.kind).where(Event.kind.startswith("drift."))))
-        assert kinds == [
-            "drift.kernel_changed",
-            "drift.patch_state",
-            "drift.patch_state",
-            "drift.patch_state",
-            "drift.unknown_patch",
-        ]
+        assert kinds == ["drift.patch_state", "drift.patch_state", "drift.unknown_patch"]
+        assert s.scalar(select(Event.details).where(Event.kind == "host.kernel_changed")) == {
+            "previous": "6.1.0-56-amd64",
+            "current": "6.1.0-57-amd64",
+        }
         assert s.scalar(select(Host.kernel_release).where(Host.name == "web1")) == "6.1.0-57-amd64"
         assert s.scalar(select(Host.reachable).where(Host.name == "down1")) is False
     # Read-only: the probe never changed a kernel.

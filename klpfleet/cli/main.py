@@ -24,6 +24,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "probe": ("klpfleet.cli.probe_cmds", "probe", "Read live state from every host over SSH (read-only); mark drift."),
     "demo": ("klpfleet.cli.demo_cmds", "demo", "Run the end-to-end demonstration on a fleet of its own."),
     "lab": ("klpfleet.cli.lab_cmds", "lab", "Real-kernel lab: Debian's kernel in QEMU VMs, over SSH."),
+    "cves": ("klpfleet.cli.cve_cmds", "cves", "Exposure per CVE: hosts covered, exposed (and why), unknown."),
+    "cve": ("klpfleet.cli.cve_cmds", "cve", "One CVE's hosts; `cve fixed` marks kernel releases that fix it."),
+    "reconcile": ("klpfleet.cli.reconcile_cmds", "reconcile", "Plan rollouts that put back what drifted or was lost."),
 }
 
 

@@ -68,6 +68,13 @@ def status_table(d: dict[str, Any], out: Any) -> None:
             ],
             out,
         )
+    if d.get("cves"):
+        table(
+            "exposure per CVE (klpfleet cve CVE-ID)",
+            ["cve", "covered", "exposed", "unknown"],
+            [[c["cve"], c["covered"], c["exposed"], c["unknown"]] for c in d["cves"]],
+            out,
+        )
     attention = d["attention"]
     if attention["total"]:
         shown = len(attention["hosts"])

@@ -73,6 +73,9 @@ class Host(Base):
     livepatch_supported: Mapped[bool | None]
     reachable: Mapped[bool | None]
     last_seen: Mapped[datetime | None]
+    # The boot it was last seen in: a new boot id means it rebooted (patches not kept for boot are lost).
+    boot_id: Mapped[str | None] = mapped_column(String(64))
+    booted_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -126,6 +129,17 @@ class Patch(Base):
     path: Mapped[str] = mapped_column(Text)  # the stored copy, in the artifact store
     source_path: Mapped[str | None] = mapped_column(Text)  # where it was added from
     added_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CveFix(Base):
+    """An operator's word that a kernel release fixes a CVE (the fix is in the kernel, no patch needed)."""
+
+    __tablename__ = "cve_fixes"
+
+    cve: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kernel_release: Mapped[str] = mapped_column(String(255), primary_key=True)
+    marked_by: Mapped[str] = mapped_column(String(255))
+    marked_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class HostPatch(Base):

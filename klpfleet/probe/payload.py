@@ -12,7 +12,7 @@ from functools import cache
 from klpfleet.collection import collections_path
 
 PACKAGE = "ansible_collections.klpfleet.livepatch.plugins.module_utils"
-MODULES = ("_modinfo", "_primitives", "_livepatch")
+MODULES = ("_modinfo", "_primitives", "_livepatch", "_artifact", "_persist")
 SIM_MODULES = ("_sim_base", "_sim_kmod", "_sim_sysfs", "_sim_kernel")  # simulated hosts only, in import order
 # -I: ignore the remote environment's PYTHON* variables and user site; -S: skip site (only the stdlib is
 # used). Together they took 50 probed hosts from 6.4 s to 5.7 s (benchmarks/probe_bench.py's setup).
@@ -39,6 +39,10 @@ from ansible_collections.klpfleet.livepatch.plugins.module_utils._primitives imp
 try:
     prims = primitives_for(ARGS["backend"], ARGS.get("sim_root"), read_only=True)
     facts = Livepatch(prims).facts(with_tasks=ARGS["tasks"])
+    from ansible_collections.klpfleet.livepatch.plugins.module_utils import _persist
+    facts["boot"] = _persist.boot_facts(
+        _persist.default_dir(ARGS["backend"], ARGS.get("sim_root")), facts["kernel_release"], facts["boot_id"]
+    )
     print(json.dumps({{"ok": True, "facts": facts}}))
 except Exception as exc:
     print(json.dumps({{"ok": False, "error": "%s: %s" % (type(exc).__name__, exc)}}))

@@ -1,9 +1,10 @@
 """What the probe found, written to the database: observed state, reachability, and drift.
 
 Drift is any disagreement between what the database expected and what the host reports: a patch
-expected applied but absent (removed by hand, or the host rebooted), a patch loaded that the database
-did not expect, a patch nobody registered, a host booted into another kernel. Each is an event; the
-host patch state becomes `drift` until a gather or a rollout records the truth again.
+expected applied but absent (removed by hand), a patch loaded that the database did not expect, a patch
+nobody registered. Each is an event; the host patch state becomes `drift` until a gather or a rollout
+records the truth again. A reboot is not drift: klpfleet.boots says what it did to each patch
+(lost_at_reboot, reloaded, superseded by another kernel release).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from klpfleet import boots
 from klpfleet.db import events
 from klpfleet.db.models import Host, HostPatch, Patch, utcnow
 from klpfleet.observations import PatchObservation, observe
@@ -33,6 +35,8 @@ class HostProbe:
     patches: list[str] = field(default_factory=list)
     drift: list[dict[str, Any]] = field(default_factory=list)
     refused_module_loads: int = 0
+    rebooted: bool = False
+    kernel_changed: dict[str, Any] | None = None
     accepted_key: str | None = None
     seconds: float = 0.0
 
@@ -57,9 +61,12 @@ def record_probe(
         release = host.kernel_release
     found.kernel_release = release
     if host.kernel_release and release != host.kernel_release:
-        found.drift.append({"kind": "kernel_changed", "expected": host.kernel_release, "found": release})
+        found.kernel_changed = {"previous": host.kernel_release, "current": release}
+        events.record(session, "host.kernel_changed", actor=actor, host=host, **found.kernel_changed)
     host.kernel_release = release
     host.livepatch_supported = facts.get("livepatch_supported")
+    found.rebooted = boots.observe_boot(session, host, facts, actor)
+    at_boot = boots.loaded_at_boot(facts) if found.rebooted else {}
 
     sysfs = {p["name"]: p for p in facts.get("patches") or []}
     lingering = {p["name"] for p in facts.get("forced_modules") or []}
@@ -75,7 +82,20 @@ def record_probe(
             seen_names.add(patch.name)
         expected = PatchState(row.state) in PRESENT
         present = on_host is not None
-        if row.state == PatchState.PINNED and not present and patch.name not in lingering:
+        after_boot = None
+        if not present:
+            after_boot = boots.missing_state(
+                row.state, patch.kernel_release, release, found.rebooted, at_boot.get(patch.name)
+            )
+        elif patch.name in at_boot:
+            boots.record_reloaded(session, host, patch, at_boot[patch.name], actor)
+        if after_boot is not None:
+            boots.observe_missing(session, host, patch, row, after_boot, at_boot.get(patch.name), "probe", actor)
+        elif present and PatchState(row.state) in boots.BACK_WHEN_LOADED:
+            observe(
+                session, host, patch, _seen(PatchState.APPLIED, on_host or {}, row), observed_by="probe", actor=actor
+            )
+        elif row.state == PatchState.PINNED and not present and patch.name not in lingering:
             # The reboot the pinned module waited for: gone, as expected.
             observe(session, host, patch, PatchObservation(state=PatchState.ABSENT), observed_by="probe", actor=actor)
         elif expected and not present:
@@ -84,22 +104,7 @@ def record_probe(
         elif present and not expected and row.state != PatchState.DRIFT:
             _drift(session, host, patch, row, found, actor, f"expected {row.state}, found loaded")
         elif on_host is not None and row.state != PatchState.DRIFT:
-            observe(
-                session,
-                host,
-                patch,
-                PatchObservation(
-                    state=PatchState(row.state),
-                    enabled=on_host.get("enabled"),
-                    transition=on_host.get("transition"),
-                    stack_order=on_host.get("stack_order"),
-                    replace=on_host.get("replace"),
-                    objects=dict(on_host.get("objects") or {}),
-                    host_clean=row.host_clean,
-                ),
-                observed_by="probe",
-                actor=actor,
-            )
+            observe(session, host, patch, _seen(PatchState(row.state), on_host, row), observed_by="probe", actor=actor)
     for name in sorted(set(sysfs) - seen_names):
         registered = session.scalar(select(Patch).where(Patch.name == name, Patch.kernel_release == release))
         if registered is None:
@@ -108,16 +113,24 @@ def record_probe(
         row = HostPatch(host_id=host.id, patch_id=registered.id, state=PatchState.DRIFT.value, observed_by="probe")
         _drift(session, host, registered, row, found, actor, "not expected here, found loaded")
     for d in found.drift:
-        if d["kind"] == "kernel_changed":
-            events.record(
-                session, "drift.kernel_changed", actor=actor, host=host, expected=d["expected"], found=d["found"]
-            )
-        elif d["kind"] == "unknown_patch":
+        if d["kind"] == "unknown_patch":
             events.record(session, "drift.unknown_patch", actor=actor, host=host, patch_name=d["patch"])
     for refusal in facts.get("refused_module_loads") or []:
         recorder.module_refusal(session, host, refusal)
     found.refused_module_loads = len(facts.get("refused_module_loads") or [])
     return found
+
+
+def _seen(state: PatchState, on_host: dict[str, Any], row: HostPatch) -> PatchObservation:
+    return PatchObservation(
+        state=state,
+        enabled=on_host.get("enabled"),
+        transition=on_host.get("transition"),
+        stack_order=on_host.get("stack_order"),
+        replace=on_host.get("replace"),
+        objects=dict(on_host.get("objects") or {}),
+        host_clean=row.host_clean,
+    )
 
 
 def _drift(session: Session, host: Host, patch: Patch, row: HostPatch, found: HostProbe, actor: str, what: str) -> None:

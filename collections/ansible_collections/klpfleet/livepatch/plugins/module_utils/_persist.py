@@ -264,3 +264,20 @@ def install_loader(persist_dir, bundle, python, systemd=None, unit_dir=UNIT_DIR,
                             "install_failed", "cannot enable %s: %s" % (UNIT_NAME, exc.strerror)
                         ) from None
     return changed
+
+
+def boot_facts(persist_dir, release, boot_id):
+    """What the host keeps for boot on its running release and what the loader did at this boot: {kept: [names]
+    in stack order, or None when unreadable (not root), loaded_at_boot: the loader's results at this boot, or
+    None when it did not run at this boot}."""
+    facts = {"persist_dir": persist_dir, "kept": None, "loaded_at_boot": None}
+    try:
+        facts["kept"] = [e["name"] for e in manifest(persist_dir, release)]
+    except (LivepatchError, OSError) as exc:
+        facts["error"] = getattr(exc, "msg", None) or str(exc)
+    status = boot_status(persist_dir, release)
+    if status and boot_id and status.get("boot_id") == boot_id:
+        facts["loaded_at_boot"] = [r for r in status.get("results") or [] if isinstance(r, dict)]
+        if status.get("error"):
+            facts["boot_error"] = status["error"]
+    return facts

@@ -566,7 +566,8 @@ def main():
         after = predicted(p["state"]) if result["changed"] else before
     else:
         after = summary(result["patch"], result["loaded"])
-    result["changed"] = before != after or bool(copy.get("copied")) or bool(copy.pop("boot_changed", False))
+    boot_changed = bool(copy.pop("boot_changed", False))
+    result["changed"] = before != after or bool(copy.get("copied")) or boot_changed
     result.update(copy)
     if module._diff:
         result["diff"] = dict(before=before, after=after, before_header=result["name"], after_header=result["name"])

@@ -23,6 +23,11 @@ options:
     description: List the tasks holding up a transition in progress (reads every task's C(patch_state)).
     type: bool
     default: true
+  persist_dir:
+    description:
+      - Where M(klpfleet.livepatch.patch) keeps patches for boot.
+      - Defaults to C(/var/lib/klpfleet/boot), or C(boot) in O(sim_root) on simulated hosts.
+    type: path
 extends_documentation_fragment:
   - klpfleet.livepatch.backend
 attributes:
@@ -145,6 +150,25 @@ refused_module_loads:
   elements: dict
   sample: [{"patch": "livepatch_net", "module": "virtio_net", "seq": 812, "seconds_since_boot": 5123.2,
             "callback_refused": true}]
+boot_id:
+  description: This boot's id (C(/proc/sys/kernel/random/boot_id)); it changes at every reboot.
+  returned: always
+  type: str
+  sample: 5f1c7a0e-2b8e-4d7f-9a51-0c1d2e3f4a5b
+booted_at:
+  description: When this boot started, seconds since the epoch (C(btime) in C(/proc/stat)).
+  returned: always
+  type: int
+  sample: 1795000000
+boot:
+  description:
+    - What the host keeps for boot on its running kernel release (C(kept), names in stack order; null when the
+      directory cannot be read) and what the boot loader did at this boot (C(loaded_at_boot), one result per kept
+      patch; null when it did not run at this boot).
+  returned: always
+  type: dict
+  sample: {"persist_dir": "/var/lib/klpfleet/boot", "kept": ["livepatch_cve_2026_1234"],
+           "loaded_at_boot": [{"name": "livepatch_cve_2026_1234", "outcome": "applied", "seconds": 0.4}]}
 log_cursor:
   description: The kernel log's last sequence number when the state was read.
   returned: always
@@ -154,13 +178,16 @@ log_cursor:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.klpfleet.livepatch.plugins.module_utils import _persist as persist
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._livepatch import Livepatch
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._module import BACKEND_ARGS, host_primitives
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(stalled_tasks=dict(type="bool", default=True), **BACKEND_ARGS),
+        argument_spec=dict(
+            stalled_tasks=dict(type="bool", default=True), persist_dir=dict(type="path"), **BACKEND_ARGS
+        ),
         supports_check_mode=True,
     )
     try:
@@ -171,6 +198,9 @@ def main():
         module.fail_json(
             msg="cannot read livepatch state: %s" % exc, klp_error="state_unreadable", klp_module="patch_info"
         )
+    p = module.params
+    directory = p["persist_dir"] or persist.default_dir(p["backend"], p["sim_root"])
+    facts["boot"] = persist.boot_facts(directory, facts["kernel_release"], facts["boot_id"])
     module.exit_json(changed=False, klp_module="patch_info", **facts)
 
 

@@ -1,0 +1,159 @@
+"""`klpfleet cves`, `klpfleet cve CVE-ID`, `klpfleet cve fixed CVE-ID --kernel-release R`: exposure per CVE.
+
+Exit status (Nagios, like status): 0 no host exposed and none unknown, 1 hosts whose exposure nobody can judge
+(no patch for their kernel release), 2 exposed hosts, 3 the database cannot be read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from klpfleet.cli.context import database
+from klpfleet.cli.output import emit, info, output_option, table
+from klpfleet.errors import DatabaseError, first_line
+
+
+def _read(ctx: click.Context, only: str | None) -> list[Any]:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from klpfleet.exposure import exposure
+
+    try:
+        with database(ctx).engine.connect() as conn:
+            return exposure(conn, only)
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot read the database: {first_line(exc)}") from None
+
+
+def _exit_code(found: list[Any]) -> int:
+    from klpfleet.exposure import EXIT
+
+    return max([EXIT[e.verdict()] for e in found] or [0])
+
+
+@click.command("cves")
+@output_option
+@click.pass_context
+def cves(ctx: click.Context, output: str) -> None:
+    """Every CVE a registered patch names: hosts covered, exposed (and why) and unknown.
+
+    Exit status: 0 nothing exposed, 1 hosts nobody can judge (no patch for their kernel release), 2 exposed
+    hosts, 3 the database cannot be read."""
+    found = _read(ctx, None)
+
+    def render(d: list[dict[str, Any]], out: Any) -> None:
+        if not d:
+            info("no registered patch names a CVE (patch add --cve CVE-ID)")
+            return
+        rows = [
+            [
+                e["cve"],
+                ", ".join(sorted({p["name"] for p in e["patches"]})) or "-",
+                e["counts"]["covered"],
+                e["counts"]["exposed"],
+                e["counts"]["unknown"],
+                ", ".join(f"{r} {n}" for r, n in e["exposed_by_reason"].items()),
+            ]
+            for e in d
+        ]
+        table("exposure per CVE", ["cve", "patches", "covered", "exposed", "unknown", "exposed because"], rows, out)
+
+    emit("cves", [e.summary() for e in found], output, render)
+    ctx.exit(_exit_code(found))
+
+
+class CveGroup(click.Group):
+    """`cve CVE-ID` shows one CVE; `cve fixed ...` and `cve unfixed ...` are subcommands."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        if args and args[0] not in self.commands and args[0].upper().startswith("CVE-"):
+            return "show", self.commands["show"], args
+        return super().resolve_command(ctx, args)
+
+
+@click.group("cve", cls=CveGroup)
+def cve() -> None:
+    """One CVE: `klpfleet cve CVE-ID` lists its hosts; `cve fixed` marks a kernel release as fixing it."""
+
+
+@cve.command("show")
+@click.argument("cve_ref", metavar="CVE-ID")
+@click.option("--all", "show_all", is_flag=True, help="List covered hosts too (default: exposed and unknown).")
+@output_option
+@click.pass_context
+def show(ctx: click.Context, cve_ref: str, show_all: bool, output: str) -> None:
+    """The hosts exposed to CVE-ID (with the reason), unknown, and with --all covered.
+
+    Exit status: 0 nothing exposed, 1 unknown hosts, 2 exposed hosts, 3 the database cannot be read."""
+    from klpfleet.exposure import COVERED, EXPOSED, UNKNOWN, cve_id
+
+    found = _read(ctx, cve_id(cve_ref))
+    one = found[0]
+    data = dict(one.summary(), hosts=one.hosts)
+
+    def render(d: dict[str, Any], out: Any) -> None:
+        c = d["counts"]
+        out.print(
+            f"{d['cve']}: {d['verdict'].upper()}  covered {c['covered']}, exposed {c['exposed']}, "
+            f"unknown {c['unknown']}"
+        )
+        kinds = (EXPOSED, UNKNOWN, COVERED) if show_all else (EXPOSED, UNKNOWN)
+        rows = [
+            [h["host"], kind, h.get("kernel_release") or "?", h["reason"], h.get("patch") or ""]
+            for kind in kinds
+            for h in d["hosts"][kind]
+        ]
+        if rows:
+            table(None, ["host", "exposure", "kernel release", "reason", "patch"], rows, out)
+
+    emit("cve", data, output, render)
+    ctx.exit(_exit_code(found))
+
+
+@cve.command("fixed")
+@click.argument("cve_ref", metavar="CVE-ID")
+@click.option("--kernel-release", "releases", multiple=True, required=True, help="A release that fixes it (repeat).")
+@click.pass_context
+def fixed(ctx: click.Context, cve_ref: str, releases: tuple[str, ...]) -> None:
+    """Mark kernel releases as fixing CVE-ID: hosts booted into them are covered without a patch."""
+    _mark(ctx, cve_ref, releases, fixed=True)
+
+
+@cve.command("unfixed")
+@click.argument("cve_ref", metavar="CVE-ID")
+@click.option("--kernel-release", "releases", multiple=True, required=True, help="A release marked by mistake.")
+@click.pass_context
+def unfixed(ctx: click.Context, cve_ref: str, releases: tuple[str, ...]) -> None:
+    """Take back `cve fixed` for these kernel releases."""
+    _mark(ctx, cve_ref, releases, fixed=False)
+
+
+def _mark(ctx: click.Context, cve_ref: str, releases: tuple[str, ...], fixed: bool) -> None:
+    from sqlalchemy import delete, select
+
+    from klpfleet.db import events
+    from klpfleet.db.models import CveFix
+    from klpfleet.errors import UsageError
+    from klpfleet.exposure import cve_id
+    from klpfleet.recorder import valid_kernel_release
+
+    cve_name = cve_id(cve_ref)
+    for release in releases:
+        if not valid_kernel_release(release):
+            raise UsageError(f"{release!r} is not a kernel release")
+    changed = []
+    with database(ctx).session.begin() as s:
+        for release in releases:
+            row = s.scalar(select(CveFix).where(CveFix.cve == cve_name, CveFix.kernel_release == release))
+            if fixed and row is None:
+                s.add(CveFix(cve=cve_name, kernel_release=release, marked_by=events.default_actor()))
+            elif not fixed and row is not None:
+                s.execute(delete(CveFix).where(CveFix.cve == cve_name, CveFix.kernel_release == release))
+            else:
+                continue
+            changed.append(release)
+            events.record(s, "cve.fixed" if fixed else "cve.unfixed", cve=cve_name, kernel_release=release)
+    verb = "fixing" if fixed else "no longer fixing"
+    info(f"{cve_name}: {len(changed)} kernel release(s) marked {verb}" + (f": {', '.join(changed)}" if changed else ""))
