@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._operations import apply_patch, remove_patch
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel import SimHost
-from klpfleet.db.models import Event, Host, HostPatch
+from klpfleet.db.models import Event, Host, HostPatch, Patch
 from klpfleet.observations import PatchObservation, observe
 from klpfleet.registry.patches import add_patch
 from klpfleet.sim.fleet import create_host, reboot_host
@@ -139,6 +139,45 @@ def test_refused_module_load_found_by_probe(cli, sqlite_url, fleet, tmp_path):
     run_probe(cli, sqlite_url, fleet, "--hosts", "web1")
     with fleet["db"].session() as s:
         assert len(s.scalars(select(Event).where(Event.kind == "module.load_refused")).all()) == 1
+
+
+def test_probe_sees_reboots_like_gather_does(cli, sqlite_url, fleet):
+    """The probe's path for reboots: reloaded at boot (kept), lost (not kept), superseded (another kernel)."""
+    from ansible_collections.klpfleet.livepatch.plugins.module_utils import _persist
+    from ansible_collections.klpfleet.livepatch.plugins.module_utils._livepatch import file_sha256
+
+    with open(fleet["ko"], "rb") as f:
+        data = f.read()
+    for name in ("web1", "web2", "web3"):
+        result = apply_patch(prims(fleet, name), fleet["ko"])
+        if name != "web2":  # web2 applied it without keeping it for boot
+            root = str(fleet["hosts"] / name)
+            _persist.keep(
+                _persist.default_dir("sim", root), result["kernel_release"], "lp_fix", file_sha256(fleet["ko"]), data
+            )
+    run_probe(cli, sqlite_url, fleet, "--hosts", "web*")  # the boot each host is in
+    with fleet["db"].session.begin() as s:
+        patch = s.scalar(select(Patch))
+        for name in ("web1", "web2", "web3"):
+            observe(
+                s,
+                s.scalar(select(Host).where(Host.name == name)),
+                patch,
+                PatchObservation(PatchState.APPLIED),
+                observed_by="test",
+            )
+    reboot_host(fleet["hosts"] / "web1")
+    reboot_host(fleet["hosts"] / "web2")
+    reboot_host(fleet["hosts"] / "web3", "6.1.0-57-amd64")
+    data = run_probe(cli, sqlite_url, fleet, "--hosts", "web*").json()["data"]
+    hosts = {h["host"]: h for h in data["hosts"]}
+    assert [hosts[n]["rebooted"] for n in ("web1", "web2", "web3", "web4")] == [True, True, True, False]
+    assert all(hosts[n]["drift"] == [] for n in ("web1", "web2", "web3"))
+    assert host_states(fleet["db"]) == {"web1": "applied", "web2": "lost_at_reboot", "web3": "superseded"}
+    with fleet["db"].session() as s:
+        reloaded = s.scalars(select(Event.host_name).where(Event.kind == "patch.reloaded_at_boot")).all()
+        rebooted = s.scalars(select(Event.host_name).where(Event.kind == "host.rebooted")).all()
+    assert (reloaded, sorted(rebooted)) == (["web1"], ["web1", "web2", "web3"])
 
 
 def test_unknown_host_key_is_refused_unless_accepted(cli, sqlite_url, fleet, tmp_path):

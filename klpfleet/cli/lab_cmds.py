@@ -19,9 +19,12 @@ LAB_DIR_OPTION = click.option(
 
 
 def _table(data: dict[str, Any], out: Any) -> None:
-    rows = [(vm["name"], f"127.0.0.1:{vm['port']}", vm["pid"], vm["running"], vm["sshd"]) for vm in data["vms"]]
+    rows = [
+        (vm["name"], vm["release"], f"127.0.0.1:{vm['port']}", vm["pid"], vm["running"], vm["sshd"])
+        for vm in data["vms"]
+    ]
     title = f"lab {data['dir']}: kernel {data['release'] or '-'}, {data['accel'] or '-'}"
-    table(title, ["vm", "ssh", "qemu pid", "running", "sshd"], rows, out)
+    table(title, ["vm", "kernel", "ssh", "qemu pid", "running", "sshd"], rows, out)
 
 
 @click.group()
@@ -102,12 +105,14 @@ def status(directory: str, output: str) -> None:
 @lab.command()
 @LAB_DIR_OPTION
 @click.argument("vm")
+@click.option("--kernel", help="Boot another lab kernel (a suite or a release; default: the lab's kernel).")
 @output_option
-def reboot(directory: str, vm: str, output: str) -> None:
-    """Power-cycle one VM into the same kernel (a pinned module goes; so does everything loaded)."""
+def reboot(directory: str, vm: str, kernel: str | None, output: str) -> None:
+    """Shut one VM down and boot it again: what a reboot clears goes (a pinned module, everything loaded), its
+    /var/lib/klpfleet stays (the patches kept for boot, loaded again by the boot loader)."""
     from klpfleet.lab.control import reboot as lab_reboot
 
-    emit("lab", lab_reboot(Path(directory), vm, info), output, _table)
+    emit("lab", lab_reboot(Path(directory), vm, info, kernel), output, _table)
 
 
 @lab.command()

@@ -68,7 +68,7 @@ def up(
     if (
         state
         and len(state.vms) == count
-        and all(alive(vm.pid) for vm in state.vms)
+        and all(alive(vm.pid) and vm.release in (None, state.release) for vm in state.vms)
         and (state.release, state.test_modules) == (chosen, str(modules_dir))
     ):
         progress(f"lab already up: {count} VM(s) on {state.release}")
@@ -129,6 +129,7 @@ def describe(lab: Path) -> dict[str, Any]:
     vms = [
         {
             "name": vm.name,
+            "release": vm.release or state.release,
             "port": vm.port,
             "pid": vm.pid,
             "running": alive(vm.pid),
@@ -150,22 +151,78 @@ def describe(lab: Path) -> dict[str, Any]:
     }
 
 
-def reboot(lab: Path, name: str, progress: Progress) -> dict[str, Any]:
-    """Power-cycle one VM into the same kernel, host key and port: what clears a module a forced transition
-    pinned, and the reboot a fleet tool must survive."""
+PERSISTENT_DIR = "var/lib/klpfleet"  # what survives a VM's reboot, as a disk would keep it
+# Run on the VM at shutdown: the persistent directory as a gzip'd tar, base64 (SSH carries text).
+SAVE_SCRIPT = f"""cd / || exit 1
+sync
+if [ -d {PERSISTENT_DIR} ]; then tar -czf - {PERSISTENT_DIR} | base64 -w0; fi
+"""
+
+
+def reboot(lab: Path, name: str, progress: Progress, kernel: str | None = None) -> dict[str, Any]:
+    """Shut one VM down and boot it again, into the lab's kernel or `kernel` (another lab kernel: a suite or a
+    release). What a reboot clears goes (a module a forced transition pinned, everything loaded); what a disk
+    keeps stays: the VM's /var/lib/klpfleet, copied out at shutdown and unpacked into its next boot's
+    initramfs (the VMs have no block device: Debian builds virtio_blk as a module), so the boot loader finds
+    the patches kept for boot exactly where a real host keeps them."""
     lab = lab.resolve()
     state = LabState.load(lab)
     vm = next((v for v in state.vms if v.name == name), None) if state else None
     if state is None or vm is None:
         raise UsageError(f"no VM {name!r} in the lab at {lab} (klpfleet lab up first)")
+    cache = artifacts.cache_dir()
+    release = artifacts.choose_release(cache, kernel, progress) if kernel else state.release
+    kernel_dir = artifacts.ensure_kernel(cache, release, progress)
+    layer = lab / "lab-layer.cpio.gz"
+    if release != state.release:
+        layer = lab / f"lab-layer-{release}.cpio.gz"
+        if not layer.exists():
+            modules = artifacts.build_test_modules(cache, release, default_module_source(), progress)
+            build_lab_layer(layer, release, kernel_dir, modules)
+    vm_dir = Path(vm.directory)
+    if alive(vm.pid) and ssh_banner(vm.port):
+        _save_persistent(lab, vm, vm_dir / "persist.cpio.gz")
     stop_vm(vm)
-    kernel_dir = artifacts.cache_dir() / f"kernel-{state.release}"
+    parts = [artifacts.ensure_rootfs(cache, progress), layer, vm_dir / "layer.cpio.gz"]
+    if (vm_dir / "persist.cpio.gz").exists():
+        parts.append(vm_dir / "persist.cpio.gz")
+    concatenate(parts, vm_dir / "initrd.img")
+    vm.release = release
     try:
-        boot([vm], kernel_dir / "vmlinuz", state.accel, artifacts.cache_dir(), progress)
+        boot([vm], kernel_dir / "vmlinuz", state.accel, cache, progress)
     finally:
         state.save(lab)
-    progress(f"{name} rebooted into {state.release}")
+    progress(f"{name} rebooted into {release}")
     return describe(lab)
+
+
+def _save_persistent(lab: Path, vm: VM, dest: Path) -> None:
+    """The VM's persistent directory, as an initramfs layer for its next boot (none when it has none)."""
+    import base64
+    import binascii
+    import io
+    import tarfile
+    import tempfile
+
+    from klpfleet.lab.artifacts import LabError, pack_tree
+    from klpfleet.lab.selftest import vm_target
+    from klpfleet.probe.ssh import OK, run_remote
+
+    target, known = vm_target(lab, vm.name)
+    result = run_remote(target, ["sh", "-s"], SAVE_SCRIPT, known, 10.0, 120.0)
+    if result.status != OK or result.exit_code != 0:
+        raise LabError(f"{vm.name}: saving {PERSISTENT_DIR} before the reboot failed: {result.error or result.stderr}")
+    dest.unlink(missing_ok=True)
+    if not result.stdout.strip():
+        return
+    try:
+        archive = base64.b64decode(result.stdout.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise LabError(f"{vm.name}: {PERSISTENT_DIR} came back garbled") from None
+    with tempfile.TemporaryDirectory(dir=dest.parent) as staging:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+            tar.extractall(staging, filter="tar")  # modes kept (0700 directories, 0400 modules); paths checked
+        pack_tree(Path(staging), dest)
 
 
 def down(lab: Path, progress: Progress) -> int:

@@ -39,6 +39,7 @@ class VM:
     port: int
     directory: str
     pid: int | None = None
+    release: str | None = None  # the kernel it runs, when `lab reboot --kernel` booted it into another one
 
 
 @dataclass

@@ -106,14 +106,14 @@ def main(argv=None):
         release = Livepatch(prims).kernel_release()
         try:
             for entry in persist.manifest(args.persist_dir, release):
-                print("%s %s" % (entry["name"], entry["sha256"]))
+                sys.stdout.write("%s %s\n" % (entry["name"], entry["sha256"]))
         except LivepatchError as exc:
-            print("klpfleet-boot: %s" % exc.msg, file=sys.stderr)
+            sys.stderr.write("klpfleet-boot: %s\n" % exc.msg)
             return 1
         return 0
     if not Livepatch(prims).supported():
-        print("klpfleet-boot: this kernel has no livepatch support; nothing loaded", file=sys.stderr)
+        sys.stderr.write("klpfleet-boot: this kernel has no livepatch support; nothing loaded\n")
         return 1
-    status = load_all(prims, args.persist_dir, args.timeout, echo=print)
+    status = load_all(prims, args.persist_dir, args.timeout, echo=lambda text: sys.stdout.write(text + "\n"))
     failed = [r for r in status["results"] if r["outcome"] not in ("applied", "already_applied")]
     return 1 if failed or status.get("error") else 0
