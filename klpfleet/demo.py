@@ -18,6 +18,7 @@ from klpfleet.errors import UsageError
 DEMO_MARKER = ".klpfleet-demo"
 CVE_FIX = "livepatch_cve_2026_1234"
 NEWER = "livepatch_cve_2026_5678"
+NEW_KERNEL = "6.1.0-57-amd64"
 
 FLEET = """\
 kernel_release: 6.1.0-56-amd64
@@ -114,18 +115,7 @@ class Demo:
         info(f"$ klpfleet inventory import -i {self.dir / 'fleet' / 'inventory.yml'}   -> {counts}")
 
         step("2. Gather: read every host's kernel through Ansible (playbooks/gather.yml)")
-        from klpfleet.controller.runner import run_playbook
-        from klpfleet.inventory_export import fleet_inventory
-
-        gathered = run_playbook(
-            db=self.db,
-            playbook="gather.yml",
-            records=fleet_inventory(self.db),
-            extravars={},
-            runs_in=self.dir / "runs",
-            ident="demo-gather",
-            forks=12,
-        )
+        gathered = self.gather("demo-gather")
         reached = sum(1 for r in gathered.results.values() if r.status == "ok")
         info(f"{reached} hosts answered; sim-17 did not (unreachable)")
 
@@ -176,7 +166,9 @@ class Demo:
         info(f"$ {self.k} rollback {NEWER} --fast")
         self.rollback(NEWER)
 
-        step("8. Where the fleet stands")
+        self.reboots()
+
+        step("11. Where the fleet stands")
         from klpfleet.cli.status_cmds import status_table
         from klpfleet.fleet_status import fleet_status
 
@@ -184,13 +176,92 @@ class Demo:
             status_table(fleet_status(conn), console())
         self.epilogue(rid)
 
+    def reboots(self) -> None:
+        from klpfleet.sim.fleet import reboot_host
+
+        step("8. Reboots: two hosts reboot, one boots with klpfleet.boot=0 (a rescue boot), one boots a new kernel")
+        hosts = self.dir / "fleet" / "hosts"
+        for name, kernel, loader in (
+            ("sim-02", None, True),
+            ("sim-03", None, True),
+            ("sim-04", None, False),
+            ("sim-06", NEW_KERNEL, True),
+        ):
+            boot = reboot_host(hosts / name, kernel, boot_loader=loader)
+            flags = (f" --kernel-release {kernel}" if kernel else "") + ("" if loader else " --no-boot-loader")
+            loaded = ", ".join(f"{r['name']} {r['outcome']}" for r in boot["results"]) or "nothing loaded"
+            info(f"$ klpfleet sim host reboot {hosts / name}{flags}   -> {boot['kernel_release']}: {loaded}")
+        info("The boot loader (klpfleet-boot.service on a real host) reloaded the kept patch; gather sees the rest:")
+        self.gather("demo-gather-after-reboots")
+        with self.db.session() as s:
+            from sqlalchemy import select
+
+            from klpfleet.db.models import Host, HostPatch, Patch
+
+            rows = s.execute(
+                select(Host.name, HostPatch.state)
+                .join(HostPatch, HostPatch.host_id == Host.id)
+                .join(Patch, Patch.id == HostPatch.patch_id)
+                .where(Patch.name == CVE_FIX, Host.name.in_(["sim-02", "sim-03", "sim-04", "sim-06"]))
+                .order_by(Host.name)
+            ).all()
+        info("  " + ", ".join(f"{h} {state}" for h, state in rows))
+
+        step("9. Who is still exposed? (klpfleet cves; a monitoring check: exit 2 while any host is exposed)")
+        from klpfleet.cli.cve_cmds import cves_table
+        from klpfleet.exposure import exposure
+
+        info(f"$ {self.k} cve fixed CVE-2026-1234 --kernel-release {NEW_KERNEL}   # the new kernel carries the fix")
+        with self.db.session.begin() as s:
+            from klpfleet.db import events
+            from klpfleet.db.models import CveFix
+
+            s.add(CveFix(cve="CVE-2026-1234", kernel_release=NEW_KERNEL, marked_by="demo"))
+            events.record(s, "cve.fixed", actor="demo", cve="CVE-2026-1234", kernel_release=NEW_KERNEL)
+        info(f"$ {self.k} cves")
+        with self.db.engine.connect() as conn:
+            cves_table([e.summary() for e in exposure(conn)], console())
+
+        step("10. Reconcile: a rollout of the hosts that should have the patch and do not, with the usual gates")
+        from klpfleet.cli.reconcile_cmds import reconcile_table
+        from klpfleet.controller.reconcile import plan_reconcile
+        from klpfleet.controller.selection import select_hosts
+
+        policy = self.policy(waves="100%", max_failed="3")
+        names = select_hosts(self.db)
+        info(f"$ {self.k} reconcile --dry-run")
+        reconcile_table(plan_reconcile(self.db, None, names, policy, "reconcile", dry_run=True), console())
+        info(f"$ {self.k} reconcile --max-failed 3 --wait")
+        for planned in plan_reconcile(self.db, None, names, policy, "reconcile", dry_run=False):
+            if planned["rollout"]:
+                info(f"rollout {planned['rollout']} ({planned['patch']}): {self.drive(planned['rollout'])}")
+        with self.db.engine.connect() as conn:
+            (cve,) = [e for e in exposure(conn) if e.cve == "CVE-2026-1234"]
+        counts = cve.counts()
+        info(
+            f"CVE-2026-1234: covered {counts['covered']}, exposed {counts['exposed']} "
+            f"({', '.join(f'{r} {n}' for r, n in cve.exposed_by_reason().items()) or 'none'}), "
+            f"unknown {counts['unknown']}"
+        )
+
+    def gather(self, ident: str) -> Any:
+        from klpfleet.controller.runner import run_playbook
+        from klpfleet.inventory_export import fleet_inventory
+
+        return run_playbook(
+            db=self.db,
+            playbook="gather.yml",
+            records=fleet_inventory(self.db),
+            extravars={},
+            runs_in=self.dir / "runs",
+            ident=ident,
+            forks=12,
+        )
+
     # ------------------------------------------------------------------ helpers
 
-    def plan(self, patch_name: str, shown: str, **options: Any) -> int:
-        from klpfleet.controller.plan import create_rollout, make_plan
+    def policy(self, **options: Any) -> Any:
         from klpfleet.controller.policy import build_policy
-        from klpfleet.controller.selection import select_hosts
-        from klpfleet.registry.patches import get_patch
 
         defaults = dict(
             waves="100%",
@@ -208,7 +279,14 @@ class Demo:
             on_stall="reverse",
             allow_force=False,
         )
-        policy = build_policy(**{**defaults, **options})
+        return build_policy(**{**defaults, **options})
+
+    def plan(self, patch_name: str, shown: str, **options: Any) -> int:
+        from klpfleet.controller.plan import create_rollout, make_plan
+        from klpfleet.controller.selection import select_hosts
+        from klpfleet.registry.patches import get_patch
+
+        policy = self.policy(**options)
         with self.db.session.begin() as s:
             patch = get_patch(s, patch_name)
             plan = make_plan(s, patch, select_hosts(self.db), policy)
@@ -271,6 +349,8 @@ class Demo:
               - a real Ansible run per wave (ansible-runner, playbooks/apply.yml) on {self.hosts} simulated kernels;
               - refusals told apart from stalls and unreachable hosts, a refusal retried, a gate that paused the
                 rollout, an operator's promotion, and the newer patch rolled back without touching the older one;
+              - reboots: the patch reloaded at boot, lost on a rescue boot, superseded by a new kernel; who is
+                exposed to each CVE, and reconcile putting back what was lost;
               - every decision and every host's state recorded in {self.dir / "klpfleet.db"}.
 
             Try next (in a checkout, `source .venv/bin/activate` first, or write ./run for klpfleet)
@@ -282,7 +362,9 @@ class Demo:
               {self.k} sim host log {self.dir / "fleet" / "hosts" / "sim-05"}      # its kernel log
               {ansible_env} \\
                   ansible-playbook -i {inv} {playbooks_path() / "gather.yml"}
-              {self.k} rollout create {CVE_FIX} --hosts 'zone_b' --retry-refused 2   # the hosts left over
+              {self.k} cve CVE-2026-1234                 # who is exposed, and why
+              {self.k} sim host reboot {self.dir / "fleet" / "hosts" / "sim-07"}   # then gather, cves, reconcile
+              {self.k} reconcile --dry-run
             Start over with `./run demo --fresh`.
         """).rstrip()
         )

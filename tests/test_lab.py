@@ -386,6 +386,85 @@ def test_a_rollout_over_three_vms_with_one_refusing_then_a_rollback(clean_lab, t
     assert state(lab_db, "lab1", "test_klp_callbacks_demo")[0] == "absent"
 
 
+# ------------------------------------------------------------------------------- reboots
+
+BOOT_DIR = "/var/lib/klpfleet/boot/$(uname -r)"
+
+
+def lab_reboot(lab: Lab, vm: str, *kernel: str) -> None:
+    """`klpfleet lab reboot`, keeping what the VM keeps (Lab.reboot also resets it)."""
+    proc = run_klpfleet("lab", "reboot", "--dir", str(lab.directory), vm, *kernel, "-o", "json", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lab.info = json.loads(proc.stdout)["data"]
+
+
+def probe(lab: Lab, url: str, vm: str) -> dict:
+    proc = run_klpfleet("--db", url, "probe", "--known-hosts", str(lab.known_hosts), "--hosts", vm, "-o", "json")
+    assert proc.returncode in (0, 1), proc.stderr
+    return next(h for h in json.loads(proc.stdout)["data"]["hosts"] if h["host"] == vm)
+
+
+def enable_order(lab: Lab, vm: str) -> list[str]:
+    lines = lab.sh(vm, "dmesg").splitlines()
+    return [line.split("'")[1] for line in lines if "livepatch: enabling patch '" in line]
+
+
+def test_kept_patches_come_back_after_a_reboot_in_stack_order(clean_lab, lab_db):
+    lab = clean_lab
+    assert apply(lab, lab_db, "test_klp_livepatch").returncode == 0
+    stacked = apply(lab, lab_db, "test_klp_atomic_replace", "-e", json.dumps({"klp_patch_params": {"replace": 0}}))
+    assert stacked.returncode == 0, stacked.stdout[-3000:]
+    manifest = json.loads(lab.sh("lab1", f"cat {BOOT_DIR}/manifest.json"))
+    assert [e["name"] for e in manifest["patches"]] == ["test_klp_livepatch", "test_klp_atomic_replace"]
+    assert lab.sh("lab1", "stat -c %a /var/lib/klpfleet/boot $(ls -d /var/lib/klpfleet/boot/*/)").split() == [
+        "700",
+        "700",
+    ]
+    assert probe(lab, lab_db, "lab1")["rebooted"] is False  # the boot klpfleet saw it patched in
+
+    lab_reboot(lab, "lab1")
+    # The kernel itself, independently of klpfleet: both patches act again, loaded bottom first.
+    assert lab.sh("lab1", "cat /proc/cmdline") == PATCHED_CMDLINE
+    assert lab.sh("lab1", "cat /proc/meminfo") == "test_klp_atomic_replace: this has been live patched\n"
+    assert enable_order(lab, "lab1") == ["test_klp_livepatch", "test_klp_atomic_replace"]
+    log = lab.sh("lab1", "dmesg")
+    assert "klpfleet-boot: test_klp_livepatch: applied" in log and "klpfleet-lab: boot loader exited 0" in log
+    found = probe(lab, lab_db, "lab1")
+    assert (found["rebooted"], found["drift"]) == (True, [])
+    assert state(lab_db, "lab1", "test_klp_livepatch")[0] == "applied"
+    assert (
+        last_event(lab_db, "lab1", "patch.reloaded_at_boot", "test_klp_atomic_replace").details["outcome"] == "applied"
+    )
+    assert last_event(lab_db, "lab1", "host.rebooted").details["kept_for_boot"] == [
+        "test_klp_livepatch",
+        "test_klp_atomic_replace",
+    ]
+
+    # Another kernel release: nothing kept for it loads, and the patches for the old one are superseded.
+    other = "bookworm" if lab.version >= (6, 12) or lab.version < (6, 0) else "trixie"
+    lab_reboot(lab, "lab1", "--kernel", other)
+    assert next(v for v in lab.info["vms"] if v["name"] == "lab1")["release"] != lab.release
+    assert livepatches(lab, "lab1") == []
+    gathered = playbook(lab.inventory, ROOT / "playbooks" / "gather.yml", "--limit", "lab1", db_url=lab_db)
+    assert gathered.returncode == 0, gathered.stdout[-2000:]
+    assert state(lab_db, "lab1", "test_klp_livepatch")[0] == "superseded"
+    assert state(lab_db, "lab1", "test_klp_atomic_replace")[0] == "superseded"
+
+    lab_reboot(lab, "lab1")  # back to the lab's kernel: what was kept for it loads again
+    assert lab.sh("lab1", "cat /proc/cmdline") == PATCHED_CMDLINE
+    assert probe(lab, lab_db, "lab1")["drift"] == []
+    assert state(lab_db, "lab1", "test_klp_atomic_replace")[0] == "applied"
+
+
+def test_a_removed_patch_stays_removed_after_a_reboot(clean_lab, lab_db):
+    lab = clean_lab
+    assert apply(lab, lab_db, "test_klp_livepatch").returncode == 0
+    assert remove(lab, lab_db, "test_klp_livepatch").returncode == 0
+    assert json.loads(lab.sh("lab1", f"cat {BOOT_DIR}/manifest.json"))["patches"] == []
+    lab_reboot(lab, "lab1")
+    assert livepatches(lab, "lab1") == [] and lab.sh("lab1", "cat /proc/cmdline") != PATCHED_CMDLINE
+
+
 def test_probe_over_real_ssh_reads_the_vms_and_marks_drift(clean_lab, lab_db):
     lab = clean_lab
     assert apply(lab, lab_db, "test_klp_livepatch", limit="all").returncode == 0

@@ -144,3 +144,12 @@ def test_a_rollback_is_not_undone_by_reconcile_and_a_refusal_at_boot_is_a_refusa
     assert states(db)["sim-04"] == "absent"
     plan = cli("--db", url, "reconcile", "--dry-run", "-o", "json").json()["data"]
     assert [h["host"] for p in plan for h in p["hosts"]] == ["sim-01"]  # refused: retried; sim-04: rolled back
+
+    # Rolled back from the whole fleet: nobody should have it, so reconcile leaves it alone unless asked by name.
+    assert cli("--db", url, "rollback", PATCH, "--fast").code == 0
+    with db.session.begin() as s:  # sim-01 had refused at boot: it still says so
+        assert s.scalar(select(HostPatch.state).join(Host).where(Host.name == "sim-01")) == "refused"
+    (plan,) = cli("--db", url, "reconcile", "--dry-run", "-o", "json").json()["data"]
+    assert plan["hosts"] == [] and "rolled back from the whole fleet" in plan["skipped"][0]["reason"]
+    (plan,) = cli("--db", url, "reconcile", "--patch", PATCH, "--dry-run", "-o", "json").json()["data"]
+    assert [h["host"] for h in plan["hosts"]] == ["sim-01"]

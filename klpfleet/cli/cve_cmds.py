@@ -43,25 +43,26 @@ def cves(ctx: click.Context, output: str) -> None:
     hosts, 3 the database cannot be read."""
     found = _read(ctx, None)
 
-    def render(d: list[dict[str, Any]], out: Any) -> None:
-        if not d:
-            info("no registered patch names a CVE (patch add --cve CVE-ID)")
-            return
-        rows = [
-            [
-                e["cve"],
-                ", ".join(sorted({p["name"] for p in e["patches"]})) or "-",
-                e["counts"]["covered"],
-                e["counts"]["exposed"],
-                e["counts"]["unknown"],
-                ", ".join(f"{r} {n}" for r, n in e["exposed_by_reason"].items()),
-            ]
-            for e in d
-        ]
-        table("exposure per CVE", ["cve", "patches", "covered", "exposed", "unknown", "exposed because"], rows, out)
-
-    emit("cves", [e.summary() for e in found], output, render)
+    emit("cves", [e.summary() for e in found], output, cves_table)
     ctx.exit(_exit_code(found))
+
+
+def cves_table(d: list[dict[str, Any]], out: Any) -> None:
+    if not d:
+        info("no registered patch names a CVE (patch add --cve CVE-ID)")
+        return
+    rows = [
+        [
+            e["cve"],
+            ", ".join(sorted({p["name"] for p in e["patches"]})) or "-",
+            e["counts"]["covered"],
+            e["counts"]["exposed"],
+            e["counts"]["unknown"],
+            ", ".join(f"{r} {n}" for r, n in e["exposed_by_reason"].items()),
+        ]
+        for e in d
+    ]
+    table("exposure per CVE", ["cve", "patches", "covered", "exposed", "unknown", "exposed because"], rows, out)
 
 
 class CveGroup(click.Group):

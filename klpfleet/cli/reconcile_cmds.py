@@ -40,14 +40,15 @@ def reconcile(
     Exit status: 0 planned (or nothing to do), 1 a rollout driven with --wait did not complete, 2 bad input.
     """
     from klpfleet.controller.policy import build_policy
+    from klpfleet.controller.reconcile import plan_reconcile
     from klpfleet.controller.selection import select_hosts
 
     policy = build_policy(**options)
     db = database(ctx)
     names = select_hosts(db, pattern, group)
     selector = "reconcile" + "".join(f" {x}" for x in (f"group {group}" if group else None, pattern) if x)
-    planned = _plan(db, patch_ref, names, policy, selector, dry_run)
-    emit("reconcile", planned, output, _table)
+    planned = plan_reconcile(db, patch_ref, names, policy, selector, dry_run)
+    emit("reconcile", planned, output, reconcile_table)
     ids = [p["rollout"] for p in planned if p["rollout"]]
     if dry_run or not ids:
         if not any(p["hosts"] for p in planned):
@@ -62,7 +63,7 @@ def reconcile(
         worst = 0
         while ids:
             worst = max([worst] + [drive(ctx, rid) for rid in ids])
-            more = _plan(db, patch_ref, names, policy, selector, dry_run=False)
+            more = plan_reconcile(db, patch_ref, names, policy, selector, dry_run=False)
             ids = [p["rollout"] for p in more if p["rollout"]]
         ctx.exit(worst)
     if start:
@@ -70,50 +71,7 @@ def reconcile(
             drive_or_detach(ctx, rid, wait=False)
 
 
-def _plan(db: Any, patch_ref: str | None, names: list[str], policy: Any, selector: str, dry_run: bool) -> list[Any]:
-    """One rollout per patch with candidates; a host goes into the first patch's rollout that wants it, the next
-    reconcile (or the --wait loop) plans the rest."""
-    from sqlalchemy import select
-
-    from klpfleet.controller.plan import create_rollout, make_plan, plan_record
-    from klpfleet.controller.reconcile import candidates, patches_to_reconcile
-    from klpfleet.db.models import Host, Rollout, WaveHost
-    from klpfleet.registry.patches import get_patch
-    from klpfleet.states import ACTIVE_ROLLOUT_STATUSES
-
-    planned: list[dict[str, Any]] = []
-    with db.session.begin() as s:
-        patches = [get_patch(s, patch_ref)] if patch_ref else patches_to_reconcile(s)
-        held = dict(
-            s.execute(
-                select(Host.name, Rollout.id)
-                .join(WaveHost, WaveHost.host_id == Host.id)
-                .join(Rollout, Rollout.id == WaveHost.rollout_id)
-                .where(Rollout.status.in_([st.value for st in ACTIVE_ROLLOUT_STATUSES]))
-            ).all()
-        )
-        for patch in patches:
-            found = candidates(s, patch, names)
-            for host in [h for h in found.included if h in held]:
-                del found.included[host]
-                found.skipped[host] = f"held by rollout {held[host]}: reconcile again once it ends"
-            record: dict[str, Any] = {
-                "patch": patch.name,
-                "sha256": patch.sha256,
-                "hosts": [{"host": h, "reason": r} for h, r in sorted(found.included.items())],
-                "skipped": [{"host": h, "reason": r} for h, r in sorted(found.skipped.items())],
-                "rollout": None,
-            }
-            if found.included and not dry_run:
-                plan = make_plan(s, patch, sorted(found.included), policy)
-                row = create_rollout(s, patch, plan, policy, selector)
-                record.update(rollout=row.id, **plan_record(plan))
-                held.update(dict.fromkeys(found.included, row.id))
-            planned.append(record)
-    return planned
-
-
-def _table(d: list[dict[str, Any]], out: Any) -> None:
+def reconcile_table(d: list[dict[str, Any]], out: Any) -> None:
     for p in d:
         title = f"{p['patch']} {p['sha256'][:12]}" + (f": rollout {p['rollout']}" if p["rollout"] else "")
         if p["hosts"]:

@@ -593,6 +593,7 @@ def rollback(
             s,
             "patch.rollback",
             patch=get_patch(s, patch_ref),
+            selector=pattern or "all",
             cascade=cascade,
             fast=fast,
             to=previous.name if previous is not None else None,

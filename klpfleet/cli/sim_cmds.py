@@ -61,19 +61,23 @@ def host_create(directory: str, kernel_release: str, speed: float) -> None:
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--kernel-release", default=None, help="Boot another kernel release (default: the one it runs).")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds the boot loader waits for each transition.")
+@click.option("--no-boot-loader", is_flag=True, help="Boot with klpfleet.boot=0 (a rescue boot): nothing is loaded.")
 @output_option
-def host_reboot(directory: str, kernel_release: str | None, timeout: float, output: str) -> None:
+def host_reboot(directory: str, kernel_release: str | None, timeout: float, no_boot_loader: bool, output: str) -> None:
     """Reboot a simulated host: a fresh kernel, then the boot loader loads the patches kept for its release.
 
     Exit status: 0 every kept patch loaded (or none kept), 1 a kept patch failed to load at boot, 2 bad input."""
     from klpfleet.sim.fleet import reboot_host
 
-    status = reboot_host(Path(directory), kernel_release, timeout)
+    status = reboot_host(Path(directory), kernel_release, timeout, boot_loader=not no_boot_loader)
 
     def render(d: dict[str, Any], out: Any) -> None:
         info(f"{directory} booted {d['kernel_release']} (boot id {d['boot_id']})")
         if d.get("error"):
             info(f"boot loader: {d['error']}")
+        if d.get("skipped"):
+            info(f"boot loader skipped ({d['skipped']})")
+            return
         rows = [[r["name"], r["outcome"], r.get("klp_error") or "", r.get("msg") or ""] for r in d["results"]]
         if rows:
             table(None, ["patch", "outcome", "klp_error", "message"], rows, out)

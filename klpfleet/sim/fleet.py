@@ -119,10 +119,13 @@ def _start_workload(kernel: Any, module_dir: Path) -> None:
             raise UsageError(f"booting {kernel.s['kernel_release']}: {err.strip()}")
 
 
-def reboot_host(root: Path, kernel_release: str | None = None, transition_timeout: float = 60.0) -> dict[str, Any]:
+def reboot_host(
+    root: Path, kernel_release: str | None = None, transition_timeout: float = 60.0, boot_loader: bool = True
+) -> dict[str, Any]:
     """Reboot a simulated host (into kernel_release, default the same one): a fresh kernel, the same build options,
     faults and boot workload, then the boot loader of the collection loads what the host kept for that release,
-    exactly as klpfleet-boot.service does on a real host. Returns the loader's status."""
+    exactly as klpfleet-boot.service does on a real host (boot_loader=False: a boot with klpfleet.boot=0 on the
+    kernel command line, which skips it). Returns the loader's status (no results when it was skipped)."""
     sim = sim_kernel()
     from ansible_collections.klpfleet.livepatch.plugins.module_utils import _boot, _persist
 
@@ -137,6 +140,10 @@ def reboot_host(root: Path, kernel_release: str | None = None, transition_timeou
     except OSError as exc:
         raise UsageError(f"{root}: {exc.strerror}") from None
     prims = sim.SimPrimitives(str(root))
+    if not boot_loader:
+        with sim.SimHost(str(root)) as kernel:
+            release, boot_id = kernel.s["kernel_release"], kernel.s["boot_id"]
+        return {"boot_id": boot_id, "kernel_release": release, "results": [], "skipped": "klpfleet.boot=0"}
     return dict(_boot.load_all(prims, _persist.default_dir("sim", str(root)), transition_timeout))
 
 

@@ -58,6 +58,7 @@ def loader_bundle():
 class ActionModule(ActionBase):
     _supports_check_mode = True
     _supports_async = True
+    loads_patches = True  # the patch module; patch_info only reads
 
     def run(self, tmp=None, task_vars=None):
         task_vars = task_vars or {}
@@ -113,7 +114,8 @@ class ActionModule(ActionBase):
         from ansible.module_utils.parsing.convert_bool import boolean
 
         return (
-            args.get("state", "present") == "present"
+            self.loads_patches
+            and args.get("state", "present") == "present"
             and boolean(args.get("persist", True), strict=False)
             and args.get("backend", "sysfs") != "sim"
         )

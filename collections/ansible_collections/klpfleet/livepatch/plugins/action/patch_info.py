@@ -9,4 +9,4 @@ from ansible_collections.klpfleet.livepatch.plugins.action.patch import ActionMo
 
 
 class ActionModule(PatchAction):
-    pass
+    loads_patches = False
