@@ -33,16 +33,21 @@ def fleet_db(
     with db.session.begin() as s:
         apply_import(s, read_inventory([str(tmp / "fleet" / "inventory.yml")]), prune=False)
     if gather:
-        run_playbook(
-            db=db,
-            playbook="gather.yml",
-            records=fleet_inventory(db),
-            extravars={},
-            runs_in=tmp / "runs",
-            ident="gather",
-            forks=20,
-        )
+        gather_fleet(db, tmp)
     return db
+
+
+def gather_fleet(db: Database, tmp: Path, ident: str = "gather") -> None:
+    """playbooks/gather.yml over the whole fleet, recorded."""
+    run_playbook(
+        db=db,
+        playbook="gather.yml",
+        records=fleet_inventory(db),
+        extravars={},
+        runs_in=tmp / "runs",
+        ident=ident,
+        forks=20,
+    )
 
 
 def register(db: Database, tmp: Path, name: str = "livepatch_cve_2026_1234", **spec: Any) -> Patch:

@@ -1,7 +1,6 @@
 """Patches kept for boot: the patch module keeps what it applied (per kernel release, in stack order), and the boot
 loader loads it again when a simulated host reboots, through the same apply code as a rollout."""
 
-import base64
 import json
 import os
 import platform
@@ -10,8 +9,8 @@ import sys
 
 import pytest
 
-from ansible_collections.klpfleet.livepatch.plugins.action.patch import loader_bundle
 from ansible_collections.klpfleet.livepatch.plugins.module_utils import _persist as persist
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._boot import bundle
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._livepatch import (
     Livepatch,
     LivepatchError,
@@ -173,32 +172,31 @@ def test_the_loader_bundle_runs_as_a_zip_application(tmp_path):
     (boot / release / "manifest.json").write_text(
         json.dumps({"format": 1, "kernel_release": release, "patches": [{"name": "lp_a", "sha256": "a" * 64}]})
     )
-    bundle = tmp_path / "klpfleet-boot.pyz"
-    bundle.write_bytes(base64.b64decode(loader_bundle()))
+    bundle_file = tmp_path / "klpfleet-boot.pyz"
+    bundle_file.write_bytes(bundle())
     env = {"PATH": os.environ["PATH"], "PYTHONNOUSERSITE": "1"}
     run = subprocess.run(
-        [sys.executable, "-I", str(bundle), "list", "--persist-dir", str(boot)],
+        [sys.executable, "-I", str(bundle_file), "list", "--persist-dir", str(boot)],
         capture_output=True,
         text=True,
         env=env,
         check=False,
     )
     assert (run.returncode, run.stdout) == (0, f"lp_a {'a' * 64}\n"), run.stderr
-    assert loader_bundle() == loader_bundle()
+    assert bundle() == bundle()
 
 
 def test_on_a_systemd_host_the_unit_is_installed_and_enabled(tmp_path):
     boot, units = str(tmp_path / "boot"), tmp_path / "units"
     units.mkdir()
-    bundle = base64.b64decode(loader_bundle())
-    assert persist.install_loader(boot, bundle, "/usr/bin/python3", systemd=True, unit_dir=str(units)) is True
+    assert persist.install_loader(boot, bundle(), "/usr/bin/python3", systemd=True, unit_dir=str(units)) is True
     unit = (units / persist.UNIT_NAME).read_text()
     assert f"ExecStart=/usr/bin/python3 {boot}/klpfleet-boot.pyz load --persist-dir {boot}" in unit
     assert "Before=network-pre.target" in unit and "ConditionKernelCommandLine=!klpfleet.boot=0" in unit
     link = units / "multi-user.target.wants" / persist.UNIT_NAME
     assert os.readlink(link) == str(units / persist.UNIT_NAME)
     assert oct(os.stat(os.path.join(boot, persist.LOADER)).st_mode & 0o777) == "0o500"
-    assert persist.install_loader(boot, bundle, "/usr/bin/python3", systemd=True, unit_dir=str(units)) is False
+    assert persist.install_loader(boot, bundle(), "/usr/bin/python3", systemd=True, unit_dir=str(units)) is False
 
 
 def test_boot_id_and_time_are_facts(tmp_path):

@@ -7,14 +7,13 @@ import shutil
 import pytest
 from sqlalchemy import select
 
-from klpfleet.controller.runner import run_playbook
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel import SimHost
 from klpfleet.db.models import Event, Host, HostPatch
-from klpfleet.inventory_export import fleet_inventory
 from klpfleet.registry.patches import add_patch
 from klpfleet.sim.fleet import reboot_host
 from klpfleet.sim.spec import normalize, write_ko
 
-from .controllerhelpers import enable_count, enabled_on, fleet_db, sim_root
+from .controllerhelpers import enable_count, enabled_on, fleet_db, gather_fleet, sim_root
 
 pytestmark = pytest.mark.ansible
 PATCH = "livepatch_cve_2026_1234"
@@ -31,18 +30,6 @@ def env(tmp_path, monkeypatch):
     with db.session.begin() as s:
         add_patch(s, ko, cves=[CVE])
     return tmp_path, url, db
-
-
-def gather(tmp, db, ident):
-    run_playbook(
-        db=db,
-        playbook="gather.yml",
-        records=fleet_inventory(db),
-        extravars={},
-        runs_in=tmp / "runs",
-        ident=ident,
-        forks=10,
-    )
 
 
 def states(db):
@@ -69,7 +56,7 @@ def test_reboots_are_recorded_and_reconcile_puts_back_what_was_lost(cli, env):
     assert [r["outcome"] for r in reboot_host(tmp / "fleet" / "hosts" / "sim-01")["results"]] == ["applied"]
     assert reboot_host(tmp / "fleet" / "hosts" / "sim-02")["results"] == []
     reboot_host(tmp / "fleet" / "hosts" / "sim-03", NEW_KERNEL)
-    gather(tmp, db, "after-reboots")
+    gather_fleet(db, tmp, "after-reboots")
 
     assert states(db) == {
         "sim-01": "applied",  # reloaded at boot
@@ -79,6 +66,9 @@ def test_reboots_are_recorded_and_reconcile_puts_back_what_was_lost(cli, env):
     }
     assert events_of(db, "host.rebooted") == ["sim-01", "sim-02", "sim-03"]
     assert events_of(db, "patch.reloaded_at_boot") == ["sim-01"]
+    host = cli("--db", url, "host", "sim-01", "-o", "json").json()["data"]
+    with SimHost(sim_root(tmp, "sim-01")) as k:
+        assert host["boot_id"] == k.s["boot_id"] and host["booted_at"].startswith("20")
     status = cli("--db", url, "status", "-o", "json")
     assert status.code == 1  # degraded: a patch lost at reboot
     doc = status.json()["data"]
@@ -128,12 +118,10 @@ def test_a_rollback_is_not_undone_by_reconcile_and_a_refusal_at_boot_is_a_refusa
     reboot_host(tmp / "fleet" / "hosts" / "sim-04")
     assert enabled_on(tmp, "sim-04") == []  # the rollback took it out of what is kept for boot
 
-    from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel import SimHost
-
     with SimHost(sim_root(tmp, "sim-01")) as k:
         k.s["faults"]["refuse"] = [{"patch": "*", "object": "vmlinux", "errno": 16}]
     assert reboot_host(tmp / "fleet" / "hosts" / "sim-01")["results"][0]["klp_error"] == "refused"
-    gather(tmp, db, "after-reboots")
+    gather_fleet(db, tmp, "after-reboots")
     with db.session() as s:
         row = s.execute(
             select(HostPatch.state, HostPatch.error_code, HostPatch.errno, HostPatch.refused_object)

@@ -152,6 +152,8 @@ def _host_table(d: dict[str, Any], out: Any) -> None:
                 "livepatch_supported",
                 "reachable",
                 "last_seen",
+                "booted_at",
+                "boot_id",
                 "groups",
                 "labels",
             )

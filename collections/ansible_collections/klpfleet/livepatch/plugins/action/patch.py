@@ -11,48 +11,13 @@ copy module does: a stat, a transfer, a chmod) costs several round trips per hos
 from __future__ import annotations
 
 import base64
-import io
 import os
-import zipfile
 
 from ansible.errors import AnsibleError
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 
 HOST_VAR_DEFAULTS = (("backend", "klp_backend"), ("sim_root", "klp_sim_root"))
-
-
-# The boot loader: the host-side code it runs, as a zip application (python3 klpfleet-boot.pyz load).
-LOADER_MODULE_UTILS = ("_artifact", "_boot", "_livepatch", "_modinfo", "_operations", "_persist", "_primitives")
-LOADER_MAIN = (
-    "import sys\nfrom ansible_collections.klpfleet.livepatch.plugins.module_utils._boot import main\nsys.exit(main())\n"
-)
-_loader = {}
-
-
-def loader_bundle():
-    """The loader's zip archive, base64; byte-for-byte the same for the same collection, so a host rewrites it
-    only when the collection changed."""
-    if "bundle" not in _loader:
-        from ansible_collections.klpfleet.livepatch.plugins.module_utils import _primitives
-
-        source = os.path.dirname(_primitives.__file__)
-        package = "ansible_collections/klpfleet/livepatch/plugins/module_utils"
-        files = [("__main__.py", LOADER_MAIN.encode())]
-        parts = package.split("/")
-        files += [("/".join(parts[: i + 1]) + "/__init__.py", b"") for i in range(len(parts))]
-        for name in LOADER_MODULE_UTILS:
-            with open(os.path.join(source, name + ".py"), "rb") as f:
-                files.append(("%s/%s.py" % (package, name), f.read()))
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for name, data in files:
-                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.external_attr = 0o644 << 16
-                archive.writestr(info, data)
-        _loader["bundle"] = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return _loader["bundle"]
 
 
 class ActionModule(ActionBase):
@@ -92,7 +57,9 @@ class ActionModule(ActionBase):
             except AnsibleError as exc:
                 return self._refused(result, args, "source_unreadable", to_text(exc.message))
         if self._keeps_for_boot(args):
-            args["loader"] = loader_bundle()
+            from ansible_collections.klpfleet.livepatch.plugins.module_utils._boot import bundle
+
+            args["loader"] = base64.b64encode(bundle()).decode("ascii")
         wrap_async = bool(self._task.async_val) and not self._connection.has_native_async
         result.update(
             self._execute_module(

@@ -94,21 +94,33 @@ def install(data, directory, sha256, check_mode=False):
         if not exists:
             os.makedirs(directory, mode=0o700)
             os.chmod(directory, 0o700)  # whatever the umask
-        fd, temporary = tempfile.mkstemp(prefix=".%s." % sha256[:12], suffix=".part", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fchmod(f.fileno(), 0o400)
-                os.fsync(f.fileno())
-            os.rename(temporary, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+        write_atomically(path, data, 0o400)
     except OSError as exc:
         raise LivepatchError("install_failed", "cannot write %s: %s" % (path, exc.strerror or exc)) from None
     return path, True
+
+
+def write_atomically(path, data, mode):
+    """Write data to a temporary file beside path, fsync it and rename it into place (then fsync the directory,
+    so the rename survives a power cut): a reader sees the old file or the new one, never half of one."""
+    directory = os.path.dirname(path)
+    fd, temporary = tempfile.mkstemp(prefix="." + os.path.basename(path)[:16] + ".", suffix=".part", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.rename(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def discard(directory, sha256, check_mode=False):

@@ -17,15 +17,22 @@ else an init script runs the same command; a simulated host runs load_all() on `
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 import time
+import zipfile
 
 from ansible_collections.klpfleet.livepatch.plugins.module_utils import _persist as persist
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._livepatch import Livepatch, LivepatchError
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._operations import apply_patch
 
 LOG_PREFIX = "klpfleet-boot: "
+# What the loader runs on a host, from this directory: it travels as a zip application (klpfleet-boot.pyz).
+BUNDLED = ("_artifact", "_boot", "_livepatch", "_modinfo", "_operations", "_persist", "_primitives")
+PACKAGE = "ansible_collections/klpfleet/livepatch/plugins/module_utils"
+MAIN = "import sys\nfrom %s._boot import main\nsys.exit(main())\n" % PACKAGE.replace("/", ".")
+_bundle = []
 
 
 def load_all(prims, persist_dir, transition_timeout=60.0, echo=None):
@@ -88,6 +95,28 @@ def load_all(prims, persist_dir, transition_timeout=60.0, echo=None):
     except (OSError, LivepatchError) as exc:
         say("cannot write the boot status: %s" % (getattr(exc, "msg", None) or exc))
     return status
+
+
+def bundle():
+    """The loader as a zip application: these module_utils under their package path and a __main__. The same
+    bytes for the same collection (fixed timestamps), so a host rewrites its copy only when the code changed."""
+    if not _bundle:
+        here = os.path.dirname(os.path.abspath(__file__))
+        parts = PACKAGE.split("/")
+        files = [("__main__.py", MAIN.encode())]
+        files += [("/".join(parts[: i + 1]) + "/__init__.py", b"") for i in range(len(parts))]
+        for name in BUNDLED:
+            with open(os.path.join(here, name + ".py"), "rb") as f:
+                files.append(("%s/%s.py" % (PACKAGE, name), f.read()))
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for name, data in files:
+                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                archive.writestr(info, data)
+        _bundle.append(buffer.getvalue())
+    return _bundle[0]
 
 
 def main(argv=None):

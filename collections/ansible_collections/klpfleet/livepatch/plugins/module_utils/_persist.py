@@ -24,7 +24,6 @@ import errno
 import fcntl
 import json
 import os
-import tempfile
 import time
 
 from ansible_collections.klpfleet.livepatch.plugins.module_utils import _artifact as artifact
@@ -74,27 +73,6 @@ def locked(persist_dir):
         os.close(fd)
 
 
-def write_atomically(path, data, mode=0o600):
-    directory = os.path.dirname(path)
-    fd, temporary = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".part", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.rename(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a power cut
-    finally:
-        os.close(dir_fd)
-
-
 def read_json(path):
     """The document at path, None when there is none; a LivepatchError when it is not a klpfleet document."""
     try:
@@ -128,7 +106,9 @@ def manifest(persist_dir, release):
 def _save(persist_dir, release, entries):
     directory = release_dir(persist_dir, release)
     doc = {"format": FORMAT, "kernel_release": release, "patches": entries}
-    write_atomically(os.path.join(directory, MANIFEST), (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+    artifact.write_atomically(
+        os.path.join(directory, MANIFEST), (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode(), 0o600
+    )
     wanted = {e["sha256"] + ".ko" for e in entries}
     for name in os.listdir(directory):
         if name.endswith(".ko") and name not in wanted:
@@ -203,7 +183,9 @@ def save_boot_status(persist_dir, release, status):
     directory = release_dir(persist_dir, release)
     ensure_dir(directory)
     doc = dict(status, format=FORMAT)
-    write_atomically(os.path.join(directory, BOOT_STATUS), (json.dumps(doc, sort_keys=True) + "\n").encode(), 0o644)
+    artifact.write_atomically(
+        os.path.join(directory, BOOT_STATUS), (json.dumps(doc, sort_keys=True) + "\n").encode(), 0o644
+    )
 
 
 def unit_text(python, persist_dir):
@@ -248,7 +230,7 @@ def install_loader(persist_dir, bundle, python, systemd=None, unit_dir=UNIT_DIR,
             changed = True
             if not check_mode:
                 try:
-                    write_atomically(target, data, mode)
+                    artifact.write_atomically(target, data, mode)
                 except OSError as exc:
                     raise LivepatchError("install_failed", "cannot write %s: %s" % (target, exc.strerror)) from None
         if systemd:
