@@ -105,6 +105,8 @@ def exposure(conn: Connection, only: str | None = None) -> list[Exposure]:
             by_cve.setdefault(cve, Exposure(cve)).fixed_releases.append(release)
     if only is not None and only not in by_cve:
         raise UsageError(f"no registered patch names {only} and no kernel release is marked as fixing it")
+    if not by_cve:
+        return []  # no CVE named anywhere: `status` on a fleet without CVEs reads no host for this
 
     states: dict[int, dict[int, str]] = defaultdict(dict)  # host id -> patch id -> state
     if patch_cves:

@@ -25,7 +25,12 @@ def test_demo_runs_a_real_rollout_and_writes_only_under_its_directory(tmp_path):
     assert status.returncode == 1  # degraded: refusals, a reversed stall, an unreachable host
     data = json.loads(status.stdout)["data"]
     states = {p["name"]: p["states"] for p in data["patches"]}
-    assert states["livepatch_cve_2026_1234"] == {"applied": 16, "refused": 2, "stalled": 1}
+    # sim-06 booted a new kernel (superseded); sim-04 lost the patch on a rescue boot and reconcile put it back.
+    assert states["livepatch_cve_2026_1234"] == {"applied": 15, "refused": 2, "stalled": 1, "superseded": 1}
+    assert "sim-02 applied, sim-03 applied, sim-04 lost_at_reboot, sim-06 superseded" in proc.stderr
+    (cve,) = [c for c in data["cves"] if c["cve"] == "CVE-2026-1234"]
+    assert (cve["covered"], cve["exposed"], cve["exposed_by_reason"]) == (16, 3, {"refused": 2, "stalled": 1})
+    assert run_klpfleet("--db", db, "cves").returncode == 2  # hosts are still exposed
     assert states["livepatch_cve_2026_5678"]["absent"] == 16
     assert data["hosts"]["unreachable"] == 1
     # Nothing outside the demo directory: no default database, no data dir, no stray files next to it.
