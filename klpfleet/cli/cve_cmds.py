@@ -15,14 +15,14 @@ from klpfleet.cli.output import emit, info, output_option, table
 from klpfleet.errors import DatabaseError, first_line
 
 
-def _read(ctx: click.Context, only: str | None) -> list[Any]:
+def _read(ctx: click.Context, only: str | None, counts_only: bool = False) -> list[Any]:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from klpfleet.exposure import exposure
+    from klpfleet.exposure import exposure, exposure_counts
 
     try:
         with database(ctx).engine.connect() as conn:
-            return exposure(conn, only)
+            return exposure_counts(conn) if counts_only else exposure(conn, only)
     except SQLAlchemyError as exc:
         raise DatabaseError(f"cannot read the database: {first_line(exc)}") from None
 
@@ -41,7 +41,7 @@ def cves(ctx: click.Context, output: str) -> None:
 
     Exit status: 0 nothing exposed, 1 hosts nobody can judge (no patch for their kernel release), 2 exposed
     hosts, 3 the database cannot be read."""
-    found = _read(ctx, None)
+    found = _read(ctx, None, counts_only=True)
 
     emit("cves", [e.summary() for e in found], output, cves_table)
     ctx.exit(_exit_code(found))
