@@ -129,6 +129,7 @@ def host_detail(session: Session, name: str, event_limit: int = 20) -> dict[str,
 
 def event_record(e: Event) -> dict[str, Any]:
     return {
+        "id": e.id,
         "at": e.at,
         "actor": e.actor,
         "kind": e.kind,

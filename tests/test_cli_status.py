@@ -187,3 +187,42 @@ def test_json_is_valid_for_every_read_command(cli, sqlite_db, sqlite_url, tmp_pa
         result = cli("--db", sqlite_url, *args, "-o", "json")
         assert result.code == 0, (args, result.err)
         assert json.loads(result.out)["schema_version"] == 1
+
+
+def test_events_follow_prints_each_new_event_as_a_line(sqlite_db, sqlite_url):
+    """`events -f` as scripts use it: the recent events, then every new one as it is recorded, filters applied."""
+    from klpfleet.db import events as db_events
+
+    with sqlite_db.session.begin() as s:
+        db_events.record(s, "test.before", actor="t", n=0)
+    proc = subprocess.Popen(
+        [
+            _sys.executable,
+            "-m",
+            "klpfleet.cli.main",
+            "--db",
+            sqlite_url,
+            "events",
+            "-f",
+            "--kind",
+            "test.",
+            "-o",
+            "json",
+            "--interval",
+            "0.2s",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = json.loads(proc.stdout.readline())
+        assert (first["kind"], first["details"]) == ("test.before", {"n": 0})
+        with sqlite_db.session.begin() as s:
+            db_events.record(s, "other.kind", actor="t")  # filtered out
+            db_events.record(s, "test.after", actor="t", n=1)
+        second = json.loads(proc.stdout.readline())
+        assert (second["kind"], second["details"], second["id"] > first["id"]) == ("test.after", {"n": 1}, True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -4,6 +4,7 @@ import pytest
 from ansible.utils.helpers import pct_to_int as ansible_pct_to_int
 
 from klpfleet.controller.policy import parse_duration, pct_to_int, serial_batches
+from klpfleet.errors import UsageError
 
 from .controllerhelpers import fleet_db, register
 
@@ -33,9 +34,18 @@ def test_domains_are_never_mixed_and_walked_in_order():
     assert all(len({domains[h] for h in b}) == 1 for b in batches)
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("5m", 300), ("1.5h", 5400), ("250ms", 0.25), ("7", 7)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("5m", 300), ("1.5h", 5400), ("250ms", 0.25), ("7", 7), ("1h30m", 5400), ("2 hours", 7200)],
+)
 def test_durations(text, seconds):
     assert parse_duration(text, "x") == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "-5s", "8d", "1h30"])
+def test_bad_durations_are_one_clear_line(text):
+    with pytest.raises(UsageError, match="x: "):
+        parse_duration(text, "x")
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
 
 from klpfleet.cli.context import database
-from klpfleet.cli.output import emit, output_option, table
+from klpfleet.cli.output import emit, iso, output_option, plain, printable, table
 from klpfleet.errors import DatabaseError, UsageError, first_line
 
 
@@ -212,12 +213,29 @@ def _events_table(events: list[dict[str, Any]], out: Any) -> None:
 @click.option("--rollout", "rollout_id", type=int, help="Only events of this rollout.")
 @click.option("--kind", help="Only events of this kind (prefix match, e.g. 'host.').")
 @click.option("--limit", default=50, show_default=True)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing events as they are recorded (Ctrl-C stops).")
+@click.option("--interval", default="1s", show_default=True, help="With --follow: how often to look.")
 @output_option
 @click.pass_context
 def events_cmd(
-    ctx: click.Context, host_name: str | None, rollout_id: int | None, kind: str | None, limit: int, output: str
+    ctx: click.Context,
+    host_name: str | None,
+    rollout_id: int | None,
+    kind: str | None,
+    limit: int,
+    follow: bool,
+    interval: str,
+    output: str,
 ) -> None:
-    """The audit trail, newest first."""
+    """The audit trail, newest first; with --follow, the last LIMIT oldest first and then each new event as it
+    is recorded: a line each (one JSON object per line with -o json), like `tail -f`.
+
+    \b
+    Examples:
+      klpfleet events --rollout 7
+      klpfleet events --kind patch.state --host web-17 -o json
+      klpfleet events -f --kind rollout.        # watch every rollout's decisions live
+    """
     from sqlalchemy import select
 
     from klpfleet.db.models import Event
@@ -230,6 +248,49 @@ def events_cmd(
         query = query.where(Event.rollout_id == rollout_id)
     if kind:
         query = query.where(Event.kind.startswith(kind))
-    with database(ctx).session() as session:
+    db = database(ctx)
+    with db.session() as session:
         rows = [event_record(e) for e in session.scalars(query)]
-    emit("events", rows, output, _events_table)
+    if not follow:
+        emit("events", rows, output, _events_table)
+        return
+    from klpfleet.controller.policy import parse_duration
+
+    _follow_events(db, query, list(reversed(rows)), parse_duration(interval, "--interval"), output)
+
+
+def _follow_events(db: Any, query: Any, first: list[dict[str, Any]], every: float, output: str) -> None:
+    """Print events as lines and poll for ones with a higher id than the last printed."""
+    import json
+    import time
+
+    from klpfleet.db.models import Event
+    from klpfleet.views import event_record
+
+    def show(e: dict[str, Any]) -> None:
+        if output == "json":
+            click.echo(json.dumps(plain(e), separators=(",", ":")))
+        else:
+            where = " ".join(f"{k}={e[k]}" for k in ("host", "patch", "rollout") if e[k] is not None)
+            details = json.dumps(plain(e["details"]), separators=(",", ":")) if e["details"] else ""
+            parts = (iso(e["at"]), e["actor"], e["kind"], where, details)
+            click.echo(printable(" ".join(p for p in parts if p)))
+
+    last = 0
+    for e in first:
+        show(e)
+        last = max(last, e["id"])
+    with db.session() as session:
+        last = max(
+            last,
+            session.scalar(query.with_only_columns(Event.id).order_by(None).order_by(Event.id.desc()).limit(1)) or 0,
+        )
+    follow = query.order_by(None).limit(None).order_by(Event.id)
+    while True:
+        time.sleep(every)
+        with db.session() as session:
+            new = [event_record(e) for e in session.scalars(follow.where(Event.id > last).limit(1000))]
+        for e in new:
+            show(e)
+            last = e["id"]
+        sys.stdout.flush()

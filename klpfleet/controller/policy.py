@@ -10,15 +10,15 @@ from typing import Any
 from klpfleet.controller.engine import resolve as resolve_engine
 from klpfleet.errors import UsageError
 
-DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
-UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
 
 def parse_duration(text: str, what: str) -> float:
-    m = DURATION_RE.match(text.strip())
-    if not m:
-        raise UsageError(f"{what}: {text!r} is not a duration (e.g. 30s, 5m, 1h)")
-    seconds = float(m.group(1)) * UNITS[m.group(2)]
+    """Seconds in a duration as people write them: 30s, 5m, 1h30m, 1.5h, 250ms, "2 hours" (pytimeparse2)."""
+    from pytimeparse2 import parse
+
+    seconds = parse(text.strip()) if text.strip() else None
+    if seconds is None or seconds < 0:
+        raise UsageError(f"{what}: {text!r} is not a duration (e.g. 30s, 5m, 1h30m)")
+    seconds = float(seconds)
     if seconds > 7 * 24 * 3600:
         raise UsageError(f"{what}: {text!r} is longer than a week")
     return seconds
