@@ -197,7 +197,7 @@ def test_events_follow_prints_each_new_event_as_a_line(sqlite_db, sqlite_url):
         db_events.record(s, "test.before", actor="t", n=0)
     proc = subprocess.Popen(
         [
-            _sys.executable,
+            sys.executable,
             "-m",
             "klpfleet.cli.main",
             "--db",
