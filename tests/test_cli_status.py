@@ -1,6 +1,7 @@
 """The fleet status CLI: health and exit codes, filters, host detail, output formats, bad input."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -226,3 +227,32 @@ def test_events_follow_prints_each_new_event_as_a_line(sqlite_db, sqlite_url):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        ("klpfleet host we", ["web1", "web2"]),
+        ("klpfleet rollout create livepatch_t", ["livepatch_test"]),
+        ("klpfleet cve CVE-2026-9", ["CVE-2026-9999"]),
+        ("klpfleet cv", ["cve", "cves"]),
+    ],
+)
+def test_shell_completion_offers_names_from_the_database(sqlite_db, sqlite_url, ko_factory, words, expected):
+    from klpfleet.db.models import Host
+    from klpfleet.registry.patches import add_patch
+
+    with sqlite_db.session.begin() as s:
+        s.add_all([Host(name="web1", vars={}), Host(name="web2", vars={}), Host(name="db1", vars={})])
+        add_patch(s, ko_factory("livepatch_test"), cves=["CVE-2026-9999"])
+    env = {
+        **os.environ,
+        "_KLPFLEET_COMPLETE": "bash_complete",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(len(words.split()) - 1),
+    }
+    env["KLPFLEET_DB"] = sqlite_url
+    proc = subprocess.run(
+        [sys.executable, "-m", "klpfleet.cli.main"], env=env, capture_output=True, text=True, check=False
+    )
+    assert [line.split(",", 1)[1] for line in proc.stdout.splitlines()] == expected, proc.stderr

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from klpfleet.cli import completion
 from klpfleet.cli.context import database
 from klpfleet.cli.output import emit, info, output_option, table
 from klpfleet.errors import DatabaseError, first_line
@@ -68,6 +69,9 @@ def cves_table(d: list[dict[str, Any]], out: Any) -> None:
 class CveGroup(click.Group):
     """`cve CVE-ID` shows one CVE; `cve fixed ...` and `cve unfixed ...` are subcommands."""
 
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[Any]:
+        return super().shell_complete(ctx, incomplete) + completion.cves(ctx, None, incomplete)
+
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
         if args and args[0] not in self.commands and args[0].upper().startswith("CVE-"):
             return "show", self.commands["show"], args
@@ -80,7 +84,7 @@ def cve() -> None:
 
 
 @cve.command("show")
-@click.argument("cve_ref", metavar="CVE-ID")
+@click.argument("cve_ref", metavar="CVE-ID", shell_complete=completion.cves)
 @click.option("--all", "show_all", is_flag=True, help="List covered hosts too (default: exposed and unknown).")
 @output_option
 @click.pass_context
@@ -114,7 +118,7 @@ def show(ctx: click.Context, cve_ref: str, show_all: bool, output: str) -> None:
 
 
 @cve.command("fixed")
-@click.argument("cve_ref", metavar="CVE-ID")
+@click.argument("cve_ref", metavar="CVE-ID", shell_complete=completion.cves)
 @click.option("--kernel-release", "releases", multiple=True, required=True, help="A release that fixes it (repeat).")
 @click.pass_context
 def fixed(ctx: click.Context, cve_ref: str, releases: tuple[str, ...]) -> None:
@@ -123,7 +127,7 @@ def fixed(ctx: click.Context, cve_ref: str, releases: tuple[str, ...]) -> None:
 
 
 @cve.command("unfixed")
-@click.argument("cve_ref", metavar="CVE-ID")
+@click.argument("cve_ref", metavar="CVE-ID", shell_complete=completion.cves)
 @click.option("--kernel-release", "releases", multiple=True, required=True, help="A release marked by mistake.")
 @click.pass_context
 def unfixed(ctx: click.Context, cve_ref: str, releases: tuple[str, ...]) -> None:

@@ -4,6 +4,7 @@ from typing import Any
 
 import click
 
+from klpfleet.cli import completion
 from klpfleet.cli.context import database
 from klpfleet.cli.output import emit, info, output_option, table
 from klpfleet.registry.modinfo import read_livepatch
@@ -65,7 +66,7 @@ def list_(ctx: click.Context, output: str) -> None:
 
 
 @patch.command()
-@click.argument("ref")
+@click.argument("ref", shell_complete=completion.patches)
 @output_option
 @click.pass_context
 def show(ctx: click.Context, ref: str, output: str) -> None:

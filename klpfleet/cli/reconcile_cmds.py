@@ -6,13 +6,20 @@ from typing import Any
 
 import click
 
+from klpfleet.cli import completion
 from klpfleet.cli.context import database
 from klpfleet.cli.output import emit, info, output_option, table
 from klpfleet.cli.rollout_cmds import drive_or_detach, engine_option, rollout_policy_options
 
 
 @click.command("reconcile")
-@click.option("--patch", "patch_ref", metavar="PATCH", help="Only this patch (name, name@sha256 prefix or sha256).")
+@click.option(
+    "--patch",
+    "patch_ref",
+    metavar="PATCH",
+    help="Only this patch (name, name@sha256 prefix or sha256).",
+    shell_complete=completion.patches,
+)
 @click.option("--hosts", "pattern", metavar="PATTERN", help="Only hosts matching this Ansible host pattern.")
 @click.option("--group", help="Only hosts of this inventory group (or label group such as zone_a).")
 @click.option("--dry-run", is_flag=True, help="List the hosts and the reason each is included; plan nothing.")

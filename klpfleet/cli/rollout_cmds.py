@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from klpfleet.cli import completion
 from klpfleet.cli.context import database
 from klpfleet.cli.output import cell, console, emit, info, output_option, printable, table
 
@@ -72,7 +73,7 @@ def rollout_policy_options(command: Any) -> Any:
 
 
 @rollout.command()
-@click.argument("patch_ref", metavar="PATCH")
+@click.argument("patch_ref", metavar="PATCH", shell_complete=completion.patches)
 @click.option("--hosts", "pattern", metavar="PATTERN", help="Ansible host pattern (globs, ':' unions, '!', '&').")
 @click.option("--group", help="Only hosts of this inventory group (or label group such as zone_a).")
 @rollout_policy_options
@@ -202,7 +203,7 @@ class CliProgress:
 
 
 @rollout.command(hidden=True)
-@click.argument("rollout_id", type=int)
+@click.argument("rollout_id", type=int, shell_complete=completion.rollouts)
 @click.pass_context
 def drive_cmd(ctx: click.Context, rollout_id: int) -> None:
     ctx.exit(drive(ctx, rollout_id))
@@ -212,7 +213,7 @@ rollout.add_command(drive_cmd, "drive")
 
 
 @rollout.command()
-@click.argument("rollout_id", type=int)
+@click.argument("rollout_id", type=int, shell_complete=completion.rollouts)
 @click.option("--wait", is_flag=True, help="Drive it here and exit 0 completed, 1 paused/aborted, 2 error.")
 @click.pass_context
 def start(ctx: click.Context, rollout_id: int, wait: bool) -> None:
@@ -228,7 +229,7 @@ def start(ctx: click.Context, rollout_id: int, wait: bool) -> None:
 
 
 @rollout.command()
-@click.argument("rollout_id", type=int)
+@click.argument("rollout_id", type=int, shell_complete=completion.rollouts)
 @click.option("--wait", is_flag=True, help="Drive it here and exit 0 completed, 1 paused/aborted, 2 error.")
 @click.pass_context
 def resume(ctx: click.Context, rollout_id: int, wait: bool) -> None:
@@ -254,7 +255,7 @@ def resume(ctx: click.Context, rollout_id: int, wait: bool) -> None:
 
 
 @rollout.command()
-@click.argument("rollout_id", type=int)
+@click.argument("rollout_id", type=int, shell_complete=completion.rollouts)
 @click.option("--reason", default="paused by an operator", show_default=True)
 @click.pass_context
 def pause(ctx: click.Context, rollout_id: int, reason: str) -> None:
@@ -267,7 +268,7 @@ def pause(ctx: click.Context, rollout_id: int, reason: str) -> None:
 
 
 @rollout.command()
-@click.argument("rollout_id", type=int)
+@click.argument("rollout_id", type=int, shell_complete=completion.rollouts)
 @click.option("--full", is_flag=True, help="Run all remaining waves without bakes or pauses.")
 @click.option("--wait", is_flag=True, help="Drive it here and exit 0 completed, 1 paused/aborted, 2 error.")
 @click.pass_context
@@ -285,7 +286,7 @@ def promote(ctx: click.Context, rollout_id: int, full: bool, wait: bool) -> None
 
 
 @rollout.command()
-@click.argument("rollout_id", type=int)
+@click.argument("rollout_id", type=int, shell_complete=completion.rollouts)
 @click.option("--wait", is_flag=True, help="Roll back here when no driver is running.")
 @click.pass_context
 def abort(ctx: click.Context, rollout_id: int, wait: bool) -> None:
@@ -336,7 +337,7 @@ def list_(ctx: click.Context, output: str) -> None:
 
 
 @rollout.command()
-@click.argument("rollout_id", type=int)
+@click.argument("rollout_id", type=int, shell_complete=completion.rollouts)
 @click.option("--watch", is_flag=True, help="Follow it until it ends or pauses (with -o json: one line per change).")
 @click.option("--interval", default=2.0, show_default=True)
 @output_option
@@ -446,7 +447,7 @@ def _status_table(d: dict[str, Any], out: Any) -> None:
 
 
 @click.command("rollback")
-@click.argument("patch_ref", metavar="PATCH")
+@click.argument("patch_ref", metavar="PATCH", shell_complete=completion.patches)
 @click.option("--hosts", "pattern", metavar="PATTERN", help="Only these hosts (Ansible host pattern).")
 @click.option("--cascade", is_flag=True, help="Remove patches stacked on top first, newest first.")
 @click.option("--fast", is_flag=True, help="Skip bake times and health checks.")

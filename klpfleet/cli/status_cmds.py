@@ -5,6 +5,7 @@ from typing import Any
 
 import click
 
+from klpfleet.cli import completion
 from klpfleet.cli.context import database
 from klpfleet.cli.output import emit, iso, output_option, plain, printable, table
 from klpfleet.errors import DatabaseError, UsageError, first_line
@@ -126,7 +127,7 @@ def hosts(
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=completion.hosts)
 @click.option("--events", "event_limit", default=20, show_default=True, help="How many recent events.")
 @output_option
 @click.pass_context
@@ -209,7 +210,7 @@ def _events_table(events: list[dict[str, Any]], out: Any) -> None:
 
 
 @click.command("events")
-@click.option("--host", "host_name", help="Only events about this host.")
+@click.option("--host", "host_name", help="Only events about this host.", shell_complete=completion.hosts)
 @click.option("--rollout", "rollout_id", type=int, help="Only events of this rollout.")
 @click.option("--kind", help="Only events of this kind (prefix match, e.g. 'host.').")
 @click.option("--limit", default=50, show_default=True)

@@ -1,0 +1,66 @@
+"""Shell completion of names from the database: patches, hosts, rollouts, CVEs.
+
+Click completes commands and options itself (`eval "$(_KLPFLEET_COMPLETE=bash_source klpfleet)"`); these
+callbacks add what only the database knows. They read it with plain SQL and never fail a completion: a missing
+or unreadable database completes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from click.shell_completion import CompletionItem
+
+LIMIT = 200  # a shell shows no more than this usefully
+
+
+def _rows(ctx: click.Context, sql: str, prefix: str) -> list[tuple[Any, ...]]:
+    from sqlalchemy import text
+
+    from klpfleet.db.engine import connect
+
+    root = ctx.find_root()
+    url = (root.obj or {}).get("db_url") or root.params.get("db_url")
+    try:
+        db = connect(url)
+        with db.engine.connect() as conn:
+            return list(conn.execute(text(sql), {"prefix": prefix.replace("%", "") + "%", "limit": LIMIT}))
+    except Exception:  # completion must never break the shell: a bad database completes nothing
+        return []
+
+
+def patches(ctx: click.Context, param: click.Parameter | None, incomplete: str) -> list[CompletionItem]:
+    rows = _rows(
+        ctx,
+        "SELECT DISTINCT name, kernel_release FROM patches WHERE name LIKE :prefix ORDER BY name LIMIT :limit",
+        incomplete,
+    )
+    return [CompletionItem(name, help=release) for name, release in rows]
+
+
+def hosts(ctx: click.Context, param: click.Parameter | None, incomplete: str) -> list[CompletionItem]:
+    rows = _rows(
+        ctx, "SELECT name, kernel_release FROM hosts WHERE name LIKE :prefix ORDER BY name LIMIT :limit", incomplete
+    )
+    return [CompletionItem(name, help=release or "") for name, release in rows]
+
+
+def rollouts(ctx: click.Context, param: click.Parameter | None, incomplete: str) -> list[CompletionItem]:
+    rows = _rows(
+        ctx,
+        "SELECT r.id, p.name, r.status FROM rollouts r JOIN patches p ON p.id = r.patch_id "
+        "WHERE CAST(r.id AS TEXT) LIKE :prefix ORDER BY r.id DESC LIMIT :limit",
+        incomplete,
+    )
+    return [CompletionItem(str(rid), help=f"{patch} {status}") for rid, patch, status in rows]
+
+
+def cves(ctx: click.Context, param: click.Parameter | None, incomplete: str) -> list[CompletionItem]:
+    from klpfleet.exposure import _cves_of
+
+    names = {c for (raw,) in _rows(ctx, "SELECT cves FROM patches LIMIT :limit", "") for c in _cves_of(raw)}
+    names |= {
+        c for (c,) in _rows(ctx, "SELECT cve FROM cve_fixes WHERE cve LIKE :prefix LIMIT :limit", incomplete.upper())
+    }
+    return [CompletionItem(c) for c in sorted(names) if c.startswith(incomplete.upper())][:LIMIT]
