@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -161,8 +162,10 @@ def drive(ctx: click.Context, rollout_id: int) -> int:
     from klpfleet.errors import KlpfleetError
 
     db = database(ctx)
+    live = LiveRollout(db, rollout_id) if sys.stderr.isatty() and not os.environ.get("KLPFLEET_NO_LIVE") else None
     try:
-        final = Driver(db, rollout_id, progress=CliProgress()).drive()
+        with live or contextlib.nullcontext():
+            final = Driver(db, rollout_id, progress=CliProgress()).drive()
     except KlpfleetError as exc:
         click.echo(f"klpfleet: error: {exc}", err=True)
         return 2
@@ -403,7 +406,12 @@ def _status_lines(d: dict[str, Any]) -> list[list[Any]]:
     return [[w["index"] + 1, w["domain"], w["status"], len(w["hosts"]), w["outcomes"]] for w in d["waves"]]
 
 
+DECISIONS = ("gate.evaluated", "rollout.paused", "rollout.promoted", "rollout.completed", "rollout.aborted")
+
+
 def _renderable(d: dict[str, Any]) -> Any:
+    """The live view: the rollout's progress, one bar per wave with its counts per outcome, the hosts in flight,
+    the last decision and the latest events."""
     from rich.console import Group
     from rich.progress_bar import ProgressBar
     from rich.table import Table
@@ -412,14 +420,66 @@ def _renderable(d: dict[str, Any]) -> Any:
     total = sum(len(w["hosts"]) for w in d["waves"])
     done = sum(1 for w in d["waves"] for h in w["hosts"] if h["status"] in ("done", "rolled_back"))
     header = Text(f"rollout {d['id']} {d['patch']}  {d['status'].upper()}  {done}/{total} hosts  ({d['driver']})")
-    reason = Text(f"paused: {d['pause_reason']}" if d["pause_reason"] else "")
-    waves = Table("wave", "domain", "status", "hosts", "outcomes", box=None)
-    for row in _status_lines(d):
-        waves.add_row(*(cell(v) for v in row))
+    lines: list[Any] = [header, ProgressBar(total=max(total, 1), completed=done, width=60)]
+    if d["pause_reason"]:
+        lines.append(Text(f"paused: {d['pause_reason']}"))
+    waves = Table("wave", "domain", "status", "progress", "hosts", "outcomes", box=None)
+    for w in d["waves"]:
+        finished = sum(1 for h in w["hosts"] if h["status"] in ("done", "rolled_back"))
+        bar = ProgressBar(total=max(len(w["hosts"]), 1), completed=finished, width=20)
+        outcomes = ", ".join(f"{k} {v}" for k, v in w["outcomes"].items())
+        waves.add_row(
+            str(w["index"] + 1), w["domain"] or "", w["status"], bar, f"{finished}/{len(w['hosts'])}", outcomes
+        )
+    lines.append(waves)
+    flying = [h["host"] for w in d["waves"] for h in w["hosts"] if h["status"] == "running"]
+    if flying:
+        lines.append(Text(f"in flight ({len(flying)}): {_names(flying)}"))
+    decision = next((e for e in d["events"] if e["kind"] in DECISIONS), None)
+    if decision is not None:
+        details = decision["details"] or {}
+        said = details.get("reason") or details.get("verdict") or ""
+        lines.append(Text(f"last decision: {decision['kind']} {said}".rstrip()))
     recent = Table("at", "event", "details", box=None)
-    for e in d["events"]:
+    for e in d["events"][:6]:
         recent.add_row(cell(e["at"]), e["kind"], cell(e["details"])[:120])
-    return Group(header, ProgressBar(total=max(total, 1), completed=done, width=60), reason, waves, recent)
+    lines.append(recent)
+    return Group(*lines)
+
+
+class LiveRollout:
+    """`rollout start --wait` on a terminal: the live view redrawn from the database while the driver runs in the
+    foreground; the driver's own lines scroll above it. Piped or redirected output gets the lines only."""
+
+    def __init__(self, db: Any, rollout_id: int, interval: float = 0.5) -> None:
+        import threading
+
+        self.db, self.rollout_id, self.interval = db, rollout_id, interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="klpfleet-live", daemon=True)
+
+    def __enter__(self) -> LiveRollout:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        from rich.live import Live
+
+        from klpfleet.controller.views import rollout_record
+
+        out = console(stderr=True)
+        with Live(console=out, auto_refresh=False, redirect_stderr=True, transient=False) as live:
+            finished = False
+            while not finished:
+                finished = self.stop.is_set()  # one last frame once the driver returned: the final state
+                # A busy database skips a frame, never the rollout.
+                with contextlib.suppress(Exception), self.db.session() as s:
+                    live.update(_renderable(rollout_record(s, self.rollout_id, event_limit=8)), refresh=True)
+                self.stop.wait(self.interval)
 
 
 def _status_table(d: dict[str, Any], out: Any) -> None:
