@@ -256,3 +256,23 @@ def test_shell_completion_offers_names_from_the_database(sqlite_db, sqlite_url, 
         [sys.executable, "-m", "klpfleet.cli.main"], env=env, capture_output=True, text=True, check=False
     )
     assert [line.split(",", 1)[1] for line in proc.stdout.splitlines()] == expected, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("rollout", "create"),
+        ("rollout", "start"),
+        ("rollback",),
+        ("status",),
+        ("probe",),
+        ("reconcile",),
+        ("cves",),
+        ("events",),
+    ],
+)
+def test_main_commands_show_examples_in_their_help(cli, command):
+    result = cli(*command, "--help")
+    assert result.code == 0 and "Examples:" in result.out
+    examples = result.out.split("Examples:", 1)[1]
+    assert f"klpfleet {' '.join(command)}" in examples.replace("klpfleet cve ", "klpfleet cves ")

@@ -41,7 +41,14 @@ def cves(ctx: click.Context, output: str) -> None:
     """Every CVE a registered patch names: hosts covered, exposed (and why) and unknown.
 
     Exit status: 0 nothing exposed, 1 hosts nobody can judge (no patch for their kernel release), 2 exposed
-    hosts, 3 the database cannot be read."""
+    hosts, 3 the database cannot be read.
+
+    \b
+    Examples:
+      klpfleet cves
+      klpfleet cve CVE-2026-1234 -o json | jq '.data.hosts.exposed[].host'
+      klpfleet cve fixed CVE-2026-1234 --kernel-release 6.1.0-57-amd64
+    """
     found = _read(ctx, None, counts_only=True)
 
     emit("cves", [e.summary() for e in found], output, cves_table)

@@ -33,6 +33,11 @@ def probe(
 ) -> None:
     """Read every host's live livepatch state over SSH (read-only) and mark drift.
 
+    \b
+    Examples:
+      klpfleet probe --forks 50 --timeout 20
+      klpfleet probe --group zone_a --known-hosts ~/.ssh/known_hosts -o json
+
     Exit status: 0 all reachable and no drift, 1 drift or unreachable hosts, 2 bad input, 3 database.
     """
     from klpfleet.controller.selection import select_hosts

@@ -45,6 +45,11 @@ def reconcile(
     of any rollout (the same options as `rollout create`).
 
     Exit status: 0 planned (or nothing to do), 1 a rollout driven with --wait did not complete, 2 bad input.
+
+    \b
+    Examples:
+      klpfleet reconcile --dry-run
+      klpfleet reconcile --patch livepatch_cve_2026_1234 --waves 1,100% --wait
     """
     from klpfleet.controller.policy import build_policy
     from klpfleet.controller.reconcile import plan_reconcile

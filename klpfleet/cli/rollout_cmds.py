@@ -84,7 +84,15 @@ def rollout_policy_options(command: Any) -> Any:
 def create(
     ctx: click.Context, patch_ref: str, pattern: str | None, group: str | None, output: str, **options: Any
 ) -> None:
-    """Plan a rollout of PATCH and print the waves; touches no host."""
+    """Plan a rollout of PATCH and print the waves; touches no host.
+
+    \b
+    Examples:
+      klpfleet rollout create livepatch_cve_2026_1234 --waves 1,10%,50%,100% --by zone
+      klpfleet rollout create livepatch_cve_2026_1234 --group web --max-failed 1 --max-refused 5% \\
+          --bake 30m --health-check 'systemctl is-system-running' --on-failure rollback
+      klpfleet rollout create livepatch_cve_2026_1234 --hosts 'zone_b:!web-17' -o json
+    """
     from klpfleet.controller.plan import create_rollout, make_plan, plan_record
     from klpfleet.controller.policy import build_policy
     from klpfleet.controller.selection import select_hosts
@@ -220,7 +228,13 @@ rollout.add_command(drive_cmd, "drive")
 @click.option("--wait", is_flag=True, help="Drive it here and exit 0 completed, 1 paused/aborted, 2 error.")
 @click.pass_context
 def start(ctx: click.Context, rollout_id: int, wait: bool) -> None:
-    """Start a planned rollout."""
+    """Start a planned rollout: in the background (its log under the runs directory), or here with --wait.
+
+    \b
+    Examples:
+      klpfleet rollout start 7 --wait      # a live view on a terminal; exit 0 completed, 1 paused/aborted
+      klpfleet rollout start 7 && klpfleet rollout status 7 --watch
+    """
     from klpfleet.controller.views import get_rollout
     from klpfleet.errors import UsageError
 
@@ -543,6 +557,12 @@ def rollback(
     output: str,
 ) -> None:
     """Remove PATCH from hosts, last wave first, stack-aware.
+
+    \b
+    Examples:
+      klpfleet rollback livepatch_cve_2026_5678
+      klpfleet rollback livepatch_cve_2026_1234 --cascade --hosts 'zone_b' --fast
+      klpfleet rollback livepatch_cumulative_v2 --to livepatch_cumulative_v1
 
     A cumulative (replace) patch freed the patches it replaced: removing it leaves no livepatch at all. Such a
     rollback is refused unless --to names the patch to load in its place (the database suggests the one it

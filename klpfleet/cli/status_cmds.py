@@ -18,6 +18,11 @@ from klpfleet.errors import DatabaseError, UsageError, first_line
 def status(ctx: click.Context, limit: int, output: str) -> None:
     """The fleet at a glance.
 
+    \b
+    Examples:
+      klpfleet status                       # a monitoring check as it is: exit 0/1/2/3
+      klpfleet status -o json | jq '.data.attention.by_state'
+
     Exit status: 0 healthy, 1 degraded (refused, unreachable, forced or drifted hosts), 2 critical
     (stalled or failed hosts), 3 unknown (the database cannot be read).
     """
