@@ -305,3 +305,27 @@ def test_start_wait_on_a_terminal_shows_the_live_view(cli, env):
     assert f"rollout {rid} {PATCH}" in drawn and "COMPLETED" in drawn and "━" in drawn  # ... with its bars
     assert "last decision: gate.evaluated" in drawn and "rollout completed" in drawn  # and the lines above it
     assert status(cli, url, rid)["status"] == "completed"
+
+
+def test_the_background_driver_logs_json_lines_when_asked(cli, env, monkeypatch):
+    tmp, url = env
+    register(fleet_db(tmp, url, hosts=4), tmp)
+    rid = create(cli, url, "--waves", "1,100%")
+    monkeypatch.setenv("KLPFLEET_LOG_FORMAT", "json")
+    assert cli("--db", url, "rollout", "start", str(rid)).code == 0  # in the background
+    import time
+
+    deadline = time.monotonic() + 120
+    while status(cli, url, rid)["status"] != "completed" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    (log,) = (tmp / "runs").glob(f"*/rollout-{rid}/driver.log")  # under the database's own folder
+    for _ in range(20):  # the driver writes its last line just after the database says completed
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        if records and records[-1]["kind"] == "finished":
+            break
+        time.sleep(0.25)
+    kinds = [r["kind"] for r in records]
+    assert kinds[-1] == "finished" and records[-1]["status"] == "completed"
+    assert kinds.count("wave") == 2 and kinds.count("counts") == 2
+    assert all(r["rollout"] == rid and r["at"].endswith("Z") for r in records)
+    assert records[kinds.index("counts")]["counts"]["applied"] == 1

@@ -171,9 +171,10 @@ def drive(ctx: click.Context, rollout_id: int) -> int:
 
     db = database(ctx)
     live = LiveRollout(db, rollout_id) if sys.stderr.isatty() and not os.environ.get("KLPFLEET_NO_LIVE") else None
+    progress = CliProgress(rollout_id)
     try:
         with live or contextlib.nullcontext():
-            final = Driver(db, rollout_id, progress=CliProgress()).drive()
+            final = Driver(db, rollout_id, progress=progress).drive()
     except KlpfleetError as exc:
         click.echo(f"klpfleet: error: {exc}", err=True)
         return 2
@@ -186,31 +187,55 @@ def drive(ctx: click.Context, rollout_id: int) -> int:
             err=True,
         )
         return 2
-    info(f"rollout {rollout_id}: {final}")
+    progress.line(f"rollout {rollout_id}: {final}", "finished", status=final)
     return EXIT.get(final, 2)
 
 
 class CliProgress:
-    """Plain progress lines on stderr: readable in a terminal, a log file and CI alike."""
+    """Progress lines on stderr: plain text readable in a terminal, a log file and CI alike, or with
+    KLPFLEET_LOG_FORMAT=json one JSON object per line (at, rollout, elapsed, kind, message and the figures), for a
+    log shipper. The background driver's log (driver.log) is written the same way."""
 
-    def __init__(self) -> None:
+    def __init__(self, rollout_id: int | None = None) -> None:
         self.start = time.monotonic()
+        self.rollout_id = rollout_id
+        self.json = os.environ.get("KLPFLEET_LOG_FORMAT", "text").lower() == "json"
 
-    def _line(self, text: str) -> None:
-        info(f"[{time.monotonic() - self.start:7.1f}s] {text}")
+    def line(self, text: str, kind: str = "note", **fields: Any) -> None:
+        elapsed = time.monotonic() - self.start
+        if not self.json:
+            info(f"[{elapsed:7.1f}s] {text}")
+            return
+        import json
+        from datetime import UTC, datetime
+
+        from klpfleet.cli.output import iso, plain
+
+        record = {"at": iso(datetime.now(UTC)), "rollout": self.rollout_id, "elapsed": round(elapsed, 3), "kind": kind}
+        click.echo(json.dumps(plain({**record, "message": text, **fields}), separators=(",", ":")), err=True)
 
     def wave(self, index: int, total: int, domain: str | None, hosts: int) -> None:
-        self._line(f"wave {index + 1}/{total}{f' ({domain})' if domain else ''}: {hosts} host(s)")
+        self.line(
+            f"wave {index + 1}/{total}{f' ({domain})' if domain else ''}: {hosts} host(s)",
+            "wave",
+            wave=index + 1,
+            waves=total,
+            domain=domain,
+            hosts=hosts,
+        )
 
     def counts(self, index: int, counts: Any) -> None:
         c = counts.as_dict()
-        self._line(
+        self.line(
             f"wave {index + 1}: applied {c['applied']}, refused {c['refused']}, failed {c['failed']}"
-            + (f", pending {c['pending']}" if c["pending"] else "")
+            + (f", pending {c['pending']}" if c["pending"] else ""),
+            "counts",
+            wave=index + 1,
+            counts=c,
         )
 
     def note(self, text: str) -> None:
-        self._line(text)
+        self.line(text)
 
 
 @rollout.command(hidden=True)
