@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "lab": ("klpfleet.cli.lab_cmds", "lab", "Real-kernel lab: Debian's kernel in QEMU VMs, over SSH."),
     "cves": ("klpfleet.cli.cve_cmds", "cves", "Exposure per CVE: hosts covered, exposed (and why), unknown."),
     "cve": ("klpfleet.cli.cve_cmds", "cve", "One CVE's hosts; `cve fixed` marks kernel releases that fix it."),
+    "dashboard": ("klpfleet.cli.dashboard_cmds", "dashboard", "A live web view of the fleet and its rollouts."),
     "metrics": ("klpfleet.cli.metrics_cmds", "metrics", "Prometheus metrics of the fleet (stdout or --textfile)."),
     "reconcile": ("klpfleet.cli.reconcile_cmds", "reconcile", "Plan rollouts that put back what drifted or was lost."),
 }
