@@ -117,6 +117,10 @@ def result_notes(result: dict[str, Any]) -> dict[str, Any]:
     warnings = [str(w)[:500] for w in result.get("warnings") or [] if isinstance(w, str)][:10]
     if warnings:
         notes["warnings"] = warnings
+    # The kernel's own lines about this patch during the operation (bounded): what a host view shows.
+    lines = [str(line)[:300] for line in result.get("kernel_log") or [] if isinstance(line, str)][-30:]
+    if lines:
+        notes["kernel_log"] = lines
     return notes
 
 

@@ -179,6 +179,8 @@ def test_the_page_in_a_real_browser_follows_a_rollout_without_reload(fleet):
         assert page.evaluate("window.klpfleetMarker") == 1  # the same page: never reloaded
         expect(page.locator("#problems tbody")).to_contain_text("sim-03")  # the refusal, with its host
         expect(page.locator("#events tbody")).to_contain_text("rollout.completed")
+        page.locator("#problems tbody a", has_text="sim-03").click()  # the refusing host: the kernel's own words
+        expect(page.locator("#host-kernel-log")).to_contain_text("pre-patch callback failed for object 'vmlinux'")
         if SHOTS:
             page.screenshot(path=str(Path(SHOTS) / "dashboard-rollout.png"), full_page=True)
 

@@ -139,6 +139,17 @@ async function showHost(name) {
     h.patches.map((p) => [p.patch, p.state, p.error_code, p.errno, p.refused_object, p.observed_at]),
   );
   fill("host-events", h.events.map((e) => [e.at, e.kind, details(e.details)]));
+  // Events come newest first: the first one of each patch that carries kernel log lines is its last result.
+  const seen = new Set();
+  const lines = [];
+  for (const e of h.events) {
+    const log = e.details && e.details.kernel_log;
+    if (e.patch && log && !seen.has(e.patch)) {
+      seen.add(e.patch);
+      lines.push(`# ${e.patch} (${e.at})`, ...log);
+    }
+  }
+  document.getElementById("host-kernel-log").textContent = lines.join("\n") || "(no kernel log lines recorded)";
 }
 
 function addEvent(e) {
