@@ -216,13 +216,21 @@ def test_events_follow_prints_each_new_event_as_a_line(sqlite_db, sqlite_url):
         stderr=subprocess.PIPE,
         text=True,
     )
+
+    def line():
+        import select
+
+        ready, _, _ = select.select([proc.stdout], [], [], 30)  # never hang the suite: fail after 30 s
+        assert ready, "events -f printed nothing within 30 s"
+        return json.loads(proc.stdout.readline())
+
     try:
-        first = json.loads(proc.stdout.readline())
+        first = line()
         assert (first["kind"], first["details"]) == ("test.before", {"n": 0})
         with sqlite_db.session.begin() as s:
             db_events.record(s, "other.kind", actor="t")  # filtered out
             db_events.record(s, "test.after", actor="t", n=1)
-        second = json.loads(proc.stdout.readline())
+        second = line()
         assert (second["kind"], second["details"], second["id"] > first["id"]) == ("test.after", {"n": 1}, True)
     finally:
         proc.terminate()

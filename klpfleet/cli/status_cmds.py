@@ -256,17 +256,20 @@ def events_cmd(
         query = query.where(Event.kind.startswith(kind))
     db = database(ctx)
     with db.session() as session:
-        rows = [event_record(e) for e in session.scalars(query)]
+        # Where following starts, read first: the listing stops there and the loop prints everything after it,
+        # so an event recorded meanwhile is printed once, whatever the database's isolation.
+        top = session.scalar(query.with_only_columns(Event.id).order_by(None).order_by(Event.id.desc()).limit(1)) or 0
+        rows = [event_record(e) for e in session.scalars(query.where(Event.id <= top))]
     if not follow:
         emit("events", rows, output, _events_table)
         return
     from klpfleet.controller.policy import parse_duration
 
-    _follow_events(db, query, list(reversed(rows)), parse_duration(interval, "--interval"), output)
+    _follow_events(db, query, list(reversed(rows)), top, parse_duration(interval, "--interval"), output)
 
 
-def _follow_events(db: Any, query: Any, first: list[dict[str, Any]], every: float, output: str) -> None:
-    """Print events as lines and poll for ones with a higher id than the last printed."""
+def _follow_events(db: Any, query: Any, first: list[dict[str, Any]], last: int, every: float, output: str) -> None:
+    """Print the first events, then poll for ones with a higher id than `last` (read with them)."""
     import json
     import time
 
@@ -282,15 +285,8 @@ def _follow_events(db: Any, query: Any, first: list[dict[str, Any]], every: floa
             parts = (iso(e["at"]), e["actor"], e["kind"], where, details)
             click.echo(printable(" ".join(p for p in parts if p)))
 
-    last = 0
     for e in first:
         show(e)
-        last = max(last, e["id"])
-    with db.session() as session:
-        last = max(
-            last,
-            session.scalar(query.with_only_columns(Event.id).order_by(None).order_by(Event.id.desc()).limit(1)) or 0,
-        )
     follow = query.order_by(None).limit(None).order_by(Event.id)
     while True:
         time.sleep(every)
