@@ -263,23 +263,7 @@ class Demo:
     def policy(self, **options: Any) -> Any:
         from klpfleet.controller.policy import build_policy
 
-        defaults = dict(
-            waves="100%",
-            by=None,
-            max_failed=None,
-            max_refused=None,
-            bake=None,
-            health_check=None,
-            on_failure="pause",
-            on_refusal="continue",
-            retry_refused=0,
-            retry_delay=None,
-            forks=12,
-            transition_timeout="3s",
-            on_stall="reverse",
-            allow_force=False,
-        )
-        return build_policy(**{**defaults, **options})
+        return build_policy(**{"waves": "100%", "forks": 12, "transition_timeout": "3s", **options})
 
     def plan(self, patch_name: str, shown: str, **options: Any) -> int:
         from klpfleet.controller.plan import create_rollout, make_plan

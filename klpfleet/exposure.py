@@ -77,7 +77,7 @@ class Exposure:
         }
 
 
-def _cves_of(raw: Any) -> list[str]:
+def cves_of(raw: Any) -> list[str]:
     if isinstance(raw, str):  # JSON as text (SQLite through plain SQL)
         try:
             raw = json.loads(raw)
@@ -104,7 +104,7 @@ def catalogue(conn: Connection, only: str | None = None) -> Catalogue:
     for pid, name, sha, release, cves in conn.execute(
         text("SELECT id, name, sha256, kernel_release, cves FROM patches ORDER BY name, added_at")
     ):
-        for cve in (c for c in _cves_of(cves) if only is None or c == only):
+        for cve in (c for c in cves_of(cves) if only is None or c == only):
             cat.by_cve.setdefault(cve, Exposure(cve)).patches.append(
                 {"name": name, "sha256": sha, "kernel_release": release}
             )

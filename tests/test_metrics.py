@@ -15,22 +15,6 @@ from .conftest import run_klpfleet
 from .test_exposure import NEW, OLD, OTHER, fleet
 
 NAME = re.compile(r"^klpfleet_[a-z][a-z0-9_]*$")
-POLICY = dict(
-    waves="2,100%",
-    by=None,
-    max_failed=None,
-    max_refused=None,
-    bake=None,
-    health_check=None,
-    on_failure="pause",
-    on_refusal="continue",
-    retry_refused=0,
-    retry_delay=None,
-    forks=5,
-    transition_timeout=None,
-    on_stall="reverse",
-    allow_force=False,
-)
 
 
 def seeded(url):
@@ -49,7 +33,7 @@ def seeded(url):
     )
     with db.session.begin() as s:
         patch = s.query(Patch).filter_by(name="fix_b").one()
-        policy = build_policy(**POLICY)
+        policy = build_policy(waves="2,100%", forks=5)
         create_rollout(s, patch, make_plan(s, patch, ["h0", "h1", "h2", "h3", "h4"], policy), policy, "test")
     return db
 

@@ -57,9 +57,9 @@ def rollouts(ctx: click.Context, param: click.Parameter | None, incomplete: str)
 
 
 def cves(ctx: click.Context, param: click.Parameter | None, incomplete: str) -> list[CompletionItem]:
-    from klpfleet.exposure import _cves_of
+    from klpfleet.exposure import cves_of
 
-    names = {c for (raw,) in _rows(ctx, "SELECT cves FROM patches LIMIT :limit", "") for c in _cves_of(raw)}
+    names = {c for (raw,) in _rows(ctx, "SELECT cves FROM patches LIMIT :limit", "") for c in cves_of(raw)}
     names |= {
         c for (c,) in _rows(ctx, "SELECT cve FROM cve_fixes WHERE cve LIKE :prefix LIMIT :limit", incomplete.upper())
     }

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import sys
 import time
 from typing import Any
@@ -142,6 +141,8 @@ def _names(hosts: list[str], limit: int = 8) -> str:
 
 def drive_or_detach(ctx: click.Context, rollout_id: int, wait: bool) -> None:
     if not wait:
+        from klpfleet.controller.control import spawn_driver
+
         log = spawn_driver(database(ctx), rollout_id)
         info(
             f"rollout {rollout_id} is being driven in the background (log: {log}); "
@@ -149,25 +150,6 @@ def drive_or_detach(ctx: click.Context, rollout_id: int, wait: bool) -> None:
         )
         return
     ctx.exit(drive(ctx, rollout_id))
-
-
-def spawn_driver(db: Any, rollout_id: int) -> Any:
-    """Drive the rollout in a process of its own, detached, logging to its driver.log (returned)."""
-    from klpfleet.controller.runner import runs_dir
-
-    log_dir = runs_dir(db) / f"rollout-{rollout_id}"
-    log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with open(log_dir / "driver.log", "ab") as log:
-        subprocess.Popen(  # noqa: S603 - our own CLI, argv list
-            # The database URL (password included) goes by environment, never argv: `ps` shows argv to all.
-            [sys.executable, "-m", "klpfleet.cli.main", "rollout", "drive", str(rollout_id)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "NO_COLOR": "1", "KLPFLEET_DB": db.url},
-        )
-    return log_dir / "driver.log"
 
 
 def drive(ctx: click.Context, rollout_id: int) -> int:

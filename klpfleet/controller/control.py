@@ -1,11 +1,16 @@
 """Operators' requests on a rollout (pause, resume, promote, abort), through the one transitions table.
 
 Each request is one transaction: the status change the table allows (or one clear line saying what the
-rollout would need to be), the runtime control it carries, and its event naming who asked.
+rollout would need to be), the runtime control it carries, and its event naming who asked. A request that
+needs a driver where none is alive (resume, promote, abort) gets one started detached by spawn_driver.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from klpfleet.db import events
@@ -66,3 +71,22 @@ def driver_alive(db: Database, rollout_id: int) -> bool:
     with db.session() as s:
         r = s.get(Rollout, rollout_id)
         return bool(r and r.lease_owner and r.lease_expires and r.lease_expires > utcnow())
+
+
+def spawn_driver(db: Database, rollout_id: int) -> Path:
+    """Drive the rollout in a process of its own, detached, logging to its driver.log (returned)."""
+    from klpfleet.controller.runner import runs_dir
+
+    log_dir = runs_dir(db) / f"rollout-{rollout_id}"
+    log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(log_dir / "driver.log", "ab") as log:
+        subprocess.Popen(  # noqa: S603 - our own CLI, argv list
+            # The database URL (password included) goes by environment, never argv: `ps` shows argv to all.
+            [sys.executable, "-m", "klpfleet.cli.main", "rollout", "drive", str(rollout_id)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "NO_COLOR": "1", "KLPFLEET_DB": db.url},
+        )
+    return log_dir / "driver.log"

@@ -94,22 +94,23 @@ class Policy:
 
 def build_policy(
     *,
-    waves: str,
-    by: str | None,
-    max_failed: str | None,
-    max_refused: str | None,
-    bake: str | None,
-    health_check: str | None,
-    on_failure: str,
-    on_refusal: str,
-    retry_refused: int,
-    retry_delay: str | None,
-    forks: int,
-    transition_timeout: str | None,
-    on_stall: str,
-    allow_force: bool,
+    waves: str = "1,10%,50%,100%",
+    by: str | None = None,
+    max_failed: str | None = None,
+    max_refused: str | None = None,
+    bake: str | None = None,
+    health_check: str | None = None,
+    on_failure: str = "pause",
+    on_refusal: str = "continue",
+    retry_refused: int = 0,
+    retry_delay: str | None = None,
+    forks: int = 20,
+    transition_timeout: str | None = None,
+    on_stall: str = "reverse",
+    allow_force: bool = False,
     engine: str = "auto",
 ) -> Policy:
+    """A policy from what the operator typed; the defaults are `rollout create`'s."""
     if on_stall == "force" and not allow_force:
         raise UsageError("--on-stall force needs --allow-force: a forced patch can never be removed before a reboot")
     resolve_engine(engine)  # refuses an unknown engine, or Mitogen asked for where it is not installed

@@ -160,8 +160,7 @@ def create_app(db: Database, *, token: str | None = None, allow_actions: bool = 
 
 def _act(db: Database, rollout_id: int, what: str, actor: str) -> str:
     """The CLI's request, and a background driver when the rollout needs one and has none."""
-    from klpfleet.cli.rollout_cmds import spawn_driver
-    from klpfleet.controller.control import driver_alive, request
+    from klpfleet.controller.control import driver_alive, request, spawn_driver
     from klpfleet.states import Request as Ask
 
     reasons = {"pause": "paused from the dashboard", "promote": "promoted", "abort": "aborted from the dashboard"}
