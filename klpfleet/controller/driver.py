@@ -65,8 +65,8 @@ def outcome_of(r: HostResult) -> tuple[Outcome, str | None]:
     """(wave host outcome, klp_error) from one host's result of apply.yml: the module names the outcome."""
     if r.status == "ok":
         return Outcome.APPLIED, None
-    if r.status == "unreachable":
-        return Outcome.UNREACHABLE, None
+    if r.status in ("unreachable", "lost"):  # lost: in flight on an execution node that failed
+        return Outcome.UNREACHABLE, r.klp_error
     named = r.result.get("outcome")
     return (Outcome(named) if named in FAILURE_OUTCOME_STATES else Outcome.FAILED), r.klp_error
 
@@ -156,9 +156,13 @@ class Driver:
         if self.engine.reason:
             self.progress.note(f"engine: {self.engine.name} ({self.engine.reason})")
 
-    @staticmethod
-    def choose_engine(requested: str) -> Engine:
-        """The policy's engine on this machine; Mitogen asked for but not installed here falls back too."""
+    def choose_engine(self, requested: str) -> Engine:
+        """The policy's engine on this machine; Mitogen asked for but not installed here falls back too.
+        Execution nodes run Ansible's own strategy (a node needs only ansible-core and ansible-runner)."""
+        from klpfleet.nodes.registry import nodes
+
+        if nodes(self.db):
+            return Engine("ansible", requested, {}, "execution nodes run the jobs, with Ansible's own strategy")
         try:
             return resolve_engine(requested)
         except UsageError as exc:
@@ -241,13 +245,13 @@ class Driver:
                 state = s.scalar(
                     select(HostPatch.state).where(HostPatch.host_id == wh.host_id, HostPatch.patch_id == r.patch_id)
                 )
+                wh.error_code = None  # what the host is now replaces what a failed node said about it
                 if run.results[name].status == "ok" and state in (PatchState.APPLIED, PatchState.FORCED):
                     wh.status, wh.outcome, wh.finished_at = WaveHostStatus.DONE, Outcome.APPLIED, utcnow()
                     verdict = "applied"
                 else:
-                    wh.status = (
-                        WaveHostStatus.PENDING
-                    )  # not applied (or unknown): it is run again, and apply is idempotent
+                    # not applied (or unknown): it is run again, and apply is idempotent
+                    wh.status, wh.outcome = WaveHostStatus.PENDING, None
                     verdict = "pending"
                 self.event(s, "host.recovered", r, host=wh.host, state=state, verdict=verdict)
 
@@ -288,8 +292,42 @@ class Driver:
             for name in hosts:
                 outcome, code = outcome_of(run.results[name])
                 wh = self.store.wave_host(s, wave_id, name)
-                wh.status, wh.outcome, wh.error_code, wh.finished_at = WaveHostStatus.DONE, outcome, code, utcnow()
-        return None
+                wh.outcome, wh.error_code = outcome, code
+                if run.results[name].status != "lost":
+                    wh.status, wh.finished_at = WaveHostStatus.DONE, utcnow()
+            return self.node_failures(s, r, run)
+
+    def node_failures(self, s: Session, r: Rollout, run: RunOutcome) -> str | None:
+        """Record each execution node that failed; a failure that left hosts in flight pauses the rollout: what
+        the job did to them is unknown until they are read again, which `rollout resume` does first (they count
+        as unreachable meanwhile, never as applied)."""
+        failed = run.node_failures()
+        lost: dict[str, list[str]] = {}
+        for name, result in run.results.items():
+            if result.status == "lost":
+                lost.setdefault(str(result.result.get("node")), []).append(name)
+        for node, node_run in failed.items():
+            self.event(
+                s,
+                f"node.{node_run.failure}" if node_run.failure != "canceled" else "node.canceled",
+                r,
+                node=node,
+                failure=node_run.failure,
+                detail=node_run.detail,
+                in_flight=len(lost.get(node, [])),
+            )
+        if not lost:
+            return None
+        said = "; ".join(
+            f"execution node {node} {failed[node].failure if node in failed else 'failed'} with {len(names)} host(s) "
+            "in flight"
+            for node, names in sorted(lost.items())
+        )
+        reason = f"{said}: `klpfleet rollout resume {self.id}` reads them again before anything else"
+        r.status, r.pause_reason = RolloutStatus.PAUSED, reason
+        self.event(s, "rollout.paused", r, reason=reason, by="node")
+        self.progress.note(reason)
+        return "paused by node"
 
     @staticmethod
     def apply_vars(patch: Patch, policy: Policy) -> dict[str, Any]:
@@ -399,7 +437,8 @@ class Driver:
     def stopped(self, why: str) -> str:
         if why == "aborting":
             return self.abort()
-        self.progress.note("paused by an operator")
+        if why != "paused by node":
+            self.progress.note("paused by an operator")
         return "paused"
 
     def abort(self) -> str:

@@ -31,7 +31,7 @@ from klpfleet.inventory_export import TrustedTemplate, host_vars
 @dataclass
 class HostResult:
     host: str
-    status: str  # ok | failed | unreachable | missing
+    status: str  # ok | failed | unreachable | missing | lost (in flight on an execution node that failed)
     result: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -48,6 +48,10 @@ class RunOutcome:
     directory: Path
     engine: str = "ansible"  # what ran it: mitogen | ansible
     fallback: str | None = None  # why Mitogen was given up for Ansible's own strategy during this run
+    nodes: dict[str, Any] = field(default_factory=dict)  # execution node -> its NodeRun, when nodes ran it
+
+    def node_failures(self) -> dict[str, Any]:
+        return {name: run for name, run in self.nodes.items() if run.failure}
 
 
 def runs_dir(db: Database) -> Path:
@@ -87,6 +91,16 @@ def dump_unsafe_yaml(data: Any) -> str:
     return yaml.dump(data, Dumper=_UnsafeDumper, sort_keys=True, allow_unicode=True)
 
 
+# Environment of every run, local or on a node. The controller records results itself, from the event stream,
+# so the recorder callback stays silent and the run never sees the controller's database URL.
+JOB_ENVVARS = {
+    "ANSIBLE_RETRY_FILES_ENABLED": "False",
+    "ANSIBLE_NOCOLOR": "1",
+    "KLPFLEET_CONTROLLER_RECORDS": "1",
+    "KLPFLEET_DB": "",
+}
+
+
 def run_playbook(
     *,
     db: Database,
@@ -105,7 +119,28 @@ def run_playbook(
     gets no database URL or password, and its folder holds no secret once it ends.
 
     Under Mitogen (the default where it is installed), a run that fails before any host answered is run again
-    with Ansible's own strategy; the outcome says so (`fallback`). No module ran, so nothing runs twice."""
+    with Ansible's own strategy; the outcome says so (`fallback`). No module ran, so nothing runs twice.
+
+    With execution nodes in the database, the hosts are split across them and each share runs on its node
+    (klpfleet.nodes.dispatch); results are recorded here all the same."""
+    from klpfleet.nodes.registry import nodes
+
+    serving = nodes(db)
+    if serving:
+        from klpfleet.nodes.dispatch import run_on_nodes
+
+        return run_on_nodes(
+            serving,
+            db=db,
+            playbook=playbook,
+            records=records,
+            extravars=extravars,
+            runs_in=runs_in,
+            ident=ident,
+            forks=forks,
+            rollout_id=rollout_id,
+            cancel=cancel,
+        )
     engine = engine or resolve("auto")
     once = functools.partial(
         _run_once,
@@ -127,6 +162,52 @@ def run_playbook(
     return outcome
 
 
+class Recording:
+    """One run's row in the database and its per-host results, fed from ansible-runner's events: the same
+    for a local run and a job streamed back from an execution node."""
+
+    def __init__(self, db: Database, playbook: str, ident: str, rollout_id: int | None) -> None:
+        from klpfleet.db.events import default_actor
+        from klpfleet.recorder import Recorder
+
+        self.recorder = Recorder(db, actor=f"ansible:{default_actor()}")
+        self.run_id = self.recorder.start_run(str(playbooks_path() / playbook), ident=ident, rollout_id=rollout_id)
+        self.results: dict[str, HostResult] = {}
+        self.stats: dict[str, Any] = {}
+
+    def on_event(self, event: dict[str, Any]) -> bool:
+        from klpfleet.recorder import livepatch_action_of
+
+        kind = event.get("event")
+        data = event.get("event_data") or {}
+        if kind == "playbook_on_stats":
+            self.stats.update({k: data.get(k) or {} for k in ("ok", "changed", "failures", "dark", "skipped")})
+        host = data.get("host")
+        if not host or kind not in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable"):
+            return True
+        action = data.get("resolved_action") or data.get("task_action")
+        res = data.get("res") or {}
+        status = {"runner_on_ok": "ok", "runner_on_failed": "failed"}.get(kind, "unreachable")
+        self.recorder.record_task_result(self.run_id, host, str(action), status, res, data.get("task_args") or {})
+        if kind == "runner_on_unreachable":
+            self.results[host] = HostResult(host, "unreachable", res)
+        elif livepatch_action_of(str(action), res):
+            self.results[host] = HostResult(host, status, res)
+        elif kind == "runner_on_failed" and not data.get("ignore_errors"):
+            self.results[host] = HostResult(host, "failed", {"msg": res.get("msg"), "task": data.get("task")})
+        return True
+
+    def finish(self, runner_status: str, extra: dict[str, Any] | None = None) -> None:
+        stats = self.stats
+        bad = any((stats.get("failures") or {}).values()) or any((stats.get("dark") or {}).values())
+        ended = {"successful": "failed" if bad else "completed", "failed": "failed"}.get(runner_status, "interrupted")
+        self.recorder.finish_run(self.run_id, ended, {"hosts": stats, **(extra or {})})
+
+    def interrupted(self) -> None:
+        with contextlib.suppress(Exception):  # the run's row must not stay "running"; the cause goes on up
+            self.recorder.finish_run(self.run_id, "interrupted")
+
+
 def _run_once(
     *,
     db: Database,
@@ -143,51 +224,21 @@ def _run_once(
     """One ansible-runner run: its outcome and the last error line it printed."""
     import ansible_runner
 
-    from klpfleet.db.events import default_actor
-    from klpfleet.recorder import Recorder, livepatch_action_of
-
     workdir = new_run_dir(runs_in, ident)
     inventory = workdir / "inventory.yml"
     inventory.write_text(dump_unsafe_yaml(frozen_inventory(records)))
-    results: dict[str, HostResult] = {}
-    recorder = Recorder(db, actor=f"ansible:{default_actor()}")
-    run_id = recorder.start_run(str(playbooks_path() / playbook), ident=ident, rollout_id=rollout_id)
-    stats: dict[str, Any] = {}
-
-    def on_event(event: dict[str, Any]) -> bool:
-        kind = event.get("event")
-        data = event.get("event_data") or {}
-        if kind == "playbook_on_stats":
-            stats.update({k: data.get(k) or {} for k in ("ok", "changed", "failures", "dark", "skipped")})
-        host = data.get("host")
-        if not host or kind not in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable"):
-            return True
-        action = data.get("resolved_action") or data.get("task_action")
-        res = data.get("res") or {}
-        status = {"runner_on_ok": "ok", "runner_on_failed": "failed"}.get(kind, "unreachable")
-        recorder.record_task_result(run_id, host, str(action), status, res, data.get("task_args") or {})
-        if kind == "runner_on_unreachable":
-            results[host] = HostResult(host, "unreachable", res)
-        elif livepatch_action_of(str(action), res):
-            results[host] = HostResult(host, status, res)
-        elif kind == "runner_on_failed" and not data.get("ignore_errors"):
-            results[host] = HostResult(host, "failed", {"msg": res.get("msg"), "task": data.get("task")})
-        return True
+    recording = Recording(db, playbook, ident, rollout_id)
 
     envvars = {
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "ANSIBLE_COLLECTIONS_PATH": os.pathsep.join(
             p for p in (str(collections_path()), os.environ.get("ANSIBLE_COLLECTIONS_PATH")) if p
         ),
-        "ANSIBLE_RETRY_FILES_ENABLED": "False",
-        "ANSIBLE_NOCOLOR": "1",
-        # Recorded here, not by a recorder inside the run; the controller's own database URL is masked.
-        "KLPFLEET_CONTROLLER_RECORDS": "1",
-        "KLPFLEET_DB": "",
+        **JOB_ENVVARS,
         **engine.envvars,
     }
     if "ANSIBLE_CONFIG" not in os.environ:
-        envvars["ANSIBLE_CONFIG"] = str(_default_config(workdir))
+        envvars["ANSIBLE_CONFIG"] = str(default_config(workdir))
     try:
         runner = ansible_runner.run(
             private_data_dir=str(workdir),
@@ -198,19 +249,17 @@ def _run_once(
             ident=ident,
             quiet=True,
             envvars=envvars,
-            event_handler=on_event,
+            event_handler=recording.on_event,
             cancel_callback=cancel,
             settings={"suppress_ansible_output": True},
         )
     except BaseException:
-        with contextlib.suppress(Exception):  # the run's row must not stay "running"; the cause goes on up
-            recorder.finish_run(run_id, "interrupted")
+        recording.interrupted()
         raise
     finally:
         scrub_run_dir(workdir)
-    bad = any((stats.get("failures") or {}).values()) or any((stats.get("dark") or {}).values())
-    run_status = {"successful": "failed" if bad else "completed", "failed": "failed"}.get(runner.status, "interrupted")
-    recorder.finish_run(run_id, run_status, {"hosts": stats})
+    recording.finish(runner.status)
+    results = recording.results
     for h in records:
         results.setdefault(h["name"], HostResult(h["name"], "missing", {"msg": "no result from the run"}))
     outcome = RunOutcome(results=results, status=runner.status, rc=runner.rc, directory=workdir, engine=engine.name)
@@ -239,14 +288,19 @@ def scrub_run_dir(workdir: Path) -> None:
             command.unlink(missing_ok=True)
 
 
-def _default_config(workdir: Path) -> Path:
+# The configuration of every run klpfleet starts, unless the operator set ANSIBLE_CONFIG (jobs streamed to
+# execution nodes always carry it, in their project folder).
+DEFAULT_CONFIG = (
+    "[defaults]\n"
+    "interpreter_python = auto_silent\n"
+    "host_key_checking = True\n"
+    "retry_files_enabled = False\n"
+    "[ssh_connection]\n"
+    "pipelining = True\n"
+)
+
+
+def default_config(workdir: Path) -> Path:
     path = workdir / "ansible.cfg"
-    path.write_text(
-        "[defaults]\n"
-        "interpreter_python = auto_silent\n"
-        "host_key_checking = True\n"
-        "retry_files_enabled = False\n"
-        "[ssh_connection]\n"
-        "pipelining = True\n"
-    )
+    path.write_text(DEFAULT_CONFIG)
     return path

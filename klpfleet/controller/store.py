@@ -70,8 +70,8 @@ class RolloutStore:
             rows = s.execute(select(WaveHost.status, WaveHost.outcome).where(WaveHost.wave_id == wave_id)).all()
         c = WaveCounts(total=len(rows))
         for status, outcome in rows:
-            if status != WaveHostStatus.DONE:
-                c.pending += 1
+            if status != WaveHostStatus.DONE and outcome is None:
+                c.pending += 1  # (a host in flight on a failed execution node has an outcome: unreachable)
             elif outcome == Outcome.APPLIED:
                 c.applied += 1
             elif outcome == Outcome.REFUSED:

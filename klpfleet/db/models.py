@@ -142,6 +142,33 @@ class CveFix(Base):
     marked_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ExecutionNode(Base):
+    """A machine that runs Ansible near the hosts for the controller (ansible-runner's worker, over SSH).
+
+    It holds no state and no database credentials: the controller streams it each job and records the events
+    it streams back. It serves the hosts whose label `serves_label` is `serves_value`, or, with no label, the
+    hosts no labelled node serves."""
+
+    __tablename__ = "execution_nodes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    ssh_user: Mapped[str] = mapped_column(String(255))
+    ssh_host: Mapped[str] = mapped_column(String(255))
+    ssh_port: Mapped[int] = mapped_column(default=22)
+    key_file: Mapped[str | None] = mapped_column(Text)
+    known_hosts: Mapped[str | None] = mapped_column(Text)  # None: the controller user's ~/.ssh/known_hosts
+    runner: Mapped[str] = mapped_column(Text, default="ansible-runner")  # the node's ansible-runner executable
+    keepalive_seconds: Mapped[int] = mapped_column(default=5)  # the worker says it is alive this often
+    silent_after_seconds: Mapped[int] = mapped_column(default=60)  # no byte for this long: the node is lost
+    serves_label: Mapped[str | None] = mapped_column(String(64))
+    serves_value: Mapped[str | None] = mapped_column(String(255))
+    capacity: Mapped[dict[str, Any]] = mapped_column(default=dict)  # worker-info: cpu, memory, runner version
+    checked_at: Mapped[datetime | None] = mapped_column()
+    added_by: Mapped[str] = mapped_column(String(255))
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class HostPatch(Base):
     """What klpfleet knows about one patch on one host."""
 

@@ -187,7 +187,23 @@ def _run_ssh(
     result: RunResult,
     max_output: int,
 ) -> None:
+    client = None
+    try:
+        client = connect(target, known, connect_timeout, result)
+        _exec(client.get_transport(), command, stdin, command_timeout, result, max_output)
+    except CommandTimeout:
+        result.status, result.error = TIMEOUT, f"no answer within {command_timeout:g}s"
+    except Exception as exc:
+        if not classify_connect_error(exc, result, connect_timeout):
+            raise
+    finally:
+        if client is not None:
+            client.close()
 
+
+def connect(target: Target, known: KnownHosts, connect_timeout: float, result: RunResult) -> Any:
+    """An open paramiko client to the target, its host key checked against known_hosts (an unknown key is
+    refused unless `known` accepts new keys). Errors are paramiko's or OSError: see classify_connect_error."""
     import paramiko
     from fabric import Connection
 
@@ -208,25 +224,33 @@ def _run_ssh(
     conn.client.set_missing_host_key_policy(known.policy(result))
     try:
         conn.open()
-        _exec(conn.client.get_transport(), command, stdin, command_timeout, result, max_output)
-    except paramiko.BadHostKeyException as exc:
+    except BaseException:
+        conn.close()
+        raise
+    return conn.client
+
+
+def classify_connect_error(exc: BaseException, result: RunResult, connect_timeout: float) -> bool:
+    """Name what went wrong reaching a host (status and one-line error on `result`); False: not an SSH error."""
+    import paramiko
+
+    if isinstance(exc, paramiko.BadHostKeyException):
         result.status, result.error = HOST_KEY_CHANGED, f"host key changed: {exc}"
-    except paramiko.AuthenticationException as exc:
+    elif isinstance(exc, paramiko.AuthenticationException):
         result.status, result.error = AUTH_FAILED, f"authentication refused: {exc}"
-    except CommandTimeout:
-        result.status, result.error = TIMEOUT, f"no answer within {command_timeout:g}s"
-    except TimeoutError:
+    elif isinstance(exc, TimeoutError):
         result.status, result.error = UNREACHABLE, f"connect timed out after {connect_timeout:g}s"
-    except paramiko.SSHException as exc:
+    elif isinstance(exc, paramiko.SSHException):
         text = str(exc)
         if "not in" in text and "host key" in text:
             result.status, result.error = HOST_KEY_UNKNOWN, text
         else:
             result.status, result.error = UNREACHABLE, f"ssh: {text}"
-    except OSError as exc:
+    elif isinstance(exc, OSError):
         result.status, result.error = UNREACHABLE, exc.strerror or str(exc)
-    finally:
-        conn.close()
+    else:
+        return False
+    return True
 
 
 class CommandTimeout(Exception):

@@ -1,0 +1,151 @@
+"""A run split across execution nodes: each node gets the job for its share of the hosts, all nodes run in
+parallel, and every event streamed back is recorded on the controller as it arrives (one run row per node).
+
+The job carries everything the node needs besides ansible-core and ansible-runner: the playbooks, the
+collection (playbook-adjacent, so nothing is installed on the node), the .ko and a frozen inventory of the
+node's share with every value marked unsafe. It carries no database URL and no secret."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from klpfleet.collection import collections_path, playbooks_path
+from klpfleet.controller.runner import (
+    DEFAULT_CONFIG,
+    JOB_ENVVARS,
+    HostResult,
+    Recording,
+    RunOutcome,
+    dump_unsafe_yaml,
+    frozen_inventory,
+    new_run_dir,
+    scrub_run_dir,
+)
+from klpfleet.db.engine import Database
+from klpfleet.nodes.assign import assign
+from klpfleet.nodes.registry import Node
+from klpfleet.nodes.stream import Job, NodeRun, run_job
+
+COLLECTION = ("ansible_collections", "klpfleet", "livepatch")
+# What of the collection a node needs to run it; tests and changelogs stay home.
+COLLECTION_PARTS = ("galaxy.yml", "meta", "plugins")
+
+
+def build_job(
+    directory: Path,
+    playbook: str,
+    records: list[dict[str, Any]],
+    extravars: dict[str, Any],
+    forks: int,
+    ident: str,
+) -> Job:
+    project = directory / "project"
+    project.mkdir(parents=True)
+    for book in playbooks_path().glob("*.yml"):
+        shutil.copy2(book, project / book.name)
+    (project / "ansible.cfg").write_text(DEFAULT_CONFIG)
+    source = collections_path().joinpath(*COLLECTION)
+    target = project.joinpath("collections", *COLLECTION)
+    target.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for part in COLLECTION_PARTS:
+        if (source / part).is_dir():
+            shutil.copytree(source / part, target / part, ignore=ignore)
+        else:
+            shutil.copy2(source / part, target / part)
+    (directory / "inventory").mkdir()
+    (directory / "inventory" / "hosts.yml").write_text(dump_unsafe_yaml(frozen_inventory(records)))
+    job_vars = dict(extravars)
+    src = job_vars.get("klp_patch_src")
+    if isinstance(src, str) and Path(src).is_absolute():
+        # The action plugin reads `src` on the machine that runs ansible-playbook: ship it in the playbook's files/.
+        (project / "files").mkdir()
+        shipped = project / "files" / Path(src).name
+        shutil.copy2(src, shipped)
+        job_vars["klp_patch_src"] = shipped.name
+    return Job(directory, playbook, forks, ident, job_vars, dict(JOB_ENVVARS))
+
+
+def run_on_nodes(
+    nodes: list[Node],
+    *,
+    db: Database,
+    playbook: str,
+    records: list[dict[str, Any]],
+    extravars: dict[str, Any],
+    runs_in: Path,
+    ident: str,
+    forks: int,
+    rollout_id: int | None,
+    cancel: Callable[[], bool] | None,
+) -> RunOutcome:
+    shares, unserved = assign(records, nodes)
+    by_name = {n.name: n for n in nodes}
+    workdir = new_run_dir(runs_in, ident)
+    database = threading.Lock()  # one writer: SQLite takes one anyway, and the recorder is not shared-safe
+
+    def one(name: str, share: list[dict[str, Any]]) -> tuple[NodeRun, dict[str, HostResult]]:
+        node_ident = f"{ident}@{name}"
+        job = build_job(workdir / f"job-{name}", playbook, share, extravars, forks, node_ident)
+        with database:
+            recording = Recording(db, playbook, node_ident, rollout_id)
+
+        def on_event(event: dict[str, Any]) -> None:
+            with database:
+                recording.on_event(event)
+
+        try:
+            run = run_job(by_name[name], job, workdir, on_event, cancel)
+        except BaseException:
+            with database:
+                recording.interrupted()
+            raise
+        finally:
+            shutil.rmtree(job.private_data_dir, ignore_errors=True)
+        with database:
+            recording.finish("error" if run.failure else run.status, {"node": run.as_dict()})
+        return run, recording.results
+
+    results: dict[str, HostResult] = {}
+    runs: dict[str, NodeRun] = {}
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, len(shares)), thread_name_prefix="node") as pool:
+            futures = {name: pool.submit(one, name, share) for name, share in shares.items()}
+            for name, future in futures.items():
+                run, found = future.result()
+                runs[name] = run
+                for record in shares[name]:
+                    host = record["name"]
+                    results[host] = found.get(host) or _without_result(host, run)
+    finally:
+        scrub_run_dir(workdir)
+    for record in unserved:
+        labels = ", ".join(f"{k}={v}" for k, v in sorted((record.get("labels") or {}).items())) or "no labels"
+        results[record["name"]] = HostResult(
+            record["name"],
+            "unreachable",
+            {"msg": f"no execution node serves this host ({labels})", "klp_error": "no_node", "unreachable": True},
+        )
+    if any(r.status == "canceled" for r in runs.values()):
+        status = "canceled"
+    elif unserved or any(r.failure or r.status != "successful" for r in runs.values()):
+        status = "failed"
+    else:
+        status = "successful"
+    return RunOutcome(results=results, status=status, rc=None, directory=workdir, engine="ansible", nodes=runs)
+
+
+def _without_result(host: str, run: NodeRun) -> HostResult:
+    """A host the node's job returned nothing for: in flight when the job may have touched it."""
+    if not run.failure:
+        return HostResult(host, "missing", {"msg": "no result from the run", "node": run.node})
+    detail = {"msg": f"execution node {run.node}: {run.failure}: {run.detail}", "klp_error": run.failure}
+    detail["node"] = run.node
+    if run.ran:
+        return HostResult(host, "lost", detail)
+    return HostResult(host, "unreachable", {**detail, "unreachable": True})
