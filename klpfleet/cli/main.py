@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "cve": ("klpfleet.cli.cve_cmds", "cve", "One CVE's hosts; `cve fixed` marks kernel releases that fix it."),
     "dashboard": ("klpfleet.cli.dashboard_cmds", "dashboard", "A live web view of the fleet and its rollouts."),
     "metrics": ("klpfleet.cli.metrics_cmds", "metrics", "Prometheus metrics of the fleet (stdout or --textfile)."),
+    "node": ("klpfleet.cli.node_cmds", "node", "Execution nodes that run the waves' Ansible near the hosts."),
     "reconcile": ("klpfleet.cli.reconcile_cmds", "reconcile", "Plan rollouts that put back what drifted or was lost."),
 }
 

@@ -16,6 +16,7 @@ touched them, and only reading them (patch_info) can tell.
 
 from __future__ import annotations
 
+import io
 import shlex
 import threading
 import time
@@ -143,12 +144,12 @@ def _run(
         worker = runner_argv(node, "worker", "--keepalive-seconds", str(node.keepalive_seconds))
         channel.exec_command(shlex.join(worker))
         run.ran = True  # from here on the worker may have started the job
-        sender = threading.Thread(target=_transmit, args=(job, channel), daemon=True)
+        said: dict[str, Any] = {}
+        sender = threading.Thread(target=_transmit, args=(job, channel, said), daemon=True)
         sender.start()
         if cancel is not None:
             threading.Thread(target=_watch, args=(cancel, channel, stopped, run), daemon=True).start()
         stream = _Stream(channel)
-        said: dict[str, Any] = {}
 
         def handle(event: dict[str, Any]) -> bool:
             run.events += 1
@@ -177,17 +178,37 @@ def _run(
         client.close()
 
 
-def _transmit(job: Job, channel: Any) -> None:
+class _Sink(io.RawIOBase):
+    """The channel's input as ansible-runner's Transmitter writes it (a named file object)."""
+
+    name = "<execution node>"
+
+    def __init__(self, channel: Any) -> None:
+        super().__init__()
+        self.file = channel.makefile_stdin("wb")
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.file.write(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _transmit(job: Job, channel: Any, said: dict[str, Any]) -> None:
     import ansible_runner
 
-    out = channel.makefile_stdin("wb")
+    out = _Sink(channel)
     try:
         ansible_runner.run(
             streamer="transmit",
             _output=out,
             private_data_dir=str(job.private_data_dir),
             playbook=job.playbook,
-            inventory="inventory/hosts.yml",
+            inventory=str(job.private_data_dir / "inventory" / "hosts.yml"),  # sent relative to the dir
             extravars=job.extravars,
             envvars=job.envvars,
             forks=job.forks,
@@ -198,6 +219,9 @@ def _transmit(job: Job, channel: Any) -> None:
         channel.shutdown_write()
     except OSError:
         pass  # the channel closed under us: the reading side names what happened
+    except Exception as exc:  # the job never reached the worker whole: it cannot have run
+        said["unsent"] = f"{type(exc).__name__}: {exc}"
+        channel.close()
 
 
 def _watch(cancel: Callable[[], bool], channel: Any, stopped: threading.Event, run: NodeRun) -> None:
@@ -213,6 +237,9 @@ def _judge(run: NodeRun, stream: _Stream, said: dict[str, Any]) -> None:
     explanation = str(said.get("job_explanation") or "")
     if run.failure == "canceled":
         run.status = "canceled"
+    elif said.get("unsent"):
+        run.failure, run.ran = "node_error", False
+        run.detail = f"the job could not be sent: {said['unsent']}"[:300]
     elif stream.silent:
         run.failure = "node_silent"
         run.detail = f"no output and no keepalive for {stream.file.channel.gettimeout():g}s: the node was cut off"
