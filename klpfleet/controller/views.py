@@ -39,7 +39,8 @@ def rollout_record(session: Session, rollout_id: int, event_limit: int = 30) -> 
         ).all()
         outcomes: dict[str, int] = {}
         for _, status, outcome, _, _ in rows:
-            key = outcome if status in ("done", "rolled_back") and outcome else status
+            # A host in flight on an execution node that failed has an outcome (unreachable) as the gate counts it.
+            key = outcome if status in ("done", "rolled_back", "running") and outcome else status
             if status == "rolled_back":
                 key = "rolled_back"
             outcomes[key] = outcomes.get(key, 0) + 1
