@@ -96,6 +96,9 @@ class NodeLab:
             "fi\n"
         )
         script.chmod(0o755)
+        playbook = directory / "ansible-playbook"
+        if not playbook.is_symlink():
+            playbook.symlink_to(real / "ansible-playbook")
         subprocess.run(["chown", "-R", f"{user}:{user}", str(directory)], check=True)
         return script
 

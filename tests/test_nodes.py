@@ -254,7 +254,7 @@ def test_a_silent_node_is_cut_off_but_keepalives_carry_a_slow_one(cli, node_lab,
 
 @pytest.mark.parametrize(
     ("pipe", "failure"),
-    [("head -c 2500", "node_lost"), ("awk 'NR==12{print \"not json\"} {print}'", "node_stream_corrupt")],
+    [("head -c 2500", "node_lost"), ("awk 'NR==5{print \"not json\"} {print}'", "node_stream_corrupt")],
 )
 def test_a_truncated_or_corrupt_stream_is_named_and_never_counts_as_applied(
     cli, node_lab, base, tmp_path, pipe, failure

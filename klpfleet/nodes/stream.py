@@ -73,12 +73,15 @@ class _Stream:
         self.file = channel.makefile("rb")
         self.silent = False
         self.ended = False  # the worker's end mark ({"eof": true}) arrived
+        self.cut = False
         self.bytes = 0
 
     def readline(self, *args: Any) -> bytes:
         line: bytes = self._call(self.file.readline, *args)
         if line.startswith(b'{"eof"'):
             self.ended = True
+        elif line and not line.endswith(b"\n"):
+            self.cut = True  # the stream stopped mid-line: truncated, not corrupt
         return line
 
     def read(self, *args: Any) -> bytes:
@@ -243,7 +246,7 @@ def _judge(run: NodeRun, stream: _Stream, said: dict[str, Any]) -> None:
     elif stream.silent:
         run.failure = "node_silent"
         run.detail = f"no output and no keepalive for {stream.file.channel.gettimeout():g}s: the node was cut off"
-    elif "JSON parse" in explanation or said.get("broken"):
+    elif not stream.cut and ("JSON parse" in explanation or said.get("broken")):
         run.failure, run.detail = "node_stream_corrupt", (explanation or str(said["broken"]))[:300]
     elif not stream.ended:
         run.failure = "node_lost"
