@@ -49,3 +49,10 @@ def test_every_code_the_host_code_raises_is_in_the_table():
         raised |= set(re.findall(r'klp_error="([a-z_]+)"', text))
         raised |= set(re.findall(r'"busy" if .* else "([a-z_]+)"', text))
     assert raised and raised <= CODES, raised - CODES
+
+
+def test_the_nodes_guide_names_exactly_the_node_failures():
+    from klpfleet.nodes.stream import NODE_FAILURES
+
+    guide = (ROOT / "docs" / "nodes.md").read_text()
+    assert table_codes(guide, "| failure | what happened | the node's hosts |") == set(NODE_FAILURES)
