@@ -21,7 +21,7 @@ import yaml
 from sqlalchemy import select
 
 from klpfleet.db.engine import open_database
-from klpfleet.db.models import Event, Host, HostPatch, Patch
+from klpfleet.db.models import AnsibleRun, Event, Host, HostPatch, Patch
 from klpfleet.lab.selftest import run_on_vm
 from klpfleet.sim.scenario import load_scenario, run_scenario
 
@@ -384,6 +384,40 @@ def test_a_rollout_over_three_vms_with_one_refusing_then_a_rollback(clean_lab, t
     for vm in lab.names:
         assert livepatches(lab, vm) == [] and modules(lab, vm) == [], vm
     assert state(lab_db, "lab1", "test_klp_callbacks_demo")[0] == "absent"
+
+
+def test_a_rollout_through_an_execution_node_drives_the_real_kernels(clean_lab, tmp_path, lab_db, node_lab):
+    """The node (root behind a loopback sshd, with only ansible-core and ansible-runner in its virtualenv)
+    reaches the VMs over SSH; the controller only streams the job and records what comes back."""
+    lab = clean_lab
+    env = {"KLPFLEET_RUN_DIR": str(tmp_path / "runs")}
+
+    def klp(*args: str, timeout: float = 600):
+        return run_klpfleet("--db", lab_db, *args, env=env, timeout=timeout)
+
+    node = node_lab.add_args("klpnode1")
+    node[1] = node[1].replace("klpnode1@", "root@")  # root on the node: it reads the lab's SSH key
+    added = klp("node", "add", "lab-node", *node)
+    assert added.returncode == 0, added.stdout + added.stderr
+    gathered = playbook(lab.inventory, ROOT / "playbooks" / "gather.yml", db_url=lab_db)
+    assert gathered.returncode == 0, gathered.stdout[-3000:]
+    created = klp("rollout", "create", "test_klp_livepatch", "--waves", "1,100%", "-o", "json")
+    assert created.returncode == 0, created.stderr
+    rid = str(json.loads(created.stdout)["data"]["id"])
+    started = klp("rollout", "start", rid, "--wait")
+    assert started.returncode == 0, started.stderr
+    assert "execution nodes" in last_event(lab_db, None, "rollout.started").details["engine_reason"]
+    for vm in lab.names:
+        assert state(lab_db, vm, "test_klp_livepatch")[0] == "applied", vm
+        assert livepatches(lab, vm) == ["test_klp_livepatch"], vm
+        assert lab.sh(vm, "cat /proc/cmdline") == PATCHED_CMDLINE
+    with open_database(lab_db).session() as s:
+        idents = list(s.scalars(select(AnsibleRun.ident).where(AnsibleRun.rollout_id.is_not(None))))
+    assert idents and all(i.endswith("@lab-node") for i in idents)
+    back = klp("rollback", "test_klp_livepatch", "--fast")
+    assert back.returncode == 0, back.stderr
+    for vm in lab.names:
+        assert livepatches(lab, vm) == [] and modules(lab, vm) == [], vm
 
 
 # ------------------------------------------------------------------------------- reboots
