@@ -49,6 +49,7 @@ def main() -> None:
 
     base = Path(tempfile.mkdtemp(prefix="klpfleet-nodes-bench-", dir="/var/tmp"))
     base.chmod(0o755)
+    (base / "lab").mkdir()
     lab = NodeLab(base / "lab")
     rows = {}
     try:
