@@ -244,13 +244,19 @@ def test_events_follow_prints_each_new_event_as_a_line(sqlite_db, sqlite_url):
         ("klpfleet rollout create livepatch_t", ["livepatch_test"]),
         ("klpfleet cve CVE-2026-9", ["CVE-2026-9999"]),
         ("klpfleet cv", ["cve", "cves"]),
+        ("klpfleet node remove e", ["eu1"]),
     ],
 )
 def test_shell_completion_offers_names_from_the_database(sqlite_db, sqlite_url, ko_factory, words, expected):
-    from klpfleet.db.models import Host
+    from klpfleet.db.models import ExecutionNode, Host
     from klpfleet.registry.patches import add_patch
 
     with sqlite_db.session.begin() as s:
+        s.add(
+            ExecutionNode(
+                name="eu1", ssh_user="r", ssh_host="10.0.1.5", serves_label="zone", serves_value="eu-1", added_by="t"
+            )
+        )
         s.add_all([Host(name="web1", vars={}), Host(name="web2", vars={}), Host(name="db1", vars={})])
         add_patch(s, ko_factory("livepatch_test"), cves=["CVE-2026-9999"])
     env = {

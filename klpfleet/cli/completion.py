@@ -1,4 +1,4 @@
-"""Shell completion of names from the database: patches, hosts, rollouts, CVEs.
+"""Shell completion of names from the database: patches, hosts, rollouts, CVEs, execution nodes.
 
 Click completes commands and options itself (`eval "$(_KLPFLEET_COMPLETE=bash_source klpfleet)"`); these
 callbacks add what only the database knows. They read it with plain SQL and never fail a completion: a missing
@@ -54,6 +54,16 @@ def rollouts(ctx: click.Context, param: click.Parameter | None, incomplete: str)
         incomplete,
     )
     return [CompletionItem(str(rid), help=f"{patch} {status}") for rid, patch, status in rows]
+
+
+def nodes(ctx: click.Context, param: click.Parameter | None, incomplete: str) -> list[CompletionItem]:
+    rows = _rows(
+        ctx,
+        "SELECT name, ssh_host, serves_label, serves_value FROM execution_nodes WHERE name LIKE :prefix "
+        "ORDER BY name LIMIT :limit",
+        incomplete,
+    )
+    return [CompletionItem(name, help=f"{host} {f'{k}={v}' if k else ''}".strip()) for name, host, k, v in rows]
 
 
 def cves(ctx: click.Context, param: click.Parameter | None, incomplete: str) -> list[CompletionItem]:

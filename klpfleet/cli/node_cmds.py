@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from klpfleet.cli import completion
 from klpfleet.cli.context import database
 from klpfleet.cli.output import emit, info, output_option, table
 
@@ -136,7 +137,7 @@ def node_list(ctx: click.Context, check_now: bool, output: str) -> None:
 
 
 @node.command("check")
-@click.argument("names", nargs=-1)
+@click.argument("names", nargs=-1, shell_complete=completion.nodes)
 @output_option
 @click.pass_context
 def node_check(ctx: click.Context, names: tuple[str, ...], output: str) -> None:
@@ -158,7 +159,7 @@ def node_check(ctx: click.Context, names: tuple[str, ...], output: str) -> None:
 
 
 @node.command("remove")
-@click.argument("name")
+@click.argument("name", shell_complete=completion.nodes)
 @click.pass_context
 def node_remove(ctx: click.Context, name: str) -> None:
     """Forget a node. Its hosts go to the other nodes that can serve them from the next run on (a wave under
