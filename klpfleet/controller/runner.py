@@ -9,14 +9,13 @@ controller run and a hand run are recorded by the same code.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,21 @@ class RunOutcome:
 
     def node_failures(self) -> dict[str, Any]:
         return {name: run for name, run in self.nodes.items() if run.failure}
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One playbook over exactly these hosts, in a new folder under `runs_in` named after `ident`."""
+
+    db: Database
+    playbook: str
+    records: list[dict[str, Any]]
+    extravars: dict[str, Any]
+    runs_in: Path
+    ident: str
+    forks: int
+    rollout_id: int | None = None
+    cancel: Callable[[], bool] | None = None
 
 
 def runs_dir(db: Database) -> Path:
@@ -125,39 +139,18 @@ def run_playbook(
     (klpfleet.nodes.dispatch); results are recorded here all the same."""
     from klpfleet.nodes.registry import nodes
 
+    request = RunRequest(db, playbook, records, extravars, runs_in, ident, forks, rollout_id, cancel)
     serving = nodes(db)
     if serving:
         from klpfleet.nodes.dispatch import run_on_nodes
 
-        return run_on_nodes(
-            serving,
-            db=db,
-            playbook=playbook,
-            records=records,
-            extravars=extravars,
-            runs_in=runs_in,
-            ident=ident,
-            forks=forks,
-            rollout_id=rollout_id,
-            cancel=cancel,
-        )
+        return run_on_nodes(serving, request)
     engine = engine or resolve("auto")
-    once = functools.partial(
-        _run_once,
-        db=db,
-        playbook=playbook,
-        records=records,
-        extravars=extravars,
-        runs_in=runs_in,
-        forks=forks,
-        rollout_id=rollout_id,
-        cancel=cancel,
-    )
-    outcome, error = once(ident=ident, engine=engine)
+    outcome, error = _run_once(request, engine)
     answered = sum(1 for r in outcome.results.values() if r.status != "missing")
     if engine.name == "mitogen" and failed_to_start(outcome.status, answered):
         reason = f"Mitogen failed before any host answered: {error or 'no output'}"
-        outcome, _ = once(ident=f"{ident}-ansible", engine=engine.fallback(reason))
+        outcome, _ = _run_once(replace(request, ident=f"{ident}-ansible"), engine.fallback(reason))
         outcome.fallback = reason
     return outcome
 
@@ -208,26 +201,14 @@ class Recording:
             self.recorder.finish_run(self.run_id, "interrupted")
 
 
-def _run_once(
-    *,
-    db: Database,
-    playbook: str,
-    records: list[dict[str, Any]],
-    extravars: dict[str, Any],
-    runs_in: Path,
-    ident: str,
-    forks: int,
-    rollout_id: int | None,
-    cancel: Callable[[], bool] | None,
-    engine: Engine,
-) -> tuple[RunOutcome, str | None]:
+def _run_once(request: RunRequest, engine: Engine) -> tuple[RunOutcome, str | None]:
     """One ansible-runner run: its outcome and the last error line it printed."""
     import ansible_runner
 
-    workdir = new_run_dir(runs_in, ident)
+    workdir = new_run_dir(request.runs_in, request.ident)
     inventory = workdir / "inventory.yml"
-    inventory.write_text(dump_unsafe_yaml(frozen_inventory(records)))
-    recording = Recording(db, playbook, ident, rollout_id)
+    inventory.write_text(dump_unsafe_yaml(frozen_inventory(request.records)))
+    recording = Recording(request.db, request.playbook, request.ident, request.rollout_id)
 
     envvars = {
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -242,15 +223,15 @@ def _run_once(
     try:
         runner = ansible_runner.run(
             private_data_dir=str(workdir),
-            playbook=str(playbooks_path() / playbook),
+            playbook=str(playbooks_path() / request.playbook),
             inventory=str(inventory),
-            extravars=extravars,
-            forks=forks,
-            ident=ident,
+            extravars=request.extravars,
+            forks=request.forks,
+            ident=request.ident,
             quiet=True,
             envvars=envvars,
             event_handler=recording.on_event,
-            cancel_callback=cancel,
+            cancel_callback=request.cancel,
             settings={"suppress_ansible_output": True},
         )
     except BaseException:
@@ -260,10 +241,10 @@ def _run_once(
         scrub_run_dir(workdir)
     recording.finish(runner.status)
     results = recording.results
-    for h in records:
+    for h in request.records:
         results.setdefault(h["name"], HostResult(h["name"], "missing", {"msg": "no result from the run"}))
     outcome = RunOutcome(results=results, status=runner.status, rc=runner.rc, directory=workdir, engine=engine.name)
-    return outcome, _last_error(workdir / "artifacts" / ident / "stdout")
+    return outcome, _last_error(workdir / "artifacts" / request.ident / "stdout")
 
 
 def _last_error(stdout: Path) -> str | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,12 @@ from klpfleet.controller.runner import (
     HostResult,
     Recording,
     RunOutcome,
+    RunRequest,
     dump_unsafe_yaml,
     frozen_inventory,
     new_run_dir,
     scrub_run_dir,
 )
-from klpfleet.db.engine import Database
 from klpfleet.nodes.assign import assign
 from klpfleet.nodes.registry import Node
 from klpfleet.nodes.stream import Job, NodeRun, run_job
@@ -36,14 +35,7 @@ COLLECTION = ("ansible_collections", "klpfleet", "livepatch")
 COLLECTION_PARTS = ("galaxy.yml", "meta", "plugins")
 
 
-def build_job(
-    directory: Path,
-    playbook: str,
-    records: list[dict[str, Any]],
-    extravars: dict[str, Any],
-    forks: int,
-    ident: str,
-) -> Job:
+def build_job(directory: Path, request: RunRequest, records: list[dict[str, Any]], ident: str) -> Job:
     project = directory / "project"
     project.mkdir(parents=True)
     for book in playbooks_path().glob("*.yml"):
@@ -60,7 +52,7 @@ def build_job(
             shutil.copy2(source / part, target / part)
     (directory / "inventory").mkdir()
     (directory / "inventory" / "hosts.yml").write_text(dump_unsafe_yaml(frozen_inventory(records)))
-    job_vars = dict(extravars)
+    job_vars = dict(request.extravars)
     src = job_vars.get("klp_patch_src")
     if isinstance(src, str) and Path(src).is_absolute():
         # The action plugin reads `src` on the machine that runs ansible-playbook: ship it in the playbook's files/.
@@ -68,39 +60,27 @@ def build_job(
         shipped = project / "files" / Path(src).name
         shutil.copy2(src, shipped)
         job_vars["klp_patch_src"] = shipped.name
-    return Job(directory, playbook, forks, ident, job_vars, dict(JOB_ENVVARS))
+    return Job(directory, request.playbook, request.forks, ident, job_vars, dict(JOB_ENVVARS))
 
 
-def run_on_nodes(
-    nodes: list[Node],
-    *,
-    db: Database,
-    playbook: str,
-    records: list[dict[str, Any]],
-    extravars: dict[str, Any],
-    runs_in: Path,
-    ident: str,
-    forks: int,
-    rollout_id: int | None,
-    cancel: Callable[[], bool] | None,
-) -> RunOutcome:
-    shares, unserved = assign(records, nodes)
+def run_on_nodes(nodes: list[Node], request: RunRequest) -> RunOutcome:
+    shares, unserved = assign(request.records, nodes)
     by_name = {n.name: n for n in nodes}
-    workdir = new_run_dir(runs_in, ident)
+    workdir = new_run_dir(request.runs_in, request.ident)
     database = threading.Lock()  # one writer: SQLite takes one anyway, and the recorder is not shared-safe
 
     def one(name: str, share: list[dict[str, Any]]) -> tuple[NodeRun, dict[str, HostResult]]:
-        node_ident = f"{ident}@{name}"
-        job = build_job(workdir / f"job-{name}", playbook, share, extravars, forks, node_ident)
+        node_ident = f"{request.ident}@{name}"
+        job = build_job(workdir / f"job-{name}", request, share, node_ident)
         with database:
-            recording = Recording(db, playbook, node_ident, rollout_id)
+            recording = Recording(request.db, request.playbook, node_ident, request.rollout_id)
 
         def on_event(event: dict[str, Any]) -> None:
             with database:
                 recording.on_event(event)
 
         try:
-            run = run_job(by_name[name], job, workdir, on_event, cancel)
+            run = run_job(by_name[name], job, workdir, on_event, request.cancel)
         except BaseException:
             with database:
                 recording.interrupted()
