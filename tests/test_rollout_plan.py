@@ -135,3 +135,34 @@ def test_unknown_hosts_kernel_is_excluded_until_gathered(cli, tmp_path):
     register(db, tmp_path)
     result = cli("--db", url, "rollout", "create", "livepatch_cve_2026_1234")
     assert result.code == 2 and "no eligible host" in result.err and "gather" in result.err
+
+
+@pytest.mark.ansible
+def test_hosts_no_execution_node_serves_are_excluded_with_the_reason(cli, tmp_path, monkeypatch):
+    from klpfleet.db.models import ExecutionNode
+
+    monkeypatch.setenv("KLPFLEET_RUN_DIR", str(tmp_path / "runs"))
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    db = fleet_db(tmp_path, url, hosts=6)  # zones a, b, c
+    register(db, tmp_path)
+    with db.session.begin() as s:
+        for zone in ("a", "b"):
+            s.add(ExecutionNode(name=f"n{zone}", ssh_user="r", ssh_host="h", serves_label="zone", serves_value=zone,
+                                added_by="t"))  # fmt: skip
+    created = cli("--db", url, "rollout", "create", "livepatch_cve_2026_1234", "-o", "json")
+    assert created.code == 0, created.err
+    plan = created.json()["data"]
+    assert sorted(h for w in plan["waves"] for h in w["hosts"]) == ["sim-01", "sim-02", "sim-04", "sim-05"]
+    reasons = {e["host"]: e["reason"] for e in plan["excluded"]}
+    assert set(reasons) == {"sim-03", "sim-06"} and all("no execution node serves it" in r for r in reasons.values())
+    from sqlalchemy import select
+
+    from klpfleet.controller.plan import unserved_hosts
+    from klpfleet.db.models import Host
+
+    with db.session.begin() as s:  # an unlabelled node serves whatever no labelled node does
+        hosts = list(s.scalars(select(Host)))
+        assert sorted(h.name for h in unserved_hosts(s, hosts)) == ["sim-03", "sim-06"]
+        s.add(ExecutionNode(name="any", ssh_user="r", ssh_host="h", added_by="t"))
+        s.flush()
+        assert unserved_hosts(s, hosts) == {}

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from klpfleet.controller.policy import Policy, serial_batches
 from klpfleet.db import events, locks
-from klpfleet.db.models import Host, HostLabel, HostPatch, Patch, Rollout, Wave, WaveHost
+from klpfleet.db.models import ExecutionNode, Host, HostLabel, HostPatch, Patch, Rollout, Wave, WaveHost
 from klpfleet.errors import UsageError
 from klpfleet.states import ACTIVE_ROLLOUT_STATUSES, PatchState
 
@@ -59,7 +59,33 @@ def eligible_hosts(session: Session, patch: Patch, names: list[str]) -> tuple[li
             excluded[h.name] = "already applied"
         else:
             keep.append(h)
-    return keep, excluded
+    unserved = unserved_hosts(session, keep)
+    for h in unserved:
+        excluded[h.name] = unserved[h]
+    return [h for h in keep if h not in unserved], excluded
+
+
+def unserved_hosts(session: Session, hosts: list[Host]) -> dict[Host, str]:
+    """With execution nodes, the hosts none of them serves (they could run nowhere), and why."""
+    from klpfleet.nodes.assign import candidates
+    from klpfleet.nodes.registry import Node
+
+    nodes = [Node.from_row(r) for r in session.scalars(select(ExecutionNode))]
+    if not nodes or all(n.serves_label is None for n in nodes):
+        return {}  # no nodes: runs are local; an unlabelled node serves every host
+    keys = {n.serves_label for n in nodes if n.serves_label}
+    labels: dict[int, dict[str, str]] = {}
+    # Every host's label of those keys, unfiltered by id: a 100,000-host plan stays within bound-parameter limits.
+    for host_id, key, value in session.execute(
+        select(HostLabel.host_id, HostLabel.key, HostLabel.value).where(HostLabel.key.in_(keys))
+    ):
+        labels.setdefault(host_id, {})[key] = value
+    served = ", ".join(sorted(str(n.serves) for n in nodes if n.serves))
+    return {
+        h: f"no execution node serves it (nodes serve {served}; `klpfleet node add ... --serves` one)"
+        for h in hosts
+        if not candidates(labels.get(h.id, {}), nodes)
+    }
 
 
 def make_plan(session: Session, patch: Patch, names: list[str], policy: Policy) -> Plan:
