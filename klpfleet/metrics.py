@@ -4,7 +4,8 @@ collector).
 Built with the standard client library from the same reads as `klpfleet status` (fleet_status, exposure
 counts) plus two small queries (rollouts by status with the current wave's counts, and the newest observation per
 inventory group). Labels are bounded: patches, states, kernel releases, CVEs, rollout statuses, active rollouts
-and inventory groups, never hosts. Every value is a gauge: it is the fleet's state at the moment of the scrape.
+inventory groups and execution nodes, never hosts. Every value is a gauge: it is the fleet's state at the moment
+of the scrape.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest, write_to_textfile
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import Connection, text
+from sqlalchemy import JSON, Connection, text
 
 from klpfleet.db.types import UTCDateTime
 from klpfleet.exposure import COVERED, EXPOSED, UNKNOWN, exposure_counts
@@ -94,6 +95,7 @@ def fleet_metrics(conn: Connection, now: datetime) -> list[GaugeMetricFamily]:
 
     out += rollout_metrics(conn)
     out.append(observation_age(conn, now))
+    out += node_metrics(conn, now)
     return out
 
 
@@ -120,9 +122,33 @@ def rollout_metrics(conn: Connection) -> list[GaugeMetricFamily]:
         )
     ).all()
     for rid, patch, index, status, outcome, count in rows:
-        key = outcome if status in ("done", "rolled_back") and outcome else status
+        # A host in flight on an execution node that failed has its outcome (unreachable), as the gate counts it.
+        key = outcome if status in ("done", "rolled_back", "running") and outcome else status
         wave.add_metric([str(rid), patch, str(index + 1), "rolled_back" if status == "rolled_back" else key], count)
     return [by_status, wave]
+
+
+def node_metrics(conn: Connection, now: datetime) -> list[GaugeMetricFamily]:
+    """Execution nodes as their last check (`node add`, `node check`, `node list --check`) found them."""
+    ready = _gauge(
+        "klpfleet_execution_node_ready",
+        "1 when the node's last check found it ready, 0 when it did not, -1 when it was never checked.",
+        ["node", "serves"],
+    )
+    age = _gauge("klpfleet_execution_node_check_age_seconds", "Seconds since the node was last checked.", ["node"])
+    rows = conn.execute(
+        text(
+            "SELECT name, serves_label, serves_value, capacity, checked_at FROM execution_nodes ORDER BY name"
+        ).columns(capacity=JSON, checked_at=UTCDateTime)
+    ).all()
+    for name, label, value, capacity, checked_at in rows:
+        serves = f"{label}={value}" if label else ""
+        if checked_at is None:
+            ready.add_metric([name, serves], -1)
+            continue
+        ready.add_metric([name, serves], 0 if (capacity or {}).get("problems") else 1)
+        age.add_metric([name], max(0.0, (now - checked_at).total_seconds()))
+    return [ready, age]
 
 
 def observation_age(conn: Connection, now: datetime) -> GaugeMetricFamily:

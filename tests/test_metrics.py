@@ -81,6 +81,26 @@ def test_metrics_parse_follow_the_rules_and_agree_with_status(tmp_path):
     assert value(fams, "klpfleet_rollouts", status="completed") == 0
     assert value(fams, "klpfleet_rollout_wave_hosts", rollout="1", wave="1", outcome="pending") == 2
     assert fams["klpfleet_group_observation_age_seconds"].samples == []  # nobody was ever seen
+    assert fams["klpfleet_execution_node_ready"].samples == []  # no nodes: runs are local
+
+
+def test_execution_nodes_as_their_last_check_found_them(tmp_path):
+    from klpfleet.db.engine import open_database
+    from klpfleet.nodes.registry import save_check
+
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    seeded(url)
+    for name, serves in (("eu1", ["--serves", "zone=eu-1"]), ("eu2", []), ("new", [])):
+        added = run_klpfleet("--db", url, "node", "add", name, "--ssh", f"r@{name}", "--no-check", *serves)
+        assert added.returncode == 0, added.stderr
+    db = open_database(url)
+    save_check(db, "eu1", {"cpu_count": 4, "problems": []})
+    save_check(db, "eu2", {"problems": ["node_unreachable: connect timed out"]})
+    fams = families(run_klpfleet("--db", url, "metrics").stdout)
+    assert value(fams, "klpfleet_execution_node_ready", node="eu1", serves="zone=eu-1") == 1
+    assert value(fams, "klpfleet_execution_node_ready", node="eu2", serves="") == 0
+    assert value(fams, "klpfleet_execution_node_ready", node="new", serves="") == -1
+    assert 0 <= value(fams, "klpfleet_execution_node_check_age_seconds", node="eu1") < 60
 
 
 def test_textfile_is_written_whole_and_bad_input_is_one_line(tmp_path):
