@@ -88,3 +88,39 @@ def test_node_commands_refuse_bad_input_in_one_line(cli, tmp_path):
     assert [n["name"] for n in listed["nodes"]] == ["n1"] and listed["nodes"][0]["serves"] == "zone=a"
     assert cli("--db", url, "node", "remove", "n1").code == 0
     assert cli("--db", url, "node", "list", "-o", "json").json()["data"]["nodes"] == []
+
+
+def test_a_node_job_carries_no_secret_and_no_template(tmp_path, monkeypatch):
+    """What is streamed to a node: the playbooks, the collection (no tests), the .ko, an inventory whose every
+    value is `!unsafe`, and no database URL or password from the controller's environment."""
+    from klpfleet.controller.runner import RunRequest
+    from klpfleet.nodes.dispatch import build_job
+
+    secret = "postgresql://klp:S3cretPassw0rd@db.internal/klpfleet"
+    monkeypatch.setenv("KLPFLEET_DB", secret)
+    ko = tmp_path / "lp.ko"
+    ko.write_bytes(b"\x7fELF not really")
+    hostile = "{{ lookup('pipe', 'touch /tmp/klpfleet-pwned') }}"
+    record = {"name": "h1", "address": None, "port": None, "user": None, "key_file": None,
+              "vars": {"note": hostile}, "labels": {"zone": "a"}}  # fmt: skip
+    request = RunRequest(None, "apply.yml", [record], {"klp_patch_src": str(ko), "klp_patch_sha256": "0" * 64},
+                         tmp_path / "runs", "r1-w1-t1", 20)  # type: ignore[arg-type]  # fmt: skip
+    job = build_job(tmp_path / "job", request, [record], "r1-w1-t1@n1")
+    files = {p.relative_to(job.private_data_dir).as_posix(): p for p in job.private_data_dir.rglob("*") if p.is_file()}
+    assert "project/apply.yml" in files and "project/files/lp.ko" in files and "inventory/hosts.yml" in files
+    assert "project/collections/ansible_collections/klpfleet/livepatch/plugins/modules/patch.py" in files
+    assert not any("/tests/" in f or "__pycache__" in f for f in files)
+    assert job.extravars["klp_patch_src"] == "lp.ko"  # found in the playbook's files/ on the node
+    import yaml
+
+    class Tagged(yaml.SafeLoader):
+        pass
+
+    Tagged.add_constructor("!unsafe", lambda loader, node: ("unsafe", loader.construct_scalar(node)))
+    inventory = yaml.load(files["inventory/hosts.yml"].read_text(), Loader=Tagged)
+    assert inventory[("unsafe", "all")][("unsafe", "hosts")][("unsafe", "h1")][("unsafe", "note")] == (
+        "unsafe",
+        hostile,
+    )
+    everything = b"".join(p.read_bytes() for p in files.values()) + repr((job.envvars, job.extravars)).encode()
+    assert b"S3cretPassw0rd" not in everything and job.envvars["KLPFLEET_DB"] == ""
