@@ -54,3 +54,7 @@ def test_the_wheel_builds_without_warnings_and_carries_what_it_needs(tmp_path):
         "klpfleet/_migrations/versions/0003_events_rollout_id_at_index.py",
     ):
         assert needed in names, needed
+    # Every module of the package: a subpackage left out of pyproject's list is missing from the wheel.
+    for module in sorted((ROOT / "klpfleet").rglob("*.py")):
+        if "__pycache__" not in module.parts:
+            assert module.relative_to(ROOT).as_posix() in names, module
