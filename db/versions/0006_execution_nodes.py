@@ -15,6 +15,7 @@ down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+
 def upgrade() -> None:
     op.create_table(
         "execution_nodes",
@@ -37,6 +38,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_execution_nodes")),
         sa.UniqueConstraint("name", name=op.f("uq_execution_nodes_name")),
     )
+
 
 def downgrade() -> None:
     op.drop_table("execution_nodes")
