@@ -104,8 +104,13 @@ def node_add(
         registry.save_check(db, name, found.capacity())
         if found.accepted_key:
             info(f"node {name}: accepted host key {found.accepted_key}")
-    emit("node_check", found.as_dict() if found else {"name": name, "ok": None}, output, checks_table)
-    ctx.exit(0 if found is None or found.ok else 1)
+    if found is None:
+        info(f"node {name} added without a check (klpfleet node check {name})")
+        if output != "table":
+            emit("node_check", {"name": name, "ok": None}, output, checks_table)
+        ctx.exit(0)
+    emit("node_check", found.as_dict(), output, checks_table)
+    ctx.exit(0 if found.ok else 1)
 
 
 @node.command("list")
