@@ -22,7 +22,7 @@ from sqlalchemy import JSON, Connection, text
 from klpfleet.db.types import UTCDateTime
 from klpfleet.exposure import COVERED, EXPOSED, UNKNOWN, exposure_counts
 from klpfleet.fleet_status import HEALTH_EXIT, fleet_status
-from klpfleet.states import ACTIVE_ROLLOUT_STATUSES, PatchState, RolloutStatus
+from klpfleet.states import ACTIVE_ROLLOUT_STATUSES, PatchState, RolloutStatus, counted_as
 
 
 class FleetCollector(Collector):
@@ -122,9 +122,7 @@ def rollout_metrics(conn: Connection) -> list[GaugeMetricFamily]:
         )
     ).all()
     for rid, patch, index, status, outcome, count in rows:
-        # A host in flight on an execution node that failed has its outcome (unreachable), as the gate counts it.
-        key = outcome if status in ("done", "rolled_back", "running") and outcome else status
-        wave.add_metric([str(rid), patch, str(index + 1), "rolled_back" if status == "rolled_back" else key], count)
+        wave.add_metric([str(rid), patch, str(index + 1), counted_as(status, outcome)], count)
     return [by_status, wave]
 
 

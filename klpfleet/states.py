@@ -101,6 +101,16 @@ FAILURE_OUTCOME_STATES: dict[str, PatchState] = {
     Outcome.STALLED: PatchState.STALLED,
 }
 
+
+def counted_as(status: str, outcome: str | None) -> str:
+    """How a wave host counts, for the gate, `rollout status` and the metrics alike: its outcome once done; a host
+    still in flight counts by its outcome when it has one (left in flight by an execution node that failed:
+    unreachable until it is read again); otherwise its status (pending, running, rolled_back)."""
+    if status in (WaveHostStatus.DONE, WaveHostStatus.RUNNING) and outcome:
+        return outcome
+    return status
+
+
 # Outcomes that count against --max-failed; refusals have a budget of their own.
 HARD_FAILURES = frozenset({Outcome.FAILED, Outcome.STALLED, Outcome.UNREACHABLE, Outcome.HEALTH_FAILED})
 

@@ -116,3 +116,19 @@ def test_gate(policy, counts, control, index, verdict, reason):
     else:
         assert reason in decision.reason
     assert decision.details()["verdict"] == verdict.value
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome", "counted"),
+    [
+        ("pending", None, "pending"),
+        ("running", None, "running"),
+        ("running", "unreachable", "unreachable"),  # left in flight by a failed execution node
+        ("done", "refused", "refused"),
+        ("rolled_back", "applied", "rolled_back"),
+    ],
+)
+def test_one_rule_counts_a_wave_host_for_the_gate_the_status_and_the_metrics(status, outcome, counted):
+    from klpfleet.states import counted_as
+
+    assert counted_as(status, outcome) == counted

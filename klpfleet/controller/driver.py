@@ -41,6 +41,8 @@ from klpfleet.states import (
     WaveStatus,
 )
 
+PAUSED_BY_NODE = "paused by node"  # apply_pending's answer when a failed execution node left hosts in flight
+
 
 class Progress(Protocol):
     """What the driver tells a person; the CLI renders it."""
@@ -309,7 +311,7 @@ class Driver:
         for node, node_run in failed.items():
             self.event(
                 s,
-                f"node.{node_run.failure}" if node_run.failure != "canceled" else "node.canceled",
+                f"node.{node_run.failure}",
                 r,
                 node=node,
                 failure=node_run.failure,
@@ -327,7 +329,7 @@ class Driver:
         r.status, r.pause_reason = RolloutStatus.PAUSED, reason
         self.event(s, "rollout.paused", r, reason=reason, by="node")
         self.progress.note(reason)
-        return "paused by node"
+        return PAUSED_BY_NODE
 
     @staticmethod
     def apply_vars(patch: Patch, policy: Policy) -> dict[str, Any]:
@@ -437,7 +439,7 @@ class Driver:
     def stopped(self, why: str) -> str:
         if why == "aborting":
             return self.abort()
-        if why != "paused by node":
+        if why != PAUSED_BY_NODE:
             self.progress.note("paused by an operator")
         return "paused"
 

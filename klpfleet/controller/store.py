@@ -10,7 +10,10 @@ from klpfleet.controller.gate import Control, WaveCounts
 from klpfleet.controller.policy import Policy
 from klpfleet.db.engine import Database
 from klpfleet.db.models import Host, Rollout, Wave, WaveHost
-from klpfleet.states import HARD_FAILURES, Outcome, RolloutStatus, WaveHostStatus, WaveStatus
+from klpfleet.states import HARD_FAILURES, Outcome, RolloutStatus, WaveHostStatus, WaveStatus, counted_as
+
+# What counted_as gives for a host without a final outcome (a rolled-back host no longer counts for a gate).
+NOT_FINISHED = frozenset(s.value for s in WaveHostStatus)
 
 
 class RolloutStore:
@@ -70,14 +73,15 @@ class RolloutStore:
             rows = s.execute(select(WaveHost.status, WaveHost.outcome).where(WaveHost.wave_id == wave_id)).all()
         c = WaveCounts(total=len(rows))
         for status, outcome in rows:
-            if status != WaveHostStatus.DONE and outcome is None:
-                c.pending += 1  # (a host in flight on a failed execution node has an outcome: unreachable)
-            elif outcome == Outcome.APPLIED:
+            key = counted_as(status, outcome)
+            if key in NOT_FINISHED:
+                c.pending += 1
+            elif key == Outcome.APPLIED:
                 c.applied += 1
-            elif outcome == Outcome.REFUSED:
+            elif key == Outcome.REFUSED:
                 c.refused += 1
-            elif outcome in HARD_FAILURES:
-                c.failures[outcome] = c.failures.get(outcome, 0) + 1
+            elif key in HARD_FAILURES:
+                c.failures[key] = c.failures.get(key, 0) + 1
         return c
 
     @staticmethod

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from klpfleet.db.models import Event, Host, Rollout, Wave, WaveHost, utcnow
 from klpfleet.errors import UsageError
+from klpfleet.states import counted_as
 from klpfleet.views import event_record
 
 
@@ -39,10 +40,7 @@ def rollout_record(session: Session, rollout_id: int, event_limit: int = 30) -> 
         ).all()
         outcomes: dict[str, int] = {}
         for _, status, outcome, _, _ in rows:
-            # A host in flight on an execution node that failed has an outcome (unreachable) as the gate counts it.
-            key = outcome if status in ("done", "rolled_back", "running") and outcome else status
-            if status == "rolled_back":
-                key = "rolled_back"
+            key = counted_as(status, outcome)
             outcomes[key] = outcomes.get(key, 0) + 1
         waves.append(
             {

@@ -124,8 +124,11 @@ def _without_result(host: str, run: NodeRun) -> HostResult:
     """A host the node's job returned nothing for: in flight when the job may have touched it."""
     if not run.failure:
         return HostResult(host, "missing", {"msg": "no result from the run", "node": run.node})
-    detail = {"msg": f"execution node {run.node}: {run.failure}: {run.detail}", "klp_error": run.failure}
-    detail["node"] = run.node
+    detail = {
+        "msg": f"execution node {run.node}: {run.failure}: {run.detail}",
+        "klp_error": run.failure,
+        "node": run.node,
+    }
     if run.ran:
         return HostResult(host, "lost", detail)
     return HostResult(host, "unreachable", {**detail, "unreachable": True})
