@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,17 @@ from typing import Any
 import yaml
 
 from klpfleet.nodes.registry import Node
-from klpfleet.probe.ssh import OK, KnownHosts, RunResult, Target, run_remote
+from klpfleet.probe.ssh import (
+    OK,
+    TIMEOUT,
+    CommandTimeout,
+    KnownHosts,
+    RunResult,
+    Target,
+    classify_connect_error,
+    run_on_transport,
+    run_remote,
+)
 
 # The worker's options and stream format klpfleet speaks (--keepalive-seconds, --worker-info, the artifacts
 # zip) are ansible-runner 2.4's; a 3.x may change the protocol, so it is refused until tested.
@@ -24,6 +35,7 @@ MAX_RUNNER_MAJOR = 2
 # The collection's modules need this ansible-core on whatever runs ansible-playbook (meta/runtime.yml).
 MIN_ANSIBLE_CORE = (2, 19)
 CONNECT_TIMEOUT = 10.0
+MAX_OUTPUT = 1024 * 1024  # worker-info and --version answers are a few hundred bytes
 
 
 def known_hosts_of(node: Node) -> Path:
@@ -55,7 +67,20 @@ def node_argv(node: Node, program: str, *args: str) -> list[str]:
 
 def run_on(node: Node, argv: list[str], *, accept_new: bool = False, timeout: float = 60.0) -> RunResult:
     known = KnownHosts(known_hosts_of(node), accept_new)
-    return run_remote(target(node), argv, "", known, CONNECT_TIMEOUT, timeout, max_output=1024 * 1024)
+    return run_remote(target(node), argv, "", known, CONNECT_TIMEOUT, timeout, max_output=MAX_OUTPUT)
+
+
+def run_over(client: Any, node: Node, argv: list[str], timeout: float) -> RunResult:
+    """`argv` on a connection already open to the node (the one its job will stream over)."""
+    result = RunResult(node.name, OK)
+    try:
+        run_on_transport(client.get_transport(), shlex.join(argv), "", timeout, result, MAX_OUTPUT)
+    except CommandTimeout:
+        result.status, result.error = TIMEOUT, f"no answer within {timeout:g}s"
+    except Exception as exc:
+        if not classify_connect_error(exc, result, CONNECT_TIMEOUT):
+            raise
+    return result
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
@@ -101,11 +126,13 @@ class NodeCheck:
         return {"name": self.name, "ok": self.ok, "reachable": self.reachable, "code": self.code, **self.capacity()}
 
 
-def worker_info(node: Node, *, accept_new: bool = False) -> NodeCheck:
+def worker_info(node: Node, *, accept_new: bool = False, client: Any = None) -> NodeCheck:
     """One SSH round trip: `ansible-runner worker --worker-info` (ansible-runner >= 2.1 answers it), judged
-    against the runner version klpfleet speaks. What the driver asks before streaming a job to a node."""
+    against the runner version klpfleet speaks. What the driver asks before streaming a job to a node, over the
+    connection the job then uses (`client`); without one, a connection of its own."""
     check = NodeCheck(node.name)
-    run = run_on(node, runner_argv(node, "worker", "--worker-info"), accept_new=accept_new, timeout=30.0)
+    argv = runner_argv(node, "worker", "--worker-info")
+    run = run_over(client, node, argv, 30.0) if client else run_on(node, argv, accept_new=accept_new, timeout=30.0)
     check.accepted_key = run.accepted_key
     if run.status != OK:
         check.ssh_status = run.status

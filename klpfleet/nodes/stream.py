@@ -128,10 +128,6 @@ def _run(
 ) -> None:
     import ansible_runner
 
-    found = worker_info(node)
-    if found.code is not None:
-        run.status, run.failure, run.detail = "error", found.code, "; ".join(found.problems)
-        return
     reached = RunResult(node.name, "ok")
     try:
         client = connect(target(node), KnownHosts(known_hosts_of(node), False), CONNECT_TIMEOUT, reached)
@@ -142,6 +138,10 @@ def _run(
         return
     stopped = threading.Event()
     try:
+        found = worker_info(node, client=client)  # one connection: the check, then the job's channel
+        if found.code is not None:
+            run.status, run.failure, run.detail = "error", found.code, "; ".join(found.problems)
+            return
         channel = client.get_transport().open_session(timeout=CONNECT_TIMEOUT)
         channel.settimeout(node.silent_after_seconds)
         worker = runner_argv(node, "worker", "--keepalive-seconds", str(node.keepalive_seconds))

@@ -190,7 +190,7 @@ def _run_ssh(
     client = None
     try:
         client = connect(target, known, connect_timeout, result)
-        _exec(client.get_transport(), command, stdin, command_timeout, result, max_output)
+        run_on_transport(client.get_transport(), command, stdin, command_timeout, result, max_output)
     except CommandTimeout:
         result.status, result.error = TIMEOUT, f"no answer within {command_timeout:g}s"
     except Exception as exc:
@@ -283,7 +283,9 @@ def _keep(result: RunResult, out: Tail, err: Tail) -> None:
     result.truncated = bool(out.dropped or err.dropped)
 
 
-def _exec(transport: Any, command: str, stdin: str, timeout: float, result: RunResult, max_output: int) -> None:
+def run_on_transport(
+    transport: Any, command: str, stdin: str, timeout: float, result: RunResult, max_output: int
+) -> None:
     """Run one command on an open transport: send stdin and close it (so `python3 -` sees EOF), collect
     stdout/stderr and the exit status, give up at the deadline. Fabric's runner never closes stdin."""
     import select
