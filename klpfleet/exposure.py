@@ -25,7 +25,7 @@ from sqlalchemy import Connection, text
 from klpfleet.errors import UsageError
 from klpfleet.states import PatchState
 
-CVE_RE = re.compile(r"^CVE-\d{4}-\d{4,}$")
+CVE_RE = re.compile(r"^CVE-[0-9]{4}-[0-9]{4,}$")  # ASCII digits only (a regex \d matches any script's)
 COVERING_STATES = frozenset({PatchState.APPLIED.value, PatchState.FORCED.value})
 COVERED, EXPOSED, UNKNOWN = "covered", "exposed", "unknown"
 # Nagios-style, like `klpfleet status`: exposed hosts are critical, hosts nobody can judge a warning.

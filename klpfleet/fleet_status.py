@@ -14,10 +14,11 @@ from sqlalchemy import BindParameter, Connection, bindparam, text
 from klpfleet.db.types import UTCDateTime
 from klpfleet.states import ACTIVE_ROLLOUT_STATUSES, ATTENTION_REASONS, ATTENTION_STATES, CRITICAL_STATES, PatchState
 
-HEALTH_EXIT = {"healthy": 0, "degraded": 1, "critical": 2}
+HEALTH_EXIT = {"healthy": 0, "degraded": 1, "critical": 2, "unknown": 3}
 
 _ATTENTION: BindParameter[list[str]] = bindparam("attention", [s.value for s in ATTENTION_STATES], expanding=True)
 _CRITICAL: BindParameter[list[str]] = bindparam("critical", [s.value for s in CRITICAL_STATES], expanding=True)
+_KNOWN: BindParameter[list[str]] = bindparam("known", [s.value for s in PatchState], expanding=True)
 _ACTIVE: BindParameter[list[str]] = bindparam("active", [s.value for s in ACTIVE_ROLLOUT_STATUSES], expanding=True)
 
 
@@ -107,7 +108,13 @@ def fleet_status(conn: Connection, attention_limit: int = 50) -> dict[str, Any]:
             "SELECT count(*) FROM host_patches WHERE state IN :critical AND (host_clean IS NULL OR NOT host_clean)"
         ).bindparams(_CRITICAL)
     ).scalar()
-    if critical:
+    # A state no klpfleet wrote (a hand-edited or forged row) is not a verdict klpfleet can give: unknown.
+    strange = conn.execute(
+        text("SELECT count(*) FROM host_patches WHERE state NOT IN :known").bindparams(_KNOWN)
+    ).scalar()
+    if strange:
+        health = "unknown"
+    elif critical:
         health = "critical"
     elif by_state or unreachable:
         health = "degraded"
@@ -121,6 +128,7 @@ def fleet_status(conn: Connection, attention_limit: int = 50) -> dict[str, Any]:
         "hosts": {"total": total, "reachable": reachable, "unreachable": unreachable, "by_kernel_release": by_kernel},
         "patches": patches,
         "rollouts": rollouts,
+        "unknown_states": strange,  # rows whose state is none klpfleet writes: health is unknown while any exist
         "cves": cves,  # hosts covered, exposed and unknown per CVE (klpfleet cves); not part of the health
         "attention": {
             "total": sum(by_state.values()) + unreachable,

@@ -55,7 +55,13 @@ KEPT_VARS = frozenset(
 )
 # Kept vars and labels whose text carries a credential are refused (the name is reported, never the value).
 SECRET_TEXT_RE = re.compile(
-    r"sshpass|(passw(or)?d|secret|token|api[_-]?key)\s*[=:]|BEGIN [A-Z ]*PRIVATE KEY", re.IGNORECASE
+    r"sshpass"
+    r"|(passw(or)?d|secret|token|api[_-]?key|access[_-]?key)([_-][A-Za-z0-9]+)*\s*[=:]"  # NAME=..., NAME_X: ...
+    r"|(^|\s)--?(password|passwd|pass|secret|token|api-?key)(\s|=|$)"  # --password x
+    r"|[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@"  # scheme://user:password@host
+    r"|authorization\s*:|bearer\s+\S"  # an HTTP header
+    r"|BEGIN [A-Z ]*PRIVATE KEY",
+    re.IGNORECASE,
 )
 SECRET_NAME_RE = re.compile(r"pass|secret|token|vault|api_?key|cred", re.IGNORECASE)
 # Read into the host's own columns (address, port, user, key file).
@@ -288,9 +294,19 @@ def _load_vault_secrets(loader: Any) -> None:
     files = [C.DEFAULT_VAULT_PASSWORD_FILE] if C.DEFAULT_VAULT_PASSWORD_FILE else []
     secrets = []
     if files or C.DEFAULT_VAULT_IDENTITY_LIST:
-        secrets = CLI.setup_vault_secrets(
-            loader, vault_ids=C.DEFAULT_VAULT_IDENTITY_LIST, vault_password_files=files, ask_vault_pass=False
-        )
+        from ansible.errors import AnsibleError
+        from ansible.utils.display import Display
+
+        quiet = Display().warning
+        Display().warning = lambda *args, **kwargs: None  # the error below says it all
+        try:
+            secrets = CLI.setup_vault_secrets(
+                loader, vault_ids=C.DEFAULT_VAULT_IDENTITY_LIST, vault_password_files=files, ask_vault_pass=False
+            )
+        except AnsibleError as exc:
+            raise UsageError(f"vault: {str(exc).splitlines()[0]}") from None
+        finally:
+            Display().warning = quiet
         loader.set_vault_secrets(secrets)
     if VaultSecretsContext.current(optional=True) is None:  # once per process, as Ansible's own CLIs do
         VaultSecretsContext.initialize(VaultSecretsContext(secrets))
@@ -355,9 +371,10 @@ def _to_inventory_host(
 
     kept = {k: _plain(name, k, hostvars[k]) for k in sorted(KEPT_VARS.intersection(hostvars))}
     for key, value in kept.items():
-        if _holds_secret(repr(value)):
+        where = _secret_in(value)
+        if where is not None:
             raise UsageError(
-                f"host {name!r}: {key} looks like it holds a credential; klpfleet never stores secrets "
+                f"host {name!r}: {key}{where} looks like it holds a credential; klpfleet never stores secrets "
                 "(keep it in a vault or an SSH agent, outside the inventory klpfleet imports)"
             )
 
@@ -390,6 +407,25 @@ def _to_inventory_host(
 @functools.lru_cache(maxsize=65536)
 def _holds_secret(text: str) -> bool:
     return bool(SECRET_TEXT_RE.search(text))
+
+
+def _secret_in(value: Any, where: str = "") -> str | None:
+    """Where in a kept value a credential hides (each string and each key, at any depth), or None."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if SECRET_NAME_RE.search(str(key)):
+                return f"{where}[{str(key)[:40]!r}]"
+            found = _secret_in(item, f"{where}[{str(key)[:40]!r}]")
+            if found is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for n, item in enumerate(value):
+            found = _secret_in(item, f"{where}[{n}]")
+            if found is not None:
+                return found
+    elif isinstance(value, str) and _holds_secret(value):
+        return where
+    return None
 
 
 @functools.lru_cache(maxsize=1024)

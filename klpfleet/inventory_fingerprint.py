@@ -5,8 +5,9 @@ Parsing is most of an import's cost (ansible-core reads a 100,000-host INI file 
 imports are re-imports of an unchanged file. A fingerprint covers everything the parse depends on: every
 byte of every source file and of the group_vars/host_vars beside it, the Ansible configuration that shapes
 it (the config file, every ANSIBLE_* variable), the versions of ansible-core and klpfleet, and the import's
-own options. Only static sources qualify: a script, an inventory plugin's config (it asks a cloud API) or
-vault-encrypted text can give another answer from the same bytes, so those are always parsed.
+own options. Only static sources qualify: a script, an inventory plugin's config (it asks a cloud API),
+vault-encrypted text or a symbolic link anywhere in the sources (what it points at can change while the link
+does not) can give another answer from the same bytes, so those are always parsed.
 
 The last import records its fingerprint in an `inventory.imported` event; the skip also needs that no host
 was added, changed or removed since (by another import, for example).
@@ -28,10 +29,16 @@ from sqlalchemy.orm import Session
 from klpfleet import __version__
 from klpfleet.db.models import Event
 
-HOST_EVENTS = ("host.added", "host.updated", "host.removed")
+# Every way a host row comes or goes: an import, or the recorder meeting a host it did not know (a hand run).
+HOST_EVENTS = ("host.added", "host.updated", "host.removed", "host.discovered")
 IMPORTED = "inventory.imported"
-# Text that makes a file's meaning depend on more than its bytes.
-DYNAMIC_RE = re.compile(rb"^plugin\s*:|\$ANSIBLE_VAULT", re.MULTILINE)
+# Text that makes a file's meaning depend on more than its bytes: vault text, and anything that could be an
+# inventory plugin's `plugin:` key however YAML spells it (quoted, JSON, `? plugin`, an escape sequence in a
+# double-quoted key). Deliberately wide: a file it catches is only parsed, as without a fingerprint.
+DYNAMIC_RE = re.compile(rb"plugin|\$ANSIBLE_VAULT|\\")
+# Variable files and the Ansible configuration are never plugin configs: only vault text makes them dynamic.
+VAULT_RE = re.compile(rb"\$ANSIBLE_VAULT")
+VARS_DIRS = ("group_vars", "host_vars")
 MAX_FILES = 10_000
 
 
@@ -53,7 +60,7 @@ def fingerprint(sources: list[str], options: dict[str, Any]) -> str | None:
     settings = {k: v for k, v in os.environ.items() if k.startswith("ANSIBLE_")}
     add(__version__, ansible_version, json.dumps([options, settings], sort_keys=True, default=str))
     config = getattr(C, "CONFIG_FILE", None)
-    if config and not _add_files(add, [Path(config)]):
+    if config and not _add_files(add, [Path(config)], VAULT_RE):
         return None
     for source in sources:
         path = Path(source)
@@ -61,17 +68,24 @@ def fingerprint(sources: list[str], options: dict[str, Any]) -> str | None:
             return None  # a host list on the command line: cheap to parse, not worth a cache
         base = path if path.is_dir() else path.parent
         add("source", str(path.resolve()))
-        files = [path] if not path.is_dir() else sorted(p for p in path.rglob("*") if not p.is_dir())
-        for beside in ("group_vars", "host_vars"):
-            if (base / beside).is_dir() and not path.is_dir():
-                files += sorted(p for p in (base / beside).rglob("*") if not p.is_dir())
+        trees = [path] if path.is_dir() else [base / beside for beside in VARS_DIRS]
+        files = [] if path.is_dir() else [path]
+        for tree in trees:
+            if tree.is_symlink():
+                return None  # Ansible follows it; a fingerprint of what lies behind a link is not kept
+            if tree.is_dir():
+                found = sorted(tree.rglob("*"))
+                if any(p.is_symlink() for p in found):
+                    return None
+                files += [p for p in found if not p.is_dir()]
         if len(files) > MAX_FILES or not _add_files(add, files):
             return None
     return digest.hexdigest()
 
 
-def _add_files(add: Any, files: list[Path]) -> bool:
+def _add_files(add: Any, files: list[Path], dynamic: re.Pattern[bytes] | None = None) -> bool:
     for file in files:
+        pattern = dynamic or (VAULT_RE if VARS_DIRS[0] in file.parts or VARS_DIRS[1] in file.parts else DYNAMIC_RE)
         try:
             st = file.lstat()
             if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o111:  # links, devices, scripts
@@ -79,7 +93,7 @@ def _add_files(add: Any, files: list[Path]) -> bool:
             data = file.read_bytes()
         except OSError:
             return False
-        if DYNAMIC_RE.search(data):
+        if pattern.search(data):
             return False
         add("file", str(file.resolve()), data)
     return True

@@ -17,6 +17,7 @@ from klpfleet.db import events
 from klpfleet.db.engine import Database
 from klpfleet.db.models import AnsibleRun, Event, Host, HostPatch, Patch, utcnow
 from klpfleet.inventory import HOST_NAME_RE
+from klpfleet.module_results import sanitize
 from klpfleet.observations import PatchObservation, last_loaded, observe
 from klpfleet.states import FAILURE_OUTCOME_STATES, PatchState
 
@@ -164,7 +165,8 @@ class Recorder:
         """What one task did on one host, however Ansible ran it (a loop's items each recorded, a delegated task
         on its delegate, an async task when its result is collected), from the callback plugin or from the
         controller's event stream: the one entry point both use."""
-        for item_status, item in task_results(status, result):
+        for item_status, raw in task_results(status, result):
+            item = sanitize(raw)  # bounded, known codes, valid names: nothing else reaches the database
             if item.get("ansible_job_id") and not item.get("finished"):
                 continue  # an async task just started: its result comes later, through async_status
             item_action = livepatch_action_of(action, item)
@@ -394,9 +396,11 @@ class Recorder:
                 observed_by=observed_by,
                 actor=self.actor,
             )
-        for refusal in facts.get("refused_module_loads") or []:
-            if isinstance(refusal, dict):
-                self.module_refusal(s, host, refusal)
+        refusals = [r for r in facts.get("refused_module_loads") or [] if isinstance(r, dict)]
+        if refusals:
+            seen = self.refusals_seen(s, host)
+            for refusal in refusals:
+                self.module_refusal(s, host, refusal, seen)
         self._check_stack_order(s, host, facts)
 
     def _check_stack_order(self, s: Session, host: Host, facts: dict[str, Any]) -> None:
@@ -424,14 +428,25 @@ class Recorder:
         if last != finding:
             events.record(s, "host.stack_order_conflict", actor=self.actor, host=host, **finding)
 
-    def module_refusal(self, s: Session, host: Host, refusal: dict[str, Any]) -> None:
-        """A target-module load a patch refused (found in the kernel log): one event per log record."""
-        patch_name, module, seq = refusal.get("patch"), refusal.get("module"), refusal.get("seq")
-        seen = s.execute(
+    @staticmethod
+    def refusals_seen(s: Session, host: Host) -> set[tuple[Any, Any, Any]]:
+        rows = s.execute(
             select(Event.patch_name, Event.details).where(Event.host_id == host.id, Event.kind == "module.load_refused")
         ).all()
-        if any(p == patch_name and d.get("module") == module and d.get("seq") == seq for p, d in seen):
+        return {(p, str(d.get("module")), str(d.get("seq"))) for p, d in rows if isinstance(d, dict)}
+
+    def module_refusal(
+        self, s: Session, host: Host, refusal: dict[str, Any], seen: set[tuple[Any, Any, Any]] | None = None
+    ) -> None:
+        """A target-module load a patch refused (found in the kernel log): one event per log record. `seen` (what
+        is already recorded) is read once per report, so a report of many refusals is not quadratic."""
+        patch_name, module, seq = refusal.get("patch"), refusal.get("module"), refusal.get("seq")
+        if seen is None:
+            seen = self.refusals_seen(s, host)
+        key = (patch_name, str(module), str(seq))
+        if key in seen:
             return
+        seen.add(key)
         patch = self._patch(s, host, patch_name, None)
         events.record(
             s,
@@ -448,14 +463,20 @@ class Recorder:
     # ------------------------------------------------------------------ lookups
 
     def _delegate(self, s: Session, delegated: dict[str, str]) -> Host | None:
-        """The delegated host: by name when known, else the one host whose name or address is its ansible_host."""
-        if delegated.get("name"):
-            return self._host(s, delegated["name"])
-        address = delegated.get("address")
-        if not address:
-            return None
-        found = list(s.scalars(select(Host).where(or_(Host.name == address, Host.address == address)).limit(2)))
-        return found[0] if len(found) == 1 else None
+        """The delegated host: by name when a host has that name, else the one host whose address is what the task
+        named (`delegate_to: 10.0.0.5` means the host reached at that address, not a new host called so) or its
+        ansible_host; a name nothing matches is a host the recorder did not know."""
+        name = delegated.get("name")
+        if name:
+            known = s.scalar(select(Host).where(Host.name == name))
+            if known is not None:
+                return known
+        for address in (name, delegated.get("address")):
+            if address:
+                found = list(s.scalars(select(Host).where(or_(Host.name == address, Host.address == address)).limit(2)))
+                if len(found) == 1:
+                    return found[0]
+        return self._host(s, name) if name else None
 
     def _host(self, s: Session, name: str) -> Host:
         host = s.scalar(select(Host).where(Host.name == name))

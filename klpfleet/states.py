@@ -23,6 +23,15 @@ class PatchState(StrEnum):
     SUPERSEDED = "superseded"  # built for a kernel release the host no longer runs (it booted another one)
 
 
+def stored_state(value: str) -> PatchState:
+    """A state read back from the database. A value klpfleet never writes (a hand-edited or forged row) is read as
+    drift: what the database says is not believed, and the next reading of the host records the truth."""
+    try:
+        return PatchState(value)
+    except ValueError:
+        return PatchState.DRIFT
+
+
 # How `klpfleet status` rates each state: the worst one found sets the exit code.
 CRITICAL_STATES = frozenset({PatchState.STALLED, PatchState.FAILED})
 DEGRADED_STATES = frozenset(

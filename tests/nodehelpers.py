@@ -102,6 +102,22 @@ class NodeLab:
         subprocess.run(["chown", "-R", f"{user}:{user}", str(directory)], check=True)
         return script
 
+    def hostile(self, user: str, name: str, mode: str, outside: Path) -> Path:
+        """A compromised node: its runner answers worker-info truthfully, reads the job, then answers with a crafted
+        stream (`mode`): `forge` (results for hosts of another zone and for a ghost, then an artifacts archive
+        whose entries escape through a symlink and `../`), `overlong` (one endless line) or `endless`
+        (keepalives forever). `outside` is where the escaping entries point."""
+        directory = self.homes[user] / name
+        directory.mkdir(exist_ok=True)
+        script = directory / "ansible-runner"
+        script.write_text(HOSTILE_RUNNER.format(real=str(self.runners[user]), mode=mode, outside=str(outside)))
+        script.chmod(0o755)
+        playbook = directory / "ansible-playbook"
+        if not playbook.is_symlink():
+            playbook.symlink_to(self.runners[user].parent / "ansible-playbook")
+        subprocess.run(["chown", "-R", f"{user}:{user}", str(directory)], check=True)
+        return script
+
     def stop(self) -> None:
         self.sshd.stop()
         for user in (*NODES, OLD_RUNNER_NODE):
@@ -130,3 +146,50 @@ def give_hosts(fleet: Path, owner_of: dict[str, str]) -> None:
     """Each simulated host to the node user that serves it."""
     for host, user in owner_of.items():
         subprocess.run(["chown", "-R", f"{user}:{user}", str(fleet / "hosts" / host)], check=True)
+
+
+HOSTILE_RUNNER = """#!/usr/bin/python3
+import io, json, os, sys, time, zipfile
+REAL, MODE, OUTSIDE = {real!r}, {mode!r}, {outside!r}
+args = sys.argv[1:]
+if args[:1] != ["worker"] or "--worker-info" in args:
+    os.execv(REAL, [REAL] + args)
+sys.stdin.buffer.read()  # the job, whole
+out = sys.stdout.buffer
+
+def say(obj):
+    out.write(json.dumps(obj).encode() + b"\\n")
+    out.flush()
+
+say({{"status": "starting"}})
+say({{"status": "running"}})
+if MODE == "overlong":
+    chunk = b"x" * 65536
+    for _ in range(200):  # 13 MB without a newline
+        out.write(chunk)
+    out.flush()
+    time.sleep(30)
+elif MODE == "endless":
+    while True:
+        say({{"event": "keepalive"}})
+        time.sleep(0.2)
+else:
+    for host in ("sim-03", "sim-01", "ghost-99"):
+        say({{"event": "runner_on_ok", "uuid": host, "counter": 1, "event_data": {{
+            "host": host, "resolved_action": "klpfleet.livepatch.patch", "task_args": {{}},
+            "res": {{"outcome": "applied", "name": "livepatch_cve_2026_1234", "changed": True,
+                     "patch": {{"enabled": True, "transition": False}}}}}}}})
+    say({{"status": "successful"}})
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        link = zipfile.ZipInfo("escape")
+        link.create_system = 3
+        link.external_attr = (0o777 | 0xA000) << 16
+        archive.writestr(link, OUTSIDE)
+        archive.writestr("escape/pwned-through-symlink", b"owned")
+        archive.writestr("../../../pwned-dotdot", b"owned")
+    data = buffer.getvalue()
+    say({{"zipfile": len(data)}})
+    out.write(data)
+    say({{"eof": True}})
+"""

@@ -1,6 +1,7 @@
 """The hostile and malformed input corpus (tests/corpus/cases.yml): every case gives one clear line on
 stderr, its exit code and no traceback; the database is unchanged and no command ran with the text."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -72,6 +73,8 @@ def test_corpus_case(cli, case, base_db, tmp_path, monkeypatch):
 
     for step in case.get("prepare", []):
         assert cli("--db", db, *map(fill, step)).code == 0
+    if case.get("prepare_fifo"):  # a named pipe where a .ko is expected: opening it must not wait for a writer
+        os.mkfifo(fill(case["prepare_fifo"]))
     before = snapshot(db)
     scratch_before = scratch(tmp_path)
     result = cli("--db", case.get("db", str(db)), *map(fill, case["args"]))

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 
+from klpfleet.cli.dashboard_cmds import server_options
 from klpfleet.dashboard.app import create_app
 from klpfleet.db.engine import open_database
 from klpfleet.db.models import Event, Patch
@@ -38,7 +39,7 @@ def free_port():
 class Server:
     def __init__(self, db, **options):
         self.port = free_port()
-        config = uvicorn.Config(create_app(db, **options), host="127.0.0.1", port=self.port, log_level="warning")
+        config = uvicorn.Config(create_app(db, **options), host="127.0.0.1", port=self.port, **server_options(None))
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -58,8 +59,9 @@ class Server:
     def url(self):
         return f"http://127.0.0.1:{self.port}"
 
-    def get(self, path):
-        with urllib.request.urlopen(self.url + path, timeout=10) as r:
+    def get(self, path, headers=None):
+        req = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {TOKEN}", **(headers or {})})
+        with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
 
     def post(self, path, headers=None):
@@ -117,7 +119,10 @@ def test_actions_need_the_token_and_the_csrf_token_and_name_who(fleet):
         foreign = {**auth, "X-CSRF-Token": csrf, "Origin": "http://evil.example"}
         assert server.post(f"/api/rollouts/{rid}/pause", foreign)[0] == 403
         assert server.get(f"/api/rollouts/{rid}")["status"] == "planned"  # nothing refused changed anything
-        code, body = server.post(f"/api/rollouts/{rid}/pause", {**auth, "X-CSRF-Token": csrf})
+        # A forwarded header from a client is not believed (no proxy was named): the event names the real client.
+        code, body = server.post(
+            f"/api/rollouts/{rid}/pause", {**auth, "X-CSRF-Token": csrf, "X-Forwarded-For": "6.6.6.6"}
+        )
         assert (code, body["status"]) == (200, "paused")
         code, body = server.post(f"/api/rollouts/{rid}/pause", {**auth, "X-CSRF-Token": csrf})
         assert code == 409 and "paused" in body["error"]  # the controller's own rules
@@ -155,6 +160,14 @@ def test_the_page_in_a_real_browser_follows_a_rollout_without_reload(fleet):
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(server.url)
+        # With a token configured, nothing of the fleet is shown until the token is given once.
+        expect(page.locator("#login")).to_be_visible()
+        expect(page.locator("#hosts-total")).to_have_text("\u2013")  # the empty card
+        page.fill("#login-token", "wrong-token-0123456789")
+        page.locator("#login button").click()
+        expect(page.locator("#login-result")).to_have_text("wrong token")
+        page.fill("#login-token", TOKEN)
+        page.locator("#login button").click()
         expect(page.locator("#live")).to_have_text("live")
         status = json.loads(run_klpfleet("--db", url, "status", "-o", "json").stdout)["data"]
         expect(page.locator("#hosts-total")).to_have_text(str(status["hosts"]["total"]))
@@ -193,6 +206,7 @@ def test_the_page_in_a_real_browser_follows_a_rollout_without_reload(fleet):
         browser.close()
     # The refused action is the only failed request (Chromium logs it as an error); nothing else.
     refused = [e for e in errors if "status of 401" in e]
-    assert len(refused) == 1 and [e for e in errors if e not in refused] == []
+    # The wrong token at the login and the action without a token; nothing else.
+    assert len(refused) == 2 and [e for e in errors if e not in refused] == []
     with db.session() as s:
         assert s.query(Patch).count() == 1

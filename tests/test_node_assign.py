@@ -110,7 +110,6 @@ def test_a_node_job_carries_no_secret_and_no_template(tmp_path, monkeypatch):
     assert "project/apply.yml" in files and "project/files/lp.ko" in files and "inventory/hosts.yml" in files
     assert "project/collections/ansible_collections/klpfleet/livepatch/plugins/modules/patch.py" in files
     assert not any("/tests/" in f or "__pycache__" in f for f in files)
-    assert job.extravars["klp_patch_src"] == "lp.ko"  # found in the playbook's files/ on the node
     import yaml
 
     class Tagged(yaml.SafeLoader):
@@ -122,5 +121,9 @@ def test_a_node_job_carries_no_secret_and_no_template(tmp_path, monkeypatch):
         "unsafe",
         hostile,
     )
-    everything = b"".join(p.read_bytes() for p in files.values()) + repr((job.envvars, job.extravars)).encode()
+    # Extra vars travel in the job's env/extravars (`-e @file`), every string `!unsafe`; the .ko is found in the
+    # playbook's files/ on the node.
+    extravars = yaml.load(files["env/extravars"].read_text(), Loader=Tagged)
+    assert extravars[("unsafe", "klp_patch_src")] == ("unsafe", "lp.ko")
+    everything = b"".join(p.read_bytes() for p in files.values()) + repr(job.envvars).encode()
     assert b"S3cretPassw0rd" not in everything and job.envvars["KLPFLEET_DB"] == ""

@@ -343,3 +343,53 @@ def test_the_controller_killed_while_nodes_run_resumes_without_repeating_hosts(c
     assert summary(db, rid)["status"] == "completed"
     for i in range(1, 10):
         assert enabled_on(base, f"sim-{i:02d}") == [PATCH] and enable_count(base, f"sim-{i:02d}", PATCH) == 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "failure"),
+    [("forge", "node_forged_result"), ("overlong", "node_stream_corrupt"), ("endless", "node_deadline")],
+)
+def test_a_compromised_node_writes_nothing_records_nothing_and_pauses(
+    cli, node_lab, base, tmp_path, mode, failure, monkeypatch
+):
+    """A node whose runner lies (security review N1, N2, N3, N7): results for hosts it was not given and for a ghost,
+    an artifacts archive escaping the run folder, one endless line, keepalives forever. Nothing is written outside
+    the run folder, no host is created or recorded for it, and the rollout pauses naming the failure; once the node
+    is replaced, resume re-reads its hosts and completes."""
+    monkeypatch.setenv("KLPFLEET_NODE_JOB_DEADLINE", "8")
+    outside = Path(base) / "outside"
+    outside.mkdir()
+    outside.chmod(0o777)
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    db = node_fleet(cli, node_lab, base, url, 6)
+    register(db, base)
+    liar = node_lab.hostile("klpnode3", f"hostile-{mode}", mode, outside)
+    assert cli("--db", url, "node", "remove", "klpnode3").code == 0
+    added = cli(
+        "--db", url, "node", "add", "klpnode3", *node_lab.add_args("klpnode3", runner=liar), "--serves", "zone=c"
+    )
+    assert added.code == 0, added.err
+    rid = create(cli, url, "--waves", "100%")
+    started = time.monotonic()
+    result = cli("--db", url, "rollout", "start", str(rid), "--wait")
+    assert result.code == 1, result.err  # paused
+    assert time.monotonic() - started < 120
+    assert list(outside.iterdir()) == [] and not list(Path(tmp_path).rglob("pwned*"))
+    assert not list(Path("/").glob("pwned*")) and not list(Path(base).rglob("pwned*"))
+    with db.session() as s:
+        assert "ghost-99" not in set(s.scalars(select(Host.name)))
+        liar_runs = {
+            f"ansible-run:{r.id}" for r in s.scalars(select(AnsibleRun)) if (r.ident or "").endswith("@klpnode3")
+        }
+        assert liar_runs and not set(s.scalars(select(HostPatch.observed_by))) & liar_runs  # nothing it said is kept
+        forged = s.scalars(select(Event).where(Event.kind == "node.forged_result")).all()
+    if mode == "forge":
+        assert len(forged) == 1 and set(forged[0].details["hosts"]) == {"ghost-99", "sim-01"}
+
+    def fix():
+        assert cli("--db", url, "node", "remove", "klpnode3").code == 0
+        assert (
+            cli("--db", url, "node", "add", "klpnode3", *node_lab.add_args("klpnode3"), "--serves", "zone=c").code == 0
+        )
+
+    _pause_then_resume(cli, db, url, rid, failure=failure, fix=fix)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import warnings
 
 import click
 
@@ -76,6 +78,10 @@ def say(line: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    if not debug:
+        # A library's deprecation notice (cryptography's about DSA when ansible-core imports its SSH agent code) is
+        # not the operator's business and would break "one line on stderr"; --debug shows them.
+        warnings.filterwarnings("ignore", module=r"(ansible|cryptography|paramiko|fabric|invoke)(\.|$)")
     try:
         rc = cli.main(args=args, prog_name="klpfleet", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -114,11 +120,27 @@ def report(exc: BaseException) -> int:
         # Unreachable, locked, damaged (a corrupt page), or data the database refused: all exit 3.
         say(f"klpfleet: database error: {first_line(exc)}")
         return 3
+    if isinstance(exc, (ValueError, TypeError)) and _raised_reading_a_row(exc):
+        # A JSON column or a timestamp that does not decode: a row someone edited by hand, or damage.
+        say(
+            f"klpfleet: database error: a row holds a value klpfleet cannot read (edited or damaged): {first_line(exc)}"
+        )
+        return 3
     if isinstance(exc, OSError):
         say(f"klpfleet: error: {exc}")
         return 1
     say(f"klpfleet: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
     return 70
+
+
+def _raised_reading_a_row(exc: BaseException) -> bool:
+    """Whether SQLAlchemy's result processing raised it (decoding a stored value), not klpfleet's own code."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if f"{os.sep}sqlalchemy{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 if __name__ == "__main__":

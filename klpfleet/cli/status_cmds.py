@@ -52,6 +52,12 @@ def status_table(d: dict[str, Any], out: Any) -> None:
         f"unreachable {hosts['unreachable']})",
         markup=False,
     )
+    if d.get("unknown_states"):
+        out.print(
+            f"{d['unknown_states']} host patch state(s) are none klpfleet writes (a hand-edited or damaged row): "
+            "the health is unknown until a gather records the truth",
+            markup=False,
+        )
     table("hosts by kernel release", ["kernel release", "hosts"], sorted(hosts["by_kernel_release"].items()), out)
     table(
         "patches",

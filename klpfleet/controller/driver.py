@@ -24,6 +24,7 @@ from klpfleet.controller.lease import Lease, LeaseLost
 from klpfleet.controller.policy import Policy
 from klpfleet.controller.rollback import REMOVED, batch_order, rollback_batches
 from klpfleet.controller.runner import HostResult, RunOutcome, run_playbook, runs_dir
+from klpfleet.controller.runvars import RunVarsError, patch_vars
 from klpfleet.controller.store import RolloutStore
 from klpfleet.db import events
 from klpfleet.db.engine import Database
@@ -139,9 +140,23 @@ class Driver:
                 if wave is None:
                     return self.mark_completed()
                 wave_id, total = wave
-                result = self.run_wave(wave_id, total)
+                try:
+                    result = self.run_wave(wave_id, total)
+                except RunVarsError as exc:
+                    return self.refuse_to_run(str(exc))
                 if result != "next":
                     return result
+
+    def refuse_to_run(self, reason: str) -> str:
+        """A value from the database is not what a run may be given (controller.runvars): nothing ran, and the
+        rollout pauses with the reason; whoever fixes the row (or adds the .ko again) resumes it."""
+        reason = f"refused to start a run: {reason}"
+        with self.tx() as s:
+            r = self.lease.check(s)
+            r.status, r.pause_reason = RolloutStatus.PAUSED, reason
+            self.event(s, "rollout.paused", r, reason=reason, by="run_vars")
+        self.progress.note(reason)
+        return RolloutStatus.PAUSED.value
 
     def mark_started(self) -> None:
         self.engine = self.choose_engine(self.store.policy().engine)
@@ -334,9 +349,7 @@ class Driver:
     @staticmethod
     def apply_vars(patch: Patch, policy: Policy) -> dict[str, Any]:
         return {
-            "klp_patch_src": patch.path,
-            "klp_patch_sha256": patch.sha256,
-            "klp_patch_name": patch.name,
+            **patch_vars(patch.name, patch.sha256),
             "klp_transition_timeout": policy.transition_timeout,
             "klp_on_stall": policy.on_stall,
             "klp_allow_force": policy.allow_force,

@@ -29,10 +29,10 @@ def parse_count(text: str, what: str) -> int | str:
     text = text.strip()
     if text.endswith("%"):
         number = text[:-1]
-        if not re.match(r"^\d+(\.\d+)?$", number) or not 0 < float(number) <= 100:
+        if not re.match(r"^[0-9]+(\.[0-9]+)?$", number) or not 0 < float(number) <= 100:
             raise UsageError(f"{what}: {text!r} is not a percentage between 0 and 100")
         return text
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # superscripts and other scripts' digits are digits to isdigit
         raise UsageError(f"{what}: {text!r} is neither a number nor a percentage")
     return int(text)
 

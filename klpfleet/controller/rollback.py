@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from klpfleet.controller.engine import Engine
 from klpfleet.controller.runner import HostResult, run_playbook
+from klpfleet.controller.runvars import patch_vars
 from klpfleet.db.engine import Database
 from klpfleet.db.models import Host, HostPatch, Patch, Rollout, Wave, WaveHost
 from klpfleet.inventory_export import fleet_inventory
@@ -50,8 +51,17 @@ class HostRollback:
     pinned: list[str] = field(default_factory=list)  # removed, but their modules stay loaded until reboot
 
 
-def decide(host: str, facts: dict[str, Any], patch_name: str, cascade: bool) -> tuple[HostRollback | None, list[str]]:
-    """(a final answer, or None and the patch names to remove in order)."""
+def decide(
+    host: str, facts: dict[str, Any], patch_name: str, cascade: bool, registered: set[str] | None = None
+) -> tuple[HostRollback | None, list[str]]:
+    """(a final answer, or None and the patch names to remove in order). The names come from the host's own
+    report, so a name is removed only when it is a registered patch's (`registered`): a host cannot make the
+    controller run anything of its choosing, and a report that had names no kernel module can have (the
+    sanitizer dropped them) leaves the host untouched."""
+    if "patches" in (facts.get("klp_sanitized") or []):
+        return HostRollback(
+            host, FAILED, "the host reported patch names that are not kernel module names; nothing was removed"
+        ), []
     stack = [p.get("name") for p in facts.get("patches") or []]
     pinned = {p.get("name") for p in facts.get("forced_modules") or []}
     if patch_name not in stack:
@@ -67,6 +77,14 @@ def decide(host: str, facts: dict[str, Any], patch_name: str, cascade: bool) -> 
             host,
             STACKED,
             f"newer patches on top: {', '.join(map(str, newer))} (use --cascade to remove them first, newest first)",
+        ), []
+    unknown = [str(n) for n in newer if registered is not None and n not in registered]
+    if unknown:
+        return HostRollback(
+            host,
+            STACKED,
+            f"newer patches on top that are not registered: {', '.join(unknown)} (--cascade removes registered "
+            "patches only: `klpfleet patch add` them, or remove them by hand first)",
         ), []
     return None, [*reversed(newer), patch_name]
 
@@ -148,6 +166,8 @@ def rollback_batches(
     engine: Engine | None = None,
 ) -> list[HostRollback]:
     done: list[HostRollback] = []
+    with db.session() as s:
+        registered = set(s.scalars(select(Patch.name).distinct()))
     for n, batch in enumerate(b for b in batches if b):
         records = {r["name"]: r for r in fleet_inventory(db, batch)}
         facts_run = run_playbook(
@@ -169,7 +189,7 @@ def rollback_batches(
             if r.status != "ok":
                 answers[host] = _failed(host, r)
                 continue
-            answer, sequence = decide(host, r.result, patch_name, cascade)
+            answer, sequence = decide(host, r.result, patch_name, cascade, registered)
             if answer is not None:
                 answers[host] = answer
             else:
@@ -226,12 +246,7 @@ def restore_batches(
             db=db,
             playbook="apply.yml",
             records=list(records.values()),
-            extravars={
-                "klp_patch_src": previous.path,
-                "klp_patch_sha256": previous.sha256,
-                "klp_patch_name": previous.name,
-                "klp_transition_timeout": transition_timeout,
-            },
+            extravars={**patch_vars(previous.name, previous.sha256), "klp_transition_timeout": transition_timeout},
             runs_in=runs_in,
             ident=f"{ident}-b{n}-apply-{previous.name}",
             forks=forks,

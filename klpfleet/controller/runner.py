@@ -25,6 +25,7 @@ from klpfleet.collection import collections_path, playbooks_path
 from klpfleet.controller.engine import Engine, failed_to_start, resolve
 from klpfleet.db.engine import Database, default_data_dir
 from klpfleet.inventory_export import TrustedTemplate, host_vars
+from klpfleet.module_results import sanitize
 
 
 @dataclass
@@ -105,13 +106,25 @@ def dump_unsafe_yaml(data: Any) -> str:
     return yaml.dump(data, Dumper=_UnsafeDumper, sort_keys=True, allow_unicode=True)
 
 
+def write_extravars(private_data_dir: Path, extravars: dict[str, Any]) -> None:
+    """A run's extra vars as ansible-runner's `env/extravars` file (it passes `-e @file`), every string
+    `!unsafe`: a value from the database or a host is data to Ansible, never a template (not on a command line,
+    where `-e '{"k": "{{ ... }}"}'` would be templated)."""
+    env = private_data_dir / "env"
+    env.mkdir(mode=0o700, exist_ok=True)
+    (env / "extravars").write_text(dump_unsafe_yaml(extravars))
+
+
 # Environment of every run, local or on a node. The controller records results itself, from the event stream,
-# so the recorder callback stays silent and the run never sees the controller's database URL.
+# so the recorder callback stays silent and the run never sees the controller's database URL, nor any other
+# secret klpfleet's own process may hold (ansible-runner passes the controller's environment on).
 JOB_ENVVARS = {
     "ANSIBLE_RETRY_FILES_ENABLED": "False",
     "ANSIBLE_NOCOLOR": "1",
     "KLPFLEET_CONTROLLER_RECORDS": "1",
     "KLPFLEET_DB": "",
+    "PGPASSWORD": "",
+    "KLPFLEET_DASHBOARD_TOKEN": "",
 }
 
 
@@ -137,9 +150,10 @@ def run_playbook(
 
     With execution nodes in the database, the hosts are split across them and each share runs on its node
     (klpfleet.nodes.dispatch); results are recorded here all the same."""
+    from klpfleet.controller.runvars import checked
     from klpfleet.nodes.registry import nodes
 
-    request = RunRequest(db, playbook, records, extravars, runs_in, ident, forks, rollout_id, cancel)
+    request = RunRequest(db, playbook, records, checked(extravars), runs_in, ident, forks, rollout_id, cancel)
     serving = nodes(db)
     if serving:
         from klpfleet.nodes.dispatch import run_on_nodes
@@ -159,7 +173,9 @@ class Recording:
     """One run's row in the database and its per-host results, fed from ansible-runner's events: the same
     for a local run and a job streamed back from an execution node."""
 
-    def __init__(self, db: Database, playbook: str, ident: str, rollout_id: int | None) -> None:
+    def __init__(
+        self, db: Database, playbook: str, ident: str, rollout_id: int | None, allowed: set[str] | None = None
+    ) -> None:
         from klpfleet.db.events import default_actor
         from klpfleet.recorder import Recorder
 
@@ -167,6 +183,8 @@ class Recording:
         self.run_id = self.recorder.start_run(str(playbooks_path() / playbook), ident=ident, rollout_id=rollout_id)
         self.results: dict[str, HostResult] = {}
         self.stats: dict[str, Any] = {}
+        self.allowed = allowed  # the hosts this run was given; results for any other are forged
+        self.forged: list[str] = []
 
     def on_event(self, event: dict[str, Any]) -> bool:
         from klpfleet.recorder import livepatch_action_of
@@ -179,7 +197,13 @@ class Recording:
         if not host or kind not in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable"):
             return True
         action = data.get("resolved_action") or data.get("task_action")
-        res = data.get("res") or {}
+        if self.allowed is not None and host not in self.allowed:
+            self.forged.append(str(host)[:100])  # a result for a host this run was not given: never recorded
+            return True
+        # Bounded, known codes, valid names (klpfleet.module_results); klpfleet's playbooks never delegate, so a
+        # result claiming a delegate is not believed either.
+        res = sanitize(data.get("res") or {})
+        res.pop("_ansible_delegated_vars", None)
         status = {"runner_on_ok": "ok", "runner_on_failed": "failed"}.get(kind, "unreachable")
         self.recorder.record_task_result(self.run_id, host, str(action), status, res, data.get("task_args") or {})
         if kind == "runner_on_unreachable":
@@ -208,7 +232,10 @@ def _run_once(request: RunRequest, engine: Engine) -> tuple[RunOutcome, str | No
     workdir = new_run_dir(request.runs_in, request.ident)
     inventory = workdir / "inventory.yml"
     inventory.write_text(dump_unsafe_yaml(frozen_inventory(request.records)))
-    recording = Recording(request.db, request.playbook, request.ident, request.rollout_id)
+    write_extravars(workdir, request.extravars)
+    recording = Recording(
+        request.db, request.playbook, request.ident, request.rollout_id, {r["name"] for r in request.records}
+    )
 
     envvars = {
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -225,7 +252,6 @@ def _run_once(request: RunRequest, engine: Engine) -> tuple[RunOutcome, str | No
             private_data_dir=str(workdir),
             playbook=str(playbooks_path() / request.playbook),
             inventory=str(inventory),
-            extravars=request.extravars,
             forks=request.forks,
             ident=request.ident,
             quiet=True,

@@ -33,6 +33,8 @@ def select_hosts(db: Database, pattern: str | None = None, group: str | None = N
             data.add_group(name)
             data.add_child(name, h["name"])
     data.reconcile_inventory()
+    if pattern is not None:
+        check_pattern(pattern)
     if group is not None:
         if group not in data.groups:
             raise UsageError(f"no group {group!r} (see `klpfleet hosts`)")
@@ -48,3 +50,12 @@ def select_hosts(db: Database, pattern: str | None = None, group: str | None = N
         hint = f" ({warnings[0]})" if warnings else ""
         raise UsageError(f"host pattern {pattern!r} matches no host{hint}")
     return sorted(matched)
+
+
+def check_pattern(pattern: str) -> None:
+    """Refuse a pattern ansible-core would read as something else: one that splits into nothing (`[`, `]`, ` `)
+    means `all` to it, and an unclosed bracket is dropped without a word (`web1[` selects web1)."""
+    from ansible.inventory.manager import split_host_pattern
+
+    if pattern.count("[") != pattern.count("]") or not split_host_pattern(pattern):
+        raise UsageError(f"host pattern {pattern!r} is not a host pattern (unbalanced brackets, or nothing to match)")

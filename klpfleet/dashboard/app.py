@@ -6,6 +6,12 @@ server was started with --allow-actions and a token: each POST needs `Authorizat
 page's CSRF token in `X-CSRF-Token`, and its Origin, when the browser sends one, must be this server. Each action
 goes through controller.control.request like the CLI's, and its event names who asked (the token's fingerprint
 and the client's address).
+
+With a token configured, every read needs it too (the fleet's state, events with connection vars, metrics): as
+a bearer token, or as the session cookie the page gets by sending it once to /api/session (an EventSource cannot
+send headers). Only the page's shell and its static files are served without it; they hold no data. Requests
+whose Host header is not one of `allowed_hosts` are refused (DNS rebinding), event streams are capped, and ids
+are range-checked before any query.
 """
 
 from __future__ import annotations
@@ -31,17 +37,88 @@ from starlette.staticfiles import StaticFiles
 from klpfleet.cli.output import plain
 from klpfleet.db.engine import Database
 from klpfleet.errors import KlpfleetError
+from klpfleet.inventory import HOST_NAME_RE
 
 STATIC = Path(__file__).parent / "static"
 ACTIONS = ("pause", "resume", "promote", "abort")
 POLL_SECONDS = 1.0
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+MAX_STREAMS = 16  # open event streams at once; each polls the database every POLL_SECONDS
+MAX_ID = 2**31 - 1  # ids are 32-bit on PostgreSQL; anything larger names nothing
+SESSION_COOKIE = "klpfleet_session"
 
 
-def create_app(db: Database, *, token: str | None = None, allow_actions: bool = False) -> Starlette:
+def host_of(header: str) -> str:
+    """The name in a Host header, without its port (`[::1]:8080` -> `::1`)."""
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0].lower()
+    return header.rsplit(":", 1)[0].lower() if header.count(":") == 1 else header.lower()
+
+
+class AllowedHosts:
+    """Refuses a request whose Host header names anything but these (DNS rebinding turns a page on another
+    site into a reader of a loopback dashboard otherwise)."""
+
+    def __init__(self, app: Any, allowed: set[str]) -> None:
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            header = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            if host_of(header) not in self.allowed:
+                await JSONResponse({"error": "this Host is not served here"}, status_code=421)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(
+    db: Database,
+    *,
+    token: str | None = None,
+    allow_actions: bool = False,
+    allowed_hosts: list[str] | None = None,
+) -> Any:
     if allow_actions and not token:
         raise ValueError("actions need a token")
     csrf = secrets.token_urlsafe(32)
     fingerprint = hashlib.sha256(token.encode()).hexdigest()[:8] if token else None
+    # The cookie proves the token was shown once; it is not the token, and a restart invalidates it.
+    session_value = hmac.new(secrets.token_bytes(32), (token or "").encode(), "sha256").hexdigest()
+    streams = {"open": 0}
+
+    def bearer_ok(request: Request) -> bool:
+        given = request.headers.get("authorization", "")
+        return (
+            token is not None
+            and given.startswith("Bearer ")
+            and hmac.compare_digest(given[7:].encode(), token.encode())
+        )
+
+    def authorized(request: Request) -> bool:
+        if not token:
+            return True
+        cookie = request.cookies.get(SESSION_COOKIE, "")
+        return bearer_ok(request) or hmac.compare_digest(cookie.encode(), session_value.encode())
+
+    def refused() -> Response:
+        return JSONResponse(
+            {"error": "this dashboard needs its token"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+        )
+
+    def guarded(endpoint: Any) -> Any:
+        async def checked(request: Request) -> Response:
+            if not authorized(request):
+                return refused()
+            rid = request.path_params.get("rid")
+            if rid is not None and not 0 < rid <= MAX_ID:
+                return JSONResponse({"error": f"no rollout {rid}"[:60]}, status_code=404)
+            name = request.path_params.get("name")
+            if name is not None and not HOST_NAME_RE.match(name):
+                return JSONResponse({"error": "no such host"}, status_code=404)
+            response: Response = await endpoint(request)
+            return response
+
+        return checked
 
     def read(fn: Any) -> Any:
         async def endpoint(request: Request) -> Response:
@@ -51,7 +128,24 @@ def create_app(db: Database, *, token: str | None = None, allow_actions: bool = 
                 return JSONResponse({"error": str(exc)}, status_code=404)
             return JSONResponse(plain(data))
 
-        return endpoint
+        return guarded(endpoint)
+
+    async def session(request: Request) -> Response:
+        if request.method == "GET":  # what the page asks first: whether it must ask for the token
+            return JSONResponse({"needed": bool(token), "authorized": authorized(request)})
+        if not token:
+            return JSONResponse({"session": "not needed"})
+        if not bearer_ok(request):
+            return refused()
+        response = JSONResponse({"session": "started"})
+        response.set_cookie(
+            SESSION_COOKIE,
+            session_value,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
 
     def status(_: Request) -> Any:
         from klpfleet.fleet_status import fleet_status
@@ -91,7 +185,18 @@ def create_app(db: Database, *, token: str | None = None, allow_actions: bool = 
         return sorted(rows, key=lambda e: e["id"])
 
     async def stream(request: Request) -> Response:
+        if streams["open"] >= MAX_STREAMS:
+            return JSONResponse({"error": f"{MAX_STREAMS} event streams are open already"}, status_code=503)
+        streams["open"] += 1
+
         async def events() -> AsyncIterator[dict[str, str]]:
+            try:
+                async for item in follow():
+                    yield item
+            finally:
+                streams["open"] -= 1
+
+        async def follow() -> AsyncIterator[dict[str, str]]:
             last = -1
             while True:
                 for e in await run_in_threadpool(events_since, last):
@@ -113,7 +218,7 @@ def create_app(db: Database, *, token: str | None = None, allow_actions: bool = 
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def page(_: Request) -> Response:
-        config = {"csrf": csrf if allow_actions else None, "actions": allow_actions}
+        config = {"csrf": csrf if allow_actions else None, "actions": allow_actions, "auth": bool(token)}
         text = (
             (STATIC / "index.html")
             .read_text()
@@ -125,9 +230,11 @@ def create_app(db: Database, *, token: str | None = None, allow_actions: bool = 
         what = request.path_params["action"]
         if not allow_actions:
             return JSONResponse({"error": "read-only dashboard (start it with --allow-actions)"}, status_code=403)
-        given = request.headers.get("authorization", "")
-        if not (token and given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
+        if not bearer_ok(request):
             return JSONResponse({"error": "a valid token is needed"}, status_code=401)
+        rid = request.path_params["rid"]
+        if not 0 < rid <= MAX_ID:
+            return JSONResponse({"error": "no such rollout"}, status_code=404)
         if not hmac.compare_digest(request.headers.get("x-csrf-token", "").encode(), csrf.encode()):
             return JSONResponse({"error": "missing or wrong CSRF token: reload the page"}, status_code=403)
         origin = request.headers.get("origin")
@@ -142,19 +249,23 @@ def create_app(db: Database, *, token: str | None = None, allow_actions: bool = 
             return JSONResponse({"error": str(exc)}, status_code=409)
         return JSONResponse({"rollout": int(request.path_params["rid"]), "status": status, "actor": actor})
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/", page),
+            Route("/api/session", session, methods=["GET", "POST"]),
             Route("/api/status", read(status)),
             Route("/api/rollouts", read(rollouts)),
             Route("/api/rollouts/{rid:int}", read(rollout)),
             Route("/api/rollouts/{rid:int}/{action:str}", action, methods=["POST"]),
             Route("/api/hosts/{name:str}", read(host)),
-            Route("/api/events", stream),
-            Route("/metrics", metrics),
+            Route("/api/events", guarded(stream)),
+            Route("/metrics", guarded(metrics)),
             Route("/favicon.ico", lambda _: Response(status_code=204)),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]
+    )
+    return AllowedHosts(
+        app, {host_of(h) if h.startswith("[") else h.lower() for h in allowed_hosts or []} | set(LOOPBACK_NAMES)
     )
 
 

@@ -156,7 +156,7 @@ def _sqlite_disk_full(db: Database) -> bool:
 
 def is_newer_than_this_klpfleet(revision: str | None) -> bool:
     """Revisions are numbered 0001, 0002...; one past SCHEMA_HEAD was written by a newer klpfleet."""
-    return revision is not None and revision.isdigit() and int(revision) > int(SCHEMA_HEAD)
+    return revision is not None and revision.isascii() and revision.isdigit() and int(revision) > int(SCHEMA_HEAD)
 
 
 def newer_schema_error(db: Database, revision: str) -> DatabaseError:

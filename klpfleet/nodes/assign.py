@@ -12,10 +12,14 @@ from typing import Any
 
 from klpfleet.nodes.registry import Node
 
+MAX_WEIGHT = 4096.0  # what the database says of a node is bounded too (a row can be edited)
+
 
 def weight(node: Node) -> float:
     cpus = node.capacity.get("cpu_count")
-    return float(cpus) if isinstance(cpus, int | float) and cpus > 0 else 1.0
+    if isinstance(cpus, bool) or not isinstance(cpus, int | float) or not 0 < cpus <= MAX_WEIGHT:
+        return 1.0
+    return float(cpus)
 
 
 def _score(host: str, node: Node) -> float:

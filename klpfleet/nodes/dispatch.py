@@ -7,6 +7,8 @@ node's share with every value marked unsafe. It carries no database URL and no s
 
 from __future__ import annotations
 
+import math
+import os
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -25,12 +27,17 @@ from klpfleet.controller.runner import (
     frozen_inventory,
     new_run_dir,
     scrub_run_dir,
+    write_extravars,
 )
+from klpfleet.db import events
+from klpfleet.errors import UsageError
 from klpfleet.nodes.assign import assign
 from klpfleet.nodes.registry import Node
 from klpfleet.nodes.stream import Job, NodeRun, run_job
 
 COLLECTION = ("ansible_collections", "klpfleet", "livepatch")
+# Events a node may send for one job: a few per host for klpfleet's one-task playbooks, and the run's own.
+MAX_EVENTS, EVENTS_PER_HOST = 1000, 50
 # What of the collection a node needs to run it; tests and changelogs stay home.
 COLLECTION_PARTS = ("galaxy.yml", "meta", "plugins")
 
@@ -60,7 +67,24 @@ def build_job(directory: Path, request: RunRequest, records: list[dict[str, Any]
         shipped = project / "files" / Path(src).name
         shutil.copy2(src, shipped)
         job_vars["klp_patch_src"] = shipped.name
-    return Job(directory, request.playbook, request.forks, ident, job_vars, dict(JOB_ENVVARS))
+    write_extravars(directory, job_vars)
+    deadline = job_deadline(request, len(records))
+    return Job(directory, request.playbook, request.forks, ident, dict(JOB_ENVVARS), deadline)
+
+
+def job_deadline(request: RunRequest, hosts: int) -> float:
+    """How long a node's job may take before it is cut off (node_deadline): the batches its forks need, each
+    given twice the transition timeout plus two minutes for the copy, the busy retries and SSH, and never less
+    than 15 minutes. KLPFLEET_NODE_JOB_DEADLINE (seconds) overrides it."""
+    explicit = os.environ.get("KLPFLEET_NODE_JOB_DEADLINE")
+    if explicit:
+        try:
+            return max(1.0, float(explicit))
+        except ValueError:
+            raise UsageError(f"KLPFLEET_NODE_JOB_DEADLINE={explicit[:40]!r} is not a number of seconds") from None
+    timeout = request.extravars.get("klp_transition_timeout", 60)
+    batches = math.ceil(max(1, hosts) / max(1, request.forks))
+    return max(900.0, batches * (2 * float(timeout) + 120))
 
 
 def run_on_nodes(nodes: list[Node], request: RunRequest) -> RunOutcome:
@@ -72,15 +96,30 @@ def run_on_nodes(nodes: list[Node], request: RunRequest) -> RunOutcome:
     def one(name: str, share: list[dict[str, Any]]) -> tuple[NodeRun, dict[str, HostResult]]:
         node_ident = f"{request.ident}@{name}"
         job = build_job(workdir / f"job-{name}", request, share, node_ident)
+        given = {record["name"] for record in share}
         with database:
-            recording = Recording(request.db, request.playbook, node_ident, request.rollout_id)
+            recording = Recording(request.db, request.playbook, node_ident, request.rollout_id, given)
+        # A node's events are held until its stream ends, then recorded only if none names a host it was not
+        # given: a node that forges one result is believed about nothing. Bounded, like everything a node sends.
+        held: list[dict[str, Any]] = []
+        limit = MAX_EVENTS + EVENTS_PER_HOST * len(share)
 
         def on_event(event: dict[str, Any]) -> None:
-            with database:
-                recording.on_event(event)
+            if len(held) <= limit:
+                held.append(event)
 
         try:
-            run = run_job(by_name[name], job, workdir, on_event, request.cancel)
+            run = run_job(by_name[name], job, on_event, request.cancel)
+            forged = sorted({str(h)[:100] for h in map(_host_of, held) if h is not None and h not in given})
+            if len(held) > limit and not run.failure:
+                run.failure, run.detail = "node_stream_corrupt", f"more than {limit} events for {len(share)} host(s)"
+            elif forged:
+                with database:
+                    _forged(request, name, run, forged)
+            else:
+                with database:
+                    for event in held:
+                        recording.on_event(event)
         except BaseException:
             with database:
                 recording.interrupted()
@@ -132,3 +171,18 @@ def _without_result(host: str, run: NodeRun) -> HostResult:
     if run.ran:
         return HostResult(host, "lost", detail)
     return HostResult(host, "unreachable", {**detail, "unreachable": True})
+
+
+def _forged(request: RunRequest, node: str, run: NodeRun, hosts: list[str]) -> None:
+    """A node sent results for hosts it was not given: a compromised or misconfigured node. Nothing it sent was
+    recorded; its own hosts are left in flight (read again on resume) and the rollout pauses."""
+    unique = sorted(set(hosts))
+    run.failure, run.ran = "node_forged_result", True
+    run.detail = f"results for {len(unique)} host(s) it was not given ({', '.join(unique[:5])}); none recorded"
+    with request.db.session.begin() as s:
+        events.record(s, "node.forged_result", node=node, hosts=unique[:50], count=len(unique), ident=request.ident)
+
+
+def _host_of(event: dict[str, Any]) -> Any:
+    data = event.get("event_data")
+    return data.get("host") if isinstance(data, dict) else None

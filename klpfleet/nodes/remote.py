@@ -84,7 +84,7 @@ def run_over(client: Any, node: Node, argv: list[str], timeout: float) -> RunRes
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+    return tuple(int(p) for p in re.findall(r"[0-9]+", text)[:3])
 
 
 @dataclass
@@ -148,10 +148,12 @@ def worker_info(node: Node, *, accept_new: bool = False, client: Any = None) -> 
     if not isinstance(info, dict) or "runner_version" not in info:
         check.problems.append(_runner_missing(node, run))
         return check
-    check.cpu_count = info.get("cpu_count")
-    check.mem_in_bytes = info.get("mem_in_bytes")
-    check.runner_version = str(info.get("runner_version"))
-    check.problems.extend(f"worker-info: {e}" for e in info.get("errors") or [])
+    # What a node says of itself is bounded: a node claiming 1e308 CPUs must not draw every host to itself.
+    check.cpu_count = _bounded_int(info.get("cpu_count"), MAX_CPUS)
+    check.mem_in_bytes = _bounded_int(info.get("mem_in_bytes"), MAX_MEMORY)
+    check.runner_version = str(info.get("runner_version"))[:40]
+    errors = info.get("errors")
+    check.problems.extend(f"worker-info: {str(e)[:300]}" for e in (errors if isinstance(errors, list) else [])[:10])
     found = version_tuple(check.runner_version)
     if found[:2] < MIN_RUNNER or (found and found[0] > MAX_RUNNER_MAJOR):
         check.problems.append(
@@ -159,6 +161,16 @@ def worker_info(node: Node, *, accept_new: bool = False, client: Any = None) -> 
             f"{'.'.join(map(str, MIN_RUNNER))} to {MAX_RUNNER_MAJOR}.x (pip install 'ansible-runner>=2.4,<3')"
         )
     return check
+
+
+MAX_CPUS, MAX_MEMORY = 4096, 1 << 50  # beyond any machine a node runs on
+
+
+def _bounded_int(value: Any, most: int) -> int | None:
+    """A count a node reported: a whole number from 1 to `most`, else unknown."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= most:
+        return None
+    return value
 
 
 def _runner_missing(node: Node, run: RunResult) -> str:

@@ -8,7 +8,14 @@ Whatever goes wrong is named, because the gate and the operator treat the cases 
 - node_lost          the stream ended before the worker's end mark (worker killed, node down, SSH cut);
 - node_silent        no byte, not even a keepalive, for the node's `silent_after_seconds`: the channel is closed;
 - node_stream_corrupt a line that is not ansible-runner's JSON, or an artifacts archive that does not unpack;
+- node_deadline      the job ran past its deadline (a node that keeps talking without finishing): cut off;
+- node_forged_result the node sent results for hosts it was not given: none recorded, all its hosts in flight;
 - node_error         the worker itself reported an error (it could not unpack the job, no ansible-playbook).
+
+What comes back is untrusted: a node may be compromised. The stream is read here, not by ansible-runner's
+Processor: lines are bounded (MAX_LINE), the artifacts archive a worker appends is read past and never unpacked
+(ansible-runner's unpacking follows symlinks out of the run folder), and the job has a deadline. Only events go
+on, and the caller records only those of the node's own hosts (klpfleet.nodes.dispatch).
 
 After node_lost, node_silent and node_stream_corrupt, hosts without a result are in flight: the job may have
 touched them, and only reading them (patch_info) can tell.
@@ -17,6 +24,7 @@ touched them, and only reading them (patch_info) can tell.
 from __future__ import annotations
 
 import io
+import json
 import shlex
 import threading
 import time
@@ -35,9 +43,14 @@ NODE_FAILURES = (
     "node_lost",
     "node_silent",
     "node_stream_corrupt",
+    "node_deadline",
+    "node_forged_result",
     "node_error",
     "no_node",
 )
+MAX_LINE = 8 * 2**20  # one event of the worker's stream; module results are far smaller (and capped on receipt)
+MAX_ARTIFACTS = 1 << 30  # the artifacts archive the worker announces: read past, never unpacked
+CHUNK = 1 << 16
 
 
 @dataclass
@@ -48,8 +61,8 @@ class Job:
     playbook: str  # relative to project/
     forks: int
     ident: str
-    extravars: dict[str, Any] = field(default_factory=dict)
     envvars: dict[str, str] = field(default_factory=dict)
+    deadline_seconds: float = 3600.0  # the whole job, however much the node keeps talking
 
 
 @dataclass
@@ -66,45 +79,100 @@ class NodeRun:
         return {k: getattr(self, k) for k in ("node", "status", "failure", "detail", "ran", "events", "seconds")}
 
 
-class _Stream:
-    """The channel's output as ansible-runner's Processor reads it, remembering how it ended."""
+class _Stop(Exception):
+    """The stream cannot be read further (silent, past the deadline, overlong or corrupt): the flags say why."""
 
-    def __init__(self, channel: Any) -> None:
-        self.file = channel.makefile("rb")
-        self.silent = False
-        self.ended = False  # the worker's end mark ({"eof": true}) arrived
-        self.cut = False
+
+class _WorkerStream:
+    """The worker's output read from the channel in bounded lines, remembering how it ended. Hand-written
+    rather than ansible-runner's Processor, which reads unbounded lines and unpacks whatever archive the node
+    sends; the protocol (JSON lines: status, events, keepalives, `{"zipfile": N}` + N bytes, `{"eof": true}`)
+    is small."""
+
+    def __init__(self, channel: Any, limit: float) -> None:
+        self.channel = channel
+        self.limit = limit
+        self.deadline = time.monotonic() + limit
+        self.buffer = bytearray()
         self.bytes = 0
+        self.silent = self.late = self.ended = self.cut = False
+        self.corrupt: str | None = None
 
-    def readline(self, *args: Any) -> bytes:
-        line: bytes = self._call(self.file.readline, *args)
-        if line.startswith(b'{"eof"'):
-            self.ended = True
-        elif line and not line.endswith(b"\n"):
-            self.cut = True  # the stream stopped mid-line: truncated, not corrupt
-        return line
-
-    def read(self, *args: Any) -> bytes:
-        data: bytes = self._call(self.file.read, *args)
-        return data
-
-    def _call(self, fn: Callable[..., bytes], *args: Any) -> bytes:
+    def _fill(self) -> bool:
+        if time.monotonic() > self.deadline:
+            self.late = True
+            raise _Stop
         try:
-            data = fn(*args)
+            chunk = self.channel.recv(CHUNK)
         except TimeoutError:
             self.silent = True
-            raise
-        self.bytes += len(data)
-        return data
+            raise _Stop from None
+        self.bytes += len(chunk)
+        self.buffer += chunk
+        return bool(chunk)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.file, name)
+    def readline(self) -> bytes:
+        """One line with its newline; a line without one is what the stream ended with; b"" at its end."""
+        searched = 0
+        while True:
+            at = self.buffer.find(b"\n", searched)
+            if at >= 0:
+                line = bytes(self.buffer[: at + 1])
+                del self.buffer[: at + 1]
+                return line
+            if len(self.buffer) > MAX_LINE:
+                self.corrupt = f"a line longer than {MAX_LINE} bytes"
+                raise _Stop
+            searched = len(self.buffer)
+            if not self._fill():
+                line = bytes(self.buffer)
+                self.buffer.clear()
+                return line
+
+    def skip(self, count: int) -> None:
+        while len(self.buffer) < count:
+            count -= len(self.buffer)
+            self.buffer.clear()
+            if not self._fill():
+                return
+        del self.buffer[:count]
+
+    def process(self, on_event: Callable[[dict[str, Any]], None], said: dict[str, Any]) -> None:
+        """Read to the worker's end mark (or whatever ends the stream first), each event to `on_event`."""
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            if not line.endswith(b"\n"):
+                self.cut = True  # the stream stopped mid-line: truncated, not corrupt
+                return
+            try:
+                data = json.loads(line)
+            except ValueError:
+                data = None
+            if not isinstance(data, dict):
+                self.corrupt = f"a line that is not ansible-runner's JSON: {line[:120]!r}"
+                return
+            if "status" in data:
+                said["status"] = str(data["status"])[:40]
+                if isinstance(data.get("job_explanation"), str):
+                    said["job_explanation"] = data["job_explanation"][:1000]
+            elif "zipfile" in data:
+                size = data["zipfile"]
+                if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_ARTIFACTS:
+                    self.corrupt = f"an artifacts archive of {str(size)[:40]} bytes"
+                    return
+                self.skip(size)  # the controller records from events; the archive is never unpacked
+            elif "eof" in data:
+                self.ended = True
+                return
+            elif data.get("event") != "keepalive":
+                on_event(data)
 
 
 def run_job(
     node: Node,
     job: Job,
-    process_dir: Path,
     on_event: Callable[[dict[str, Any]], None],
     cancel: Callable[[], bool] | None = None,
 ) -> NodeRun:
@@ -112,7 +180,7 @@ def run_job(
     start = time.monotonic()
     run = NodeRun(node.name)
     try:
-        _run(node, job, process_dir, on_event, cancel, run)
+        _run(node, job, on_event, cancel, run)
     finally:
         run.seconds = round(time.monotonic() - start, 3)
     return run
@@ -121,13 +189,10 @@ def run_job(
 def _run(
     node: Node,
     job: Job,
-    process_dir: Path,
     on_event: Callable[[dict[str, Any]], None],
     cancel: Callable[[], bool] | None,
     run: NodeRun,
 ) -> None:
-    import ansible_runner
-
     reached = RunResult(node.name, "ok")
     try:
         client = connect(target(node), KnownHosts(known_hosts_of(node), False), CONNECT_TIMEOUT, reached)
@@ -152,29 +217,19 @@ def _run(
         sender.start()
         if cancel is not None:
             threading.Thread(target=_watch, args=(cancel, channel, stopped, run), daemon=True).start()
-        stream = _Stream(channel)
+        stream = _WorkerStream(channel, job.deadline_seconds)
 
-        def handle(event: dict[str, Any]) -> bool:
+        def handle(event: dict[str, Any]) -> None:
             run.events += 1
             on_event(event)
-            return False  # the controller records events; it keeps no per-event files
-
-        def status(data: dict[str, Any], runner_config: Any = None) -> None:
-            said.update(data)
 
         try:
-            processor = ansible_runner.run(
-                streamer="process",
-                _input=stream,
-                private_data_dir=str(process_dir),
-                ident=job.ident,
-                event_handler=handle,
-                status_handler=status,
-                quiet=True,
-            )
-            run.status = processor.status
-        except Exception as exc:  # ansible-runner's Processor lets a broken artifacts archive through
-            run.status, said["broken"] = "error", f"{type(exc).__name__}: {exc}"
+            stream.process(handle, said)
+        except _Stop:
+            pass
+        except OSError as exc:  # the channel failed under us: the stream ended there
+            said.setdefault("read_error", f"{type(exc).__name__}: {exc}")
+        run.status = said.get("status", "unstarted")
         _judge(run, stream, said)
     finally:
         stopped.set()
@@ -212,7 +267,6 @@ def _transmit(job: Job, channel: Any, said: dict[str, Any]) -> None:
             private_data_dir=str(job.private_data_dir),
             playbook=job.playbook,
             inventory=str(job.private_data_dir / "inventory" / "hosts.yml"),  # sent relative to the dir
-            extravars=job.extravars,
             envvars=job.envvars,
             forks=job.forks,
             ident=job.ident,
@@ -235,7 +289,7 @@ def _watch(cancel: Callable[[], bool], channel: Any, stopped: threading.Event, r
             return
 
 
-def _judge(run: NodeRun, stream: _Stream, said: dict[str, Any]) -> None:
+def _judge(run: NodeRun, stream: _WorkerStream, said: dict[str, Any]) -> None:
     """Name how a job that reached the worker ended (nothing when the worker finished its run)."""
     explanation = str(said.get("job_explanation") or "")
     if run.failure == "canceled":
@@ -245,9 +299,12 @@ def _judge(run: NodeRun, stream: _Stream, said: dict[str, Any]) -> None:
         run.detail = f"the job could not be sent: {said['unsent']}"[:300]
     elif stream.silent:
         run.failure = "node_silent"
-        run.detail = f"no output and no keepalive for {stream.file.channel.gettimeout():g}s: the node was cut off"
-    elif not stream.cut and ("JSON parse" in explanation or said.get("broken")):
-        run.failure, run.detail = "node_stream_corrupt", (explanation or str(said["broken"]))[:300]
+        run.detail = f"no output and no keepalive for {stream.channel.gettimeout():g}s: the node was cut off"
+    elif stream.late:
+        run.failure = "node_deadline"
+        run.detail = f"the job ran past its deadline of {stream.limit:g}s: the node was cut off"
+    elif stream.corrupt:
+        run.failure, run.detail = "node_stream_corrupt", stream.corrupt[:300]
     elif not stream.ended:
         run.failure = "node_lost"
         run.detail = f"the stream ended after {stream.bytes} bytes, before the worker's end mark"

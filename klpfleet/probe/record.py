@@ -18,10 +18,11 @@ from sqlalchemy.orm import Session
 from klpfleet import boots
 from klpfleet.db import events
 from klpfleet.db.models import Host, HostPatch, Patch, utcnow
+from klpfleet.module_results import sanitize
 from klpfleet.observations import PatchObservation, observe
 from klpfleet.probe.ssh import OK, TIMEOUT, UNREACHABLE, RunResult
 from klpfleet.recorder import Recorder, valid_kernel_release
-from klpfleet.states import PatchState
+from klpfleet.states import PatchState, stored_state
 
 PRESENT = (PatchState.APPLIED, PatchState.FORCED, PatchState.TRANSITIONING)
 
@@ -53,6 +54,7 @@ def record_probe(
         events.record(session, f"probe.{run.status}", actor=actor, host=host, error=run.error)
         return found
     host.reachable, host.last_seen = True, utcnow()
+    facts = sanitize(facts)  # what the host says is bounded and its names checked before anything reads it
     release = facts.get("kernel_release")
     if release is not None and not valid_kernel_release(release):
         events.record(
@@ -80,7 +82,7 @@ def record_probe(
         on_host = sysfs.get(patch.name)
         if on_host is not None:
             seen_names.add(patch.name)
-        expected = PatchState(row.state) in PRESENT
+        expected = stored_state(row.state) in PRESENT
         present = on_host is not None
         after_boot = None
         if not present:
@@ -91,7 +93,7 @@ def record_probe(
             boots.record_reloaded(session, host, patch, at_boot[patch.name], actor)
         if after_boot is not None:
             boots.observe_missing(session, host, patch, row, after_boot, at_boot.get(patch.name), "probe", actor)
-        elif present and PatchState(row.state) in boots.BACK_WHEN_LOADED:
+        elif present and stored_state(row.state) in boots.BACK_WHEN_LOADED:
             observe(
                 session, host, patch, _seen(PatchState.APPLIED, on_host or {}, row), observed_by="probe", actor=actor
             )
@@ -104,7 +106,9 @@ def record_probe(
         elif present and not expected and row.state != PatchState.DRIFT:
             _drift(session, host, patch, row, found, actor, f"expected {row.state}, found loaded")
         elif on_host is not None and row.state != PatchState.DRIFT:
-            observe(session, host, patch, _seen(PatchState(row.state), on_host, row), observed_by="probe", actor=actor)
+            observe(
+                session, host, patch, _seen(stored_state(row.state), on_host, row), observed_by="probe", actor=actor
+            )
     for name in sorted(set(sysfs) - seen_names):
         registered = session.scalar(select(Patch).where(Patch.name == name, Patch.kernel_release == release))
         if registered is None:
@@ -115,8 +119,10 @@ def record_probe(
     for d in found.drift:
         if d["kind"] == "unknown_patch":
             events.record(session, "drift.unknown_patch", actor=actor, host=host, patch_name=d["patch"])
-    for refusal in facts.get("refused_module_loads") or []:
-        recorder.module_refusal(session, host, refusal)
+    refusals = [r for r in facts.get("refused_module_loads") or [] if isinstance(r, dict)]
+    seen = recorder.refusals_seen(session, host) if refusals else set()
+    for refusal in refusals:
+        recorder.module_refusal(session, host, refusal, seen)
     found.refused_module_loads = len(facts.get("refused_module_loads") or [])
     return found
 

@@ -61,7 +61,8 @@ def read_module_bytes(path: str | Path) -> bytes:
     exactly this content, even if the path is swapped meanwhile."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer before it is refused.
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)), "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise ModuleFileError(f"{path}: not a regular file")
             data = f.read(MAX_MODULE_BYTES + 1)

@@ -58,6 +58,8 @@ def validate_cves(cves: list[str]) -> list[str]:
     out = []
     for cve in cves:
         cve = cve.strip().upper()
+        if not cve.isascii():
+            raise UsageError(f"{cve!r} is not a CVE id (CVE-YYYY-NNNN, in ASCII)")
         parts = cve.split("-")
         if len(parts) != 3 or parts[0] != "CVE" or not parts[1].isdigit() or not parts[2].isdigit():
             raise UsageError(f"{cve!r} is not a CVE id (CVE-YYYY-NNNN)")
@@ -103,7 +105,7 @@ def add_patch(
 def find_patches(session: Session, ref: str) -> list[Patch]:
     """A patch by name, `name@sha-prefix`, sha256 prefix (>= 8 hex) or `#id`."""
     query = select(Patch).order_by(Patch.added_at, Patch.id)
-    if ref.startswith("#") and ref[1:].isdigit():
+    if ref.startswith("#") and ref[1:].isascii() and ref[1:].isdigit():
         return list(session.scalars(query.where(Patch.id == int(ref[1:]))))
     name, _, sha = ref.partition("@")
     if sha:

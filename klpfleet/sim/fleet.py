@@ -57,7 +57,7 @@ def create_host(
     faults = faults or {}
     if (root / sim.STATE_FILE).exists():
         raise UsageError(f"{root} already holds a simulated host")
-    if not re.match(r"^\d+\.\d+[\w.+~-]*$", kernel_release):
+    if not re.match(r"^\d+\.\d+[\w.+~-]*$", kernel_release, re.ASCII):
         raise UsageError(f"{kernel_release!r} is not a kernel release")
     root.mkdir(parents=True, exist_ok=True)
     module_dir = root / "modules"
@@ -129,7 +129,7 @@ def reboot_host(
     sim = sim_kernel()
     from ansible_collections.klpfleet.livepatch.plugins.module_utils import _boot, _persist
 
-    if kernel_release is not None and not re.match(r"^\d+\.\d+[\w.+~-]*$", kernel_release):
+    if kernel_release is not None and not re.match(r"^\d+\.\d+[\w.+~-]*$", kernel_release, re.ASCII):
         raise UsageError(f"{kernel_release!r} is not a kernel release")
     try:
         with sim.SimHost(str(root)) as kernel:
@@ -181,9 +181,12 @@ def create_fleet(directory: Path, spec: dict[str, Any]) -> dict[str, Any]:
     labels = spec.get("labels") or {}
     if not isinstance(labels, dict) or not all(isinstance(v, list) and v for v in labels.values()):
         raise UsageError("fleet: labels maps a label to a non-empty list of values")
-    for key in labels:
+    for key, values in labels.items():
         if not re.match(r"^[a-z][a-z0-9_]{0,30}$", str(key)):
             raise UsageError(f"fleet: label {key!r} must be a lowercase identifier")
+        for value in values:  # written into inventory.yml: plain words only, never a template or a new line
+            if not isinstance(value, (str, int)) or not re.match(r"^[A-Za-z0-9_.-]{1,63}$", str(value)):
+                raise UsageError(f"fleet: label {key} value {str(value)[:40]!r} must be a word (letters, digits, _.-)")
     faults = spec.get("faults") or {}
     if not isinstance(faults, dict):
         raise UsageError("fleet: faults maps a host name to its faults")
@@ -201,7 +204,9 @@ def create_fleet(directory: Path, spec: dict[str, Any]) -> dict[str, Any]:
                 raise UsageError(f"fleet: faults of {host}: {exc}") from None
     if directory.exists() and any(directory.iterdir()):
         raise UsageError(f"{directory} is not empty: a fleet needs a directory of its own")
-    speed = float(spec.get("speed", 1.0))
+    speed = spec.get("speed", 1.0)
+    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not 0 <= speed <= 1000:
+        raise UsageError(f"fleet: speed {str(speed)[:40]!r} must be a number from 0 (instant) to 1000")
     created = not directory.exists()
     try:
         return _create_fleet(directory, names, release, labels, faults, speed, bool(spec.get("debug", True)))

@@ -60,7 +60,7 @@ def _int_or_param(value: Any, where: str, params: dict[str, Any]) -> int | str:
         return value
     if isinstance(value, str) and value.startswith("param:") and value[6:] in params:
         return value
-    if isinstance(value, str) and value.lstrip("-").isdigit():
+    if isinstance(value, str) and value.isascii() and value.lstrip("-").isdigit():
         return int(value)
     raise _fail(where, f"{value!r} is neither an integer nor 'param:NAME' of a declared param")
 
@@ -108,7 +108,7 @@ def normalize(doc: Any) -> dict[str, Any]:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise UsageError(f"spec: name {name!r} is not a module name (letters, digits, _; at most 55)")
     release = str(doc.get("kernel_release") or DEFAULT_KERNEL_RELEASE)
-    if not re.match(r"^\d+\.\d+[\w.+~-]*$", release):
+    if not re.match(r"^\d+\.\d+[\w.+~-]*$", release, re.ASCII):
         raise UsageError(f"spec: kernel_release {release!r} is not a kernel release")
 
     params: dict[str, Any] = {}

@@ -54,8 +54,12 @@ function badge(id, text) {
   node.className = `badge ${text}`;
 }
 
+class NeedsToken extends Error {}
+
 async function getJSON(url) {
+  // With a token configured, reads carry the session cookie /api/session set (same-origin fetches send it).
   const response = await fetch(url, { headers: { Accept: "application/json" } });
+  if (response.status === 401) throw new NeedsToken(url);
   if (!response.ok) throw new Error(`${url}: ${response.status}`);
   return response.json();
 }
@@ -222,4 +226,32 @@ document.querySelectorAll("#actions button").forEach((button) => {
   button.addEventListener("click", () => act(button.dataset.action));
 });
 
-Promise.all([loadStatus(), loadRollouts()]).then(follow);
+function needToken() {
+  document.getElementById("login").hidden = false;
+  document.getElementById("live").textContent = "needs the token";
+}
+
+async function start() {
+  const session = await getJSON("/api/session");
+  if (!session.authorized) return needToken();
+  Promise.all([loadStatus(), loadRollouts()]).then(follow, (error) => {
+    if (!(error instanceof NeedsToken)) throw error;
+    needToken();
+  });
+}
+
+document.getElementById("login").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const response = await fetch("/api/session", {
+    method: "POST",
+    headers: { Authorization: `Bearer ${document.getElementById("login-token").value}` },
+  });
+  if (!response.ok) {
+    document.getElementById("login-result").textContent = "wrong token";
+    return;
+  }
+  document.getElementById("login").hidden = true;
+  start();
+});
+
+start();

@@ -63,23 +63,82 @@ def checked_sha256(data, expected):
     return actual
 
 
+def _trusted_owner(st):
+    return st.st_uid in (0, os.geteuid())
+
+
+def _others_can_write(st):
+    return bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def check_ancestors(path):
+    """Refuse a path whose directories above it another user could change: each one, as written and as the
+    links in it resolve, must be owned by root or by us and writable by nobody else (a sticky directory such as
+    /tmp is fine above us: nobody else can rename or delete what we own in it). Otherwise that user could swap a
+    .ko between its sha256 check and insmod, or replace the boot manifest."""
+    path = os.path.abspath(path)
+    chains = [path, os.path.realpath(path)]
+    for chain in chains:
+        current = chain
+        while True:
+            parent = os.path.dirname(current)
+            try:
+                st = os.lstat(current)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise LivepatchError("install_failed", "cannot look at %s: %s" % (current, exc.strerror)) from None
+            else:
+                if not _trusted_owner(st):
+                    raise LivepatchError(
+                        "invalid_argument",
+                        "%s is owned by uid %d, neither root nor this user: everything above a directory klpfleet keeps"
+                        " modules in must be" % (current, st.st_uid),
+                    )
+                if stat.S_ISDIR(st.st_mode) and _others_can_write(st) and not st.st_mode & stat.S_ISVTX:
+                    raise LivepatchError(
+                        "invalid_argument",
+                        "%s can be written by other users: choose a directory below directories only root (or this "
+                        "user) can write" % current,
+                    )
+            if parent == current:
+                break
+            current = parent
+
+
 def usable_directory(directory):
-    """Whether the directory exists; refuses one others could write to (its mode is never changed)."""
+    """Whether the directory exists; refuses one others could write to or that another user owns, or that lies
+    below such a directory (its mode is never changed)."""
     if not os.path.isabs(directory):
         raise LivepatchError("invalid_argument", "remote_dir must be an absolute path on the host (got %s)" % directory)
+    check_ancestors(os.path.dirname(os.path.abspath(directory)))
     try:
         st = os.lstat(directory)
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             return False
         raise LivepatchError("install_failed", "cannot look at %s: %s" % (directory, exc.strerror)) from None
-    if not stat.S_ISDIR(st.st_mode) or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    if not stat.S_ISDIR(st.st_mode) or _others_can_write(st) or st.st_uid != os.geteuid():
         raise LivepatchError(
             "invalid_argument",
-            "%s exists and is not a directory only its owner can write: choose another remote_dir "
-            "(klpfleet never changes the mode of a directory it did not create)" % directory,
+            "%s exists and is not a directory only this user (uid %d) owns and can write: choose another remote_dir "
+            "(klpfleet never changes the mode or owner of a directory it did not create)" % (directory, os.geteuid()),
         )
     return True
+
+
+def check_file(path):
+    """Refuse a kept file (a .ko, the boot manifest) that another user owns or could write."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return
+        raise LivepatchError("install_failed", "cannot look at %s: %s" % (path, exc.strerror)) from None
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or _others_can_write(st):
+        raise LivepatchError(
+            "invalid_argument",
+            "%s is not a regular file only this user (uid %d) owns and can write" % (path, os.geteuid()),
+        )
 
 
 def install(data, directory, sha256, check_mode=False):

@@ -23,13 +23,14 @@ import sys
 import time
 import zipfile
 
+from ansible_collections.klpfleet.livepatch.plugins.module_utils import _artifact as artifact
 from ansible_collections.klpfleet.livepatch.plugins.module_utils import _persist as persist
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._livepatch import Livepatch, LivepatchError
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._operations import apply_patch
 
 LOG_PREFIX = "klpfleet-boot: "
 # What the loader runs on a host, from this directory: it travels as a zip application (klpfleet-boot.pyz).
-BUNDLED = ("_artifact", "_boot", "_livepatch", "_modinfo", "_operations", "_persist", "_primitives")
+BUNDLED = ("_artifact", "_boot", "_codes", "_livepatch", "_modinfo", "_operations", "_persist", "_primitives")
 PACKAGE = "ansible_collections/klpfleet/livepatch/plugins/module_utils"
 MAIN = "import sys\nfrom %s._boot import main\nsys.exit(main())\n" % PACKAGE.replace("/", ".")
 _bundle = []
@@ -65,6 +66,7 @@ def load_all(prims, persist_dir, transition_timeout=60.0, echo=None):
         started = prims.now()
         one = {"name": entry["name"], "sha256": entry["sha256"]}
         try:
+            artifact.check_file(path)  # kept by us alone: nobody swaps it between the sha256 check and insmod
             result = apply_patch(
                 prims,
                 path,

@@ -19,11 +19,10 @@ import hashlib
 import os
 import re
 
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._codes import KLP_ERRORS, MODULE_NAME_RE  # noqa: F401
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._modinfo import build_id_from_note
 
 KLP = "/sys/kernel/livepatch"
-# A kernel module's name (MODULE_NAME_LEN is 56 with the NUL); it becomes a path under /sys, so nothing else.
-MODULE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,55}$")
 POLL = 0.1
 
 TAINT_LETTERS = "PFSRMBUDAWCIOELKXTN"
@@ -85,32 +84,6 @@ LIFECYCLE_LEGACY, LIFECYCLE_MODERN = "pre-5.1", "5.1+"
 # Which patches a forced transition pins until reboot: every patch from then on (pre-5.1), every patch
 # present (5.1 until the 2022 change), or only those unsafe to unload (since; 6.1 and 6.12 seen).
 FORCE_PINS_ALL_FOREVER, FORCE_PINS_ALL_PRESENT, FORCE_PINS_UNSAFE = "all-until-reboot", "all-present", "unsafe-only"
-
-
-# Every klp_error a module can return, with what it means. The modules' RETURN docs, the README, the
-# operators' guide and the recorder all name exactly these (a test fails when they drift apart).
-KLP_ERRORS = {
-    "refused": "a pre-patch callback refused the patch; the kernel removed it",
-    "transition_stalled": "tasks kept sleeping in a function being patched past the timeout",
-    "busy": "another patch's transition kept running past the retries",
-    "incompatible_state": "the patch's system states conflict with an installed patch",
-    "not_livepatch": "the module is not marked as a livepatch",
-    "vermagic_mismatch": "the module was built for another kernel",
-    "signature_rejected": "the kernel requires a module signature it can verify",
-    "lockdown": "the kernel is locked down and refuses unsigned modules",
-    "checksum_mismatch": "the file on the host differs from the expected sha256",
-    "in_use": "the module cannot be removed while something holds it",
-    "forced_unremovable": "a forced transition pinned the patch's module; it stays loaded until a reboot",
-    "different_build": "a different build of the patch is loaded under the same name",
-    "not_on_top": "this kernel (pre-5.1 lifecycle) disables only the newest patch; newer ones must go first",
-    "livepatch_unsupported": "the kernel has no livepatch support",
-    "invalid_argument": "the task's arguments contradict each other or are missing",
-    "source_unreadable": "the .ko cannot be read (on the controller or the host) or has no module name",
-    "install_failed": "the .ko could not be written to (or deleted from) the host's patch directory",
-    "state_unreadable": "the kernel's livepatch state cannot be read",
-    "disable_failed": "writing 0 to the patch's enabled file failed",
-    "insmod_failed": "the module load failed with another errno",
-}
 
 
 class LivepatchError(Exception):

@@ -89,9 +89,16 @@ def read_json(path):
     return doc
 
 
-def manifest(persist_dir, release):
-    """The entries kept for boot on this release, in stack order (empty when none)."""
-    doc = read_json(os.path.join(release_dir(persist_dir, release), MANIFEST))
+def manifest(persist_dir, release, trusted=True):
+    """The entries kept for boot on this release, in stack order (empty when none). Unless `trusted` is False
+    (a read-only report), the directories and the manifest must be ours alone, checked on every read: the boot
+    loader loads what it names as root, so a directory made writable by others since it was kept is refused."""
+    path = os.path.join(release_dir(persist_dir, release), MANIFEST)
+    if trusted:
+        for directory in (persist_dir, release_dir(persist_dir, release)):
+            artifact.usable_directory(directory)
+        artifact.check_file(path)
+    doc = read_json(path)
     entries = doc.get("patches") if doc else []
     if not isinstance(entries, list):
         raise LivepatchError("install_failed", "the manifest for %s has no patch list" % release)

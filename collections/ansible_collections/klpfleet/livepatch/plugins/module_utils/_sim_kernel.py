@@ -868,8 +868,11 @@ class SimHost(object):
             raise OSError(errno.ENOENT, "no simulated host here (missing %s)" % STATE_FILE, self.root)
         self._lock_fd = os.open(os.path.join(self.root, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        with open(path) as f:
-            self.kernel = SimKernel(json.load(f))
+        try:
+            self.kernel = SimKernel(load_state(path))
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
         self.kernel.sync_wall_clock()
         return self.kernel
 
@@ -881,6 +884,22 @@ class SimHost(object):
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
         return False
+
+
+def load_state(path):
+    """A simulated host's kernel state; a damaged file is an OSError naming it, like any unreadable host."""
+    try:
+        with open(path) as f:
+            state = json.load(f)
+    except ValueError as exc:
+        raise OSError(errno.EIO, "the simulated host's state is damaged (%s)" % exc, path) from None
+    if (
+        not isinstance(state, dict)
+        or not isinstance(state.get("patches"), list)
+        or not isinstance(state.get("modules"), dict)
+    ):
+        raise OSError(errno.EIO, "the simulated host's state is not a simulated kernel", path)
+    return state
 
 
 def save_state(root, state):
@@ -980,8 +999,7 @@ class SimSnapshot(SimPrimitives):
         lock_fd = os.open(os.path.join(os.path.abspath(sim_root), ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_SH)
-            with open(path) as f:
-                self.kernel = SimKernel(json.load(f))
+            self.kernel = SimKernel(load_state(path))
         finally:
             os.close(lock_fd)
         self.kernel.sync_wall_clock()
