@@ -499,6 +499,22 @@ def test_a_removed_patch_stays_removed_after_a_reboot(clean_lab, lab_db):
     assert livepatches(lab, "lab1") == [] and lab.sh("lab1", "cat /proc/cmdline") != PATCHED_CMDLINE
 
 
+def test_directories_another_user_owns_are_refused_on_a_real_host(clean_lab, lab_db):
+    """On a real kernel as root: a boot directory given to another user after a patch was kept is refused by the boot
+    loader before it loads anything; a klp_remote_dir another user owns is refused before any module is loaded."""
+    lab = clean_lab
+    assert apply(lab, lab_db, "test_klp_livepatch").returncode == 0
+    lab.sh("lab1", f"chown 65534 {BOOT_DIR}")
+    said = lab.sh("lab1", "python3 /var/lib/klpfleet/boot/klpfleet-boot.pyz load; echo rc=$?")
+    assert "not a directory only this user (uid 0) owns" in said and said.strip().endswith("rc=1"), said
+    assert "klpfleet-boot: cannot read the manifest" in lab.sh("lab1", "dmesg")
+    lab.sh("lab1", f"chown 0 {BOOT_DIR}; mkdir -p /srv/shared; chown 65534 /srv/shared")
+    refused = apply(lab, lab_db, "test_klp_atomic_replace", "-e", "klp_remote_dir=/srv/shared/patches")
+    assert refused.returncode != 0 and "invalid_argument" in refused.stdout, refused.stdout[-3000:]
+    assert livepatches(lab, "lab1") == ["test_klp_livepatch"]
+    lab.sh("lab1", "rm -rf /srv/shared")
+
+
 def test_probe_over_real_ssh_reads_the_vms_and_marks_drift(clean_lab, lab_db):
     lab = clean_lab
     assert apply(lab, lab_db, "test_klp_livepatch", limit="all").returncode == 0

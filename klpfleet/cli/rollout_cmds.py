@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from klpfleet.cli import completion
-from klpfleet.cli.context import database
+from klpfleet.cli.context import ROLLOUT_ID, database
 from klpfleet.cli.output import cell, console, emit, info, output_option, printable, table
 
 # Exit codes of `rollout start/resume --wait` and `rollout status`: 0 completed; 1 paused, aborted or rolled
@@ -226,7 +226,7 @@ class CliProgress:
 
 
 @rollout.command(hidden=True)
-@click.argument("rollout_id", type=int, shell_complete=completion.rollouts)
+@click.argument("rollout_id", type=ROLLOUT_ID, shell_complete=completion.rollouts)
 @click.pass_context
 def drive_cmd(ctx: click.Context, rollout_id: int) -> None:
     ctx.exit(drive(ctx, rollout_id))
@@ -236,7 +236,7 @@ rollout.add_command(drive_cmd, "drive")
 
 
 @rollout.command()
-@click.argument("rollout_id", type=int, shell_complete=completion.rollouts)
+@click.argument("rollout_id", type=ROLLOUT_ID, shell_complete=completion.rollouts)
 @click.option("--wait", is_flag=True, help="Drive it here and exit 0 completed, 1 paused/aborted, 2 error.")
 @click.pass_context
 def start(ctx: click.Context, rollout_id: int, wait: bool) -> None:
@@ -258,7 +258,7 @@ def start(ctx: click.Context, rollout_id: int, wait: bool) -> None:
 
 
 @rollout.command()
-@click.argument("rollout_id", type=int, shell_complete=completion.rollouts)
+@click.argument("rollout_id", type=ROLLOUT_ID, shell_complete=completion.rollouts)
 @click.option("--wait", is_flag=True, help="Drive it here and exit 0 completed, 1 paused/aborted, 2 error.")
 @click.pass_context
 def resume(ctx: click.Context, rollout_id: int, wait: bool) -> None:
@@ -284,7 +284,7 @@ def resume(ctx: click.Context, rollout_id: int, wait: bool) -> None:
 
 
 @rollout.command()
-@click.argument("rollout_id", type=int, shell_complete=completion.rollouts)
+@click.argument("rollout_id", type=ROLLOUT_ID, shell_complete=completion.rollouts)
 @click.option("--reason", default="paused by an operator", show_default=True)
 @click.pass_context
 def pause(ctx: click.Context, rollout_id: int, reason: str) -> None:
@@ -297,7 +297,7 @@ def pause(ctx: click.Context, rollout_id: int, reason: str) -> None:
 
 
 @rollout.command()
-@click.argument("rollout_id", type=int, shell_complete=completion.rollouts)
+@click.argument("rollout_id", type=ROLLOUT_ID, shell_complete=completion.rollouts)
 @click.option("--full", is_flag=True, help="Run all remaining waves without bakes or pauses.")
 @click.option("--wait", is_flag=True, help="Drive it here and exit 0 completed, 1 paused/aborted, 2 error.")
 @click.pass_context
@@ -315,7 +315,7 @@ def promote(ctx: click.Context, rollout_id: int, full: bool, wait: bool) -> None
 
 
 @rollout.command()
-@click.argument("rollout_id", type=int, shell_complete=completion.rollouts)
+@click.argument("rollout_id", type=ROLLOUT_ID, shell_complete=completion.rollouts)
 @click.option("--wait", is_flag=True, help="Roll back here when no driver is running.")
 @click.pass_context
 def abort(ctx: click.Context, rollout_id: int, wait: bool) -> None:
@@ -366,7 +366,7 @@ def list_(ctx: click.Context, output: str) -> None:
 
 
 @rollout.command()
-@click.argument("rollout_id", type=int, shell_complete=completion.rollouts)
+@click.argument("rollout_id", type=ROLLOUT_ID, shell_complete=completion.rollouts)
 @click.option("--watch", is_flag=True, help="Follow it until it ends or pauses (with -o json: one line per change).")
 @click.option("--interval", default=2.0, show_default=True)
 @output_option

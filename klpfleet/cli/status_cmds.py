@@ -6,7 +6,7 @@ from typing import Any
 import click
 
 from klpfleet.cli import completion
-from klpfleet.cli.context import database
+from klpfleet.cli.context import ROLLOUT_ID, database
 from klpfleet.cli.output import emit, iso, output_option, plain, printable, table
 from klpfleet.errors import DatabaseError, UsageError, first_line
 
@@ -222,7 +222,7 @@ def _events_table(events: list[dict[str, Any]], out: Any) -> None:
 
 @click.command("events")
 @click.option("--host", "host_name", help="Only events about this host.", shell_complete=completion.hosts)
-@click.option("--rollout", "rollout_id", type=int, help="Only events of this rollout.")
+@click.option("--rollout", "rollout_id", type=ROLLOUT_ID, help="Only events of this rollout.")
 @click.option("--kind", help="Only events of this kind (prefix match, e.g. 'host.').")
 @click.option("--limit", default=50, show_default=True)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing events as they are recorded (Ctrl-C stops).")

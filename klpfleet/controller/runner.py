@@ -174,7 +174,13 @@ class Recording:
     for a local run and a job streamed back from an execution node."""
 
     def __init__(
-        self, db: Database, playbook: str, ident: str, rollout_id: int | None, allowed: set[str] | None = None
+        self,
+        db: Database,
+        playbook: str,
+        ident: str,
+        rollout_id: int | None,
+        allowed: set[str] | None = None,
+        delegation: bool = True,
     ) -> None:
         from klpfleet.db.events import default_actor
         from klpfleet.recorder import Recorder
@@ -184,6 +190,7 @@ class Recording:
         self.results: dict[str, HostResult] = {}
         self.stats: dict[str, Any] = {}
         self.allowed = allowed  # the hosts this run was given; results for any other are forged
+        self.delegation = delegation  # whether a result may name a delegate (only when Ansible ran here)
         self.forged: list[str] = []
 
     def on_event(self, event: dict[str, Any]) -> bool:
@@ -200,10 +207,11 @@ class Recording:
         if self.allowed is not None and host not in self.allowed:
             self.forged.append(str(host)[:100])  # a result for a host this run was not given: never recorded
             return True
-        # Bounded, known codes, valid names (klpfleet.module_results); klpfleet's playbooks never delegate, so a
-        # result claiming a delegate is not believed either.
+        # Bounded, known codes, valid names (klpfleet.module_results). A run whose stream comes from elsewhere (an
+        # execution node) does not get to say a result belongs to a delegate: that would name another host.
         res = sanitize(data.get("res") or {})
-        res.pop("_ansible_delegated_vars", None)
+        if not self.delegation:
+            res.pop("_ansible_delegated_vars", None)
         status = {"runner_on_ok": "ok", "runner_on_failed": "failed"}.get(kind, "unreachable")
         self.recorder.record_task_result(self.run_id, host, str(action), status, res, data.get("task_args") or {})
         if kind == "runner_on_unreachable":

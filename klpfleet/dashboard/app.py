@@ -36,6 +36,7 @@ from starlette.staticfiles import StaticFiles
 
 from klpfleet.cli.output import plain
 from klpfleet.db.engine import Database
+from klpfleet.db.types import MAX_ROW_ID
 from klpfleet.errors import KlpfleetError
 from klpfleet.inventory import HOST_NAME_RE
 
@@ -44,7 +45,7 @@ ACTIONS = ("pause", "resume", "promote", "abort")
 POLL_SECONDS = 1.0
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 MAX_STREAMS = 16  # open event streams at once; each polls the database every POLL_SECONDS
-MAX_ID = 2**31 - 1  # ids are 32-bit on PostgreSQL; anything larger names nothing
+MAX_ID = MAX_ROW_ID
 SESSION_COOKIE = "klpfleet_session"
 
 

@@ -8,6 +8,10 @@ from typing import Any
 from sqlalchemy import DateTime
 from sqlalchemy.types import TypeDecorator
 
+# The largest id a row can have (Integer columns are 32-bit on PostgreSQL): anything larger names nothing, and is
+# refused before it reaches a query (SQLite raises OverflowError past 2**63).
+MAX_ROW_ID = 2**31 - 1
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)

@@ -98,7 +98,7 @@ def run_on_nodes(nodes: list[Node], request: RunRequest) -> RunOutcome:
         job = build_job(workdir / f"job-{name}", request, share, node_ident)
         given = {record["name"] for record in share}
         with database:
-            recording = Recording(request.db, request.playbook, node_ident, request.rollout_id, given)
+            recording = Recording(request.db, request.playbook, node_ident, request.rollout_id, given, False)
         # A node's events are held until its stream ends, then recorded only if none names a host it was not
         # given: a node that forges one result is believed about nothing. Bounded, like everything a node sends.
         held: list[dict[str, Any]] = []

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from klpfleet.db import events, locks
 from klpfleet.db.engine import default_data_dir
 from klpfleet.db.models import Patch
+from klpfleet.db.types import MAX_ROW_ID
 from klpfleet.errors import UsageError
 
 CVE_PREFIX = "CVE-"
@@ -106,7 +107,8 @@ def find_patches(session: Session, ref: str) -> list[Patch]:
     """A patch by name, `name@sha-prefix`, sha256 prefix (>= 8 hex) or `#id`."""
     query = select(Patch).order_by(Patch.added_at, Patch.id)
     if ref.startswith("#") and ref[1:].isascii() and ref[1:].isdigit():
-        return list(session.scalars(query.where(Patch.id == int(ref[1:]))))
+        wanted = int(ref[1:])
+        return list(session.scalars(query.where(Patch.id == wanted))) if 0 < wanted <= MAX_ROW_ID else []
     name, _, sha = ref.partition("@")
     if sha:
         return list(session.scalars(query.where(Patch.name == name, Patch.sha256.startswith(sha.lower()))))
