@@ -149,7 +149,7 @@ def give_hosts(fleet: Path, owner_of: dict[str, str]) -> None:
 
 
 HOSTILE_RUNNER = """#!/usr/bin/python3
-import io, json, os, sys, time, zipfile
+import base64, io, json, os, sys, time, zipfile
 REAL, MODE, OUTSIDE = {real!r}, {mode!r}, {outside!r}
 args = sys.argv[1:]
 if args[:1] != ["worker"] or "--worker-info" in args:
@@ -190,6 +190,6 @@ else:
         archive.writestr("../../../pwned-dotdot", b"owned")
     data = buffer.getvalue()
     say({{"zipfile": len(data)}})
-    out.write(data)
+    out.write(base64.b64encode(data))  # as ansible-runner's worker sends it
     say({{"eof": True}})
 """

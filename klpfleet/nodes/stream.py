@@ -86,8 +86,8 @@ class _Stop(Exception):
 class _WorkerStream:
     """The worker's output read from the channel in bounded lines, remembering how it ended. Hand-written
     rather than ansible-runner's Processor, which reads unbounded lines and unpacks whatever archive the node
-    sends; the protocol (JSON lines: status, events, keepalives, `{"zipfile": N}` + N bytes, `{"eof": true}`)
-    is small."""
+    sends; the protocol (JSON lines: status, events, keepalives, `{"zipfile": N}` + N bytes in base64,
+    `{"eof": true}`) is small."""
 
     def __init__(self, channel: Any, limit: float) -> None:
         self.channel = channel
@@ -162,7 +162,8 @@ class _WorkerStream:
                 if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_ARTIFACTS:
                     self.corrupt = f"an artifacts archive of {str(size)[:40]} bytes"
                     return
-                self.skip(size)  # the controller records from events; the archive is never unpacked
+                # The archive travels base64-encoded (4 characters per 3 bytes, padded): read past, never unpacked.
+                self.skip(4 * ((size + 2) // 3))
             elif "eof" in data:
                 self.ended = True
                 return
