@@ -32,6 +32,7 @@ for short, source in json.loads({sources!r}):
     module = types.ModuleType(PACKAGE + "." + short)
     module.__file__ = "<klpfleet probe: " + short + ">"
     sys.modules[module.__name__] = module
+    setattr(sys.modules[PACKAGE], short, module)  # `from PACKAGE import _codes` finds it on any Python 3
     exec(compile(source, module.__file__, "exec"), module.__dict__)
 ARGS = json.loads({args!r})
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._livepatch import Livepatch

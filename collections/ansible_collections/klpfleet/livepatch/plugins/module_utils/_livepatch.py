@@ -19,10 +19,13 @@ import hashlib
 import os
 import re
 
-from ansible_collections.klpfleet.livepatch.plugins.module_utils._codes import KLP_ERRORS, MODULE_NAME_RE  # noqa: F401
+from ansible_collections.klpfleet.livepatch.plugins.module_utils import _codes
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._modinfo import build_id_from_note
 
 KLP = "/sys/kernel/livepatch"
+# The vocabulary of results lives in _codes (the controller reads that file to validate what hosts send back).
+MODULE_NAME_RE = _codes.MODULE_NAME_RE
+KLP_ERRORS = _codes.KLP_ERRORS
 POLL = 0.1
 
 TAINT_LETTERS = "PFSRMBUDAWCIOELKXTN"
