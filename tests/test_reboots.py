@@ -13,6 +13,7 @@ from klpfleet.registry.patches import add_patch
 from klpfleet.sim.fleet import reboot_host
 from klpfleet.sim.spec import normalize, write_ko
 
+from .conftest import run_klpfleet
 from .controllerhelpers import enable_count, enabled_on, fleet_db, gather_fleet, sim_root
 
 pytestmark = pytest.mark.ansible
@@ -141,3 +142,26 @@ def test_a_rollback_is_not_undone_by_reconcile_and_a_refusal_at_boot_is_a_refusa
     assert plan["hosts"] == [] and "rolled back from the whole fleet" in plan["skipped"][0]["reason"]
     (plan,) = cli("--db", url, "reconcile", "--patch", PATCH, "--dry-run", "-o", "json").json()["data"]
     assert [h["host"] for h in plan["hosts"]] == ["sim-01"]
+
+
+def test_reconcile_wait_tries_a_host_that_keeps_refusing_once_and_ends(cli, tmp_path, monkeypatch):
+    """`reconcile --wait` over a host whose pre-patch callback always refuses: one rollout for it, then the loop
+    ends with the refusal reported (it planned rollout after rollout against that host before)."""
+    monkeypatch.setenv("KLPFLEET_RUN_DIR", str(tmp_path / "runs"))
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    refuse = {"sim-02": {"refuse": {"patch": "*", "object": "vmlinux", "errno": "ENODEV"}}}
+    db = fleet_db(tmp_path, url, hosts=2, faults=refuse)
+    ko = write_ko(normalize({"name": PATCH, "objects": [{"name": "vmlinux", "funcs": ["f"]}]}), tmp_path / "p.ko")
+    with db.session.begin() as s:
+        add_patch(s, ko)
+    rid = cli("--db", url, "rollout", "create", PATCH, "--waves", "100%", "--max-refused", "100%", "-o", "json")
+    assert cli("--db", url, "rollout", "start", str(rid.json()["data"]["id"]), "--wait").code == 0
+    assert states(db) == {"sim-01": "applied", "sim-02": "refused"}
+
+    # A process of its own with a timeout: on the code before, this loop never ended.
+    again = run_klpfleet("--db", url, "reconcile", "--wait", "--waves", "100%", "--max-refused", "100%", timeout=180)
+    assert again.returncode == 0, again.stderr
+    with db.session() as s:
+        rollouts = list(s.scalars(select(Event.rollout_id).where(Event.kind == "rollout.completed")))
+    assert len(rollouts) == 2  # the first rollout, and one reconcile rollout: sim-02 was tried once
+    assert enable_count(tmp_path, "sim-02", PATCH) == 2 and states(db)["sim-02"] == "refused"

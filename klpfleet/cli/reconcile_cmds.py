@@ -24,7 +24,12 @@ from klpfleet.cli.rollout_cmds import drive_or_detach, engine_option, rollout_po
 @click.option("--group", help="Only hosts of this inventory group (or label group such as zone_a).")
 @click.option("--dry-run", is_flag=True, help="List the hosts and the reason each is included; plan nothing.")
 @click.option("--start", is_flag=True, help="Start the planned rollouts in the background.")
-@click.option("--wait", is_flag=True, help="Drive the planned rollouts here, one after the other.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Drive the planned rollouts here, one after the other, then what they held back; each host and patch is "
+    "tried once.",
+)
 @rollout_policy_options
 @engine_option
 @output_option
@@ -71,12 +76,16 @@ def reconcile(
         from klpfleet.cli.rollout_cmds import drive
 
         # A host that lost several patches is in one rollout at a time: drive these, then plan what they held back
-        # (patches in registration order, so a stack comes back bottom first).
+        # (patches in registration order, so a stack comes back bottom first). Each host and patch is tried once
+        # per invocation: a host that refuses again is reported, not retried forever (the loop ends because the
+        # pairs left to try only shrink).
         worst = 0
+        tried = {(h["host"], p["sha256"]) for p in planned if p["rollout"] for h in p["hosts"]}
         while ids:
             worst = max([worst] + [drive(ctx, rid) for rid in ids])
-            more = plan_reconcile(db, patch_ref, names, policy, selector, dry_run=False)
+            more = plan_reconcile(db, patch_ref, names, policy, selector, dry_run=False, tried=tried)
             ids = [p["rollout"] for p in more if p["rollout"]]
+            tried |= {(h["host"], p["sha256"]) for p in more if p["rollout"] for h in p["hosts"]}
         ctx.exit(worst)
     if start:
         for rid in ids:

@@ -119,10 +119,17 @@ def patches_to_reconcile(session: Session) -> list[Patch]:
 
 
 def plan_reconcile(
-    db: Database, patch_ref: str | None, names: list[str], policy: Policy, selector: str, dry_run: bool
+    db: Database,
+    patch_ref: str | None,
+    names: list[str],
+    policy: Policy,
+    selector: str,
+    dry_run: bool,
+    tried: set[tuple[str, str]] | None = None,
 ) -> list[dict[str, Any]]:
     """One rollout per patch with candidates; a host goes into the first patch's rollout that wants it, the next
-    reconcile (or the --wait loop) plans the rest."""
+    reconcile (or the --wait loop) plans the rest. `tried` holds the (host, sha256) pairs this invocation already
+    planned: each is attempted once, so a host that keeps refusing ends the loop instead of feeding it."""
     planned: list[dict[str, Any]] = []
     with db.session.begin() as s:
         patches = [get_patch(s, patch_ref)] if patch_ref else patches_to_reconcile(s)
@@ -139,6 +146,9 @@ def plan_reconcile(
             for host in [h for h in found.included if h in held]:
                 del found.included[host]
                 found.skipped[host] = f"held by rollout {held[host]}: reconcile again once it ends"
+            for host in [h for h in found.included if tried is not None and (h, patch.sha256) in tried]:
+                del found.included[host]
+                found.skipped[host] = "already tried by this reconcile: run it again to retry"
             record: dict[str, Any] = {
                 "patch": patch.name,
                 "sha256": patch.sha256,
