@@ -189,9 +189,8 @@ class Recording:
         self.run_id = self.recorder.start_run(str(playbooks_path() / playbook), ident=ident, rollout_id=rollout_id)
         self.results: dict[str, HostResult] = {}
         self.stats: dict[str, Any] = {}
-        self.allowed = allowed  # the hosts this run was given; results for any other are forged
+        self.allowed = allowed  # the hosts this run was given; a result for any other is never recorded
         self.delegation = delegation  # whether a result may name a delegate (only when Ansible ran here)
-        self.forged: list[str] = []
 
     def on_event(self, event: dict[str, Any]) -> bool:
         from klpfleet.recorder import livepatch_action_of
@@ -205,8 +204,7 @@ class Recording:
             return True
         action = data.get("resolved_action") or data.get("task_action")
         if self.allowed is not None and host not in self.allowed:
-            self.forged.append(str(host)[:100])  # a result for a host this run was not given: never recorded
-            return True
+            return True  # a result for a host this run was not given (a node's are judged whole in nodes.dispatch)
         # Bounded, known codes, valid names (klpfleet.module_results). A run whose stream comes from elsewhere (an
         # execution node) does not get to say a result belongs to a delegate: that would name another host.
         res = sanitize(data.get("res") or {})
