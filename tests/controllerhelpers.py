@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from klpfleet.controller.runner import run_playbook
+from klpfleet.controller.playbook import run_playbook
 from klpfleet.db.engine import Database, open_database
 from klpfleet.db.migrate import upgrade
 from klpfleet.db.models import Patch
-from klpfleet.inventory import apply_import, read_inventory
-from klpfleet.inventory_export import fleet_inventory
+from klpfleet.inventory.export import fleet_inventory
+from klpfleet.inventory.sources import apply_import, read_inventory
 from klpfleet.registry.patches import add_patch
+from klpfleet.runs.types import RunRequest
 from klpfleet.sim.fleet import create_fleet
 from klpfleet.sim.spec import normalize, write_ko
 
@@ -40,13 +41,15 @@ def fleet_db(
 def gather_fleet(db: Database, tmp: Path, ident: str = "gather") -> None:
     """playbooks/gather.yml over the whole fleet, recorded."""
     run_playbook(
-        db=db,
-        playbook="gather.yml",
-        records=fleet_inventory(db),
-        extravars={},
-        runs_in=tmp / "runs",
-        ident=ident,
-        forks=20,
+        RunRequest(
+            db=db,
+            playbook="gather.yml",
+            records=fleet_inventory(db),
+            extravars={},
+            runs_in=tmp / "runs",
+            ident=ident,
+            forks=20,
+        )
     )
 
 

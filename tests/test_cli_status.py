@@ -10,7 +10,7 @@ import yaml
 from sqlalchemy import select
 
 from klpfleet.db.models import Host, HostLabel, Patch
-from klpfleet.observations import PatchObservation, observe
+from klpfleet.hoststate.observations import PatchObservation, observe
 from klpfleet.registry.patches import add_patch
 from klpfleet.states import PatchState
 

@@ -4,9 +4,9 @@ start, chosen per rollout (`--engine`), with the same results either way."""
 import pytest
 from sqlalchemy import select
 
-from klpfleet.controller import engine as engines
 from klpfleet.db.models import Event, Host, HostPatch
 from klpfleet.errors import UsageError
+from klpfleet.runs import engine as engines
 
 from .controllerhelpers import enable_count, enabled_on, fleet_db, register
 

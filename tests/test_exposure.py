@@ -8,7 +8,7 @@ import pytest
 from klpfleet.db.engine import open_database
 from klpfleet.db.migrate import upgrade
 from klpfleet.db.models import CveFix, Host, HostPatch, Patch
-from klpfleet.exposure import exposure, exposure_counts
+from klpfleet.reads.exposure import exposure, exposure_counts
 from klpfleet.states import PatchState
 
 OLD, NEW, OTHER = "6.1.0-56-amd64", "6.1.0-57-amd64", "6.12.1-amd64"

@@ -184,7 +184,7 @@ def test_inventory_vars_equal_ansibles_own_for_every_host(tmp_path, monkeypatch,
     from ansible.parsing.dataloader import DataLoader
     from ansible.vars.manager import VariableManager
 
-    from klpfleet.inventory import DEFAULT_LABEL_KEYS, InventoryVars, wanted_vars
+    from klpfleet.inventory.sources import DEFAULT_LABEL_KEYS, InventoryVars, wanted_vars
 
     if precedence == "reversed":
         monkeypatch.setattr(C, "VARIABLE_PRECEDENCE", list(reversed(C.VARIABLE_PRECEDENCE)))
@@ -292,8 +292,8 @@ def test_unchanged_static_sources_are_not_parsed_again(cli, sqlite_db, sqlite_ur
 def test_a_large_inventory_is_converted_by_two_processes_with_the_same_result(tmp_path, monkeypatch):
     """Above PARALLEL_FROM hosts a forked child converts the second half: same hosts, same order, and a bad
     host in the child's half is the same one-line error."""
-    from klpfleet import inventory
     from klpfleet.errors import UsageError
+    from klpfleet.inventory import sources as inventory
 
     lines = ["[web]"] + [f"web{n:03d} ansible_host=10.0.0.{n % 250} zone=z{n % 3}" for n in range(60)]
     lines += ["[db]", "db1 ansible_port=2222", "[web:vars]", "klp_on_stall=wait"]

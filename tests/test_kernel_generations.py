@@ -218,7 +218,7 @@ def test_the_recorder_says_when_the_host_and_its_own_record_order_the_stack_diff
     from sqlalchemy import select
 
     from klpfleet.db.models import Event, Host
-    from klpfleet.recorder import Recorder
+    from klpfleet.hoststate.recorder import Recorder
     from klpfleet.registry.patches import add_patch
 
     host = sim_host(tmp_path / "h", BOOKWORM)

@@ -93,8 +93,8 @@ def test_node_commands_refuse_bad_input_in_one_line(cli, tmp_path):
 def test_a_node_job_carries_no_secret_and_no_template(tmp_path, monkeypatch):
     """What is streamed to a node: the playbooks, the collection (no tests), the .ko, an inventory whose every
     value is `!unsafe`, and no database URL or password from the controller's environment."""
-    from klpfleet.controller.runner import RunRequest
     from klpfleet.nodes.dispatch import build_job
+    from klpfleet.runs.types import RunRequest
 
     secret = "postgresql://klp:S3cretPassw0rd@db.internal/klpfleet"
     monkeypatch.setenv("KLPFLEET_DB", secret)

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from klpfleet.db.engine import open_database
 from klpfleet.db.migrate import upgrade
 from klpfleet.db.models import AnsibleRun, Event, Host, HostPatch
-from klpfleet.inventory import apply_import, read_inventory
+from klpfleet.inventory.sources import apply_import, read_inventory
 from klpfleet.registry.patches import add_patch
 from klpfleet.sim.fleet import create_fleet
 from klpfleet.sim.spec import normalize, write_ko
@@ -394,9 +394,10 @@ def test_every_way_a_result_arrives_is_recorded(tmp_path, sqlite_url, monkeypatc
 def test_the_controller_records_what_the_callback_records(tmp_path, monkeypatch):
     """The same playbook through ansible-runner (the controller's event stream) and through
     ansible-playbook (the callback) gives the same database."""
-    from klpfleet.controller.engine import resolve as resolve_engine
-    from klpfleet.controller.runner import run_playbook
-    from klpfleet.inventory_export import fleet_inventory
+    from klpfleet.controller.playbook import run_playbook
+    from klpfleet.inventory.export import fleet_inventory
+    from klpfleet.runs.engine import resolve as resolve_engine
+    from klpfleet.runs.types import RunRequest
 
     monkeypatch.setenv("KLPFLEET_ARTIFACTS", str(tmp_path / "art"))
     results = {}
@@ -414,15 +415,17 @@ def test_the_controller_records_what_the_callback_records(tmp_path, monkeypatch)
             assert proc.returncode == 0, proc.stdout[-3000:]
         else:
             run = run_playbook(
-                db=db,
-                playbook=str(ROOT / "tests" / "playbooks" / "ways.yml"),
-                records=fleet_inventory(db),
-                extravars=extravars,
-                runs_in=home / "runs",
-                ident="ways",
-                forks=5,
-                # ways.yml runs a task with async, which Mitogen's strategy cannot (tests/test_engine.py).
-                engine=resolve_engine("ansible"),
+                RunRequest(
+                    db=db,
+                    playbook=str(ROOT / "tests" / "playbooks" / "ways.yml"),
+                    records=fleet_inventory(db),
+                    extravars=extravars,
+                    runs_in=home / "runs",
+                    ident="ways",
+                    forks=5,
+                    # ways.yml runs a task with async, which Mitogen's strategy cannot (tests/test_engine.py).
+                    engine=resolve_engine("ansible"),
+                )
             )
             assert run.status == "successful", run.rc
         results[how] = recorded(db)

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._operations import apply_patch, remove_patch
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel import SimHost
 from klpfleet.db.models import Event, Host, HostPatch, Patch
-from klpfleet.observations import PatchObservation, observe
+from klpfleet.hoststate.observations import PatchObservation, observe
 from klpfleet.registry.patches import add_patch
 from klpfleet.sim.fleet import create_host, reboot_host
 from klpfleet.sim.spec import normalize, write_ko

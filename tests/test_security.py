@@ -81,9 +81,9 @@ def test_the_plugin_and_the_controller_build_host_vars_with_one_builder(tmp_path
     connection columns, stored vars, then labels that do not shadow a var."""
     from sqlalchemy import select
 
-    from klpfleet.controller.runner import frozen_inventory
     from klpfleet.db.models import Host, HostLabel
-    from klpfleet.inventory_export import TrustedTemplate, fleet_inventory, host_vars
+    from klpfleet.inventory.export import TrustedTemplate, fleet_inventory, host_vars
+    from klpfleet.runs.folder import frozen_inventory
 
     db = fleet_db(tmp_path, sqlite_url, hosts=2, gather=False)
     with db.session.begin() as s:
@@ -353,21 +353,24 @@ def test_terminal_escapes_from_a_host_never_reach_the_terminal_or_the_database(t
     """A host whose kernel reports a release with an ESC sequence: not stored, an event says what arrived,
     and no table or line printed carries a control character."""
     from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel import SimHost
-    from klpfleet.controller.runner import run_playbook
-    from klpfleet.inventory_export import fleet_inventory
+    from klpfleet.controller.playbook import run_playbook
+    from klpfleet.inventory.export import fleet_inventory
+    from klpfleet.runs.types import RunRequest
 
     db = fleet_db(tmp_path, sqlite_url, hosts=2)
     hostile = "6.1.0-56-amd64\x1b]0;owned\x07\x1b[2J"
     with SimHost(str(tmp_path / "fleet" / "hosts" / "sim-01")) as kernel:
         kernel.s["kernel_release"] = hostile
     run_playbook(
-        db=db,
-        playbook="gather.yml",
-        records=fleet_inventory(db),
-        extravars={},
-        runs_in=tmp_path / "runs",
-        ident="gather-hostile",
-        forks=2,
+        RunRequest(
+            db=db,
+            playbook="gather.yml",
+            records=fleet_inventory(db),
+            extravars={},
+            runs_in=tmp_path / "runs",
+            ident="gather-hostile",
+            forks=2,
+        )
     )
     probed = cli("--db", sqlite_url, "probe")
     for args in (("hosts",), ("host", "sim-01"), ("events", "--host", "sim-01"), ("status",)):
@@ -394,7 +397,7 @@ def test_a_health_check_that_prints_150_mb_keeps_a_bounded_tail(where, request, 
     import sys
     import tracemalloc
 
-    from klpfleet.probe.health import HEALTH_OUTPUT_KEPT
+    from klpfleet.controller.health import HEALTH_OUTPUT_KEPT
     from klpfleet.probe.ssh import OK, KnownHosts, Target, run_remote
 
     if where == "local":

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from klpfleet.db.models import Event, Host, HostPatch, Patch
-from klpfleet.recorder import Recorder
+from klpfleet.hoststate.recorder import Recorder
 
 from .conftest import ROOT, run_klpfleet
 from .controllerhelpers import enabled_on, fleet_db, register, sim_root
@@ -73,7 +73,7 @@ def test_a_patch_path_in_the_database_is_never_what_is_shipped(tmp_path, sqlite_
 
 
 def test_a_kept_copy_that_changed_is_refused(tmp_path, sqlite_db):
-    from klpfleet.controller.runvars import RunVarsError, patch_vars
+    from klpfleet.runs.variables import RunVarsError, patch_vars
 
     patch = register(sqlite_db, tmp_path)
     kept = patch_vars(patch.name, patch.sha256)["klp_patch_src"]
@@ -87,22 +87,25 @@ def test_a_kept_copy_that_changed_is_refused(tmp_path, sqlite_db):
 @pytest.mark.ansible
 def test_extra_vars_reach_ansible_as_data(tmp_path, sqlite_url):
     """Every extra var klpfleet passes is unsafe text: a template in one arrives as its literal text."""
-    from klpfleet.controller.engine import resolve
-    from klpfleet.controller.runner import run_playbook
-    from klpfleet.inventory_export import fleet_inventory
+    from klpfleet.controller.playbook import run_playbook
+    from klpfleet.inventory.export import fleet_inventory
+    from klpfleet.runs.engine import resolve
+    from klpfleet.runs.types import RunRequest
 
     marker = tmp_path / "PWNED"
     db = fleet_db(tmp_path, sqlite_url, hosts=1, gather=False)
     out = tmp_path / "out"
     run = run_playbook(
-        db=db,
-        playbook=str(ROOT / "tests" / "playbooks" / "echo_var.yml"),
-        records=fleet_inventory(db),
-        extravars={"probe_value": template(marker), "probe_out": str(out)},
-        runs_in=tmp_path / "runs",
-        ident="echo",
-        forks=1,
-        engine=resolve("ansible"),
+        RunRequest(
+            db=db,
+            playbook=str(ROOT / "tests" / "playbooks" / "echo_var.yml"),
+            records=fleet_inventory(db),
+            extravars={"probe_value": template(marker), "probe_out": str(out)},
+            runs_in=tmp_path / "runs",
+            ident="echo",
+            forks=1,
+            engine=resolve("ansible"),
+        )
     )
     assert run.status == "successful"
     assert (tmp_path / "out-sim-01").read_text() == template(marker)
@@ -226,7 +229,7 @@ def test_many_refused_module_loads_are_recorded_once_each_and_capped(sqlite_db, 
 
 
 def test_a_result_naming_patches_no_kernel_could_load_is_marked(tmp_path, sqlite_db):
-    from klpfleet.module_results import sanitize
+    from klpfleet.hoststate.module_results import sanitize
 
     clean = sanitize(
         {
@@ -421,7 +424,7 @@ def test_a_directory_source_with_a_symlinked_subdirectory_is_read_again(tmp_path
 @pytest.mark.parametrize("spelling", ['"plugin": constructed', "'plugin': constructed", '{"plugin": "constructed"}'])
 def test_a_plugin_config_however_spelled_is_never_skipped(tmp_path, spelling):
     """An inventory plugin's config asks a cloud API: the same bytes can mean other hosts, so it is always read."""
-    from klpfleet.inventory_fingerprint import fingerprint
+    from klpfleet.inventory.fingerprint import fingerprint
 
     static = tmp_path / "hosts.yml"
     static.write_text("all:\n  hosts:\n    web1:\n")
@@ -512,21 +515,24 @@ def test_the_boot_loader_loads_nothing_from_a_directory_others_can_change(tmp_pa
 
 @pytest.mark.ansible
 def test_a_run_never_sees_the_controllers_database_password(tmp_path, sqlite_url, monkeypatch):
-    from klpfleet.controller.engine import resolve
-    from klpfleet.controller.runner import run_playbook
-    from klpfleet.inventory_export import fleet_inventory
+    from klpfleet.controller.playbook import run_playbook
+    from klpfleet.inventory.export import fleet_inventory
+    from klpfleet.runs.engine import resolve
+    from klpfleet.runs.types import RunRequest
 
     monkeypatch.setenv("PGPASSWORD", "sekrit-5531")
     db = fleet_db(tmp_path, sqlite_url, hosts=1, gather=False)
     run = run_playbook(
-        db=db,
-        playbook=str(ROOT / "tests" / "playbooks" / "echo_env.yml"),
-        records=fleet_inventory(db),
-        extravars={"probe_out": str(tmp_path / "env")},
-        runs_in=tmp_path / "runs",
-        ident="env",
-        forks=1,
-        engine=resolve("ansible"),
+        RunRequest(
+            db=db,
+            playbook=str(ROOT / "tests" / "playbooks" / "echo_env.yml"),
+            records=fleet_inventory(db),
+            extravars={"probe_out": str(tmp_path / "env")},
+            runs_in=tmp_path / "runs",
+            ident="env",
+            forks=1,
+            engine=resolve("ansible"),
+        )
     )
     assert run.status == "successful"
     assert (tmp_path / "env-sim-01").read_text() == "[]"

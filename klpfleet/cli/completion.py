@@ -67,7 +67,7 @@ def nodes(ctx: click.Context, param: click.Parameter | None, incomplete: str) ->
 
 
 def cves(ctx: click.Context, param: click.Parameter | None, incomplete: str) -> list[CompletionItem]:
-    from klpfleet.exposure import cves_of
+    from klpfleet.reads.exposure import cves_of
 
     names = {c for (raw,) in _rows(ctx, "SELECT cves FROM patches LIMIT :limit", "") for c in cves_of(raw)}
     names |= {

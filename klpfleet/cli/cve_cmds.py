@@ -19,7 +19,7 @@ from klpfleet.errors import DatabaseError, first_line
 def _read(ctx: click.Context, only: str | None, counts_only: bool = False) -> list[Any]:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from klpfleet.exposure import exposure, exposure_counts
+    from klpfleet.reads.exposure import exposure, exposure_counts
 
     try:
         with database(ctx).engine.connect() as conn:
@@ -29,7 +29,7 @@ def _read(ctx: click.Context, only: str | None, counts_only: bool = False) -> li
 
 
 def _exit_code(found: list[Any]) -> int:
-    from klpfleet.exposure import EXIT
+    from klpfleet.reads.exposure import EXIT
 
     return max([EXIT[e.verdict()] for e in found] or [0])
 
@@ -99,7 +99,7 @@ def show(ctx: click.Context, cve_ref: str, show_all: bool, output: str) -> None:
     """The hosts exposed to CVE-ID (with the reason), unknown, and with --all covered.
 
     Exit status: 0 nothing exposed, 1 unknown hosts, 2 exposed hosts, 3 the database cannot be read."""
-    from klpfleet.exposure import COVERED, EXPOSED, UNKNOWN, cve_id
+    from klpfleet.reads.exposure import COVERED, EXPOSED, UNKNOWN, cve_id
 
     found = _read(ctx, cve_id(cve_ref))
     one = found[0]
@@ -148,8 +148,8 @@ def _mark(ctx: click.Context, cve_ref: str, releases: tuple[str, ...], fixed: bo
     from klpfleet.db import events
     from klpfleet.db.models import CveFix
     from klpfleet.errors import UsageError
-    from klpfleet.exposure import cve_id
-    from klpfleet.recorder import valid_kernel_release
+    from klpfleet.hoststate.recorder import valid_kernel_release
+    from klpfleet.reads.exposure import cve_id
 
     cve_name = cve_id(cve_ref)
     for release in releases:

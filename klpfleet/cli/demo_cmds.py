@@ -18,6 +18,6 @@ import click
 @click.option("--hosts", "host_count", default=24, show_default=True, help="Size of the demo fleet.")
 def demo(directory: str, fresh: bool, host_count: int) -> None:
     """Run the end-to-end demonstration on a fleet of its own, under --dir."""
-    from klpfleet.demo import run_demo
+    from klpfleet.cli.demo import run_demo
 
     run_demo(Path(directory), fresh=fresh, host_count=host_count)

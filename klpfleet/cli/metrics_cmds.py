@@ -25,7 +25,7 @@ def metrics(ctx: click.Context, textfile: str | None) -> None:
     with --textfile, e.g. every minute into /var/lib/node_exporter/textfile_collector/klpfleet.prom."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from klpfleet.metrics import exposition, write_textfile
+    from klpfleet.reads.metrics import exposition, write_textfile
 
     if textfile is not None and not textfile.endswith(".prom"):
         raise UsageError(f"{textfile}: node_exporter's textfile collector reads only files ending in .prom")

@@ -120,7 +120,7 @@ def node_add(
 def node_list(ctx: click.Context, check_now: bool, output: str) -> None:
     """Every node: how it is reached, what it serves, its capacity (CPUs, memory, ansible-runner and ansible-core
     versions, from its last check) and how many of the fleet's hosts it runs now."""
-    from klpfleet.inventory_export import fleet_inventory
+    from klpfleet.inventory.export import fleet_inventory
     from klpfleet.nodes import registry, remote
     from klpfleet.nodes.assign import assign
 

@@ -7,9 +7,9 @@ import click
 from klpfleet.cli import completion
 from klpfleet.cli.context import database
 from klpfleet.cli.output import emit, info, output_option, table
+from klpfleet.reads.views import list_patches, patch_record
 from klpfleet.registry.modinfo import read_livepatch
 from klpfleet.registry.patches import add_patch, find_patches
-from klpfleet.views import list_patches, patch_record
 
 
 @click.group()

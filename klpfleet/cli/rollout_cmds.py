@@ -247,8 +247,8 @@ def start(ctx: click.Context, rollout_id: int, wait: bool) -> None:
       klpfleet rollout start 7 --wait      # a live view on a terminal; exit 0 completed, 1 paused/aborted
       klpfleet rollout start 7 && klpfleet rollout status 7 --watch
     """
-    from klpfleet.controller.views import get_rollout
     from klpfleet.errors import UsageError
+    from klpfleet.reads.rollouts import get_rollout
 
     with database(ctx).session() as s:
         status = get_rollout(s, rollout_id).status
@@ -264,8 +264,8 @@ def start(ctx: click.Context, rollout_id: int, wait: bool) -> None:
 def resume(ctx: click.Context, rollout_id: int, wait: bool) -> None:
     """Continue a paused rollout, or one whose controller died (even before it started)."""
     from klpfleet.controller.control import driver_alive, request
-    from klpfleet.controller.views import get_rollout
     from klpfleet.errors import UsageError
+    from klpfleet.reads.rollouts import get_rollout
     from klpfleet.states import Request, RolloutStatus
 
     db = database(ctx)
@@ -336,7 +336,7 @@ def abort(ctx: click.Context, rollout_id: int, wait: bool) -> None:
 @click.pass_context
 def list_(ctx: click.Context, output: str) -> None:
     """Every rollout, newest first."""
-    from klpfleet.controller.views import rollout_list
+    from klpfleet.reads.rollouts import rollout_list
 
     with database(ctx).session() as s:
         rows = rollout_list(s)
@@ -377,7 +377,7 @@ def status(ctx: click.Context, rollout_id: int, watch: bool, interval: float, ou
     Exit status: 0 completed, 1 paused, aborted or rolled back, 2 the controller failed, 3 still running
     (without --watch).
     """
-    from klpfleet.controller.views import rollout_record
+    from klpfleet.reads.rollouts import rollout_record
 
     db = database(ctx)
     if not watch:
@@ -406,7 +406,7 @@ def _follow(db: Any, rollout_id: int, interval: float, output: str) -> int:
     import json
 
     from klpfleet.cli.output import envelope
-    from klpfleet.controller.views import rollout_record
+    from klpfleet.reads.rollouts import rollout_record
 
     last = None
     while True:
@@ -495,7 +495,7 @@ class LiveRollout:
     def _run(self) -> None:
         from rich.live import Live
 
-        from klpfleet.controller.views import rollout_record
+        from klpfleet.reads.rollouts import rollout_record
 
         out = console(stderr=True)
         with Live(console=out, auto_refresh=False, redirect_stderr=True, transient=False) as live:
@@ -583,7 +583,6 @@ def rollback(
 
     from sqlalchemy import select
 
-    from klpfleet.controller.engine import resolve as resolve_engine
     from klpfleet.controller.policy import parse_duration
     from klpfleet.controller.rollback import (
         REMOVED,
@@ -593,12 +592,13 @@ def rollback(
         restore_batches,
         rollback_batches,
     )
-    from klpfleet.controller.runner import runs_dir
     from klpfleet.controller.selection import select_hosts
     from klpfleet.db import events
     from klpfleet.db.models import Host, HostPatch
     from klpfleet.errors import UsageError
     from klpfleet.registry.patches import get_patch
+    from klpfleet.runs.engine import resolve as resolve_engine
+    from klpfleet.runs.types import runs_dir
     from klpfleet.states import PatchState
 
     db = database(ctx)

@@ -28,7 +28,7 @@ def status(ctx: click.Context, limit: int, output: str) -> None:
     """
     from sqlalchemy.exc import SQLAlchemyError
 
-    from klpfleet.fleet_status import HEALTH_EXIT, fleet_status
+    from klpfleet.reads.fleet_status import HEALTH_EXIT, fleet_status
 
     try:
         with database(ctx).engine.connect() as conn:
@@ -114,7 +114,7 @@ def hosts(
     ctx: click.Context, state: str | None, patch_ref: str | None, group: str | None, label: str | None, output: str
 ) -> None:
     """List hosts."""
-    from klpfleet.views import list_hosts
+    from klpfleet.reads.views import list_hosts
 
     label_pair = None
     if label is not None:
@@ -144,7 +144,7 @@ def hosts(
 @click.pass_context
 def host(ctx: click.Context, name: str, event_limit: int, output: str) -> None:
     """One host: connection, labels, per-patch state and recent events."""
-    from klpfleet.views import host_detail
+    from klpfleet.reads.views import host_detail
 
     with database(ctx).session() as session:
         data = host_detail(session, name, event_limit)
@@ -251,7 +251,7 @@ def events_cmd(
     from sqlalchemy import select
 
     from klpfleet.db.models import Event
-    from klpfleet.views import event_record
+    from klpfleet.reads.views import event_record
 
     query = select(Event).order_by(Event.at.desc(), Event.id.desc()).limit(limit)
     if host_name:
@@ -280,7 +280,7 @@ def _follow_events(db: Any, query: Any, first: list[dict[str, Any]], last: int, 
     import time
 
     from klpfleet.db.models import Event
-    from klpfleet.views import event_record
+    from klpfleet.reads.views import event_record
 
     def show(e: dict[str, Any]) -> None:
         if output == "json":

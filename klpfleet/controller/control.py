@@ -75,7 +75,7 @@ def driver_alive(db: Database, rollout_id: int) -> bool:
 
 def spawn_driver(db: Database, rollout_id: int) -> Path:
     """Drive the rollout in a process of its own, detached, logging to its driver.log (returned)."""
-    from klpfleet.controller.runner import runs_dir
+    from klpfleet.runs.types import runs_dir
 
     log_dir = runs_dir(db) / f"rollout-{rollout_id}"
     log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

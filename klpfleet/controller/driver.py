@@ -17,21 +17,22 @@ from typing import Any, Protocol
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from klpfleet.controller.engine import Engine
-from klpfleet.controller.engine import resolve as resolve_engine
 from klpfleet.controller.gate import Verdict, WaveCounts, decide_gate
+from klpfleet.controller.health import health_checks
 from klpfleet.controller.lease import Lease, LeaseLost
+from klpfleet.controller.playbook import run_playbook
 from klpfleet.controller.policy import Policy
 from klpfleet.controller.rollback import REMOVED, batch_order, rollback_batches
-from klpfleet.controller.runner import HostResult, RunOutcome, run_playbook, runs_dir
-from klpfleet.controller.runvars import RunVarsError, patch_vars
 from klpfleet.controller.store import RolloutStore
 from klpfleet.db import events
 from klpfleet.db.engine import Database
 from klpfleet.db.models import Host, HostPatch, Patch, Rollout, Wave, WaveHost, utcnow
 from klpfleet.errors import UsageError
-from klpfleet.inventory_export import fleet_inventory
-from klpfleet.probe.health import health_checks
+from klpfleet.inventory.export import fleet_inventory
+from klpfleet.runs.engine import Engine
+from klpfleet.runs.engine import resolve as resolve_engine
+from klpfleet.runs.types import HostResult, RunOutcome, RunRequest, runs_dir
+from klpfleet.runs.variables import RunVarsError, patch_vars
 from klpfleet.states import (
     FAILURE_OUTCOME_STATES,
     TERMINAL_ROLLOUT_STATUSES,
@@ -148,7 +149,7 @@ class Driver:
                     return result
 
     def refuse_to_run(self, reason: str) -> str:
-        """A value from the database is not what a run may be given (controller.runvars): nothing ran, and the
+        """A value from the database is not what a run may be given (runs.variables): nothing ran, and the
         rollout pauses with the reason; whoever fixes the row (or adds the .ko again) resumes it."""
         reason = f"refused to start a run: {reason}"
         with self.tx() as s:
@@ -243,16 +244,18 @@ class Driver:
         self.progress.note(f"re-reading {len(hosts)} host(s) that were in flight when the controller stopped")
         run = self.ran(
             run_playbook(
-                db=self.db,
-                playbook="gather.yml",
-                records=fleet_inventory(self.db, hosts),
-                extravars={},
-                runs_in=self.runs_in,
-                ident=f"r{self.id}-w{wave_id}-recover",
-                forks=policy.forks,
-                rollout_id=self.id,
-                cancel=self.cancel,
-                engine=self.engine,
+                RunRequest(
+                    db=self.db,
+                    playbook="gather.yml",
+                    records=fleet_inventory(self.db, hosts),
+                    extravars={},
+                    runs_in=self.runs_in,
+                    ident=f"r{self.id}-w{wave_id}-recover",
+                    forks=policy.forks,
+                    rollout_id=self.id,
+                    cancel=self.cancel,
+                    engine=self.engine,
+                )
             )
         )
         with self.tx() as s:
@@ -290,16 +293,18 @@ class Driver:
             extravars = self.apply_vars(patch, policy)
         run = self.ran(
             run_playbook(
-                db=self.db,
-                playbook="apply.yml",
-                records=fleet_inventory(self.db, hosts),
-                extravars=extravars,
-                runs_in=self.runs_in,
-                ident=f"r{self.id}-w{wave_id}-t{attempt}",
-                forks=policy.forks,
-                rollout_id=self.id,
-                cancel=self.cancel,
-                engine=self.engine,
+                RunRequest(
+                    db=self.db,
+                    playbook="apply.yml",
+                    records=fleet_inventory(self.db, hosts),
+                    extravars=extravars,
+                    runs_in=self.runs_in,
+                    ident=f"r{self.id}-w{wave_id}-t{attempt}",
+                    forks=policy.forks,
+                    rollout_id=self.id,
+                    cancel=self.cancel,
+                    engine=self.engine,
+                )
             )
         )
         if run.status == "canceled":

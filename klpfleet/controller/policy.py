@@ -7,8 +7,8 @@ import shlex
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from klpfleet.controller.engine import resolve as resolve_engine
 from klpfleet.errors import UsageError
+from klpfleet.runs.engine import resolve as resolve_engine
 
 
 def parse_duration(text: str, what: str) -> float:

@@ -22,14 +22,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from klpfleet.controller.engine import Engine
-from klpfleet.controller.runner import HostResult, run_playbook
-from klpfleet.controller.runvars import patch_vars
+from klpfleet.controller.health import health_checks
+from klpfleet.controller.playbook import run_playbook
 from klpfleet.db.engine import Database
 from klpfleet.db.models import Host, HostPatch, Patch, Rollout, Wave, WaveHost
-from klpfleet.inventory_export import fleet_inventory
-from klpfleet.observations import last_loaded
-from klpfleet.probe.health import health_checks
+from klpfleet.hoststate.observations import last_loaded
+from klpfleet.inventory.export import fleet_inventory
+from klpfleet.runs.engine import Engine
+from klpfleet.runs.types import HostResult, RunRequest
+from klpfleet.runs.variables import patch_vars
 from klpfleet.states import PatchState
 
 REMOVED, NOTHING, STACKED, FAILED, UNREACHABLE = (
@@ -171,16 +172,18 @@ def rollback_batches(
     for n, batch in enumerate(b for b in batches if b):
         records = {r["name"]: r for r in fleet_inventory(db, batch)}
         facts_run = run_playbook(
-            db=db,
-            playbook="gather.yml",
-            records=list(records.values()),
-            extravars={},
-            runs_in=runs_in,
-            ident=f"{ident}-b{n}-gather",
-            forks=forks,
-            engine=engine,
-            rollout_id=rollout_id,
-            cancel=cancel,
+            RunRequest(
+                db=db,
+                playbook="gather.yml",
+                records=list(records.values()),
+                extravars={},
+                runs_in=runs_in,
+                ident=f"{ident}-b{n}-gather",
+                forks=forks,
+                engine=engine,
+                rollout_id=rollout_id,
+                cancel=cancel,
+            )
         )
         answers: dict[str, HostRollback] = {}
         plans: dict[str, list[str]] = {}
@@ -243,14 +246,16 @@ def restore_batches(
     for n, batch in enumerate(b for b in batches if b):
         records = {r["name"]: r for r in fleet_inventory(db, batch)}
         applied = run_playbook(
-            db=db,
-            playbook="apply.yml",
-            records=list(records.values()),
-            extravars={**patch_vars(previous.name, previous.sha256), "klp_transition_timeout": transition_timeout},
-            runs_in=runs_in,
-            ident=f"{ident}-b{n}-apply-{previous.name}",
-            forks=forks,
-            engine=engine,
+            RunRequest(
+                db=db,
+                playbook="apply.yml",
+                records=list(records.values()),
+                extravars={**patch_vars(previous.name, previous.sha256), "klp_transition_timeout": transition_timeout},
+                runs_in=runs_in,
+                ident=f"{ident}-b{n}-apply-{previous.name}",
+                forks=forks,
+                engine=engine,
+            )
         )
         answers = {h: _failed(h, applied.results[h]) for h in batch if applied.results[h].status != "ok"}
         ready = [h for h in batch if h not in answers]  # a host where `previous` failed keeps `patch_name`
@@ -300,16 +305,18 @@ def _remove_in_order(
             by_name.setdefault(sequence[0], []).append(host)
         for name, hosts in sorted(by_name.items()):
             run = run_playbook(
-                db=db,
-                playbook="remove.yml",
-                records=[records[h] for h in hosts],
-                extravars={"klp_patch_name": name, "klp_transition_timeout": transition_timeout},
-                runs_in=runs_in,
-                ident=f"{ident}-s{step}-{name}",
-                forks=forks,
-                engine=engine,
-                rollout_id=rollout_id,
-                cancel=cancel,
+                RunRequest(
+                    db=db,
+                    playbook="remove.yml",
+                    records=[records[h] for h in hosts],
+                    extravars={"klp_patch_name": name, "klp_transition_timeout": transition_timeout},
+                    runs_in=runs_in,
+                    ident=f"{ident}-s{step}-{name}",
+                    forks=forks,
+                    engine=engine,
+                    rollout_id=rollout_id,
+                    cancel=cancel,
+                )
             )
             for host in hosts:
                 r = run.results[host]

@@ -10,7 +10,7 @@ from klpfleet.errors import UsageError
 
 
 def select_hosts(db: Database, pattern: str | None = None, group: str | None = None) -> list[str]:
-    from klpfleet.inventory_export import fleet_inventory, group_name
+    from klpfleet.inventory.export import fleet_inventory, group_name
 
     hosts = fleet_inventory(db)
     if pattern is None and group is None:
@@ -39,7 +39,7 @@ def select_hosts(db: Database, pattern: str | None = None, group: str | None = N
         if group not in data.groups:
             raise UsageError(f"no group {group!r} (see `klpfleet hosts`)")
         pattern = group if pattern is None else f"{group}:&{pattern}"
-    from klpfleet.inventory import captured_ansible_warnings
+    from klpfleet.inventory.sources import captured_ansible_warnings
 
     try:
         with captured_ansible_warnings() as warnings:

@@ -38,7 +38,7 @@ from klpfleet.cli.output import plain
 from klpfleet.db.engine import Database
 from klpfleet.db.types import MAX_ROW_ID
 from klpfleet.errors import KlpfleetError
-from klpfleet.inventory import HOST_NAME_RE
+from klpfleet.inventory.sources import HOST_NAME_RE
 
 STATIC = Path(__file__).parent / "static"
 ACTIONS = ("pause", "resume", "promote", "abort")
@@ -149,25 +149,25 @@ def create_app(
         return response
 
     def status(_: Request) -> Any:
-        from klpfleet.fleet_status import fleet_status
+        from klpfleet.reads.fleet_status import fleet_status
 
         with db.engine.connect() as conn:
             return fleet_status(conn)
 
     def rollouts(_: Request) -> Any:
-        from klpfleet.controller.views import rollout_list
+        from klpfleet.reads.rollouts import rollout_list
 
         with db.session() as s:
             return rollout_list(s)
 
     def rollout(request: Request) -> Any:
-        from klpfleet.controller.views import rollout_record
+        from klpfleet.reads.rollouts import rollout_record
 
         with db.session() as s:
             return rollout_record(s, int(request.path_params["rid"]), event_limit=50)
 
     def host(request: Request) -> Any:
-        from klpfleet.views import host_detail
+        from klpfleet.reads.views import host_detail
 
         with db.session() as s:
             return host_detail(s, request.path_params["name"], 30)
@@ -176,7 +176,7 @@ def create_app(
         from sqlalchemy import select
 
         from klpfleet.db.models import Event
-        from klpfleet.views import event_record
+        from klpfleet.reads.views import event_record
 
         with db.session() as s:
             query = select(Event).where(Event.id > last).order_by(Event.id).limit(500)
@@ -213,7 +213,7 @@ def create_app(
         return EventSourceResponse(events(), ping=15)
 
     async def metrics(_: Request) -> Response:
-        from klpfleet.metrics import exposition
+        from klpfleet.reads.metrics import exposition
 
         body = await run_in_threadpool(exposition, db.engine.connect)
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -16,24 +16,21 @@ from pathlib import Path
 from typing import Any
 
 from klpfleet.collection import collections_path, playbooks_path
-from klpfleet.controller.runner import (
-    DEFAULT_CONFIG,
-    JOB_ENVVARS,
-    HostResult,
-    Recording,
-    RunOutcome,
-    RunRequest,
-    dump_unsafe_yaml,
-    frozen_inventory,
-    new_run_dir,
-    scrub_run_dir,
-    write_extravars,
-)
 from klpfleet.db import events
 from klpfleet.errors import UsageError
 from klpfleet.nodes.assign import assign
 from klpfleet.nodes.registry import Node
 from klpfleet.nodes.stream import Job, NodeRun, run_job
+from klpfleet.runs.event_handler import RunEventHandler
+from klpfleet.runs.folder import (
+    DEFAULT_CONFIG,
+    JOB_ENVVARS,
+    dump_unsafe_yaml,
+    frozen_inventory,
+    scrub_run_dir,
+    write_extravars,
+)
+from klpfleet.runs.types import HostResult, RunOutcome, RunRequest, new_run_dir
 
 COLLECTION = ("ansible_collections", "klpfleet", "livepatch")
 # Events a node may send for one job: a few per host for klpfleet's one-task playbooks, and the run's own.
@@ -98,7 +95,7 @@ def run_on_nodes(nodes: list[Node], request: RunRequest) -> RunOutcome:
         job = build_job(workdir / f"job-{name}", request, share, node_ident)
         given = {record["name"] for record in share}
         with database:
-            recording = Recording(request.db, request.playbook, node_ident, request.rollout_id, given, False)
+            recording = RunEventHandler(request.db, request.playbook, node_ident, request.rollout_id, given, False)
         # A node's events are held until its stream ends, then recorded only if none names a host it was not
         # given: a node that forges one result is believed about nothing. Bounded, like everything a node sends.
         held: list[dict[str, Any]] = []

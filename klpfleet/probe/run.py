@@ -12,9 +12,9 @@ from sqlalchemy import select
 from klpfleet.db import events
 from klpfleet.db.engine import Database
 from klpfleet.db.models import Host
-from klpfleet.inventory_export import fleet_inventory
+from klpfleet.inventory.export import fleet_inventory
+from klpfleet.probe.findings import HostProbe, record_probe
 from klpfleet.probe.payload import REMOTE_COMMAND, payload
-from klpfleet.probe.record import HostProbe, record_probe
 from klpfleet.probe.ssh import BROKEN_REMOTE, OK, RunResult, Target, run_all
 
 
@@ -47,7 +47,7 @@ def probe(
         connect_timeout=connect_timeout,
         command_timeout=command_timeout,
     )
-    from klpfleet.recorder import Recorder
+    from klpfleet.hoststate.recorder import Recorder
 
     actor = f"probe:{events.default_actor()}"
     recorder = Recorder(db, actor)

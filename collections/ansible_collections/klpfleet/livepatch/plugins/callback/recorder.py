@@ -79,7 +79,7 @@ class CallbackModule(CallbackBase):
         try:
             from klpfleet.db.engine import connect
             from klpfleet.errors import KlpfleetError
-            from klpfleet.recorder import Recorder
+            from klpfleet.hoststate.recorder import Recorder
         except ImportError as exc:
             self._disable("klpfleet is not installed in this Python (%s)" % exc)
             return

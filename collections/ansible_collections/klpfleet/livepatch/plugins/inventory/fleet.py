@@ -65,9 +65,9 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         super().parse(inventory, loader, path, cache)
         self._read_config_data(path)
         try:
-            from klpfleet import inventory_export
             from klpfleet.db.engine import connect
             from klpfleet.errors import KlpfleetError
+            from klpfleet.inventory import export as inventory_export
         except ImportError as exc:
             raise AnsibleParserError("klpfleet.livepatch.fleet needs klpfleet installed: %s" % exc) from exc
         try:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from klpfleet.db import events
 from klpfleet.db.models import Host, HostPatch, Patch
-from klpfleet.observations import PatchObservation, observe
+from klpfleet.hoststate.observations import PatchObservation, observe
 from klpfleet.states import PatchState
 
 BOOT_ID_RE = re.compile(r"^[0-9a-fA-F-]{8,64}$")

@@ -20,8 +20,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import JSON, Connection, text
 
 from klpfleet.db.types import UTCDateTime
-from klpfleet.exposure import COVERED, EXPOSED, UNKNOWN, exposure_counts
-from klpfleet.fleet_status import HEALTH_EXIT, fleet_status
+from klpfleet.reads.exposure import COVERED, EXPOSED, UNKNOWN, exposure_counts
+from klpfleet.reads.fleet_status import HEALTH_EXIT, fleet_status
 from klpfleet.states import ACTIVE_ROLLOUT_STATUSES, PatchState, RolloutStatus, counted_as
 
 

@@ -44,7 +44,7 @@ MAX_FILES = 10_000
 
 def fingerprint(sources: list[str], options: dict[str, Any]) -> str | None:
     """The sources' fingerprint, or None when one of them is not static (always parse those)."""
-    from klpfleet.inventory import prepare_ansible_env
+    from klpfleet.inventory.sources import prepare_ansible_env
 
     prepare_ansible_env()  # the settings the parse will run with, before ansible.constants reads them
     from ansible import constants as C

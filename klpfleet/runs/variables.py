@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from klpfleet.errors import UsageError
-from klpfleet.module_results import is_module_name
+from klpfleet.hoststate.module_results import is_module_name
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 ON_STALL = ("reverse", "wait", "force")

@@ -3,7 +3,7 @@
 Drift is any disagreement between what the database expected and what the host reports: a patch
 expected applied but absent (removed by hand), a patch loaded that the database did not expect, a patch
 nobody registered. Each is an event; the host patch state becomes `drift` until a gather or a rollout
-records the truth again. A reboot is not drift: klpfleet.boots says what it did to each patch
+records the truth again. A reboot is not drift: klpfleet.hoststate.boots says what it did to each patch
 (lost_at_reboot, reloaded, superseded by another kernel release).
 """
 
@@ -15,13 +15,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from klpfleet import boots
 from klpfleet.db import events
 from klpfleet.db.models import Host, HostPatch, Patch, utcnow
-from klpfleet.module_results import sanitize
-from klpfleet.observations import PatchObservation, observe
+from klpfleet.hoststate import boots
+from klpfleet.hoststate.module_results import sanitize
+from klpfleet.hoststate.observations import PatchObservation, observe
+from klpfleet.hoststate.recorder import Recorder, valid_kernel_release
 from klpfleet.probe.ssh import OK, TIMEOUT, UNREACHABLE, RunResult
-from klpfleet.recorder import Recorder, valid_kernel_release
 from klpfleet.states import PatchState, stored_state
 
 PRESENT = (PatchState.APPLIED, PatchState.FORCED, PatchState.TRANSITIONING)

@@ -12,13 +12,13 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from klpfleet import boots
 from klpfleet.db import events
 from klpfleet.db.engine import Database
 from klpfleet.db.models import AnsibleRun, Event, Host, HostPatch, Patch, utcnow
-from klpfleet.inventory import HOST_NAME_RE
-from klpfleet.module_results import sanitize
-from klpfleet.observations import PatchObservation, last_loaded, observe
+from klpfleet.hoststate import boots
+from klpfleet.hoststate.module_results import sanitize
+from klpfleet.hoststate.observations import PatchObservation, last_loaded, observe
+from klpfleet.inventory.sources import HOST_NAME_RE
 from klpfleet.states import FAILURE_OUTCOME_STATES, PatchState
 
 PATCH_ACTIONS = {"klpfleet.livepatch.patch", "patch"}

@@ -3,10 +3,10 @@ in it) on each host; a non-zero exit, a timeout or an unreachable host fails the
 
 from __future__ import annotations
 
-from klpfleet.controller.runner import HostResult
 from klpfleet.db.engine import Database
-from klpfleet.inventory_export import fleet_inventory
+from klpfleet.inventory.export import fleet_inventory
 from klpfleet.probe.ssh import OK, Target, run_all
+from klpfleet.runs.types import HostResult
 
 # A health check's verdict is its exit status; of its output only the tail is kept for the operator.
 HEALTH_OUTPUT_KEPT = 64 * 1024

@@ -108,7 +108,7 @@ class Demo:
             "  sim-05, sim-14 refuse the patch in a pre-patch callback; sim-11 has a task asleep in patched\n"
             "  code (its transition stalls); sim-17 is unreachable"
         )
-        from klpfleet.inventory import apply_import, read_inventory
+        from klpfleet.inventory.sources import apply_import, read_inventory
 
         with self.db.session.begin() as s:
             counts = apply_import(s, read_inventory([str(self.dir / "fleet" / "inventory.yml")]), prune=True).counts()
@@ -170,7 +170,7 @@ class Demo:
 
         step("11. Where the fleet stands")
         from klpfleet.cli.status_cmds import status_table
-        from klpfleet.fleet_status import fleet_status
+        from klpfleet.reads.fleet_status import fleet_status
 
         with self.db.engine.connect() as conn:
             status_table(fleet_status(conn), console())
@@ -209,7 +209,7 @@ class Demo:
 
         step("9. Who is still exposed? (klpfleet cves; a monitoring check: exit 2 while any host is exposed)")
         from klpfleet.cli.cve_cmds import cves_table
-        from klpfleet.exposure import exposure
+        from klpfleet.reads.exposure import exposure
 
         info(f"$ {self.k} cve fixed CVE-2026-1234 --kernel-release {NEW_KERNEL}   # the new kernel carries the fix")
         with self.db.session.begin() as s:
@@ -245,17 +245,20 @@ class Demo:
         )
 
     def gather(self, ident: str) -> Any:
-        from klpfleet.controller.runner import run_playbook
-        from klpfleet.inventory_export import fleet_inventory
+        from klpfleet.controller.playbook import run_playbook
+        from klpfleet.inventory.export import fleet_inventory
+        from klpfleet.runs.types import RunRequest
 
         return run_playbook(
-            db=self.db,
-            playbook="gather.yml",
-            records=fleet_inventory(self.db),
-            extravars={},
-            runs_in=self.dir / "runs",
-            ident=ident,
-            forks=12,
+            RunRequest(
+                db=self.db,
+                playbook="gather.yml",
+                records=fleet_inventory(self.db),
+                extravars={},
+                runs_in=self.dir / "runs",
+                ident=ident,
+                forks=12,
+            )
         )
 
     # ------------------------------------------------------------------ helpers
@@ -291,7 +294,7 @@ class Demo:
         return Driver(self.db, rid, progress=CliProgress(), actor="demo").drive()
 
     def explain_pause(self, rid: int) -> None:
-        from klpfleet.controller.views import rollout_record
+        from klpfleet.reads.rollouts import rollout_record
 
         with self.db.session() as s:
             data = rollout_record(s, rid)
@@ -307,7 +310,7 @@ class Demo:
 
     def rollback(self, patch_name: str) -> None:
         from klpfleet.controller.rollback import rollback_batches
-        from klpfleet.views import list_hosts
+        from klpfleet.reads.views import list_hosts
 
         with self.db.session() as s:
             hosts = [h["name"] for h in list_hosts(s, patch=patch_name, state="applied")]

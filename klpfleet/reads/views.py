@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from klpfleet.db.models import Event, Group, Host, HostLabel, HostPatch, Patch, Rollout, host_groups
 from klpfleet.errors import UsageError
-from klpfleet.inventory_export import host_details
+from klpfleet.inventory.export import host_details
 from klpfleet.registry.patches import get_patch
 from klpfleet.states import PatchState
 

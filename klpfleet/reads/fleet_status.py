@@ -120,7 +120,7 @@ def fleet_status(conn: Connection, attention_limit: int = 50) -> dict[str, Any]:
         health = "degraded"
     else:
         health = "healthy"
-    from klpfleet.exposure import exposure_counts
+    from klpfleet.reads.exposure import exposure_counts
 
     cves = [dict(e.counts(), cve=e.cve, exposed_by_reason=e.exposed_by_reason()) for e in exposure_counts(conn)]
     return {

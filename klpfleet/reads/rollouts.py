@@ -9,8 +9,8 @@ from sqlalchemy.orm import Session
 
 from klpfleet.db.models import Event, Host, Rollout, Wave, WaveHost, utcnow
 from klpfleet.errors import UsageError
+from klpfleet.reads.views import event_record
 from klpfleet.states import counted_as
-from klpfleet.views import event_record
 
 
 def get_rollout(session: Session, rollout_id: int) -> Rollout:
