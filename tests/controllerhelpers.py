@@ -10,7 +10,8 @@ from klpfleet.db.engine import Database, open_database
 from klpfleet.db.migrate import upgrade
 from klpfleet.db.models import Patch
 from klpfleet.inventory.export import fleet_inventory
-from klpfleet.inventory.sources import apply_import, read_inventory
+from klpfleet.inventory.importer import apply_import
+from klpfleet.inventory.sources import read_inventory
 from klpfleet.registry.patches import add_patch
 from klpfleet.runs.types import RunRequest
 from klpfleet.sim.fleet import create_fleet

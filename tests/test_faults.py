@@ -16,7 +16,8 @@ from sqlalchemy import func, select, text
 
 from klpfleet.db.engine import open_database
 from klpfleet.db.models import Event, Host, HostPatch
-from klpfleet.inventory.sources import apply_import, read_inventory
+from klpfleet.inventory.importer import apply_import
+from klpfleet.inventory.sources import read_inventory
 
 from .conftest import new_pg_server, run_klpfleet
 from .controllerhelpers import enabled_on, fleet_db, register

@@ -184,7 +184,8 @@ def test_inventory_vars_equal_ansibles_own_for_every_host(tmp_path, monkeypatch,
     from ansible.parsing.dataloader import DataLoader
     from ansible.vars.manager import VariableManager
 
-    from klpfleet.inventory.sources import DEFAULT_LABEL_KEYS, InventoryVars, wanted_vars
+    from klpfleet.inventory.ansible_vars import InventoryVars
+    from klpfleet.inventory.sources import DEFAULT_LABEL_KEYS, wanted_vars
 
     if precedence == "reversed":
         monkeypatch.setattr(C, "VARIABLE_PRECEDENCE", list(reversed(C.VARIABLE_PRECEDENCE)))

@@ -20,7 +20,8 @@ from sqlalchemy import select
 from klpfleet.db.engine import open_database
 from klpfleet.db.migrate import upgrade
 from klpfleet.db.models import AnsibleRun, Event, Host, HostPatch, Rollout, WaveHost
-from klpfleet.inventory.sources import apply_import, read_inventory
+from klpfleet.inventory.importer import apply_import
+from klpfleet.inventory.sources import read_inventory
 from klpfleet.sim.fleet import create_fleet
 
 from .controllerhelpers import enable_count, enabled_on, fleet_db, gather_fleet, register

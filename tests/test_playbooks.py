@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 from klpfleet.db.engine import open_database
 from klpfleet.db.migrate import upgrade
 from klpfleet.db.models import AnsibleRun, Event, Host, HostPatch
-from klpfleet.inventory.sources import apply_import, read_inventory
+from klpfleet.inventory.importer import apply_import
+from klpfleet.inventory.sources import read_inventory
 from klpfleet.registry.patches import add_patch
 from klpfleet.sim.fleet import create_fleet
 from klpfleet.sim.spec import normalize, write_ko

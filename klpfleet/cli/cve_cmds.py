@@ -148,7 +148,7 @@ def _mark(ctx: click.Context, cve_ref: str, releases: tuple[str, ...], fixed: bo
     from klpfleet.db import events
     from klpfleet.db.models import CveFix
     from klpfleet.errors import UsageError
-    from klpfleet.hoststate.recorder import valid_kernel_release
+    from klpfleet.hoststate.task_results import valid_kernel_release
     from klpfleet.reads.exposure import cve_id
 
     cve_name = cve_id(cve_ref)

@@ -108,7 +108,8 @@ class Demo:
             "  sim-05, sim-14 refuse the patch in a pre-patch callback; sim-11 has a task asleep in patched\n"
             "  code (its transition stalls); sim-17 is unreachable"
         )
-        from klpfleet.inventory.sources import apply_import, read_inventory
+        from klpfleet.inventory.importer import apply_import
+        from klpfleet.inventory.sources import read_inventory
 
         with self.db.session.begin() as s:
             counts = apply_import(s, read_inventory([str(self.dir / "fleet" / "inventory.yml")]), prune=True).counts()

@@ -6,12 +6,8 @@ from klpfleet.cli.context import database
 from klpfleet.cli.output import emit, info, output_option, table
 from klpfleet.db import events
 from klpfleet.inventory.fingerprint import IMPORTED, fingerprint, unchanged_since
-from klpfleet.inventory.sources import (
-    DEFAULT_LABEL_KEYS,
-    apply_import,
-    enable_collection_inventory_plugins,
-    read_inventory,
-)
+from klpfleet.inventory.importer import apply_import
+from klpfleet.inventory.sources import DEFAULT_LABEL_KEYS, enable_collection_inventory_plugins, read_inventory
 
 
 @click.group()

@@ -39,7 +39,7 @@ def select_hosts(db: Database, pattern: str | None = None, group: str | None = N
         if group not in data.groups:
             raise UsageError(f"no group {group!r} (see `klpfleet hosts`)")
         pattern = group if pattern is None else f"{group}:&{pattern}"
-    from klpfleet.inventory.sources import captured_ansible_warnings
+    from klpfleet.inventory.ansible_vars import captured_ansible_warnings
 
     try:
         with captured_ansible_warnings() as warnings:

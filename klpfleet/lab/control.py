@@ -111,7 +111,8 @@ def _register(lab: Path, inventory: Path, db_url: str | None, progress: Progress
     """Import the VMs into the database given with --db, or into the lab's own."""
     from klpfleet.db.engine import open_database
     from klpfleet.db.migrate import upgrade
-    from klpfleet.inventory.sources import apply_import, read_inventory
+    from klpfleet.inventory.importer import apply_import
+    from klpfleet.inventory.sources import read_inventory
 
     url = db_url or f"sqlite:///{lab / 'klpfleet.db'}"
     db = open_database(url, create=True)

@@ -18,9 +18,10 @@ from sqlalchemy.orm import Session
 from klpfleet.db import events
 from klpfleet.db.models import Host, HostPatch, Patch, utcnow
 from klpfleet.hoststate import boots
+from klpfleet.hoststate.kernel_log import record_refusals
 from klpfleet.hoststate.module_results import sanitize
 from klpfleet.hoststate.observations import PatchObservation, observe
-from klpfleet.hoststate.recorder import Recorder, valid_kernel_release
+from klpfleet.hoststate.task_results import valid_kernel_release
 from klpfleet.probe.ssh import OK, TIMEOUT, UNREACHABLE, RunResult
 from klpfleet.states import PatchState, stored_state
 
@@ -43,7 +44,7 @@ class HostProbe:
 
 
 def record_probe(
-    session: Session, host: Host, run: RunResult, facts: dict[str, Any] | None, actor: str, recorder: Recorder
+    session: Session, host: Host, run: RunResult, facts: dict[str, Any] | None, actor: str
 ) -> HostProbe:
     found = HostProbe(host.name, run.status, run.error, accepted_key=run.accepted_key, seconds=run.seconds)
     if run.accepted_key:
@@ -119,10 +120,7 @@ def record_probe(
     for d in found.drift:
         if d["kind"] == "unknown_patch":
             events.record(session, "drift.unknown_patch", actor=actor, host=host, patch_name=d["patch"])
-    refusals = [r for r in facts.get("refused_module_loads") or [] if isinstance(r, dict)]
-    seen = recorder.refusals_seen(session, host) if refusals else set()
-    for refusal in refusals:
-        recorder.module_refusal(session, host, refusal, seen)
+    record_refusals(session, host, facts, actor)
     found.refused_module_loads = len(facts.get("refused_module_loads") or [])
     return found
 

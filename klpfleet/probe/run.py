@@ -47,16 +47,13 @@ def probe(
         connect_timeout=connect_timeout,
         command_timeout=command_timeout,
     )
-    from klpfleet.hoststate.recorder import Recorder
-
     actor = f"probe:{events.default_actor()}"
-    recorder = Recorder(db, actor)
     out = []
     with db.session.begin() as s:
         hosts = {h.name: h for h in s.scalars(select(Host).where(Host.name.in_(names)))}
         for run in runs:
             facts = _facts(run)
-            out.append(record_probe(s, hosts[run.host], run, facts, actor, recorder))
+            out.append(record_probe(s, hosts[run.host], run, facts, actor))
     return out
 
 

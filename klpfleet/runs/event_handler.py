@@ -37,7 +37,7 @@ class RunEventHandler:
         self.delegation = delegation  # whether a result may name a delegate (only when Ansible ran here)
 
     def on_event(self, event: dict[str, Any]) -> bool:
-        from klpfleet.hoststate.recorder import livepatch_action_of
+        from klpfleet.hoststate.task_results import livepatch_action_of
 
         kind = event.get("event")
         data = event.get("event_data") or {}
