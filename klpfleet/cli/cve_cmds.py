@@ -143,29 +143,11 @@ def unfixed(ctx: click.Context, cve_ref: str, releases: tuple[str, ...]) -> None
 
 
 def _mark(ctx: click.Context, cve_ref: str, releases: tuple[str, ...], fixed: bool) -> None:
-    from sqlalchemy import delete, select
-
-    from klpfleet.db import events
-    from klpfleet.db.models import CveFix
-    from klpfleet.errors import UsageError
-    from klpfleet.hoststate.task_results import valid_kernel_release
     from klpfleet.reads.exposure import cve_id
+    from klpfleet.registry.cve_fixes import mark_fixing
 
     cve_name = cve_id(cve_ref)
-    for release in releases:
-        if not valid_kernel_release(release):
-            raise UsageError(f"{release!r} is not a kernel release")
-    changed = []
     with database(ctx).session.begin() as s:
-        for release in releases:
-            row = s.scalar(select(CveFix).where(CveFix.cve == cve_name, CveFix.kernel_release == release))
-            if fixed and row is None:
-                s.add(CveFix(cve=cve_name, kernel_release=release, marked_by=events.default_actor()))
-            elif not fixed and row is not None:
-                s.execute(delete(CveFix).where(CveFix.cve == cve_name, CveFix.kernel_release == release))
-            else:
-                continue
-            changed.append(release)
-            events.record(s, "cve.fixed" if fixed else "cve.unfixed", cve=cve_name, kernel_release=release)
+        changed = mark_fixing(s, cve_name, releases, fixed)
     verb = "fixing" if fixed else "no longer fixing"
     info(f"{cve_name}: {len(changed)} kernel release(s) marked {verb}" + (f": {', '.join(changed)}" if changed else ""))

@@ -125,7 +125,7 @@ def server_options(trusted_proxy: str | None) -> dict[str, Any]:
 
 
 def check_host_name(name: str) -> str:
-    from klpfleet.inventory.sources import HOST_NAME_RE
+    from klpfleet.names import HOST_NAME_RE
 
     if not HOST_NAME_RE.match(name):
         raise UsageError(f"--allowed-host {name[:60]!r}: not a host name")

@@ -289,7 +289,7 @@ class Demo:
         return rid
 
     def drive(self, rid: int) -> str:
-        from klpfleet.cli.rollout_cmds import CliProgress
+        from klpfleet.cli.progress import CliProgress
         from klpfleet.controller.driver import Driver
 
         return Driver(self.db, rid, progress=CliProgress(), actor="demo").drive()
@@ -312,11 +312,12 @@ class Demo:
     def rollback(self, patch_name: str) -> None:
         from klpfleet.controller.rollback import rollback_batches
         from klpfleet.reads.views import list_hosts
+        from klpfleet.runs.types import RunRequest
 
         with self.db.session() as s:
             hosts = [h["name"] for h in list_hosts(s, patch=patch_name, state="applied")]
         answers = rollback_batches(
-            self.db, patch_name, [hosts], runs_in=self.dir / "runs", ident="demo-rollback", forks=12
+            RunRequest(self.db, "", [], {}, self.dir / "runs", "demo-rollback", 12), patch_name, [hosts]
         )
         summary: dict[str, int] = {}
         for a in answers:

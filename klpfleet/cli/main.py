@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "events": ("klpfleet.cli.status_cmds", "events_cmd", "The audit trail, newest first."),
     "sim": ("klpfleet.cli.sim_cmds", "sim", "Simulated kernels, hosts and fleets."),
     "rollout": ("klpfleet.cli.rollout_cmds", "rollout", "Plan, run and steer rollouts in waves."),
-    "rollback": ("klpfleet.cli.rollout_cmds", "rollback", "Remove a patch from hosts, last wave first, stack-aware."),
+    "rollback": ("klpfleet.cli.rollback_cmds", "rollback", "Remove a patch from hosts, last wave first, stack-aware."),
     "probe": ("klpfleet.cli.probe_cmds", "probe", "Read live state from every host over SSH (read-only); mark drift."),
     "demo": ("klpfleet.cli.demo_cmds", "demo", "Run the end-to-end demonstration on a fleet of its own."),
     "lab": ("klpfleet.cli.lab_cmds", "lab", "Real-kernel lab: Debian's kernel in QEMU VMs, over SSH."),

@@ -14,7 +14,8 @@ from typing import Any
 
 import click
 
-SCHEMA_VERSION = 1
+from klpfleet.reads.envelope import envelope
+
 FORMATS = ("table", "json", "yaml")
 
 
@@ -28,24 +29,6 @@ def output_option(func: Callable[..., Any]) -> Callable[..., Any]:
         show_default=True,
         help="Output format.",
     )(func)
-
-
-def iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return iso(value)
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    return value
-
-
-def envelope(kind: str, data: Any) -> dict[str, Any]:
-    return {"schema_version": SCHEMA_VERSION, "kind": kind, "generated_at": iso(datetime.now(UTC)), "data": plain(data)}
 
 
 def emit(kind: str, data: Any, fmt: str, table: Callable[[Any, Any], None]) -> None:

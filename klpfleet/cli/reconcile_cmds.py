@@ -9,7 +9,8 @@ import click
 from klpfleet.cli import completion
 from klpfleet.cli.context import database
 from klpfleet.cli.output import emit, info, output_option, table
-from klpfleet.cli.rollout_cmds import drive_or_detach, engine_option, rollout_policy_options
+from klpfleet.cli.progress import drive_or_detach
+from klpfleet.cli.rollout_options import engine_option, rollout_policy_options
 
 
 @click.command("reconcile")
@@ -73,7 +74,7 @@ def reconcile(
         return
     info(f"planned rollout(s) {', '.join(map(str, ids))}; start with `klpfleet rollout start ID --wait`")
     if wait:
-        from klpfleet.cli.rollout_cmds import drive
+        from klpfleet.cli.progress import drive
 
         # A host that lost several patches is in one rollout at a time: drive these, then plan what they held back
         # (patches in registration order, so a stack comes back bottom first). Each host and patch is tried once

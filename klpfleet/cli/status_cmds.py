@@ -7,8 +7,9 @@ import click
 
 from klpfleet.cli import completion
 from klpfleet.cli.context import ROLLOUT_ID, database
-from klpfleet.cli.output import emit, iso, output_option, plain, printable, table
+from klpfleet.cli.output import emit, output_option, printable, table
 from klpfleet.errors import DatabaseError, UsageError, first_line
+from klpfleet.reads.envelope import iso, plain
 
 
 @click.command()

@@ -12,29 +12,30 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from klpfleet.controller.gate import Verdict, WaveCounts, decide_gate
 from klpfleet.controller.health import health_checks
 from klpfleet.controller.lease import Lease, LeaseLost
+from klpfleet.controller.outcomes import node_failure_report, outcome_of
 from klpfleet.controller.playbook import run_playbook
 from klpfleet.controller.policy import Policy
+from klpfleet.controller.progress import Progress, Silent
 from klpfleet.controller.rollback import REMOVED, batch_order, rollback_batches
 from klpfleet.controller.store import RolloutStore
 from klpfleet.db import events
 from klpfleet.db.engine import Database
-from klpfleet.db.models import Host, HostPatch, Patch, Rollout, Wave, WaveHost, utcnow
+from klpfleet.db.models import Host, Rollout, Wave, utcnow
 from klpfleet.errors import UsageError
 from klpfleet.inventory.export import fleet_inventory
 from klpfleet.runs.engine import Engine
 from klpfleet.runs.engine import resolve as resolve_engine
-from klpfleet.runs.types import HostResult, RunOutcome, RunRequest, runs_dir
-from klpfleet.runs.variables import RunVarsError, patch_vars
+from klpfleet.runs.types import RunOutcome, RunRequest, runs_dir
+from klpfleet.runs.variables import RunVarsError
 from klpfleet.states import (
-    FAILURE_OUTCOME_STATES,
     TERMINAL_ROLLOUT_STATUSES,
     Outcome,
     PatchState,
@@ -43,36 +44,13 @@ from klpfleet.states import (
     WaveStatus,
 )
 
-PAUSED_BY_NODE = "paused by node"  # apply_pending's answer when a failed execution node left hosts in flight
 
+class Halt(StrEnum):
+    """Why a wave's work stopped before its gate."""
 
-class Progress(Protocol):
-    """What the driver tells a person; the CLI renders it."""
-
-    def wave(self, index: int, total: int, domain: str | None, hosts: int) -> None: ...
-    def counts(self, index: int, counts: WaveCounts) -> None: ...
-    def note(self, text: str) -> None: ...
-
-
-class Silent:
-    def wave(self, index: int, total: int, domain: str | None, hosts: int) -> None:
-        pass
-
-    def counts(self, index: int, counts: WaveCounts) -> None:
-        pass
-
-    def note(self, text: str) -> None:
-        pass
-
-
-def outcome_of(r: HostResult) -> tuple[Outcome, str | None]:
-    """(wave host outcome, klp_error) from one host's result of apply.yml: the module names the outcome."""
-    if r.status == "ok":
-        return Outcome.APPLIED, None
-    if r.status in ("unreachable", "lost"):  # lost: in flight on an execution node that failed
-        return Outcome.UNREACHABLE, r.klp_error
-    named = r.result.get("outcome")
-    return (Outcome(named) if named in FAILURE_OUTCOME_STATES else Outcome.FAILED), r.klp_error
+    PAUSE = "pause"  # an operator asked for a pause
+    ABORT = "abort"  # an operator asked for an abort
+    NODE_FAILED = "node_failed"  # a failed execution node left hosts in flight; the rollout is paused already
 
 
 class Driver:
@@ -95,7 +73,20 @@ class Driver:
         self.runs_in = runs_dir(db) / f"rollout-{rollout_id}"
         self.engine = Engine("ansible", "auto")  # chosen when the drive starts (mark_started)
 
-    # ------------------------------------------------------------------ helpers
+    def request(self, playbook: str, hosts: list[str], extravars: dict[str, Any], step: str, forks: int) -> RunRequest:
+        """A run of this rollout: its folder, its lease's cancel, its engine."""
+        return RunRequest(
+            self.db,
+            playbook,
+            fleet_inventory(self.db, hosts),
+            extravars,
+            self.runs_in,
+            f"r{self.id}-{step}",
+            forks,
+            rollout_id=self.id,
+            cancel=self.cancel,
+            engine=self.engine,
+        )
 
     def tx(self) -> AbstractContextManager[Session]:
         return self.db.session.begin()
@@ -103,14 +94,14 @@ class Driver:
     def event(self, s: Session, kind: str, rollout: Rollout, host: Host | None = None, **details: Any) -> None:
         events.record(s, kind, actor=self.actor, rollout=rollout, patch=rollout.patch, host=host, **details)
 
-    def interrupted(self) -> str | None:
+    def interrupted(self) -> Halt | None:
         """A pause or abort asked for by an operator, or a lost lease: checked at every safe point."""
         if self.lease.lost.is_set():
             raise LeaseLost(f"lost the lease on rollout {self.id}")
         status = self.store.status()
-        return status if status in (RolloutStatus.PAUSED, RolloutStatus.ABORTING) else None
+        return {RolloutStatus.PAUSED: Halt.PAUSE, RolloutStatus.ABORTING: Halt.ABORT}.get(status)
 
-    def wait(self, seconds: float) -> str | None:
+    def wait(self, seconds: float) -> Halt | None:
         """Sleep in small steps, returning early on a pause, abort or promotion past the wait."""
         end = time.monotonic() + seconds
         while time.monotonic() < end:
@@ -127,8 +118,9 @@ class Driver:
 
     # ------------------------------------------------------------------ the loop
 
-    def drive(self) -> str:
-        """The rollout, wave after wave, until it completes or stops. Each step commits before the next."""
+    def drive(self) -> RolloutStatus:
+        """The rollout, wave after wave, until it completes or stops: the status it ends in. Each step commits
+        before the next."""
         with self.lease:
             self.mark_started()
             while True:
@@ -136,19 +128,19 @@ class Driver:
                 if status == RolloutStatus.ABORTING:
                     return self.abort()
                 if status == RolloutStatus.PAUSED or status in TERMINAL_ROLLOUT_STATUSES:
-                    return status.value
+                    return status
                 wave = self.store.next_wave()
                 if wave is None:
                     return self.mark_completed()
                 wave_id, total = wave
                 try:
-                    result = self.run_wave(wave_id, total)
+                    ended = self.run_wave(wave_id, total)
                 except RunVarsError as exc:
                     return self.refuse_to_run(str(exc))
-                if result != "next":
-                    return result
+                if ended is not None:
+                    return ended
 
-    def refuse_to_run(self, reason: str) -> str:
+    def refuse_to_run(self, reason: str) -> RolloutStatus:
         """A value from the database is not what a run may be given (runs.variables): nothing ran, and the
         rollout pauses with the reason; whoever fixes the row (or adds the .ko again) resumes it."""
         reason = f"refused to start a run: {reason}"
@@ -157,7 +149,7 @@ class Driver:
             r.status, r.pause_reason = RolloutStatus.PAUSED, reason
             self.event(s, "rollout.paused", r, reason=reason, by="run_vars")
         self.progress.note(reason)
-        return RolloutStatus.PAUSED.value
+        return RolloutStatus.PAUSED
 
     def mark_started(self) -> None:
         self.engine = self.choose_engine(self.store.policy().engine)
@@ -198,17 +190,18 @@ class Driver:
                 )
         return run
 
-    def mark_completed(self) -> str:
+    def mark_completed(self) -> RolloutStatus:
         with self.tx() as s:
             r = self.lease.check(s)
             r.status, r.finished_at = RolloutStatus.COMPLETED, utcnow()
             self.event(s, "rollout.completed", r)
         self.progress.note("rollout completed")
-        return RolloutStatus.COMPLETED.value
+        return RolloutStatus.COMPLETED
 
     # ------------------------------------------------------------------ one wave
 
-    def run_wave(self, wave_id: int, wave_total: int) -> str:
+    def run_wave(self, wave_id: int, wave_total: int) -> RolloutStatus | None:
+        """One wave to its gate: None when it passed (on to the next wave), else the status the drive ends in."""
         policy = self.store.policy()
         with self.tx() as s:
             r = self.lease.check(s)
@@ -242,29 +235,12 @@ class Driver:
         if not hosts:
             return
         self.progress.note(f"re-reading {len(hosts)} host(s) that were in flight when the controller stopped")
-        run = self.ran(
-            run_playbook(
-                RunRequest(
-                    db=self.db,
-                    playbook="gather.yml",
-                    records=fleet_inventory(self.db, hosts),
-                    extravars={},
-                    runs_in=self.runs_in,
-                    ident=f"r{self.id}-w{wave_id}-recover",
-                    forks=policy.forks,
-                    rollout_id=self.id,
-                    cancel=self.cancel,
-                    engine=self.engine,
-                )
-            )
-        )
+        run = self.ran(run_playbook(self.request("gather.yml", hosts, {}, f"w{wave_id}-recover", policy.forks)))
         with self.tx() as s:
             r = self.lease.check(s)
             for name in hosts:
                 wh = self.store.wave_host(s, wave_id, name)
-                state = s.scalar(
-                    select(HostPatch.state).where(HostPatch.host_id == wh.host_id, HostPatch.patch_id == r.patch_id)
-                )
+                state = self.store.patch_state(s, wh.host_id, r.patch_id)
                 wh.error_code = None  # what the host is now replaces what a failed node said about it
                 if run.results[name].status == "ok" and state in (PatchState.APPLIED, PatchState.FORCED):
                     wh.status, wh.outcome, wh.finished_at = WaveHostStatus.DONE, Outcome.APPLIED, utcnow()
@@ -275,7 +251,7 @@ class Driver:
                     verdict = "pending"
                 self.event(s, "host.recovered", r, host=wh.host, state=state, verdict=verdict)
 
-    def apply_pending(self, wave_id: int, policy: Policy) -> str | None:
+    def apply_pending(self, wave_id: int, policy: Policy) -> Halt | None:
         hosts = self.store.hosts_with(wave_id, WaveHostStatus.PENDING)
         if not hosts:
             return None
@@ -290,22 +266,9 @@ class Driver:
                 wh.status, wh.started_at, wh.attempts = WaveHostStatus.RUNNING, utcnow(), wh.attempts + 1
             attempt = max(self.store.wave_host(s, wave_id, n).attempts for n in hosts)
             self.event(s, "wave.run", r, wave=self.store.wave_index(s, wave_id) + 1, hosts=len(hosts), attempt=attempt)
-            extravars = self.apply_vars(patch, policy)
+            extravars = policy.apply_vars(patch.name, patch.sha256)
         run = self.ran(
-            run_playbook(
-                RunRequest(
-                    db=self.db,
-                    playbook="apply.yml",
-                    records=fleet_inventory(self.db, hosts),
-                    extravars=extravars,
-                    runs_in=self.runs_in,
-                    ident=f"r{self.id}-w{wave_id}-t{attempt}",
-                    forks=policy.forks,
-                    rollout_id=self.id,
-                    cancel=self.cancel,
-                    engine=self.engine,
-                )
-            )
+            run_playbook(self.request("apply.yml", hosts, extravars, f"w{wave_id}-t{attempt}", policy.forks))
         )
         if run.status == "canceled":
             raise LeaseLost(f"lost the lease on rollout {self.id} during a run; hosts stay marked in flight")
@@ -319,63 +282,22 @@ class Driver:
                     wh.status, wh.finished_at = WaveHostStatus.DONE, utcnow()
             return self.node_failures(s, r, run)
 
-    def node_failures(self, s: Session, r: Rollout, run: RunOutcome) -> str | None:
-        """Record each execution node that failed; a failure that left hosts in flight pauses the rollout: what
-        the job did to them is unknown until they are read again, which `rollout resume` does first (they count
-        as unreachable meanwhile, never as applied)."""
-        failed = run.node_failures()
-        lost: dict[str, list[str]] = {}
-        for name, result in run.results.items():
-            if result.status == "lost":
-                lost.setdefault(str(result.result.get("node")), []).append(name)
-        for node, node_run in failed.items():
-            self.event(
-                s,
-                f"node.{node_run.failure}",
-                r,
-                node=node,
-                failure=node_run.failure,
-                detail=node_run.detail,
-                in_flight=len(lost.get(node, [])),
-            )
-        if not lost:
+    def node_failures(self, s: Session, r: Rollout, run: RunOutcome) -> Halt | None:
+        """Record each execution node that failed; one that left hosts in flight pauses the rollout."""
+        failed, reason = node_failure_report(run, self.id)
+        for details in failed:
+            self.event(s, f"node.{details['failure']}", r, **details)
+        if reason is None:
             return None
-        said = "; ".join(
-            f"execution node {node} {failed[node].failure if node in failed else 'failed'} with {len(names)} host(s) "
-            "in flight"
-            for node, names in sorted(lost.items())
-        )
-        reason = f"{said}: `klpfleet rollout resume {self.id}` reads them again before anything else"
         r.status, r.pause_reason = RolloutStatus.PAUSED, reason
         self.event(s, "rollout.paused", r, reason=reason, by="node")
         self.progress.note(reason)
-        return PAUSED_BY_NODE
+        return Halt.NODE_FAILED
 
-    @staticmethod
-    def apply_vars(patch: Patch, policy: Policy) -> dict[str, Any]:
-        return {
-            **patch_vars(patch.name, patch.sha256),
-            "klp_transition_timeout": policy.transition_timeout,
-            "klp_on_stall": policy.on_stall,
-            "klp_allow_force": policy.allow_force,
-            "klp_busy_retries": policy.busy_retries,
-            "klp_busy_delay": policy.busy_delay,
-        }
-
-    def retry_refusals(self, wave_id: int, policy: Policy) -> str | None:
+    def retry_refusals(self, wave_id: int, policy: Policy) -> Halt | None:
         """Refusals are safe (the kernel cleaned up): retry them later, as many times as the policy says."""
         while True:
-            with self.db.session() as s:
-                refused = list(
-                    s.scalars(
-                        select(WaveHost).where(
-                            WaveHost.wave_id == wave_id,
-                            WaveHost.outcome == Outcome.REFUSED,
-                            WaveHost.attempts <= policy.retry_refused,
-                        )
-                    )
-                )
-                ids = [wh.id for wh in refused]
+            ids = self.store.refused_to_retry(wave_id, policy.retry_refused)
             if not ids:
                 return None
             self.progress.note(f"{len(ids)} refusal(s); retrying in {policy.retry_delay_seconds:g}s")
@@ -384,26 +306,14 @@ class Driver:
                 return why
             with self.tx() as s:
                 r = self.lease.check(s)
-                s.execute(
-                    update(WaveHost)
-                    .where(WaveHost.id.in_(ids))
-                    .values(status=WaveHostStatus.PENDING, outcome=None)
-                    .execution_options(synchronize_session=False)
-                )
+                self.store.make_pending(s, ids)
                 self.event(s, "wave.retry_refused", r, wave=self.store.wave_index(s, wave_id) + 1, hosts=len(ids))
             why = self.apply_pending(wave_id, policy)
             if why:
                 return why
 
     def health_checks(self, wave_id: int, policy: Policy) -> None:
-        with self.db.session() as s:
-            hosts = list(
-                s.scalars(
-                    select(Host.name)
-                    .join(WaveHost, WaveHost.host_id == Host.id)
-                    .where(WaveHost.wave_id == wave_id, WaveHost.outcome == Outcome.APPLIED)
-                )
-            )
+        hosts = self.store.hosts_where_outcome(wave_id, Outcome.APPLIED)
         if not hosts:
             return
         assert policy.health_check is not None
@@ -426,7 +336,7 @@ class Driver:
                         status=res.status,
                     )
 
-    def gate(self, wave_id: int, index: int, counts: WaveCounts, policy: Policy) -> str:
+    def gate(self, wave_id: int, index: int, counts: WaveCounts, policy: Policy) -> RolloutStatus | None:
         decision = decide_gate(index, counts, policy, self.store.control())
         with self.tx() as s:
             r = self.lease.check(s)
@@ -444,79 +354,46 @@ class Driver:
         if decision.verdict == Verdict.ROLLBACK:
             return self.roll_back(decision.reason or "gate breached")
         if decision.verdict == Verdict.PAUSE:
-            return "paused"
+            return RolloutStatus.PAUSED
         if self.store.is_last_wave(index):
-            return "next"
+            return None
         if policy.bake_seconds and not self.store.control().promoted_full:
             self.progress.note(f"baking for {policy.bake_seconds:g}s")
             why = self.wait(policy.bake_seconds)
             if why:
                 return self.stopped(why)
-        return "next"
+        return None
 
-    def stopped(self, why: str) -> str:
-        if why == "aborting":
+    def stopped(self, why: Halt) -> RolloutStatus:
+        if why == Halt.ABORT:
             return self.abort()
-        if why != PAUSED_BY_NODE:
+        if why == Halt.PAUSE:
             self.progress.note("paused by an operator")
-        return "paused"
+        return RolloutStatus.PAUSED
 
-    def abort(self) -> str:
-        return self.roll_back("aborted by an operator", final="aborted")
+    def abort(self) -> RolloutStatus:
+        return self.roll_back("aborted by an operator", final=RolloutStatus.ABORTED)
 
-    def roll_back(self, reason: str, final: str = "rolled_back") -> str:
+    def roll_back(self, reason: str, final: RolloutStatus = RolloutStatus.ROLLED_BACK) -> RolloutStatus:
         """Remove the patch from every host this rollout applied, last wave first."""
         with self.db.session() as s:
             r = s.get(Rollout, self.id)
             assert r is not None
             patch_name = r.patch.name
-            applied = set(
-                s.scalars(
-                    select(Host.name)
-                    .join(WaveHost, WaveHost.host_id == Host.id)
-                    .where(
-                        WaveHost.rollout_id == self.id, WaveHost.outcome.in_([Outcome.APPLIED, Outcome.HEALTH_FAILED])
-                    )
-                )
-            )
+            applied = self.store.applied_hosts(s)
             batches = batch_order(s, r.patch_id, applied, rollout_id=self.id)
         self.progress.note(f"rolling back {len(applied)} host(s): {reason}")
         with self.tx() as s:
             r = self.lease.check(s)
             self.event(s, "rollout.rolling_back", r, reason=reason, hosts=len(applied))
         policy = self.store.policy()
-        answers = rollback_batches(
-            self.db,
-            patch_name,
-            batches,
-            runs_in=self.runs_in,
-            ident=f"r{self.id}-rb",
-            forks=policy.forks,
-            transition_timeout=policy.transition_timeout,
-            rollout_id=self.id,
-            cancel=self.cancel,
-            engine=self.engine,
-        )
+        base = self.request("", [], {}, "rb", policy.forks)
+        answers = rollback_batches(base, patch_name, batches, transition_timeout=policy.transition_timeout)
         with self.tx() as s:
             r = self.lease.check(s)
-            for a in answers:
-                if a.result == REMOVED:
-                    wh = s.scalar(
-                        select(WaveHost)
-                        .join(Host, Host.id == WaveHost.host_id)
-                        .where(WaveHost.rollout_id == self.id, Host.name == a.host)
-                    )
-                    if wh is not None:
-                        wh.status = WaveHostStatus.ROLLED_BACK
-            left = [a.host for a in answers if a.result != REMOVED]
-            r.status, r.finished_at = final, utcnow()
-            r.pause_reason = reason
-            self.event(
-                s,
-                f"rollout.{final}",
-                r,
-                reason=reason,
-                removed=len(answers) - len(left),
-                not_removed={a.host: f"{a.result}: {a.detail}" for a in answers if a.result != REMOVED},
-            )
+            self.store.mark_rolled_back(s, [a.host for a in answers if a.result == REMOVED])
+            not_removed = {a.host: f"{a.result}: {a.detail}" for a in answers if a.result != REMOVED}
+            r.status, r.finished_at, r.pause_reason = final, utcnow(), reason
+            removed = len(answers) - len(not_removed)
+            self.event(s, f"rollout.{final}", r, reason=reason, removed=removed, not_removed=not_removed)
         return final

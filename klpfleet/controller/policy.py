@@ -83,6 +83,19 @@ class Policy:
     busy_delay: float = 2.0
     engine: str = "auto"  # auto | mitogen | ansible (controller/engine.py)
 
+    def apply_vars(self, patch_name: str, sha256: str) -> dict[str, Any]:
+        """apply.yml's extra vars for a patch under this policy."""
+        from klpfleet.runs.variables import patch_vars
+
+        return {
+            **patch_vars(patch_name, sha256),
+            "klp_transition_timeout": self.transition_timeout,
+            "klp_on_stall": self.on_stall,
+            "klp_allow_force": self.allow_force,
+            "klp_busy_retries": self.busy_retries,
+            "klp_busy_delay": self.busy_delay,
+        }
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 

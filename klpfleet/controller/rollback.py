@@ -16,7 +16,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -24,11 +23,9 @@ from sqlalchemy.orm import Session
 
 from klpfleet.controller.health import health_checks
 from klpfleet.controller.playbook import run_playbook
-from klpfleet.db.engine import Database
 from klpfleet.db.models import Host, HostPatch, Patch, Rollout, Wave, WaveHost
 from klpfleet.hoststate.observations import last_loaded
 from klpfleet.inventory.export import fleet_inventory
-from klpfleet.runs.engine import Engine
 from klpfleet.runs.types import HostResult, RunRequest
 from klpfleet.runs.variables import patch_vars
 from klpfleet.states import PatchState
@@ -149,42 +146,26 @@ def batch_order(session: Session, patch_id: int, hosts: set[str], rollout_id: in
 
 
 def rollback_batches(
-    db: Database,
+    base: RunRequest,
     patch_name: str,
     batches: list[list[str]],
     *,
-    runs_in: Path,
-    ident: str,
-    forks: int,
     cascade: bool = False,
     health_check: list[str] | None = None,
     bake_seconds: float = 0.0,
     transition_timeout: float = 60.0,
-    rollout_id: int | None = None,
     on_batch: Callable[[int, list[HostRollback]], None] | None = None,
-    cancel: Callable[[], bool] | None = None,
     sleep: Callable[[float], None] = time.sleep,
-    engine: Engine | None = None,
 ) -> list[HostRollback]:
+    """Remove `patch_name` batch by batch (each run with `base`'s settings): read the batch, decide per host from
+    its live stack, remove in order, health-check, bake."""
+    db = base.db
     done: list[HostRollback] = []
     with db.session() as s:
         registered = set(s.scalars(select(Patch.name).distinct()))
     for n, batch in enumerate(b for b in batches if b):
         records = {r["name"]: r for r in fleet_inventory(db, batch)}
-        facts_run = run_playbook(
-            RunRequest(
-                db=db,
-                playbook="gather.yml",
-                records=list(records.values()),
-                extravars={},
-                runs_in=runs_in,
-                ident=f"{ident}-b{n}-gather",
-                forks=forks,
-                engine=engine,
-                rollout_id=rollout_id,
-                cancel=cancel,
-            )
-        )
+        facts_run = run_playbook(base.run("gather.yml", list(records.values()), {}, f"b{n}-gather"))
         answers: dict[str, HostRollback] = {}
         plans: dict[str, list[str]] = {}
         for host in batch:
@@ -197,23 +178,11 @@ def rollback_batches(
                 answers[host] = answer
             else:
                 plans[host] = sequence
-        _remove_in_order(
-            db,
-            records,
-            plans,
-            answers,
-            transition_timeout,
-            runs_in=runs_in,
-            ident=f"{ident}-b{n}",
-            forks=forks,
-            rollout_id=rollout_id,
-            cancel=cancel,
-            engine=engine,
-        )
+        _remove_in_order(base, f"b{n}", records, plans, answers, transition_timeout)
         if health_check:
             healthy = [h for h, a in answers.items() if a.result == REMOVED]
             if healthy:
-                check = health_checks(db, healthy, health_check, forks=forks)
+                check = health_checks(db, healthy, health_check, forks=base.forks)
                 for host in healthy:
                     if check[host].status != "ok":
                         answers[host].detail = f"removed, but the health check failed: {_msg(check[host])}"
@@ -227,50 +196,28 @@ def rollback_batches(
 
 
 def restore_batches(
-    db: Database,
+    base: RunRequest,
     patch_name: str,
     previous: Patch,
     batches: list[list[str]],
     *,
-    runs_in: Path,
-    ident: str,
-    forks: int,
     transition_timeout: float = 60.0,
     on_batch: Callable[[int, list[HostRollback]], None] | None = None,
-    engine: Engine | None = None,
 ) -> list[HostRollback]:
     """Roll a cumulative patch back to the one it replaced: load `previous` first (a cumulative patch replaces
     the current one atomically, so the host is never without a livepatch), then remove what is left of
     `patch_name` (its freed module). A host where `previous` fails keeps `patch_name`."""
     done: list[HostRollback] = []
+    restore_vars = {**patch_vars(previous.name, previous.sha256), "klp_transition_timeout": transition_timeout}
     for n, batch in enumerate(b for b in batches if b):
-        records = {r["name"]: r for r in fleet_inventory(db, batch)}
+        records = {r["name"]: r for r in fleet_inventory(base.db, batch)}
         applied = run_playbook(
-            RunRequest(
-                db=db,
-                playbook="apply.yml",
-                records=list(records.values()),
-                extravars={**patch_vars(previous.name, previous.sha256), "klp_transition_timeout": transition_timeout},
-                runs_in=runs_in,
-                ident=f"{ident}-b{n}-apply-{previous.name}",
-                forks=forks,
-                engine=engine,
-            )
+            base.run("apply.yml", list(records.values()), restore_vars, f"b{n}-apply-{previous.name}")
         )
         answers = {h: _failed(h, applied.results[h]) for h in batch if applied.results[h].status != "ok"}
         ready = [h for h in batch if h not in answers]  # a host where `previous` failed keeps `patch_name`
         plans = {h: [patch_name] for h in ready}
-        _remove_in_order(
-            db,
-            records,
-            plans,
-            answers,
-            transition_timeout,
-            runs_in=runs_in,
-            ident=f"{ident}-b{n}",
-            forks=forks,
-            engine=engine,
-        )
+        _remove_in_order(base, f"b{n}", records, plans, answers, transition_timeout)
         for host in ready:
             answers[host].detail = f"{previous.name} applied in its place" + (
                 f"; {answers[host].detail}" if answers[host].detail else ""
@@ -283,18 +230,12 @@ def restore_batches(
 
 
 def _remove_in_order(
-    db: Database,
+    base: RunRequest,
+    batch: str,
     records: dict[str, dict[str, Any]],
     plans: dict[str, list[str]],
     answers: dict[str, HostRollback],
     transition_timeout: float,
-    *,
-    runs_in: Path,
-    ident: str,
-    forks: int,
-    rollout_id: int | None = None,
-    cancel: Callable[[], bool] | None = None,
-    engine: Engine | None = None,
 ) -> None:
     """Remove each host's planned patches in order, one remove.yml run per patch and step, answering per host:
     removed (and which modules a forced transition left loaded until reboot), or the first failure."""
@@ -304,20 +245,8 @@ def _remove_in_order(
         for host, sequence in plans.items():
             by_name.setdefault(sequence[0], []).append(host)
         for name, hosts in sorted(by_name.items()):
-            run = run_playbook(
-                RunRequest(
-                    db=db,
-                    playbook="remove.yml",
-                    records=[records[h] for h in hosts],
-                    extravars={"klp_patch_name": name, "klp_transition_timeout": transition_timeout},
-                    runs_in=runs_in,
-                    ident=f"{ident}-s{step}-{name}",
-                    forks=forks,
-                    engine=engine,
-                    rollout_id=rollout_id,
-                    cancel=cancel,
-                )
-            )
+            removal = {"klp_patch_name": name, "klp_transition_timeout": transition_timeout}
+            run = run_playbook(base.run("remove.yml", [records[h] for h in hosts], removal, f"{batch}-s{step}-{name}"))
             for host in hosts:
                 r = run.results[host]
                 if r.status == "ok":

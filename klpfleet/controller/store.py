@@ -1,15 +1,15 @@
-"""The driver's reads of one rollout, typed: its policy and operators' control, its status, its waves and
-their hosts. Writes stay in the driver, each in the transaction that also checks the lease."""
+"""The driver's queries of one rollout, typed: its policy and operators' control, its status, its waves and their
+hosts. Reads open their own session; writes take the driver's transaction (the one that also checks the lease)."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from klpfleet.controller.gate import Control, WaveCounts
 from klpfleet.controller.policy import Policy
 from klpfleet.db.engine import Database
-from klpfleet.db.models import Host, Rollout, Wave, WaveHost
+from klpfleet.db.models import Host, HostPatch, Rollout, Wave, WaveHost
 from klpfleet.states import HARD_FAILURES, Outcome, RolloutStatus, WaveHostStatus, WaveStatus, counted_as
 
 # What counted_as gives for a host without a final outcome (a rolled-back host no longer counts for a gate).
@@ -99,3 +99,50 @@ class RolloutStore:
         index = s.scalar(select(Wave.index).where(Wave.id == wave_id))
         assert index is not None, f"wave {wave_id} vanished"
         return index
+
+    def refused_to_retry(self, wave_id: int, max_attempts: int) -> list[int]:
+        """Wave hosts whose last try was refused and that have tries left."""
+        with self.db.session() as s:
+            return list(
+                s.scalars(
+                    select(WaveHost.id).where(
+                        WaveHost.wave_id == wave_id,
+                        WaveHost.outcome == Outcome.REFUSED,
+                        WaveHost.attempts <= max_attempts,
+                    )
+                )
+            )
+
+    def applied_hosts(self, s: Session) -> set[str]:
+        """Hosts this rollout applied the patch to (a failed health check included): what a rollback removes."""
+        return set(
+            s.scalars(
+                select(Host.name)
+                .join(WaveHost, WaveHost.host_id == Host.id)
+                .where(WaveHost.rollout_id == self.id, WaveHost.outcome.in_([Outcome.APPLIED, Outcome.HEALTH_FAILED]))
+            )
+        )
+
+    @staticmethod
+    def patch_state(s: Session, host_id: int, patch_id: int) -> str | None:
+        return s.scalar(select(HostPatch.state).where(HostPatch.host_id == host_id, HostPatch.patch_id == patch_id))
+
+    @staticmethod
+    def make_pending(s: Session, wave_host_ids: list[int]) -> None:
+        s.execute(
+            update(WaveHost)
+            .where(WaveHost.id.in_(wave_host_ids))
+            .values(status=WaveHostStatus.PENDING, outcome=None)
+            .execution_options(synchronize_session=False)
+        )
+
+    def mark_rolled_back(self, s: Session, names: list[str]) -> None:
+        if not names:
+            return
+        host_ids = select(Host.id).where(Host.name.in_(names)).scalar_subquery()
+        s.execute(
+            update(WaveHost)
+            .where(WaveHost.rollout_id == self.id, WaveHost.host_id.in_(host_ids))
+            .values(status=WaveHostStatus.ROLLED_BACK)
+            .execution_options(synchronize_session=False)
+        )

@@ -34,11 +34,11 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from klpfleet.cli.output import plain
 from klpfleet.db.engine import Database
 from klpfleet.db.types import MAX_ROW_ID
 from klpfleet.errors import KlpfleetError
-from klpfleet.inventory.sources import HOST_NAME_RE
+from klpfleet.names import HOST_NAME_RE
+from klpfleet.reads.envelope import plain
 
 STATIC = Path(__file__).parent / "static"
 ACTIONS = ("pause", "resume", "promote", "abort")

@@ -29,9 +29,8 @@ from klpfleet.hoststate.task_results import (
     result_notes,
     stalled_task,
     task_results,
-    valid_kernel_release,
 )
-from klpfleet.inventory.sources import HOST_NAME_RE
+from klpfleet.names import HOST_NAME_RE, valid_kernel_release
 from klpfleet.states import FAILURE_OUTCOME_STATES, PatchState
 
 

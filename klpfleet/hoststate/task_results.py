@@ -7,18 +7,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from klpfleet.inventory.sources import HOST_NAME_RE
+from klpfleet.names import HOST_NAME_RE
 
 PATCH_ACTIONS = {"klpfleet.livepatch.patch", "patch"}
 INFO_ACTIONS = {"klpfleet.livepatch.patch_info", "patch_info"}
 SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
-# What `uname -r` can print. A host reporting anything else (control characters, a terminal escape sequence)
-# is not believed: the value is never stored, and an event says what arrived.
-KERNEL_RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}$")
-
-
-def valid_kernel_release(value: Any) -> bool:
-    return isinstance(value, str) and bool(KERNEL_RELEASE_RE.match(value))
 
 
 STACK_FRAMES_KEPT = 12

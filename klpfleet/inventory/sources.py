@@ -17,6 +17,7 @@ from typing import Any
 
 from klpfleet.errors import UsageError
 from klpfleet.inventory.ansible_vars import InventoryVars, captured_ansible_warnings, load_vault_secrets, most_telling
+from klpfleet.names import HOST_NAME_RE
 
 DEFAULT_LABEL_KEYS = ("zone", "rack", "region", "datacenter", "failure_domain")
 # The host vars stored in hosts.vars: an allow-list (how to connect, and the klp_* settings the playbooks
@@ -63,10 +64,6 @@ CONNECTION_VARS = frozenset(
 )
 LABEL_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 LABEL_VALUE_MAX = 200
-
-# Host names are stored and later handed to Ansible, SSH and the shell-free probe. They are never
-# interpolated into a command, but a name no DNS or Ansible pattern could mean is refused up front.
-HOST_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@\[\]-]{0,252}$")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from klpfleet.hoststate import boots
 from klpfleet.hoststate.kernel_log import record_refusals
 from klpfleet.hoststate.module_results import sanitize
 from klpfleet.hoststate.observations import PatchObservation, observe
-from klpfleet.hoststate.task_results import valid_kernel_release
+from klpfleet.names import valid_kernel_release
 from klpfleet.probe.ssh import OK, TIMEOUT, UNREACHABLE, RunResult
 from klpfleet.states import PatchState, stored_state
 
@@ -43,9 +43,7 @@ class HostProbe:
     seconds: float = 0.0
 
 
-def record_probe(
-    session: Session, host: Host, run: RunResult, facts: dict[str, Any] | None, actor: str
-) -> HostProbe:
+def record_probe(session: Session, host: Host, run: RunResult, facts: dict[str, Any] | None, actor: str) -> HostProbe:
     found = HostProbe(host.name, run.status, run.error, accepted_key=run.accepted_key, seconds=run.seconds)
     if run.accepted_key:
         events.record(session, "probe.host_key_accepted", actor=actor, host=host, key=run.accepted_key)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,11 @@ class RunRequest:
     rollout_id: int | None = None
     cancel: Callable[[], bool] | None = None  # polled during the run: True stops it (pause, abort, lease lost)
     engine: Engine | None = None  # None: Mitogen where installed, else Ansible's own strategy
+
+    def run(self, playbook: str, records: list[dict[str, Any]], extravars: dict[str, Any], step: str) -> RunRequest:
+        """This request's settings (database, folder, forks, rollout, cancel, engine) for another playbook and
+        hosts: one of the several runs a rollout or a rollback is made of, its ident `<ident>-<step>`."""
+        return replace(self, playbook=playbook, records=records, extravars=extravars, ident=f"{self.ident}-{step}")
 
 
 def runs_dir(db: Database) -> Path:

@@ -1,0 +1,55 @@
+"""Options shared by the commands that start rollouts (`rollout create`, `reconcile`, `rollback`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+engine_option = click.option(
+    "--engine",
+    type=click.Choice(["auto", "mitogen", "ansible"]),
+    default="auto",
+    show_default=True,
+    help="What runs the playbooks: Mitogen's strategy (pip install 'klpfleet[fast]'), Ansible's own, or "
+    "(auto) Mitogen where it is installed, with Ansible's own as the fallback.",
+)
+
+
+def rollout_policy_options(command: Any) -> Any:
+    """The options that make a rollout's policy (waves, budgets, gates, transition handling); `rollout create` and
+    `reconcile` share them."""
+    for option in reversed(
+        [
+            click.option(
+                "--waves", default="1,10%,50%,100%", show_default=True, help="Wave sizes as Ansible's serial list."
+            ),
+            click.option("--by", metavar="LABEL", help="Keep each wave inside one failure domain (e.g. zone)."),
+            click.option("--max-failed", metavar="N|P%", help="Hard failures a wave may have (default 0)."),
+            click.option(
+                "--max-refused", metavar="N|P%", help="Callback refusals a wave may have (default: no limit)."
+            ),
+            click.option("--bake", metavar="DURATION", help="Wait between waves (e.g. 10m)."),
+            click.option(
+                "--health-check", metavar="CMD", help="Command run on each host after it is patched (no shell)."
+            ),
+            click.option("--on-failure", type=click.Choice(["pause", "rollback"]), default="pause", show_default=True),
+            click.option(
+                "--on-refusal", type=click.Choice(["pause", "continue"]), default="continue", show_default=True
+            ),
+            click.option("--retry-refused", default=0, show_default=True, help="Retries of refused hosts."),
+            click.option("--retry-delay", metavar="DURATION", help="Delay before retrying refusals (default 60s)."),
+            click.option("--forks", default=20, show_default=True, help="Parallel hosts within a wave."),
+            click.option("--transition-timeout", metavar="DURATION", help="Per host (default 60s)."),
+            click.option(
+                "--on-stall", type=click.Choice(["reverse", "wait", "force"]), default="reverse", show_default=True
+            ),
+            click.option(
+                "--allow-force",
+                is_flag=True,
+                help="Needed with --on-stall force (a forced patch needs a reboot to go).",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
