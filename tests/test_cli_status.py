@@ -195,7 +195,7 @@ def test_events_follow_prints_each_new_event_as_a_line(sqlite_db, sqlite_url):
     from klpfleet.db import events as db_events
 
     with sqlite_db.session.begin() as s:
-        db_events.record(s, "test.before", actor="t", n=0)
+        db_events.add(s, "test.before", actor="t", n=0)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -228,8 +228,8 @@ def test_events_follow_prints_each_new_event_as_a_line(sqlite_db, sqlite_url):
         first = line()
         assert (first["kind"], first["details"]) == ("test.before", {"n": 0})
         with sqlite_db.session.begin() as s:
-            db_events.record(s, "other.kind", actor="t")  # filtered out
-            db_events.record(s, "test.after", actor="t", n=1)
+            db_events.add(s, "other.kind", actor="t")  # filtered out
+            db_events.add(s, "test.after", actor="t", n=1)
         second = line()
         assert (second["kind"], second["details"], second["id"] > first["id"]) == ("test.after", {"n": 1}, True)
     finally:

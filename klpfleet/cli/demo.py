@@ -218,7 +218,7 @@ class Demo:
             from klpfleet.db.models import CveFix
 
             s.add(CveFix(cve="CVE-2026-1234", kernel_release=NEW_KERNEL, marked_by="demo"))
-            events.record(s, "cve.fixed", actor="demo", cve="CVE-2026-1234", kernel_release=NEW_KERNEL)
+            events.add(s, "cve.fixed", actor="demo", cve="CVE-2026-1234", kernel_release=NEW_KERNEL)
         info(f"$ {self.k} cves")
         with self.db.engine.connect() as conn:
             cves_table([e.summary() for e in exposure(conn)], console())

@@ -60,7 +60,7 @@ def import_(
     with db.session.begin() as session:
         result = apply_import(session, found, prune=prune)
         if print_ is not None:
-            events.record(
+            events.add(
                 session, IMPORTED, fingerprint=print_, sources=list(sources), hosts=len(found), counts=result.counts()
             )
     report(list(sources), result.counts(), len(found), output, skipped=False)

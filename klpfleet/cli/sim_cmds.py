@@ -6,6 +6,9 @@ from typing import Any
 import click
 
 from klpfleet.cli.output import emit, info, output_option, table
+from klpfleet.collection import sim_contract
+
+_, DEFAULT_KERNEL_RELEASE = sim_contract()
 
 
 @click.group()
@@ -29,7 +32,7 @@ def build_patch(spec_file: str, out: str) -> None:
 
 @sim.command("build-catalog")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--kernel-release", default="6.1.0-56-amd64", show_default=True)
+@click.option("--kernel-release", default=DEFAULT_KERNEL_RELEASE, show_default=True)
 def build_catalog(directory: str, kernel_release: str) -> None:
     """Write the kernel selftest modules (test_klp_*) as simulated .ko files into DIRECTORY."""
     from klpfleet.sim import catalog
@@ -47,7 +50,7 @@ def host() -> None:
 
 @host.command("create")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--kernel-release", default="6.1.0-56-amd64", show_default=True)
+@click.option("--kernel-release", default=DEFAULT_KERNEL_RELEASE, show_default=True)
 @click.option("--speed", default=1.0, show_default=True, help="Kernel seconds per wall second (0: only sleeps count).")
 def host_create(directory: str, kernel_release: str, speed: float) -> None:
     """Make a simulated host whose kernel state lives in DIRECTORY."""
@@ -94,15 +97,14 @@ def host_reboot(directory: str, kernel_release: str | None, timeout: float, no_b
 @click.option("--selftest-filter", is_flag=True, help="Filter as the kernel selftests do.")
 def host_log(directory: str, selftest_filter: bool) -> None:
     """Print a simulated host's kernel log (like dmesg)."""
-    from klpfleet.collection import ensure_importable
+    from klpfleet.collection import module_util
 
-    ensure_importable()
-    from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel import SimHost
+    sim_kernel = module_util("_sim_kernel")
     from klpfleet.errors import UsageError
     from klpfleet.sim.scenario import selftest_filter as sf
 
     try:
-        with SimHost(directory) as kernel:
+        with sim_kernel.SimHost(directory) as kernel:
             records = list(kernel.s["log"])
     except OSError as exc:
         raise UsageError(f"{directory}: {exc.strerror}") from None
@@ -140,7 +142,7 @@ def fleet_create(directory: str, spec_file: str, output: str) -> None:
 
 @sim.command("run")
 @click.argument("scenario", metavar="SCENARIO.yml")
-@click.option("--kernel-release", default="6.1.0-56-amd64", show_default=True)
+@click.option("--kernel-release", default=DEFAULT_KERNEL_RELEASE, show_default=True)
 def run(scenario: str, kernel_release: str) -> None:
     """Run a selftest-style scenario on a fresh simulated host; print its kernel log filtered as the
     kernel selftests filter it."""

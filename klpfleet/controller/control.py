@@ -54,7 +54,7 @@ def request(
                 if w.status == WaveStatus.BLOCKED:
                     w.status = WaveStatus.RUNNING
             details = {"wave": wave + 1, "full": full}
-        events.record(
+        events.add(
             s,
             f"rollout.{what}_requested",
             actor=actor,

@@ -92,7 +92,7 @@ class Driver:
         return self.db.session.begin()
 
     def event(self, s: Session, kind: str, rollout: Rollout, host: Host | None = None, **details: Any) -> None:
-        events.record(s, kind, actor=self.actor, rollout=rollout, patch=rollout.patch, host=host, **details)
+        events.add(s, kind, actor=self.actor, rollout=rollout, patch=rollout.patch, host=host, **details)
 
     def interrupted(self) -> Halt | None:
         """A pause or abort asked for by an operator, or a lost lease: checked at every safe point."""

@@ -136,7 +136,7 @@ def create_rollout(
         session.add_all(
             WaveHost(wave_id=wave.id, rollout_id=rollout.id, host_id=ids[h], status="pending") for h in hosts
         )
-    events.record(
+    events.add(
         session,
         "rollout.planned",
         actor=actor,

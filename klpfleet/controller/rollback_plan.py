@@ -121,7 +121,7 @@ def run_rollback(
             sleep=sleep,
         )
     with db.session.begin() as s:
-        events.record(
+        events.add(
             s,
             "patch.rollback",
             patch=get_patch(s, plan.patch_ref),

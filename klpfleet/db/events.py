@@ -26,7 +26,7 @@ def default_actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def record(
+def add(
     session: Session,
     kind: str,
     *,

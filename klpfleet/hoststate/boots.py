@@ -51,7 +51,7 @@ def observe_boot(session: Session, host: Host, facts: dict[str, Any], actor: str
     host.booted_at = when
     if previous is None:
         return False
-    events.record(
+    events.add(
         session,
         "host.rebooted",
         actor=actor,
@@ -96,7 +96,7 @@ def missing_state(
 
 
 def record_reloaded(session: Session, host: Host, patch: Any, at_boot: dict[str, Any], actor: str) -> None:
-    events.record(
+    events.add(
         session,
         "patch.reloaded_at_boot",
         actor=actor,

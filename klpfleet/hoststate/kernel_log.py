@@ -35,7 +35,7 @@ def _record_refusal(
         return
     seen.add(key)
     patch = find_patch(s, host, patch_name, None)
-    events.record(
+    events.add(
         s,
         "module.load_refused",
         actor=actor,
@@ -78,4 +78,4 @@ def check_stack_order(s: Session, host: Host, facts: dict[str, Any], actor: str)
         .order_by(Event.id.desc())
     ).first()
     if last != finding:
-        events.record(s, "host.stack_order_conflict", actor=actor, host=host, **finding)
+        events.add(s, "host.stack_order_conflict", actor=actor, host=host, **finding)

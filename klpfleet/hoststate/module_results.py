@@ -11,13 +11,11 @@ fit is dropped or replaced by a value that cannot be mistaken for success, and t
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from functools import cache
 from types import ModuleType
 from typing import Any
 
-from klpfleet.collection import collections_path
+from klpfleet.collection import standalone_module_util
 
 MAX_STRING = 4096  # characters of any one string (a kernel log line, a message, a stack frame)
 MAX_LIST = 256  # items of any one list (patches, objects, kernel log lines)
@@ -32,15 +30,9 @@ LIST_CAPS = {"stalled_tasks": MAX_STALLED_TASKS, "refused_module_loads": MAX_REF
 UNKNOWN_ERROR = "insmod_failed"
 
 
-@cache
 def codes() -> ModuleType:
-    """The collection's `_codes.py`, loaded from its file (it imports only `re`)."""
-    path = collections_path().joinpath("ansible_collections", "klpfleet", "livepatch", "plugins", "module_utils")
-    spec = importlib.util.spec_from_file_location("klpfleet._collection_codes", path / "_codes.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The collection's `_codes.py` (it imports only `re`)."""
+    return standalone_module_util("_codes")
 
 
 def is_module_name(value: Any) -> bool:

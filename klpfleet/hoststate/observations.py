@@ -93,7 +93,7 @@ def observe(
         if seen.stalled_tasks:
             details["stalled_tasks"] = seen.stalled_tasks
         details.update(seen.notes)
-        event = events.record(session, "patch.state", actor=actor, host=host, patch=patch, **details)
+        event = events.add(session, "patch.state", actor=actor, host=host, patch=patch, **details)
         event.rollout_id = rollout_id
     return row
 

@@ -131,7 +131,7 @@ class Recorder:
                         actor=self.actor,
                     )
                 else:
-                    events.record(
+                    events.add(
                         s,
                         "host.unreachable",
                         actor=self.actor,
@@ -144,13 +144,13 @@ class Recorder:
             host.last_seen = utcnow()
             release = result.get("kernel_release")
             if release is not None and not valid_kernel_release(release):
-                events.record(
+                events.add(
                     s, "host.bad_report", actor=self.actor, host=host, field="kernel_release", value=repr(release)[:200]
                 )
                 release = None
             if isinstance(release, str) and release and release != host.kernel_release:
                 if host.kernel_release is not None:
-                    events.record(
+                    events.add(
                         s,
                         "host.kernel_changed",
                         actor=self.actor,
@@ -182,7 +182,7 @@ class Recorder:
         name = result.get("name") or args.get("name")
         patch = find_patch(s, host, name, args.get("sha256"))
         if patch is None:
-            events.record(
+            events.add(
                 s,
                 "patch.unregistered",
                 actor=self.actor,
@@ -252,7 +252,7 @@ class Recorder:
         for name, sysfs in on_host.items():
             patch = find_patch(s, host, name, None)
             if patch is None:
-                events.record(s, "patch.unknown_found", actor=self.actor, host=host, patch_name=name)
+                events.add(s, "patch.unknown_found", actor=self.actor, host=host, patch_name=name)
                 continue
             if sysfs.get("forced"):
                 state = PatchState.FORCED
@@ -332,5 +332,5 @@ class Recorder:
             host = Host(name=name, vars={})
             s.add(host)
             s.flush()
-            events.record(s, "host.discovered", actor=self.actor, host=host)
+            events.add(s, "host.discovered", actor=self.actor, host=host)
         return host

@@ -177,7 +177,7 @@ def _forged(request: RunRequest, node: str, run: NodeRun, hosts: list[str]) -> N
     run.failure, run.ran = "node_forged_result", True
     run.detail = f"results for {len(unique)} host(s) it was not given ({', '.join(unique[:5])}); none recorded"
     with request.db.session.begin() as s:
-        events.record(s, "node.forged_result", node=node, hosts=unique[:50], count=len(unique), ident=request.ident)
+        events.add(s, "node.forged_result", node=node, hosts=unique[:50], count=len(unique), ident=request.ident)
 
 
 def _host_of(event: dict[str, Any]) -> Any:

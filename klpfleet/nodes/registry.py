@@ -137,7 +137,7 @@ def add(db: Database, node: Node, actor: str) -> None:
                 added_by=actor,
             )
         )
-        events.record(s, "node.added", actor=actor, node=node.name, ssh=node.ssh, serves=node.serves)
+        events.add(s, "node.added", actor=actor, node=node.name, ssh=node.ssh, serves=node.serves)
 
 
 def save_check(db: Database, name: str, capacity: dict[str, Any]) -> None:
@@ -153,4 +153,4 @@ def remove(db: Database, name: str, actor: str) -> None:
         row = s.scalar(select(ExecutionNode).where(ExecutionNode.name == name))
         if row is not None:
             s.delete(row)
-            events.record(s, "node.removed", actor=actor, node=name)
+            events.add(s, "node.removed", actor=actor, node=name)

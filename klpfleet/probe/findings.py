@@ -43,27 +43,27 @@ class HostProbe:
     seconds: float = 0.0
 
 
-def record_probe(session: Session, host: Host, run: RunResult, facts: dict[str, Any] | None, actor: str) -> HostProbe:
+def write_findings(session: Session, host: Host, run: RunResult, facts: dict[str, Any] | None, actor: str) -> HostProbe:
     found = HostProbe(host.name, run.status, run.error, accepted_key=run.accepted_key, seconds=run.seconds)
     if run.accepted_key:
-        events.record(session, "probe.host_key_accepted", actor=actor, host=host, key=run.accepted_key)
+        events.add(session, "probe.host_key_accepted", actor=actor, host=host, key=run.accepted_key)
     if run.status != OK or facts is None:
         if run.status in (UNREACHABLE, TIMEOUT):
             host.reachable = False
-        events.record(session, f"probe.{run.status}", actor=actor, host=host, error=run.error)
+        events.add(session, f"probe.{run.status}", actor=actor, host=host, error=run.error)
         return found
     host.reachable, host.last_seen = True, utcnow()
     facts = sanitize(facts)  # what the host says is bounded and its names checked before anything reads it
     release = facts.get("kernel_release")
     if release is not None and not valid_kernel_release(release):
-        events.record(
+        events.add(
             session, "host.bad_report", actor=actor, host=host, field="kernel_release", value=repr(release)[:200]
         )
         release = host.kernel_release
     found.kernel_release = release
     if host.kernel_release and release != host.kernel_release:
         found.kernel_changed = {"previous": host.kernel_release, "current": release}
-        events.record(session, "host.kernel_changed", actor=actor, host=host, **found.kernel_changed)
+        events.add(session, "host.kernel_changed", actor=actor, host=host, **found.kernel_changed)
     host.kernel_release = release
     host.livepatch_supported = facts.get("livepatch_supported")
     found.rebooted = boots.observe_boot(session, host, facts, actor)
@@ -117,7 +117,7 @@ def record_probe(session: Session, host: Host, run: RunResult, facts: dict[str, 
         _drift(session, host, registered, row, found, actor, "not expected here, found loaded")
     for d in found.drift:
         if d["kind"] == "unknown_patch":
-            events.record(session, "drift.unknown_patch", actor=actor, host=host, patch_name=d["patch"])
+            events.add(session, "drift.unknown_patch", actor=actor, host=host, patch_name=d["patch"])
     record_refusals(session, host, facts, actor)
     found.refused_module_loads = len(facts.get("refused_module_loads") or [])
     return found
@@ -137,7 +137,7 @@ def _seen(state: PatchState, on_host: dict[str, Any], row: HostPatch) -> PatchOb
 
 def _drift(session: Session, host: Host, patch: Patch, row: HostPatch, found: HostProbe, actor: str, what: str) -> None:
     found.drift.append({"kind": "patch_state", "patch": patch.name, "expected": row.state, "found": what})
-    events.record(session, "drift.patch_state", actor=actor, host=host, patch=patch, expected=row.state, found=what)
+    events.add(session, "drift.patch_state", actor=actor, host=host, patch=patch, expected=row.state, found=what)
     observe(
         session,
         host,

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from functools import cache
 
-from klpfleet.collection import collections_path
+from klpfleet.collection import MODULE_UTILS as PACKAGE
+from klpfleet.collection import module_utils_dir
 
-PACKAGE = "ansible_collections.klpfleet.livepatch.plugins.module_utils"
 MODULES = ("_codes", "_modinfo", "_primitives", "_livepatch", "_artifact", "_persist")
 SIM_MODULES = ("_sim_base", "_sim_kmod", "_sim_sysfs", "_sim_kernel")  # simulated hosts only, in import order
 # -I: ignore the remote environment's PYTHON* variables and user site; -S: skip site (only the stdlib is
@@ -52,7 +52,7 @@ except Exception as exc:
 
 @cache
 def _sources(simulated: bool) -> str:
-    base = collections_path().joinpath(*PACKAGE.split("."))
+    base = module_utils_dir()
     names = MODULES + SIM_MODULES if simulated else MODULES
     return json.dumps([(name, (base / f"{name}.py").read_text()) for name in names])
 

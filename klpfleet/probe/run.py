@@ -13,7 +13,7 @@ from klpfleet.db import events
 from klpfleet.db.engine import Database
 from klpfleet.db.models import Host
 from klpfleet.inventory.export import fleet_inventory
-from klpfleet.probe.findings import HostProbe, record_probe
+from klpfleet.probe.findings import HostProbe, write_findings
 from klpfleet.probe.payload import REMOTE_COMMAND, payload
 from klpfleet.probe.ssh import BROKEN_REMOTE, OK, RunResult, Target, run_all
 
@@ -53,7 +53,7 @@ def probe(
         hosts = {h.name: h for h in s.scalars(select(Host).where(Host.name.in_(names)))}
         for run in runs:
             facts = _facts(run)
-            out.append(record_probe(s, hosts[run.host], run, facts, actor))
+            out.append(write_findings(s, hosts[run.host], run, facts, actor))
     return out
 
 

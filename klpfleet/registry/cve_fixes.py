@@ -27,5 +27,5 @@ def mark_fixing(s: Session, cve: str, releases: tuple[str, ...], fixed: bool) ->
         else:
             continue
         changed.append(release)
-        events.record(s, "cve.fixed" if fixed else "cve.unfixed", cve=cve, kernel_release=release)
+        events.add(s, "cve.fixed" if fixed else "cve.unfixed", cve=cve, kernel_release=release)
     return changed

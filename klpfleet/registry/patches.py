@@ -99,7 +99,7 @@ def add_patch(
     )
     session.add(patch)
     session.flush()
-    events.record(session, "patch.added", patch=patch, sha256=info.sha256, kernel_release=info.kernel_release)
+    events.add(session, "patch.added", patch=patch, sha256=info.sha256, kernel_release=info.kernel_release)
     return patch, True
 
 

@@ -16,8 +16,6 @@ SHT_STRTAB = 3
 SHF_ALLOC = 0x2
 THIS_MODULE_SIZE = 0x3C0  # sizeof(struct module) on x86_64 6.1, zero-filled
 
-SPEC_SECTION = ".klpfleet.spec"
-
 
 def modinfo_bytes(fields: list[tuple[str, str]]) -> bytes:
     return b"".join(f"{k}={v}".encode() + b"\0" for k, v in fields)

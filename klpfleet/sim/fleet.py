@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from klpfleet.collection import module_util
 from klpfleet.errors import UsageError
 from klpfleet.sim.spec import DEFAULT_KERNEL_RELEASE, normalize, write_ko
 
@@ -35,13 +36,8 @@ FAULT_KEYS = {
 
 
 def sim_kernel() -> Any:
-    """The collection's simulated kernel module (importable once the collection is on the path)."""
-    from klpfleet.collection import ensure_importable
-
-    ensure_importable()
-    from ansible_collections.klpfleet.livepatch.plugins.module_utils import _sim_kernel
-
-    return _sim_kernel
+    """The collection's simulated kernel module."""
+    return module_util("_sim_kernel")
 
 
 def create_host(
@@ -127,7 +123,7 @@ def reboot_host(
     exactly as klpfleet-boot.service does on a real host (boot_loader=False: a boot with klpfleet.boot=0 on the
     kernel command line, which skips it). Returns the loader's status (no results when it was skipped)."""
     sim = sim_kernel()
-    from ansible_collections.klpfleet.livepatch.plugins.module_utils import _boot, _persist
+    _boot, _persist = module_util("_boot"), module_util("_persist")
 
     if kernel_release is not None and not re.match(r"^\d+\.\d+[\w.+~-]*$", kernel_release, re.ASCII):
         raise UsageError(f"{kernel_release!r} is not a kernel release")

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from klpfleet.collection import module_util
 from klpfleet.errors import KlpfleetError, UsageError
 from klpfleet.sim import catalog
-from klpfleet.sim.spec import write_ko
+from klpfleet.sim.spec import DEFAULT_KERNEL_RELEASE, write_ko
 
 WAIT_LIMIT = 60.0  # the selftests' loop_until: 600 tries, 0.1 s apart
 POLL = 0.1
@@ -189,22 +190,16 @@ class Runner:
             self.p.sleep(step.value)
 
 
-def run_scenario(steps: list[Step], kernel_release: str = "6.1.0-56-amd64") -> list[str]:
+def run_scenario(steps: list[Step], kernel_release: str = DEFAULT_KERNEL_RELEASE) -> list[str]:
     """Run on a fresh simulated host; return the selftest-filtered kernel log."""
-    from klpfleet.collection import ensure_importable
-
-    ensure_importable()
-    from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel import (
-        SimPrimitives,
-        create_host,
-    )
+    sim = module_util("_sim_kernel")
 
     with tempfile.TemporaryDirectory(prefix="klpfleet-scenario-") as tmp:
         root = Path(tmp)
         for name in {s.target for s in steps if s.target in catalog.RAW}:
             write_ko(catalog.catalog_spec(name, kernel_release), root / "test_modules" / f"{name}.ko")
-        create_host(str(root / "host"), kernel_release, speed=0.0, debug={"livepatch": True, "try_switch": False})
-        prims = SimPrimitives(str(root / "host"), cwd=str(root))
+        sim.create_host(str(root / "host"), kernel_release, speed=0.0, debug={"livepatch": True, "try_switch": False})
+        prims = sim.SimPrimitives(str(root / "host"), cwd=str(root))
         _, start = prims.read_log(-1)
         runner = Runner(prims)
         try:

@@ -14,25 +14,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from klpfleet.collection import module_util, sim_contract
 from klpfleet.errors import UsageError
-from klpfleet.sim.elfbuild import SPEC_SECTION, build_module, modinfo_bytes
+from klpfleet.sim.elfbuild import build_module, modinfo_bytes
 
-
-def _sim_kernel() -> Any:
-    """The simulated kernel's module: it decides what vermagic a module built for a release carries."""
-    from klpfleet.sim.fleet import sim_kernel
-
-    return sim_kernel()
-
-
-def _collection_modinfo() -> Any:
-    _sim_kernel()  # puts the collection on the import path
-    from ansible_collections.klpfleet.livepatch.plugins.module_utils import _modinfo
-
-    return _modinfo
-
-
-DEFAULT_KERNEL_RELEASE = "6.1.0-56-amd64"
+SPEC_SECTION, DEFAULT_KERNEL_RELEASE = sim_contract()
 CALLBACKS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")
 PARAM_TYPES = ("int", "bool", "charp")
 NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,55}$")
@@ -222,7 +208,7 @@ def build_ko(spec: dict[str, Any]) -> bytes:
     payload = json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()
     fields = [
         ("name", spec["name"]),
-        ("vermagic", _sim_kernel().vermagic_for(spec["kernel_release"])),
+        ("vermagic", module_util("_sim_kernel").vermagic_for(spec["kernel_release"])),
         ("srcversion", hashlib.sha256(payload).hexdigest()[:23].upper()),
         ("depends", ""),
         ("license", "GPL"),
@@ -236,7 +222,7 @@ def build_ko(spec: dict[str, Any]) -> bytes:
     # As ld --build-id=sha1 does for Kbuild's modules: the ID follows the content, so a rebuilt patch of the
     # same name has another (the host layer compares it with the loaded module's).
     build_id = hashlib.sha1(modinfo_bytes(fields) + payload, usedforsecurity=False).hexdigest()
-    modinfo = _collection_modinfo()  # the ELF note format lives with the host code that reads it
+    modinfo = module_util("_modinfo")  # the ELF note format lives with the host code that reads it
     return build_module(fields, {SPEC_SECTION: payload, modinfo.BUILD_ID_SECTION: modinfo.build_id_note(build_id)})
 
 

@@ -11,7 +11,10 @@ import errno
 import os
 import re
 
+# The contract with the controller (klpfleet.sim reads these through klpfleet.collection): the ELF section that
+# carries a simulated module's spec, and the kernel a simulated host runs unless told otherwise.
 SPEC_SECTION = ".klpfleet.spec"
+DEFAULT_KERNEL_RELEASE = "6.1.0-56-amd64"
 STATE_FILE = "kernel.json"
 LOG_LIMIT = 20000  # records kept, like a ring buffer
 

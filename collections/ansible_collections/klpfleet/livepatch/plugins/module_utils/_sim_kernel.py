@@ -33,6 +33,7 @@ from ansible_collections.klpfleet.livepatch.plugins.module_utils._modinfo import
     read_module_file,
 )
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_base import (
+    DEFAULT_KERNEL_RELEASE,
     LOG_LIMIT,
     MODERN_LIFECYCLE_SINCE,
     MODULE_STATES,
@@ -55,7 +56,7 @@ from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kmod impor
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_sysfs import SysfsView
 
 
-def new_kernel(kernel_release="6.1.0-56-amd64", **options):
+def new_kernel(kernel_release=DEFAULT_KERNEL_RELEASE, **options):
     """A freshly booted kernel's state: the one JSON document a simulated host is.
 
     kernel_release, livepatch (CONFIG_LIVEPATCH), module_sig / sig_enforce / lockdown: the build and boot.
@@ -910,7 +911,7 @@ def save_state(root, state):
     os.replace(tmp, path)
 
 
-def create_host(root, kernel_release="6.1.0-56-amd64", **options):
+def create_host(root, kernel_release=DEFAULT_KERNEL_RELEASE, **options):
     if not os.path.isdir(root):
         os.makedirs(root)
     save_state(root, new_kernel(kernel_release, **options))
