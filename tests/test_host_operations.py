@@ -5,11 +5,13 @@ import errno
 
 import pytest
 
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._kernel_log import (
+    classify_insmod_failure,
+    errno_from_tool,
+)
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._livepatch import (
     Livepatch,
     LivepatchError,
-    classify_insmod_failure,
-    errno_from_tool,
     file_sha256,
 )
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._operations import (

@@ -12,7 +12,7 @@ from functools import cache
 from klpfleet.collection import MODULE_UTILS as PACKAGE
 from klpfleet.collection import module_utils_dir
 
-MODULES = ("_codes", "_modinfo", "_primitives", "_livepatch", "_artifact", "_persist")
+MODULES = ("_codes", "_kernel_log", "_modinfo", "_primitives", "_livepatch", "_artifact", "_persist")
 SIM_MODULES = ("_sim_base", "_sim_kmod", "_sim_sysfs", "_sim_kernel")  # simulated hosts only, in import order
 # -I: ignore the remote environment's PYTHON* variables and user site; -S: skip site (only the stdlib is
 # used). Together they took 50 probed hosts from 6.4 s to 5.7 s (benchmarks/probe_bench.py's setup).

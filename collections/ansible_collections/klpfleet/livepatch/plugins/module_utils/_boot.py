@@ -30,7 +30,17 @@ from ansible_collections.klpfleet.livepatch.plugins.module_utils._operations imp
 
 LOG_PREFIX = "klpfleet-boot: "
 # What the loader runs on a host, from this directory: it travels as a zip application (klpfleet-boot.pyz).
-BUNDLED = ("_artifact", "_boot", "_codes", "_livepatch", "_modinfo", "_operations", "_persist", "_primitives")
+BUNDLED = (
+    "_artifact",
+    "_boot",
+    "_codes",
+    "_kernel_log",
+    "_livepatch",
+    "_modinfo",
+    "_operations",
+    "_persist",
+    "_primitives",
+)
 PACKAGE = "ansible_collections/klpfleet/livepatch/plugins/module_utils"
 MAIN = "import sys\nfrom %s._boot import main\nsys.exit(main())\n" % PACKAGE.replace("/", ".")
 _bundle = []

@@ -3,7 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 #
 # PRIVATE: internal to the klpfleet.livepatch collection, not a public API.
-"""The words a module result may use: kernel module names, klp_error codes and outcomes.
+"""The words a module result may use: kernel module names, klp_error codes and outcomes, and the exception that
+carries a code.
 
 Imports nothing but `re`, so the controller reads this very file (by path) to validate what hosts send back:
 one table for the host that writes a result and the controller that must not believe anything else.
@@ -43,3 +44,13 @@ KLP_ERRORS = {
 
 # What the patch module's result says happened (its RETURN's `outcome` choices).
 OUTCOMES = ("applied", "already_applied", "removed", "already_absent", "refused", "stalled", "failed")
+
+
+class LivepatchError(Exception):
+    """A failure with a stable code. `details` rides along into the module result."""
+
+    def __init__(self, klp_error, msg, **details):
+        Exception.__init__(self, msg)
+        self.klp_error = klp_error
+        self.msg = msg
+        self.details = details

@@ -14,31 +14,27 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._artifact_checks import (
+    check_source,
+    different_build_error,
+    same_build,
+)
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._kernel_log import (
+    classify_insmod_failure,
+    errno_from_tool,
+    errno_name,
+    livepatch_lines,
+)
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._livepatch import (
-    FORCE_PINS_ALL_FOREVER,
-    FORCE_PINS_ALL_PRESENT,
     KLP,
     LIFECYCLE_LEGACY,
     Livepatch,
     LivepatchError,
     check_name,
-    classify_insmod_failure,
-    errno_from_tool,
-    errno_name,
-    file_sha256,
-    livepatch_lines,
 )
-from ansible_collections.klpfleet.livepatch.plugins.module_utils._modinfo import (
-    BUILD_ID_SECTION,
-    ModinfoError,
-    build_id_from_note,
-    first,
-    read_module_bytes,
-    read_module_file,
-)
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._stall import settle
 
 ON_STALL = ("reverse", "wait", "force")
 REFCNT_WAIT = 15.0  # kpatch waits this long for a module's reference count to drop before rmmod
@@ -162,66 +158,6 @@ class Operation(object):
         return self.lp.stalled_tasks(target)
 
 
-def check_source(prims, src, sha256=None, data=None):
-    """Name and modinfo of the .ko at src (or of its bytes, `data`, before they were written there),
-    refusing what can never load here."""
-    try:
-        modinfo, sections = read_module_file(src) if data is None else read_module_bytes(data)
-    except (OSError, ModinfoError) as exc:
-        raise LivepatchError("source_unreadable", "cannot read %s: %s" % (src, exc), src=src) from None
-    name = first(modinfo, "name")
-    if not name:
-        raise LivepatchError("source_unreadable", "%s has no module name in .modinfo" % src, src=src)
-    actual = (file_sha256(src) if data is None else hashlib.sha256(data).hexdigest()) if sha256 else None
-    if sha256 and actual != sha256.lower():
-        raise LivepatchError(
-            "checksum_mismatch",
-            "%s does not match the expected sha256" % src,
-            src=src,
-            expected_sha256=sha256.lower(),
-            actual_sha256=actual,
-        )
-    if first(modinfo, "livepatch") != "Y":
-        raise LivepatchError("not_livepatch", "%s (%s) is not a livepatch module" % (src, name), src=src)
-    release = Livepatch(prims).kernel_release()
-    vermagic = first(modinfo, "vermagic", "")
-    if vermagic.split()[:1] != [release]:
-        raise LivepatchError(
-            "vermagic_mismatch",
-            "%s was built for %s, this host runs %s" % (name, (vermagic.split() or ["?"])[0], release),
-            src=src,
-            vermagic=vermagic,
-            kernel_release=release,
-        )
-    return name, modinfo, sections
-
-
-def same_build(op, modinfo, sections):
-    """Whether the loaded module is the build whose .modinfo and sections are given: its GNU build ID (every
-    Kbuild module has one, shown in /sys/module/<name>/notes), else srcversion; None when the kernel shows
-    neither."""
-    build_id, srcversion = build_id_from_note(sections.get(BUILD_ID_SECTION)), first(modinfo, "srcversion")
-    loaded_id, loaded_src = op.lp.module_build_id(op.name), op.lp.module_srcversion(op.name)
-    op.result["identity"] = {"artifact_build_id": build_id, "loaded_build_id": loaded_id}
-    if build_id and loaded_id:
-        return build_id == loaded_id
-    if srcversion and loaded_src:
-        op.result["identity"].update(artifact_srcversion=srcversion, loaded_srcversion=loaded_src)
-        return srcversion == loaded_src
-    op.warn("the kernel shows no build ID or srcversion for %s: identified by name only" % op.name)
-    return None
-
-
-def different_build_error(op):
-    return LivepatchError(
-        "different_build",
-        "another build of %s is loaded (build ID %s, this artifact %s): remove it first, or ship the new build "
-        "under a new name or as a replace patch"
-        % (op.name, op.result["identity"]["loaded_build_id"], op.result["identity"]["artifact_build_id"]),
-        **op.result["identity"],
-    )
-
-
 def apply_patch(
     prims,
     src,
@@ -334,81 +270,6 @@ def predict_without_source(prims, name, src):
         op.result.update(outcome="applied", changed=True, patch=None, loaded=False, kernel_log=[], host_clean=False)
         return op.result
     return op.finish("applied", True)
-
-
-def settle(op, on_stall, changed):
-    """Wait for the patching transition; on a stall, do what on_stall says."""
-    if op.wait_transition():
-        state = op.state()
-        if state is None:
-            op.fail(LivepatchError("insmod_failed", "%s vanished during its transition" % op.name))
-        return op.finish("applied", changed)
-
-    stalled = op.stalled(1)
-    if on_stall == "wait":
-        op.fail(
-            LivepatchError(
-                "transition_stalled",
-                "%s: transition still running after %ss; left running (on_stall=wait)" % (op.name, op.timeout),
-                stalled_tasks=stalled,
-            )
-        )
-    if on_stall == "force":
-        return force(op, stalled, changed)
-
-    # reverse: write 0 during our own transition reverses it; the stalled tasks still run old code,
-    # so the reversal completes and the module can go.
-    try:
-        op.p.write("%s/%s/enabled" % (KLP, op.name), "0")
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:  # EINVAL: it completed meanwhile or is already unpatching
-            raise
-    if not op.wait_transition():
-        op.fail(
-            LivepatchError(
-                "transition_stalled",
-                "%s: transition stalled and its reversal did not complete either" % op.name,
-                stalled_tasks=stalled,
-                reversed=False,
-            )
-        )
-    state = op.state()
-    if state is not None and state["enabled"]:
-        # The transition completed just before the reversal was written: the patch is applied after all.
-        return op.finish("applied", changed)
-    op.rmmod()
-    op.fail(
-        LivepatchError(
-            "transition_stalled",
-            "%s: transition stalled after %ss, reversed and removed" % (op.name, op.timeout),
-            stalled_tasks=stalled,
-            reversed=True,
-        )
-    )
-
-
-def force(op, stalled, changed):
-    """Force the stalled patching transition, then report which patches this kernel now keeps until reboot."""
-    lp = op.lp
-    present = lp.patches()
-    before = [p["name"] for p in present]
-    semantics = lp.force_semantics(lp.lifecycle(before), present)
-    op.p.write("%s/%s/force" % (KLP, op.name), "1")
-    if not op.wait_transition():
-        op.fail(
-            LivepatchError(
-                "transition_stalled", "%s: forced transition did not complete" % op.name, stalled_tasks=stalled
-            )
-        )
-    # Evidence first: patches a forced replace freed keep their module's reference. Then the kernel's rule for
-    # patches still enabled (pre-6.0 kernels pin every patch present at the force).
-    pinned = [m["name"] for m in lp.pinned_modules()]
-    if semantics in (FORCE_PINS_ALL_PRESENT, FORCE_PINS_ALL_FOREVER):
-        pinned = sorted(set(pinned) | set(before))
-    op.result.update(forced=True, force_semantics=semantics, pinned=pinned, stalled_tasks=stalled)
-    if pinned:
-        op.warn("the forced transition pinned %s until reboot (%s)" % (", ".join(pinned), semantics))
-    return op.finish("applied", changed)
 
 
 def remove_patch(
