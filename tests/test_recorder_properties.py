@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from .ansiblehelpers import playbook
 from .controllerhelpers import enabled_on
-from .test_playbooks import recorded, ways_fleet
+from .test_recording_ways import recorded, ways_fleet
 
 pytestmark = pytest.mark.ansible
 
