@@ -32,6 +32,7 @@ LOG_PREFIX = "klpfleet-boot: "
 # What the loader runs on a host, from this directory: it travels as a zip application (klpfleet-boot.pyz).
 BUNDLED = (
     "_artifact",
+    "_artifact_checks",
     "_boot",
     "_codes",
     "_kernel_log",
@@ -40,6 +41,7 @@ BUNDLED = (
     "_operations",
     "_persist",
     "_primitives",
+    "_stall",
 )
 PACKAGE = "ansible_collections/klpfleet/livepatch/plugins/module_utils"
 MAIN = "import sys\nfrom %s._boot import main\nsys.exit(main())\n" % PACKAGE.replace("/", ".")
