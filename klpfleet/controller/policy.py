@@ -81,7 +81,7 @@ class Policy:
     allow_force: bool = False
     busy_retries: int = 5
     busy_delay: float = 2.0
-    engine: str = "auto"  # auto | mitogen | ansible (controller/engine.py)
+    engine: str = "auto"  # auto | mitogen | ansible (runs/engine.py)
 
     def apply_vars(self, patch_name: str, sha256: str) -> dict[str, Any]:
         """apply.yml's extra vars for a patch under this policy."""
