@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -43,6 +44,14 @@ def playbook(
         timeout=timeout,
         check=False,
     )
+
+
+def apply_ko(
+    inventory: Path | str, ko: Path | str, sha256: str, *args: str, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """playbooks/apply.yml with this .ko, as an operator runs it by hand (`-e klp_patch_src=... -e ...sha256=...`)."""
+    book = ROOT / "playbooks" / "apply.yml"
+    return playbook(inventory, book, "-e", f"klp_patch_src={ko}", "-e", f"klp_patch_sha256={sha256}", *args, **kwargs)
 
 
 def ansible_inventory(

@@ -45,28 +45,28 @@ def test_the_contracts_hold_on_the_tree(tree):
     assert "6 kept, 0 broken" in result.stdout
 
 
+def lint_with(tree: Path, module: Path, line: str) -> str:
+    """lint-imports' report on the tree with one line added to one module; it must fail."""
+    module = tree / module
+    module.write_text(module.read_text() + f"\n{line}  # noqa\n")
+    result = lint_imports(tree)
+    assert result.returncode == 1, result.stdout
+    return result.stdout
+
+
 def test_an_inverted_import_breaks_the_layers(tree):
     # The database layer reaching up into the controller: what the layers exist to refuse.
-    types = tree / "klpfleet" / "db" / "types.py"
-    types.write_text(types.read_text() + "\nfrom klpfleet.controller import gate  # noqa\n")
-    result = lint_imports(tree)
-    assert result.returncode == 1
-    assert "klpfleet.db.types -> klpfleet.controller.gate" in result.stdout
-    assert "every import points down BROKEN" in result.stdout
+    report = lint_with(tree, Path("klpfleet/db/types.py"), "from klpfleet.controller import gate")
+    assert "klpfleet.db.types -> klpfleet.controller.gate" in report
+    assert "every import points down BROKEN" in report
 
 
 def test_a_cycle_between_siblings_breaks_the_contract(tree):
     # plan imports policy; policy importing plan closes a circle.
-    policy = tree / "klpfleet" / "controller" / "policy.py"
-    policy.write_text(policy.read_text() + "\nfrom klpfleet.controller import plan  # noqa\n")
-    result = lint_imports(tree)
-    assert result.returncode == 1
-    assert "No import cycles among sibling modules or packages BROKEN" in result.stdout
+    report = lint_with(tree, Path("klpfleet/controller/policy.py"), "from klpfleet.controller import plan")
+    assert "No import cycles among sibling modules or packages BROKEN" in report
 
 
 def test_host_side_code_importing_a_third_party_package_breaks_the_contract(tree):
-    modinfo = tree / MODULE_UTILS / "_modinfo.py"
-    modinfo.write_text(modinfo.read_text() + "\nimport yaml  # noqa\n")
-    result = lint_imports(tree)
-    assert result.returncode == 1
-    assert "_modinfo imports yaml, which a target host does not have" in result.stdout
+    report = lint_with(tree, MODULE_UTILS / "_modinfo.py", "import yaml")
+    assert "_modinfo imports yaml, which a target host does not have" in report

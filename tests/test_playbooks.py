@@ -19,7 +19,7 @@ from klpfleet.registry.patches import add_patch
 from klpfleet.sim.fleet import create_fleet
 from klpfleet.sim.spec import normalize, write_ko
 
-from .ansiblehelpers import BIN, ROOT, ansible_env, ansible_inventory, playbook
+from .ansiblehelpers import BIN, ROOT, ansible_env, ansible_inventory, apply_ko, playbook
 from .simhelpers import build
 
 pytestmark = pytest.mark.ansible
@@ -91,13 +91,10 @@ def test_apply_remove_gather_recorded(tmp_path, backend, request, monkeypatch):
     url = f"sqlite:///{tmp_path / 'k.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
     db, ko, sha = make_fleet(tmp_path, url, faults=FAULTS)
     inventory = tmp_path / "fleet" / "inventory.yml"
-    proc = playbook(
+    proc = apply_ko(
         inventory,
-        ROOT / "playbooks" / "apply.yml",
-        "-e",
-        f"klp_patch_src={ko}",
-        "-e",
-        f"klp_patch_sha256={sha}",
+        ko,
+        sha,
         "-e",
         "klp_transition_timeout=3",
         db_url=url,
@@ -216,17 +213,7 @@ def test_interrupted_run_is_marked_and_keeps_what_was_recorded(tmp_path, sqlite_
 def test_inventory_plugin_lists_groups_by_label_kernel_and_state(tmp_path, sqlite_url, monkeypatch):
     monkeypatch.setenv("KLPFLEET_ARTIFACTS", str(tmp_path / "art"))
     _db, ko, sha = make_fleet(tmp_path, sqlite_url, faults=FAULTS)
-    playbook(
-        tmp_path / "fleet" / "inventory.yml",
-        ROOT / "playbooks" / "apply.yml",
-        "-e",
-        f"klp_patch_src={ko}",
-        "-e",
-        f"klp_patch_sha256={sha}",
-        "-e",
-        "klp_transition_timeout=2",
-        db_url=sqlite_url,
-    )
+    apply_ko(tmp_path / "fleet" / "inventory.yml", ko, sha, "-e", "klp_transition_timeout=2", db_url=sqlite_url)
     config = tmp_path / "fleet.klpfleet.yml"
     config.write_text(
         f"plugin: klpfleet.livepatch.fleet\ndb: {sqlite_url}\n"

@@ -9,18 +9,11 @@ import pytest
 from klpfleet.registry.patches import add_patch
 from klpfleet.sim.spec import normalize, write_ko
 
-from .ansiblehelpers import BIN, ROOT, ansible_env, playbook
+from .ansiblehelpers import BIN, ROOT, ansible_env, apply_ko, playbook
 from .controllerhelpers import enabled_on
 from .test_recording_ways import recorded, ways_fleet
 
 pytestmark = pytest.mark.ansible
-
-FAULTS = {
-    "sim-02": {"refuse": {"patch": "*", "object": "vmlinux", "errno": "ENODEV"}},
-    "sim-03": {"stall": {"function": "*", "seconds": "forever"}},
-    "sim-04": {"unreachable": True},
-    "sim-05": {"kernel_release": "6.1.0-99-amd64"},
-}
 
 
 def test_apply_playbook_in_check_mode_on_hosts_that_never_had_the_patch(tmp_path, sqlite_url, monkeypatch):
@@ -189,13 +182,10 @@ def test_apply_is_one_task_that_copies_checks_and_loads(tmp_path, sqlite_url, mo
     states_, _, _ = recorded(db)
     assert states_[("sim-01", "lp_a")] == "absent" and states_[("sim-03", "lp_a")] == "applied"
 
-    missing = playbook(
+    missing = apply_ko(
         inventory,
-        ROOT / "playbooks" / "apply.yml",
-        "-e",
-        f"klp_patch_src={tmp_path / 'nowhere.ko'}",
-        "-e",
-        f"klp_patch_sha256={sha}",
+        tmp_path / "nowhere.ko",
+        sha,
         "--limit",
         "sim-02",
         db_url=sqlite_url,

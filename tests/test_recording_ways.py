@@ -20,13 +20,6 @@ from .ansiblehelpers import BIN, ROOT, ansible_env, playbook
 
 pytestmark = pytest.mark.ansible
 
-FAULTS = {
-    "sim-02": {"refuse": {"patch": "*", "object": "vmlinux", "errno": "ENODEV"}},
-    "sim-03": {"stall": {"function": "*", "seconds": "forever"}},
-    "sim-04": {"unreachable": True},
-    "sim-05": {"kernel_release": "6.1.0-99-amd64"},
-}
-
 
 WAYS_FAULTS = {"sim-02": {"refuse": {"patch": "lp_b", "object": "vmlinux", "errno": "ENODEV"}}}
 WAYS_EXPECTED = {

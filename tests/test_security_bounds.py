@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from .ansiblehelpers import BIN, playbook
-from .controllerhelpers import fleet_db
+from .ansiblehelpers import BIN, apply_ko
+from .controllerhelpers import fleet_db, gather_fleet
 
 
 def test_a_damaged_database_is_unknown_not_a_health_verdict(tmp_path, cli):
@@ -145,25 +145,12 @@ def test_terminal_escapes_from_a_host_never_reach_the_terminal_or_the_database(t
     """A host whose kernel reports a release with an ESC sequence: not stored, an event says what arrived,
     and no table or line printed carries a control character."""
     from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kernel import SimHost
-    from klpfleet.controller.playbook import run_playbook
-    from klpfleet.inventory.export import fleet_inventory
-    from klpfleet.runs.types import RunRequest
 
     db = fleet_db(tmp_path, sqlite_url, hosts=2)
     hostile = "6.1.0-56-amd64\x1b]0;owned\x07\x1b[2J"
     with SimHost(str(tmp_path / "fleet" / "hosts" / "sim-01")) as kernel:
         kernel.s["kernel_release"] = hostile
-    run_playbook(
-        RunRequest(
-            db=db,
-            playbook="gather.yml",
-            records=fleet_inventory(db),
-            extravars={},
-            runs_in=tmp_path / "runs",
-            ident="gather-hostile",
-            forks=2,
-        )
-    )
+    gather_fleet(db, tmp_path, "gather-hostile")
     probed = cli("--db", sqlite_url, "probe")
     for args in (("hosts",), ("host", "sim-01"), ("events", "--host", "sim-01"), ("status",)):
         shown = cli("--db", sqlite_url, *args)
@@ -229,13 +216,10 @@ def test_klp_remote_dir_is_absolute_and_an_existing_directory_keeps_its_mode(tmp
     inventory = tmp_path / "fleet" / "inventory.yml"
 
     def apply(remote_dir: str):
-        return playbook(
+        return apply_ko(
             inventory,
-            ROOT / "playbooks" / "apply.yml",
-            "-e",
-            f"klp_patch_src={ko}",
-            "-e",
-            f"klp_patch_sha256={sha}",
+            ko,
+            sha,
             "-e",
             f"klp_remote_dir={remote_dir}",
             db_url=sqlite_url,

@@ -35,6 +35,19 @@ class PatchObservation:
     # What the host said beyond the state, kept in the event: what a force pinned, a build mismatch, warnings.
     notes: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def in_sysfs(cls, state: PatchState, sysfs: dict[str, Any], host_clean: bool | None = None) -> PatchObservation:
+        """A patch as the host's /sys/kernel/livepatch shows it (a gather's or a probe's report of one patch)."""
+        return cls(
+            state=state,
+            enabled=sysfs.get("enabled"),
+            transition=sysfs.get("transition"),
+            stack_order=sysfs.get("stack_order"),
+            replace=sysfs.get("replace"),
+            objects=dict(sysfs.get("objects") or {}),
+            host_clean=host_clean,
+        )
+
 
 TRACKED = (
     "enabled",

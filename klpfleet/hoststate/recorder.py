@@ -264,14 +264,7 @@ class Recorder:
                 s,
                 host,
                 patch,
-                PatchObservation(
-                    state=state,
-                    enabled=sysfs.get("enabled"),
-                    transition=sysfs.get("transition"),
-                    stack_order=sysfs.get("stack_order"),
-                    replace=sysfs.get("replace"),
-                    objects=dict(sysfs.get("objects") or {}),
-                ),
+                PatchObservation.in_sysfs(state, sysfs),
                 observed_by=observed_by,
                 actor=self.actor,
             )

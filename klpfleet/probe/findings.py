@@ -124,15 +124,7 @@ def write_findings(session: Session, host: Host, run: RunResult, facts: dict[str
 
 
 def _seen(state: PatchState, on_host: dict[str, Any], row: HostPatch) -> PatchObservation:
-    return PatchObservation(
-        state=state,
-        enabled=on_host.get("enabled"),
-        transition=on_host.get("transition"),
-        stack_order=on_host.get("stack_order"),
-        replace=on_host.get("replace"),
-        objects=dict(on_host.get("objects") or {}),
-        host_clean=row.host_clean,
-    )
+    return PatchObservation.in_sysfs(state, on_host, row.host_clean)
 
 
 def _drift(session: Session, host: Host, patch: Patch, row: HostPatch, found: HostProbe, actor: str, what: str) -> None:
