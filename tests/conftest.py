@@ -25,7 +25,7 @@ from klpfleet.db.engine import Database, open_database
 from klpfleet.db.migrate import upgrade
 from klpfleet.sim.elfbuild import build_module
 
-pytest_plugins = ("tests.sshhelpers", "tests.nodehelpers")  # the sshd and execution node fixtures
+pytest_plugins = ("tests.sshhelpers", "tests.nodehelpers", "tests.labhelpers")  # sshd, execution nodes, the lab
 
 ROOT = Path(__file__).resolve().parents[1]
 VERMAGIC_61 = "6.1.0-56-amd64 SMP preempt mod_unload modversions "

@@ -119,3 +119,35 @@ def stop_lab(lab: Lab) -> None:
     proc = run_klpfleet("lab", "down", "--dir", str(lab.directory))
     assert proc.returncode == 0, proc.stderr
     shutil.rmtree(lab.directory, ignore_errors=True)
+
+
+# Session-scoped: the tests of every lab module share one lab per kernel (pytest groups them by kernel and stops
+# one kernel's lab before it starts the next).
+@pytest.fixture(scope="session", params=lab_kernels())
+def lab(request, tmp_path_factory):
+    lab, owned = start_lab(tmp_path_factory, request.param)
+    yield lab
+    if owned:
+        stop_lab(lab)
+
+
+@pytest.fixture
+def clean_lab(lab) -> Lab:
+    lab.reset()
+    return lab
+
+
+LIVEPATCHES = ("test_klp_livepatch", "test_klp_atomic_replace", "test_klp_callbacks_demo")
+
+
+@pytest.fixture
+def lab_db(clean_lab, tmp_path):
+    """A database of the test's own holding the lab's VMs and the livepatches the tests apply (registered
+    through pyelftools like any vendor artifact)."""
+    url = f"sqlite:///{tmp_path / 'klpfleet.db'}"
+    commands = [("db", "upgrade"), ("inventory", "import", "-i", str(clean_lab.inventory))]
+    commands += [("patch", "add", str(clean_lab.module(name))) for name in LIVEPATCHES]
+    for args in commands:
+        proc = run_klpfleet("--db", url, *args)
+        assert proc.returncode == 0, proc.stderr
+    return url
