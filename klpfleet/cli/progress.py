@@ -16,9 +16,11 @@ from klpfleet.cli.context import database
 from klpfleet.cli.output import cell, console, info
 
 # Exit codes of `rollout start/resume --wait` and `rollout status`: 0 completed; 1 paused, aborted or rolled
-# back; 2 the controller failed; 3 (status without --watch) not finished yet.
+# back (or an abort stopped midway); 2 the controller failed; 3 not finished yet (status without --watch, or
+# --watch past its --timeout); 4 (--watch) the rollout runs with no driver: its controller stopped.
 EXIT = {"completed": 0, "paused": 1, "aborted": 1, "rolled_back": 1, "failed": 2}
 NOT_FINISHED = 3
+NO_DRIVER = 4
 
 
 def drive_or_detach(ctx: click.Context, rollout_id: int, wait: bool) -> None:
@@ -57,7 +59,7 @@ def drive(ctx: click.Context, rollout_id: int) -> int:
         )
         return 2
     progress.line(f"rollout {rollout_id}: {final}", "finished", status=final)
-    return EXIT.get(final, 2)
+    return EXIT.get(final, 1 if final == "aborting" else 2)
 
 
 class CliProgress:

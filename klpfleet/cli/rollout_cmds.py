@@ -9,9 +9,9 @@ from typing import Any
 import click
 
 from klpfleet.cli import completion
-from klpfleet.cli.context import ROLLOUT_ID, database
+from klpfleet.cli.context import DURATION, ROLLOUT_ID, database
 from klpfleet.cli.output import console, emit, info, output_option, printable, table
-from klpfleet.cli.progress import EXIT, NOT_FINISHED, drive, drive_or_detach, rollout_view, short_list
+from klpfleet.cli.progress import EXIT, NO_DRIVER, NOT_FINISHED, drive, drive_or_detach, rollout_view, short_list
 from klpfleet.cli.rollout_options import engine_option, rollout_policy_options
 
 
@@ -226,14 +226,17 @@ def list_(ctx: click.Context, output: str) -> None:
 @rollout.command()
 @click.argument("rollout_id", type=ROLLOUT_ID, shell_complete=completion.rollouts)
 @click.option("--watch", is_flag=True, help="Follow it until it ends or pauses (with -o json: one line per change).")
-@click.option("--interval", default=2.0, show_default=True)
+@click.option("--interval", type=DURATION, default="2s", show_default=True, help="With --watch: how often to look.")
+@click.option("--timeout", type=DURATION, help="With --watch: give up after this long (exit 3).")
 @output_option
 @click.pass_context
-def status(ctx: click.Context, rollout_id: int, watch: bool, interval: float, output: str) -> None:
+def status(
+    ctx: click.Context, rollout_id: int, watch: bool, interval: float, timeout: float | None, output: str
+) -> None:
     """One rollout: waves, outcomes, gates and decisions.
 
-    Exit status: 0 completed, 1 paused, aborted or rolled back, 2 the controller failed, 3 still running
-    (without --watch).
+    Exit status: 0 completed; 1 paused, aborted or rolled back; 2 the controller failed; 3 still running (without
+    --watch, or past --timeout); 4 (--watch) running with no driver: its controller stopped.
     """
     from klpfleet.reads.rollouts import rollout_record
 
@@ -244,46 +247,69 @@ def status(ctx: click.Context, rollout_id: int, watch: bool, interval: float, ou
         emit("rollout", data, output, _status_table)
         ctx.exit(EXIT.get(data["status"], NOT_FINISHED))
     if output != "table":
-        ctx.exit(_follow(db, rollout_id, interval, output))
+        ctx.exit(_watch(db, rollout_id, interval, timeout, _changes(output)))
     from rich.live import Live
 
-    out = console()
-    with Live(console=out, auto_refresh=False, transient=False) as live:
-        while True:
-            with db.session() as s:
-                data = rollout_record(s, rollout_id, event_limit=8)
-            live.update(rollout_view(data), refresh=True)
-            if data["status"] in EXIT or data["status"] == "paused":
-                break
-            time.sleep(interval)
-    ctx.exit(EXIT.get(data["status"], 1))
+    with Live(console=console(), auto_refresh=False, transient=False) as live:
+        code = _watch(db, rollout_id, interval, timeout, lambda data: live.update(rollout_view(data), refresh=True))
+    ctx.exit(code)
 
 
-def _follow(db: Any, rollout_id: int, interval: float, output: str) -> int:
+# How long --watch sees a running rollout without a driver before it says so: a driver that just started (or is
+# being started by `rollout resume`) takes its lease within a second or two.
+NO_DRIVER_GRACE = 10.0
+
+
+def _watch(db: Any, rollout_id: int, interval: float, timeout: float | None, show: Any) -> int:
+    """Read the rollout every `interval` and show it, until it ends or pauses, its driver is gone, or `timeout`."""
+    from klpfleet.reads.rollouts import rollout_record
+
+    started = time.monotonic()
+    driverless_since: float | None = None
+    while True:
+        with db.session() as s:
+            data = rollout_record(s, rollout_id, event_limit=8)
+        show(data)
+        now = time.monotonic()
+        if data["status"] in EXIT:
+            return EXIT[data["status"]]
+        orphaned = data["status"] in ("running", "aborting") and not data["driven"]
+        driverless_since = (driverless_since or now) if orphaned else None
+        if driverless_since is not None and now - driverless_since >= max(NO_DRIVER_GRACE, 2 * interval):
+            info(
+                f"rollout {rollout_id} is {data['status']} with no driver (its controller stopped); "
+                f"continue it with `klpfleet rollout resume {rollout_id} --wait`"
+            )
+            return NO_DRIVER
+        if timeout is not None and now - started >= timeout:
+            info(f"rollout {rollout_id} is still {data['status']} after {timeout:g}s")
+            return NOT_FINISHED
+        time.sleep(interval)
+
+
+def _changes(output: str) -> Any:
     """--watch for scripts: the rollout's record each time it changes, one document per line."""
     import json
 
     from klpfleet.reads.envelope import envelope
-    from klpfleet.reads.rollouts import rollout_record
 
-    last = None
-    while True:
-        with db.session() as s:
-            data = rollout_record(s, rollout_id, event_limit=8)
+    last: list[str] = []
+
+    def show(data: dict[str, Any]) -> None:
         doc = envelope("rollout", data)
         shown = json.dumps(doc["data"], sort_keys=True, default=str)
-        if shown != last:
-            if output == "json":
-                sys.stdout.write(json.dumps(doc, separators=(",", ":"), default=str) + "\n")
-            else:
-                import yaml
+        if last and shown == last[0]:
+            return
+        if output == "json":
+            sys.stdout.write(json.dumps(doc, separators=(",", ":"), default=str) + "\n")
+        else:
+            import yaml
 
-                sys.stdout.write("---\n" + yaml.safe_dump(doc, sort_keys=False))
-            sys.stdout.flush()
-            last = shown
-        if data["status"] in EXIT:
-            return EXIT[data["status"]]
-        time.sleep(interval)
+            sys.stdout.write("---\n" + yaml.safe_dump(doc, sort_keys=False))
+        sys.stdout.flush()
+        last[:] = [shown]
+
+    return show
 
 
 def _status_lines(d: dict[str, Any]) -> list[list[Any]]:

@@ -12,16 +12,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from klpfleet.controller.gate import Verdict, WaveCounts, decide_gate
-from klpfleet.controller.health import health_checks
+from klpfleet.controller.health import health_checks, health_details
+from klpfleet.controller.interrupt import Halt, OperatorStop, StopRequest
 from klpfleet.controller.lease import Lease, LeaseLost
 from klpfleet.controller.outcomes import node_failure_report, outcome_of
-from klpfleet.controller.playbook import run_playbook
+from klpfleet.controller.playbook import engine_for, run_playbook
 from klpfleet.controller.policy import Policy
 from klpfleet.controller.progress import Progress, Silent
 from klpfleet.controller.rollback import REMOVED, batch_order, rollback_batches
@@ -29,10 +29,8 @@ from klpfleet.controller.store import RolloutStore
 from klpfleet.db import events
 from klpfleet.db.engine import Database
 from klpfleet.db.models import Host, Rollout, Wave, utcnow
-from klpfleet.errors import UsageError
 from klpfleet.inventory.export import fleet_inventory
 from klpfleet.runs.engine import Engine
-from klpfleet.runs.engine import resolve as resolve_engine
 from klpfleet.runs.types import RunOutcome, RunRequest, runs_dir
 from klpfleet.runs.variables import RunVarsError
 from klpfleet.states import (
@@ -43,14 +41,6 @@ from klpfleet.states import (
     WaveHostStatus,
     WaveStatus,
 )
-
-
-class Halt(StrEnum):
-    """Why a wave's work stopped before its gate."""
-
-    PAUSE = "pause"  # an operator asked for a pause
-    ABORT = "abort"  # an operator asked for an abort
-    NODE_FAILED = "node_failed"  # a failed execution node left hosts in flight; the rollout is paused already
 
 
 class Driver:
@@ -72,20 +62,13 @@ class Driver:
         self.store = RolloutStore(db, rollout_id)
         self.runs_in = runs_dir(db) / f"rollout-{rollout_id}"
         self.engine = Engine("ansible", "auto")  # chosen when the drive starts (mark_started)
+        self.stop = StopRequest()  # Ctrl-C or SIGTERM: pause at the next step
 
     def request(self, playbook: str, hosts: list[str], extravars: dict[str, Any], step: str, forks: int) -> RunRequest:
         """A run of this rollout: its folder, its lease's cancel, its engine."""
+        records, ident = fleet_inventory(self.db, hosts), f"r{self.id}-{step}"
         return RunRequest(
-            self.db,
-            playbook,
-            fleet_inventory(self.db, hosts),
-            extravars,
-            self.runs_in,
-            f"r{self.id}-{step}",
-            forks,
-            rollout_id=self.id,
-            cancel=self.cancel,
-            engine=self.engine,
+            self.db, playbook, records, extravars, self.runs_in, ident, forks, self.id, self.cancel, self.engine
         )
 
     def tx(self) -> AbstractContextManager[Session]:
@@ -94,8 +77,13 @@ class Driver:
     def event(self, s: Session, kind: str, rollout: Rollout, host: Host | None = None, **details: Any) -> None:
         events.add(s, kind, actor=self.actor, rollout=rollout, patch=rollout.patch, host=host, **details)
 
+    def pause(self, s: Session, r: Rollout, reason: str, by: str, **details: Any) -> None:
+        r.status, r.pause_reason = RolloutStatus.PAUSED, reason
+        self.event(s, "rollout.paused", r, reason=reason, by=by, **details)
+
     def interrupted(self) -> Halt | None:
         """A pause or abort asked for by an operator, or a lost lease: checked at every safe point."""
+        self.stop.check()
         if self.lease.lost.is_set():
             raise LeaseLost(f"lost the lease on rollout {self.id}")
         status = self.store.status()
@@ -114,31 +102,49 @@ class Driver:
         return self.interrupted()
 
     def cancel(self) -> bool:
-        return self.lease.lost.is_set()
+        return self.lease.lost.is_set() or self.stop.is_set()
 
     # ------------------------------------------------------------------ the loop
 
     def drive(self) -> RolloutStatus:
         """The rollout, wave after wave, until it completes or stops: the status it ends in. Each step commits
         before the next."""
-        with self.lease:
-            self.mark_started()
-            while True:
-                status = self.store.status()
-                if status == RolloutStatus.ABORTING:
-                    return self.abort()
-                if status == RolloutStatus.PAUSED or status in TERMINAL_ROLLOUT_STATUSES:
-                    return status
-                wave = self.store.next_wave()
-                if wave is None:
-                    return self.mark_completed()
-                wave_id, total = wave
-                try:
-                    ended = self.run_wave(wave_id, total)
-                except RunVarsError as exc:
-                    return self.refuse_to_run(str(exc))
-                if ended is not None:
-                    return ended
+        with self.lease, self.stop.on_signals():
+            try:
+                return self.steps()
+            except OperatorStop:
+                return self.paused_by_signal()
+
+    def steps(self) -> RolloutStatus:
+        """Wave after wave until the rollout completes or stops."""
+        self.mark_started()
+        while True:
+            status = self.store.status()
+            if status == RolloutStatus.ABORTING:
+                return self.abort()
+            if status == RolloutStatus.PAUSED or status in TERMINAL_ROLLOUT_STATUSES:
+                return status
+            wave = self.store.next_wave()
+            if wave is None:
+                return self.mark_completed()
+            wave_id, total = wave
+            try:
+                ended = self.run_wave(wave_id, total)
+            except RunVarsError as exc:
+                return self.refuse_to_run(str(exc))
+            if ended is not None:
+                return ended
+
+    def paused_by_signal(self) -> RolloutStatus:
+        """The rollout pauses (an abort stays an abort); how to go on is said."""
+        with self.tx() as s:
+            r = self.lease.check(s)
+            if r.status == RolloutStatus.RUNNING:
+                reason = f"stopped by {self.stop.signal_name}; hosts in flight are read again when it resumes"
+                self.pause(s, r, reason, "signal")
+            status = RolloutStatus(r.status)
+        self.progress.note(f"rollout {self.id} {status}: resume it with `klpfleet rollout resume {self.id} --wait`")
+        return status
 
     def refuse_to_run(self, reason: str) -> RolloutStatus:
         """A value from the database is not what a run may be given (runs.variables): nothing ran, and the
@@ -146,13 +152,12 @@ class Driver:
         reason = f"refused to start a run: {reason}"
         with self.tx() as s:
             r = self.lease.check(s)
-            r.status, r.pause_reason = RolloutStatus.PAUSED, reason
-            self.event(s, "rollout.paused", r, reason=reason, by="run_vars")
+            self.pause(s, r, reason, "run_vars")
         self.progress.note(reason)
         return RolloutStatus.PAUSED
 
     def mark_started(self) -> None:
-        self.engine = self.choose_engine(self.store.policy().engine)
+        self.engine = engine_for(self.db, self.store.policy().engine)
         engine: dict[str, Any] = {"engine": self.engine.name, "requested": self.engine.requested}
         if self.engine.reason:
             engine["engine_reason"] = self.engine.reason
@@ -165,18 +170,6 @@ class Driver:
                 self.event(s, "rollout.resumed", r, None, reason="driver (re)started", **engine)
         if self.engine.reason:
             self.progress.note(f"engine: {self.engine.name} ({self.engine.reason})")
-
-    def choose_engine(self, requested: str) -> Engine:
-        """The policy's engine on this machine; Mitogen asked for but not installed here falls back too.
-        Execution nodes run Ansible's own strategy (a node needs only ansible-core and ansible-runner)."""
-        from klpfleet.nodes.registry import nodes
-
-        if nodes(self.db):
-            return Engine("ansible", requested, {}, "execution nodes run the jobs, with Ansible's own strategy")
-        try:
-            return resolve_engine(requested)
-        except UsageError as exc:
-            return Engine("ansible", requested, {}, str(exc))
 
     def ran(self, run: RunOutcome) -> RunOutcome:
         """Note a run that gave Mitogen up: the rest of the rollout uses Ansible's own strategy."""
@@ -271,6 +264,7 @@ class Driver:
             run_playbook(self.request("apply.yml", hosts, extravars, f"w{wave_id}-t{attempt}", policy.forks))
         )
         if run.status == "canceled":
+            self.stop.check()
             raise LeaseLost(f"lost the lease on rollout {self.id} during a run; hosts stay marked in flight")
         with self.tx() as s:
             r = self.lease.check(s)
@@ -289,8 +283,7 @@ class Driver:
             self.event(s, f"node.{details['failure']}", r, **details)
         if reason is None:
             return None
-        r.status, r.pause_reason = RolloutStatus.PAUSED, reason
-        self.event(s, "rollout.paused", r, reason=reason, by="node")
+        self.pause(s, r, reason, "node")
         self.progress.note(reason)
         return Halt.NODE_FAILED
 
@@ -313,6 +306,7 @@ class Driver:
                 return why
 
     def health_checks(self, wave_id: int, policy: Policy) -> None:
+        """The policy's check on each host the wave applied to: an event for every result, passed or not."""
         hosts = self.store.hosts_where_outcome(wave_id, Outcome.APPLIED)
         if not hosts:
             return
@@ -321,20 +315,13 @@ class Driver:
         with self.tx() as s:
             r = self.lease.check(s)
             for name in hosts:
-                res = results[name]
-                if res.status != "ok":
-                    wh = self.store.wave_host(s, wave_id, name)
+                wh, passed = self.store.wave_host(s, wave_id, name), results[name].status == "ok"
+                if not passed:
                     wh.outcome, wh.error_code = Outcome.HEALTH_FAILED, "health_check"
-                    tail = str(res.result.get("stderr") or res.result.get("msg") or "")[-500:]
-                    self.event(
-                        s,
-                        "host.health_failed",
-                        r,
-                        host=wh.host,
-                        rc=res.result.get("rc"),
-                        stderr_tail=tail,
-                        status=res.status,
-                    )
+                kind = "host.health_passed" if passed else "host.health_failed"
+                self.event(s, kind, r, host=wh.host, **health_details(results[name]))
+        failed = sum(1 for res in results.values() if res.status != "ok")
+        self.progress.note(f"health check: {len(hosts) - failed} passed, {failed} failed")
 
     def gate(self, wave_id: int, index: int, counts: WaveCounts, policy: Policy) -> RolloutStatus | None:
         decision = decide_gate(index, counts, policy, self.store.control())
@@ -345,8 +332,7 @@ class Driver:
             self.event(s, "gate.evaluated", r, wave=index + 1, counts=counts.as_dict(), **decision.details())
             if decision.verdict == Verdict.PAUSE:
                 wave.status = WaveStatus.BLOCKED
-                r.status, r.pause_reason = RolloutStatus.PAUSED, decision.reason
-                self.event(s, "rollout.paused", r, reason=decision.reason, wave=index + 1, by="gate")
+                self.pause(s, r, decision.reason or "gate", "gate", wave=index + 1)
             elif decision.verdict == Verdict.CONTINUE:
                 wave.status, wave.finished_at = WaveStatus.COMPLETED, utcnow()
                 self.event(s, "wave.completed", r, wave=index + 1, counts=counts.as_dict())
@@ -358,11 +344,21 @@ class Driver:
         if self.store.is_last_wave(index):
             return None
         if policy.bake_seconds and not self.store.control().promoted_full:
-            self.progress.note(f"baking for {policy.bake_seconds:g}s")
-            why = self.wait(policy.bake_seconds)
-            if why:
-                return self.stopped(why)
+            return self.bake(index, policy.bake_seconds)
         return None
+
+    def bake(self, index: int, seconds: float) -> RolloutStatus | None:
+        """The wait after a wave, as events: when it started, and how it ended (elapsed, promoted, paused)."""
+        self.progress.note(f"baking for {seconds:g}s after wave {index + 1}")
+        with self.tx() as s:
+            self.event(s, "wave.bake_started", self.lease.check(s), wave=index + 1, seconds=seconds)
+        started = time.monotonic()
+        why = self.wait(seconds)
+        ended = why.value if why else ("promoted" if self.store.control().promoted_full else "elapsed")
+        with self.tx() as s:
+            waited = round(time.monotonic() - started, 1)
+            self.event(s, "wave.bake_ended", self.lease.check(s), wave=index + 1, ended=ended, waited=waited)
+        return self.stopped(why) if why else None
 
     def stopped(self, why: Halt) -> RolloutStatus:
         if why == Halt.ABORT:
@@ -389,6 +385,7 @@ class Driver:
         policy = self.store.policy()
         base = self.request("", [], {}, "rb", policy.forks)
         answers = rollback_batches(base, patch_name, batches, transition_timeout=policy.transition_timeout)
+        self.stop.check()  # stopped midway: the rollback is decided again, host by host, when it resumes
         with self.tx() as s:
             r = self.lease.check(s)
             self.store.mark_rolled_back(s, [a.host for a in answers if a.result == REMOVED])

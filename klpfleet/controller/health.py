@@ -37,3 +37,14 @@ def health_checks(
         else:
             out[run.host] = HostResult(run.host, "ok" if run.exit_code == 0 else "failed", detail)
     return out
+
+
+def health_details(result: HostResult) -> dict[str, object]:
+    """What an event keeps of one host's check: its exit status and the tails of its output."""
+    res = result.result
+    return {
+        "status": result.status,
+        "rc": res.get("rc"),
+        "stdout_tail": str(res.get("stdout") or "")[-500:],
+        "stderr_tail": str(res.get("stderr") or res.get("msg") or "")[-500:],
+    }

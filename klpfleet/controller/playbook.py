@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from klpfleet.db.engine import Database
+from klpfleet.errors import UsageError
 from klpfleet.nodes.dispatch import run_on_nodes
 from klpfleet.nodes.registry import nodes
+from klpfleet.runs.engine import Engine, resolve
 from klpfleet.runs.local import run_local
 from klpfleet.runs.types import RunOutcome, RunRequest
 from klpfleet.runs.variables import checked
@@ -18,3 +21,15 @@ def run_playbook(request: RunRequest) -> RunOutcome:
     request = replace(request, extravars=checked(request.extravars))
     serving = nodes(request.db)
     return run_on_nodes(serving, request) if serving else run_local(request)
+
+
+def engine_for(db: Database, requested: str) -> Engine:
+    """What runs a rollout's playbooks on this machine: the policy's engine, or Ansible's own strategy when Mitogen
+    is asked for but not installed here (the reason kept). Execution nodes run Ansible's own strategy (a node needs
+    only ansible-core and ansible-runner)."""
+    if nodes(db):
+        return Engine("ansible", requested, {}, "execution nodes run the jobs, with Ansible's own strategy")
+    try:
+        return resolve(requested)
+    except UsageError as exc:
+        return Engine("ansible", requested, {}, str(exc))

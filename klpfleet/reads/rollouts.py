@@ -20,8 +20,13 @@ def get_rollout(session: Session, rollout_id: int) -> Rollout:
     return r
 
 
+def driven(r: Rollout) -> bool:
+    """Whether a driver holds the rollout's lease now."""
+    return bool(r.lease_owner and r.lease_expires and r.lease_expires > utcnow())
+
+
 def driver_state(r: Rollout) -> str:
-    if r.lease_owner and r.lease_expires and r.lease_expires > utcnow():
+    if driven(r):
         return f"driven by {r.lease_owner}"
     if r.status in ("running", "aborting"):
         return f"no driver: run `klpfleet rollout resume {r.id}`"
@@ -72,6 +77,7 @@ def rollout_record(session: Session, rollout_id: int, event_limit: int = 30) -> 
         "started_at": r.started_at,
         "finished_at": r.finished_at,
         "driver": driver_state(r),
+        "driven": driven(r),
         "waves": waves,
         "events": [event_record(e) for e in recent],
     }
