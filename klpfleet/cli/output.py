@@ -89,9 +89,12 @@ def printable(text: str, keep_newlines: bool = False) -> str:
     )
 
 
-def cell(value: Any) -> str:
+def cell(value: Any) -> Any:
     from rich.markup import escape
+    from rich.text import Text
 
+    if isinstance(value, Text):  # already safe and styled (a bar, a badge)
+        return value
     if value is None:
         return "-"
     if isinstance(value, bool):

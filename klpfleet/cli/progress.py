@@ -8,12 +8,13 @@ import contextlib
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
 
 from klpfleet.cli.context import database
-from klpfleet.cli.output import cell, console, info
+from klpfleet.cli.output import console, info, printable
 
 # Exit codes of `rollout start/resume --wait` and `rollout status`: 0 completed; 1 paused, aborted or rolled
 # back (or an abort stopped midway); 2 the controller failed; 3 not finished yet (status without --watch, or
@@ -42,7 +43,7 @@ def drive(ctx: click.Context, rollout_id: int) -> int:
 
     db = database(ctx)
     live = LiveRollout(db, rollout_id) if sys.stderr.isatty() and not os.environ.get("KLPFLEET_NO_LIVE") else None
-    progress = CliProgress(rollout_id)
+    progress = CliProgress(rollout_id, live.print if live is not None else None)
     try:
         with live or contextlib.nullcontext():
             final = Driver(db, rollout_id, progress=progress).drive()
@@ -67,13 +68,17 @@ class CliProgress:
     KLPFLEET_LOG_FORMAT=json one JSON object per line (at, rollout, elapsed, kind, message and the figures), for a
     log shipper. The background driver's log (driver.log) is written the same way."""
 
-    def __init__(self, rollout_id: int | None = None) -> None:
+    def __init__(self, rollout_id: int | None = None, printer: Callable[[str], None] | None = None) -> None:
         self.start = time.monotonic()
         self.rollout_id = rollout_id
         self.json = os.environ.get("KLPFLEET_LOG_FORMAT", "text").lower() == "json"
+        self.printer = printer  # the live view's console, when there is one
 
     def line(self, text: str, kind: str = "note", **fields: Any) -> None:
         elapsed = time.monotonic() - self.start
+        if self.printer is not None:
+            self.printer(f"[{elapsed:7.1f}s] {printable(text)}")
+            return
         if not self.json:
             info(f"[{elapsed:7.1f}s] {text}")
             return
@@ -109,80 +114,48 @@ class CliProgress:
         self.line(text)
 
 
-DECISIONS = ("gate.evaluated", "rollout.paused", "rollout.promoted", "rollout.completed", "rollout.aborted")
-
-
-def rollout_view(d: dict[str, Any]) -> Any:
-    """The live view: the rollout's progress, one bar per wave with its counts per outcome, the hosts in flight,
-    the last decision and the latest events."""
-    from rich.console import Group
-    from rich.progress_bar import ProgressBar
-    from rich.table import Table
-    from rich.text import Text
-
-    total = sum(len(w["hosts"]) for w in d["waves"])
-    done = sum(1 for w in d["waves"] for h in w["hosts"] if h["status"] in ("done", "rolled_back"))
-    header = Text(f"rollout {d['id']} {d['patch']}  {d['status'].upper()}  {done}/{total} hosts  ({d['driver']})")
-    lines: list[Any] = [header, ProgressBar(total=max(total, 1), completed=done, width=60)]
-    if d["pause_reason"]:
-        lines.append(Text(f"paused: {d['pause_reason']}"))
-    waves = Table("wave", "domain", "status", "progress", "hosts", "outcomes", box=None)
-    for w in d["waves"]:
-        finished = sum(1 for h in w["hosts"] if h["status"] in ("done", "rolled_back"))
-        bar = ProgressBar(total=max(len(w["hosts"]), 1), completed=finished, width=20)
-        outcomes = ", ".join(f"{k} {v}" for k, v in w["outcomes"].items())
-        waves.add_row(
-            str(w["index"] + 1), w["domain"] or "", w["status"], bar, f"{finished}/{len(w['hosts'])}", outcomes
-        )
-    lines.append(waves)
-    flying = [h["host"] for w in d["waves"] for h in w["hosts"] if h["status"] == "running"]
-    if flying:
-        lines.append(Text(f"in flight ({len(flying)}): {short_list(flying)}"))
-    decision = next((e for e in d["events"] if e["kind"] in DECISIONS), None)
-    if decision is not None:
-        details = decision["details"] or {}
-        said = details.get("reason") or details.get("verdict") or ""
-        lines.append(Text(f"last decision: {decision['kind']} {said}".rstrip()))
-    recent = Table("at", "event", "details", box=None)
-    for e in d["events"][:6]:
-        recent.add_row(cell(e["at"]), e["kind"], cell(e["details"])[:120])
-    lines.append(recent)
-    return Group(*lines)
-
-
 class LiveRollout:
-    """`rollout start --wait` on a terminal: the live view redrawn from the database while the driver runs in the
-    foreground; the driver's own lines scroll above it. Piped or redirected output gets the lines only."""
+    """`--wait` on a terminal: the live view redrawn from the database while the driver runs in the foreground.
+    The driver's lines are printed through the live display's own console, so they scroll above the view and
+    the view stays one frame; anything else written to stderr meanwhile is routed above it too. Piped or
+    redirected output gets the lines only."""
 
     def __init__(self, db: Any, rollout_id: int, interval: float = 0.5) -> None:
         import threading
 
+        from rich.live import Live
+
         self.db, self.rollout_id, self.interval = db, rollout_id, interval
+        self.live = Live(console=console(stderr=True), auto_refresh=False, redirect_stderr=True, transient=False)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="klpfleet-live", daemon=True)
 
     def __enter__(self) -> LiveRollout:
+        self.live.start()
         self.thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.stop.set()
         self.thread.join(timeout=5)
+        self._frame()  # the final state
+        self.live.stop()
+
+    def print(self, text: str) -> None:
+        from rich.text import Text
+
+        self.live.console.print(Text(text))
 
     def _run(self) -> None:
-        from rich.live import Live
+        while not self.stop.wait(self.interval):
+            self._frame()
 
+    def _frame(self) -> None:
+        from klpfleet.cli.rollout_view import rollout_view
         from klpfleet.reads.rollouts import rollout_record
 
-        out = console(stderr=True)
-        with Live(console=out, auto_refresh=False, redirect_stderr=True, transient=False) as live:
-            finished = False
-            while not finished:
-                finished = self.stop.is_set()  # one last frame once the driver returned: the final state
-                # A busy database skips a frame, never the rollout.
-                with contextlib.suppress(Exception), self.db.session() as s:
-                    live.update(rollout_view(rollout_record(s, self.rollout_id, event_limit=8)), refresh=True)
-                self.stop.wait(self.interval)
+        with contextlib.suppress(Exception), self.db.session() as s:  # a busy database skips a frame
+            self.live.update(rollout_view(rollout_record(s, self.rollout_id, event_limit=8)), refresh=True)
 
 
 def short_list(hosts: list[str], limit: int = 8) -> str:

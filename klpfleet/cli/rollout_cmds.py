@@ -11,8 +11,9 @@ import click
 from klpfleet.cli import completion
 from klpfleet.cli.context import DURATION, ROLLOUT_ID, database
 from klpfleet.cli.output import console, emit, info, output_option, printable, table
-from klpfleet.cli.progress import EXIT, NO_DRIVER, NOT_FINISHED, drive, drive_or_detach, rollout_view, short_list
+from klpfleet.cli.progress import EXIT, NO_DRIVER, NOT_FINISHED, drive, drive_or_detach, short_list
 from klpfleet.cli.rollout_options import engine_option, rollout_policy_options
+from klpfleet.cli.rollout_view import outcome_bar, rollout_view
 
 
 @click.group()
@@ -312,8 +313,13 @@ def _changes(output: str) -> Any:
     return show
 
 
-def _status_lines(d: dict[str, Any]) -> list[list[Any]]:
-    return [[w["index"] + 1, w["domain"], w["status"], len(w["hosts"]), w["outcomes"]] for w in d["waves"]]
+def _status_lines(d: dict[str, Any], bars: bool) -> list[list[Any]]:
+    """A row per wave; on a terminal with its bar coloured by outcome (piped, the counts say the same)."""
+    rows = []
+    for w in d["waves"]:
+        bar = [outcome_bar(w["outcomes"], len(w["hosts"]))] if bars else []
+        rows.append([w["index"] + 1, w["domain"], w["status"], *bar, len(w["hosts"]), w["outcomes"]])
+    return rows
 
 
 def _status_table(d: dict[str, Any], out: Any) -> None:
@@ -323,7 +329,9 @@ def _status_table(d: dict[str, Any], out: Any) -> None:
     )
     if d["pause_reason"]:
         out.print(printable(f"reason: {d['pause_reason']}"), markup=False)
-    table("waves", ["wave", "domain", "status", "hosts", "outcomes"], _status_lines(d), out)
+    bars = bool(out.is_terminal)
+    columns = ["wave", "domain", "status", *(["progress"] if bars else []), "hosts", "outcomes"]
+    table("waves", columns, _status_lines(d, bars), out)
     problems = [
         [w["index"] + 1, h["host"], h["outcome"] or h["status"], h["error_code"], h["attempts"]]
         for w in d["waves"]
