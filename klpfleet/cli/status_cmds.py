@@ -209,6 +209,18 @@ def _host_table(d: dict[str, Any], out: Any) -> None:
         ],
         out,
     )
+    stalled = [(p["patch"], task) for p in d["patches"] for task in p["stalled_tasks"] or [] if isinstance(task, dict)]
+    if stalled:
+        # Who held the transition back, and where it sleeps: the top of its stack names the patched function.
+        table(
+            "stalled tasks",
+            ["patch", "pid", "comm", "stack"],
+            [
+                [name, t.get("pid"), t.get("comm"), " < ".join(map(str, (t.get("stack") or [])[:4]))]
+                for name, t in stalled
+            ],
+            out,
+        )
     _events_table(d["events"], out)
 
 

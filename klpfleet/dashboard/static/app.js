@@ -37,15 +37,46 @@ function pairs(obj) {
   return Object.entries(obj || {}).map(([k, v]) => `${k} ${v}`).join(", ");
 }
 
+// Event details as people read them: key=value, nested values flattened; a kernel log (or any long list) folded
+// under its name with its length, opened on a click.
 function details(obj) {
-  const td = el("span", obj && Object.keys(obj).length ? JSON.stringify(obj) : "", "details");
-  return td;
+  const box = el("span", null, "details");
+  const plain = [];
+  for (const [key, value] of Object.entries(obj || {})) {
+    if (Array.isArray(value) && (key === "kernel_log" || value.length > 3)) {
+      const fold = el("details");
+      fold.append(el("summary", `${key} (${value.length} ${key === "kernel_log" ? "lines" : "items"})`));
+      fold.append(el("pre", value.map((v) => (typeof v === "object" ? flat(v) : String(v))).join("\n")));
+      box.append(fold);
+    } else {
+      plain.push(`${key}=${typeof value === "object" && value !== null ? flat(value) : value}`);
+    }
+  }
+  box.prepend(el("span", plain.join(", ")));
+  return box;
 }
 
-function link(text, onClick) {
+function flat(value) {
+  if (Array.isArray(value)) return `[${value.map(flat).join(", ")}]`;
+  if (value && typeof value === "object") {
+    return `{${Object.entries(value).map(([k, v]) => `${k}=${flat(v)}`).join(", ")}}`;
+  }
+  return String(value);
+}
+
+// Every view has an address (#/rollouts/7, #/hosts/web-01): it survives a reload and can be pasted elsewhere.
+function link(text, address) {
   const a = el("a", text);
-  a.addEventListener("click", onClick);
+  a.href = address;
   return a;
+}
+
+function rolloutAddress(id) {
+  return `#/rollouts/${id}`;
+}
+
+function hostAddress(name) {
+  return `#/hosts/${encodeURIComponent(name)}`;
 }
 
 function badge(id, text) {
@@ -77,7 +108,7 @@ async function loadStatus() {
   fill("kernels", Object.entries(s.hosts.by_kernel_release).map(([k, v]) => [k, v]));
   fill(
     "attention",
-    s.attention.hosts.map((a) => [link(a.host, () => showHost(a.host)), a.patch, a.state, a.reason, a.error_code]),
+    s.attention.hosts.map((a) => [link(a.host, hostAddress(a.host)), a.patch, a.state, a.reason, a.error_code]),
   );
 }
 
@@ -86,7 +117,7 @@ async function loadRollouts() {
   fill(
     "rollouts",
     rows.map((r) => [
-      link(`#${r.id}`, () => showRollout(r.id)),
+      link(`#${r.id}`, rolloutAddress(r.id)),
       r.patch,
       el("span", r.status, `badge ${r.status}`),
       r.hosts,
@@ -96,14 +127,47 @@ async function loadRollouts() {
   );
 }
 
-function bar(done, total) {
+// How a wave host counts (as klpfleet.states.counted_as): its outcome once it has one, else its status.
+function countedAs(h) {
+  return (h.status === "done" || h.status === "running") && h.outcome ? h.outcome : h.status;
+}
+
+const ORDER = ["applied", "rolled_back", "running", "pending", "refused", "stalled", "failed", "unreachable", "health_failed"];
+
+// A bar with a segment per outcome: a wave with a refusal and a stall is never a full green bar.
+function bar(outcomes, done, total) {
   const outer = el("span", null, "bar");
-  const inner = el("span");
-  inner.style.width = `${total ? Math.round((100 * done) / total) : 0}%`;
-  outer.appendChild(inner);
+  const keys = Object.keys(outcomes).sort((a, b) => ORDER.indexOf(a) - ORDER.indexOf(b));
+  for (const key of keys) {
+    const part = el("span", null, `seg-${key}`);
+    part.style.width = `${total ? (100 * outcomes[key]) / total : 0}%`;
+    part.title = `${key} ${outcomes[key]}`;
+    outer.appendChild(part);
+  }
   const wrap = el("span");
   wrap.append(outer, el("span", ` ${done}/${total}`));
   return wrap;
+}
+
+// Each wave's hosts as a row of cells coloured by state; a cell opens its host.
+function grid(waves) {
+  const box = document.getElementById("grid");
+  box.replaceChildren(
+    ...waves.map((w) => {
+      const line = el("div", null, "wave");
+      line.append(el("b", `wave ${w.index + 1}`));
+      for (const h of w.hosts) {
+        const state = countedAs(h);
+        const cell = link("", hostAddress(h.host));
+        cell.className = `cell seg-${state}`;
+        cell.title = `${h.host}: ${state}${h.error_code ? ` (${h.error_code})` : ""}`;
+        cell.dataset.host = h.host;
+        cell.dataset.state = state;
+        line.append(cell);
+      }
+      return line;
+    }),
+  );
 }
 
 async function showRollout(id) {
@@ -113,23 +177,23 @@ async function showRollout(id) {
   document.getElementById("rollout-title").textContent = `Rollout ${r.id}: ${r.patch} (${r.selector || "all"})`;
   badge("rollout-status", r.status);
   document.getElementById("actions").hidden = !config.actions;
+  document.getElementById("rollout-reason").textContent = r.pause_reason ? `${r.status}: ${r.pause_reason}` : "";
   fill(
     "waves",
     r.waves.map((w) => {
       const done = w.hosts.filter((h) => h.status === "done" || h.status === "rolled_back").length;
-      return [w.index + 1, w.domain, w.status, bar(done, w.hosts.length), pairs(w.outcomes)];
+      return [w.index + 1, w.domain, el("span", w.status, `badge ${w.status}`), bar(w.outcomes, done, w.hosts.length), pairs(w.outcomes)];
     }),
   );
+  grid(r.waves);
   const flying = r.waves.flatMap((w) => w.hosts.filter((h) => h.status === "running").map((h) => h.host));
   document.getElementById("in-flight").textContent = flying.length
     ? `in flight (${flying.length}): ${flying.join(", ")}`
-    : r.pause_reason
-      ? `paused: ${r.pause_reason}`
-      : "";
+    : "";
   const problems = r.waves.flatMap((w) =>
     w.hosts.filter((h) => h.outcome && h.outcome !== "applied"),
   );
-  fill("problems", problems.map((h) => [link(h.host, () => showHost(h.host)), h.outcome, h.error_code, h.attempts]));
+  fill("problems", problems.map((h) => [link(h.host, hostAddress(h.host)), h.outcome, h.error_code, h.attempts]));
 }
 
 async function showHost(name) {
@@ -143,6 +207,10 @@ async function showHost(name) {
     h.patches.map((p) => [p.patch, p.state, p.error_code, p.errno, p.refused_object, p.observed_at]),
   );
   fill("host-events", h.events.map((e) => [e.at, e.kind, details(e.details)]));
+  // Who held a transition back, and where it sleeps: the top of its stack names the patched function.
+  const stalled = h.patches.flatMap((p) => (p.stalled_tasks || []).map((t) => [p.patch, t.pid, t.comm, (t.stack || []).slice(0, 4).join(" < ")]));
+  document.getElementById("host-stalled-section").hidden = !stalled.length;
+  fill("host-stalled", stalled);
   // Events come newest first: the first one of each patch that carries kernel log lines is its last result.
   const seen = new Set();
   const lines = [];
@@ -159,7 +227,15 @@ async function showHost(name) {
 function addEvent(e) {
   const body = document.querySelector("#events tbody");
   body.prepend(
-    row([e.at, e.actor, e.kind, e.host ? link(e.host, () => showHost(e.host)) : "", e.patch, e.rollout, details(e.details)]),
+    row([
+      e.at,
+      e.actor,
+      e.kind,
+      e.host ? link(e.host, hostAddress(e.host)) : "",
+      e.patch,
+      e.rollout ? link(`#${e.rollout}`, rolloutAddress(e.rollout)) : "",
+      details(e.details),
+    ]),
   );
   while (body.children.length > 200) body.lastChild.remove();
 }
@@ -231,10 +307,25 @@ function needToken() {
   document.getElementById("live").textContent = "needs the token";
 }
 
+// The address says what is open: #/rollouts/ID, #/hosts/NAME (both may be open: the host's section follows).
+async function route() {
+  const match = location.hash.match(/^#\/(rollouts|hosts)\/(.+)$/);
+  if (!match) return;
+  if (match[1] === "rollouts" && /^\d+$/.test(match[2])) {
+    await showRollout(Number(match[2]));
+    document.getElementById("rollout").scrollIntoView();
+  } else if (match[1] === "hosts") {
+    await showHost(decodeURIComponent(match[2]));
+    document.getElementById("host").scrollIntoView();
+  }
+}
+
+window.addEventListener("hashchange", () => route().catch(() => {}));
+
 async function start() {
   const session = await getJSON("/api/session");
   if (!session.authorized) return needToken();
-  Promise.all([loadStatus(), loadRollouts()]).then(follow, (error) => {
+  Promise.all([loadStatus(), loadRollouts(), route()]).then(follow, (error) => {
     if (!(error instanceof NeedsToken)) throw error;
     needToken();
   });
