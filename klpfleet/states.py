@@ -142,7 +142,7 @@ ROLLOUT_TRANSITIONS: dict[tuple[Request, RolloutStatus], RolloutStatus] = {
     (Request.PROMOTE, RolloutStatus.PLANNED): RolloutStatus.RUNNING,
     (Request.PROMOTE, RolloutStatus.RUNNING): RolloutStatus.RUNNING,
     (Request.PROMOTE, RolloutStatus.PAUSED): RolloutStatus.RUNNING,
-    (Request.ABORT, RolloutStatus.PLANNED): RolloutStatus.ABORTING,
+    (Request.ABORT, RolloutStatus.PLANNED): RolloutStatus.ABORTED,  # nothing ran: nothing to roll back
     (Request.ABORT, RolloutStatus.RUNNING): RolloutStatus.ABORTING,
     (Request.ABORT, RolloutStatus.PAUSED): RolloutStatus.ABORTING,
 }
@@ -150,3 +150,10 @@ ROLLOUT_TRANSITIONS: dict[tuple[Request, RolloutStatus], RolloutStatus] = {
 
 def allowed_from(request: Request) -> list[RolloutStatus]:
     return [status for (req, status) in ROLLOUT_TRANSITIONS if req == request]
+
+
+def wave_number(status: str, current_wave: int | None) -> int | None:
+    """The wave a rollout is at as people number waves (1 is the first, as in events); None before it started."""
+    if status == RolloutStatus.PLANNED or current_wave is None:
+        return None
+    return current_wave + 1

@@ -119,7 +119,7 @@ def test_hosts_filters_and_host_detail(cli, sqlite_db, sqlite_url, tmp_path):
         (["hosts", "--group", "nogroup"], "no group 'nogroup'"),
         (["hosts", "--label", "zone"], "KEY=VALUE"),
         (["hosts", "-o", "xml"], "'xml' is not one of"),
-        (["nosuchcommand"], "No such command"),
+        (["nosuchcommand"], "no command 'nosuchcommand'"),
     ],
 )
 def test_bad_input_is_one_line_non_zero(cli, sqlite_db, sqlite_url, args, message):
@@ -245,10 +245,14 @@ def test_events_follow_prints_each_new_event_as_a_line(sqlite_db, sqlite_url):
         ("klpfleet cve CVE-2026-9", ["CVE-2026-9999"]),
         ("klpfleet cv", ["cve", "cves"]),
         ("klpfleet node remove e", ["eu1"]),
+        ("klpfleet hosts --group we", ["webservers"]),
+        ("klpfleet hosts --label zo", ["zone=eu-1"]),
+        ("klpfleet hosts --state app", ["applied"]),
+        ("klpfleet rollout create livepatch_test --by zo", ["zone"]),
     ],
 )
 def test_shell_completion_offers_names_from_the_database(sqlite_db, sqlite_url, ko_factory, words, expected):
-    from klpfleet.db.models import ExecutionNode, Host
+    from klpfleet.db.models import ExecutionNode, Group, Host, HostLabel
     from klpfleet.registry.patches import add_patch
 
     with sqlite_db.session.begin() as s:
@@ -257,7 +261,10 @@ def test_shell_completion_offers_names_from_the_database(sqlite_db, sqlite_url, 
                 name="eu1", ssh_user="r", ssh_host="10.0.1.5", serves_label="zone", serves_value="eu-1", added_by="t"
             )
         )
-        s.add_all([Host(name="web1", vars={}), Host(name="web2", vars={}), Host(name="db1", vars={})])
+        web1 = Host(name="web1", vars={}, groups=[Group(name="webservers")])
+        s.add_all([web1, Host(name="web2", vars={}), Host(name="db1", vars={})])
+        s.flush()
+        s.add(HostLabel(host_id=web1.id, key="zone", value="eu-1"))
         add_patch(s, ko_factory("livepatch_test"), cves=["CVE-2026-9999"])
     env = {
         **os.environ,

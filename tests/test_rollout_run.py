@@ -240,7 +240,7 @@ def test_a_cumulative_patch_is_rolled_back_to_the_one_it_replaced_never_to_nothi
 
     refused = cli("--db", url, "rollback", "lp_v2")
     assert refused.code == 2
-    assert "leaves 2 host(s) with no livepatch at all" in refused.err and "--to lp_v1" in refused.err
+    assert "leaves 2 hosts with no livepatch at all" in refused.err and "--to lp_v1" in refused.err
     assert enabled_on(tmp, "sim-01") == ["lp_v2"]  # said before acting: nothing touched
 
     restored = cli("--db", url, "rollback", "lp_v2", "--to", "lp_v1", "-o", "json")

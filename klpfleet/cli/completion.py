@@ -74,3 +74,32 @@ def cves(ctx: click.Context, param: click.Parameter | None, incomplete: str) -> 
         c for (c,) in _rows(ctx, "SELECT cve FROM cve_fixes WHERE cve LIKE :prefix LIMIT :limit", incomplete.upper())
     }
     return [CompletionItem(c) for c in sorted(names) if c.startswith(incomplete.upper())][:LIMIT]
+
+
+def groups(ctx: click.Context, param: click.Parameter | None, incomplete: str) -> list[CompletionItem]:
+    rows = _rows(ctx, "SELECT name FROM groups WHERE name LIKE :prefix ORDER BY name LIMIT :limit", incomplete)
+    return [CompletionItem(name) for (name,) in rows]
+
+
+def label_keys(ctx: click.Context, param: click.Parameter | None, incomplete: str) -> list[CompletionItem]:
+    rows = _rows(
+        ctx, "SELECT DISTINCT key FROM host_labels WHERE key LIKE :prefix ORDER BY key LIMIT :limit", incomplete
+    )
+    return [CompletionItem(key) for (key,) in rows]
+
+
+def labels(ctx: click.Context, param: click.Parameter | None, incomplete: str) -> list[CompletionItem]:
+    """KEY=VALUE pairs as --label takes them."""
+    rows = _rows(
+        ctx,
+        "SELECT DISTINCT key || '=' || value FROM host_labels WHERE key || '=' || value LIKE :prefix "
+        "ORDER BY 1 LIMIT :limit",
+        incomplete,
+    )
+    return [CompletionItem(pair) for (pair,) in rows]
+
+
+def patch_states(ctx: click.Context, param: click.Parameter | None, incomplete: str) -> list[CompletionItem]:
+    from klpfleet.states import PatchState
+
+    return [CompletionItem(s.value) for s in PatchState if s.value.startswith(incomplete)]

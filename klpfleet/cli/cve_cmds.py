@@ -14,6 +14,7 @@ from klpfleet.cli import completion
 from klpfleet.cli.context import database
 from klpfleet.cli.output import emit, info, output_option, table
 from klpfleet.errors import DatabaseError, first_line
+from klpfleet.wording import counted
 
 
 def _read(ctx: click.Context, only: str | None, counts_only: bool = False) -> list[Any]:
@@ -150,4 +151,7 @@ def _mark(ctx: click.Context, cve_ref: str, releases: tuple[str, ...], fixed: bo
     with database(ctx).session.begin() as s:
         changed = mark_fixing(s, cve_name, releases, fixed)
     verb = "fixing" if fixed else "no longer fixing"
-    info(f"{cve_name}: {len(changed)} kernel release(s) marked {verb}" + (f": {', '.join(changed)}" if changed else ""))
+    info(
+        f"{cve_name}: {counted(len(changed), 'kernel release')} marked {verb}"
+        + (f": {', '.join(changed)}" if changed else "")
+    )

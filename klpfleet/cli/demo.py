@@ -14,6 +14,7 @@ from typing import Any
 
 from klpfleet.cli.output import console, info
 from klpfleet.errors import UsageError
+from klpfleet.wording import counted, listed
 
 DEMO_MARKER = ".klpfleet-demo"
 CVE_FIX = "livepatch_cve_2026_1234"
@@ -113,7 +114,7 @@ class Demo:
 
         with self.db.session.begin() as s:
             counts = apply_import(s, read_inventory([str(self.dir / "fleet" / "inventory.yml")]), prune=True).counts()
-        info(f"$ klpfleet inventory import -i {self.dir / 'fleet' / 'inventory.yml'}   -> {counts}")
+        info(f"$ klpfleet inventory import -i {self.dir / 'fleet' / 'inventory.yml'}   -> {listed(counts)}")
 
         step("2. Gather: read every host's kernel through Ansible (playbooks/gather.yml)")
         gathered = self.gather("demo-gather")
@@ -322,7 +323,7 @@ class Demo:
         summary: dict[str, int] = {}
         for a in answers:
             summary[a.result] = summary.get(a.result, 0) + 1
-        info(f"{len(answers)} hosts: {summary}")
+        info(f"{counted(len(answers), 'host')}: {listed(summary)}")
 
     def epilogue(self, rid: int) -> None:
         from klpfleet.collection import collections_path, playbooks_path

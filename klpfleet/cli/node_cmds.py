@@ -15,6 +15,7 @@ import click
 from klpfleet.cli import completion
 from klpfleet.cli.context import database
 from klpfleet.cli.output import emit, info, output_option, table
+from klpfleet.wording import counted
 
 
 @click.group("node")
@@ -229,4 +230,4 @@ def nodes_table(d: dict[str, Any], out: Any) -> None:
         out,
     )
     if d["unserved_hosts"]:
-        info(f"{d['unserved_hosts']} host(s) no node serves: they are unreachable to rollouts until one does")
+        info(f"{counted(d['unserved_hosts'], 'host')} no node serves: they are unreachable to rollouts until one does")

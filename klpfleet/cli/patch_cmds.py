@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -28,10 +29,61 @@ def add(ctx: click.Context, file: str, description: str | None, cves: tuple[str,
     read_livepatch(file)  # refuse a bad file before touching the database
     db = database(ctx)
     with db.session.begin() as session:
+        before = set(cves_listed_for(session, file))
         row, created = add_patch(session, file, description=description, cves=list(cves))
         record = patch_record(session, row)
-    info(f"{'registered' if created else 'already registered'}: {row.name} {row.sha256[:12]} for {row.kernel_release}")
+    said = f"{'registered' if created else 'already registered'}: {row.name} {row.sha256[:12]} for {row.kernel_release}"
+    new = [c for c in record["cves"] if not created and c not in before]
+    info(said + (f"; now also fixes {', '.join(new)}" if new else ""))
     emit("patch", record, output, _patch_table)
+
+
+def cves_listed_for(session: Any, file: str) -> list[str]:
+    """The CVEs the registered patch with this file's content already lists (none when it is not registered)."""
+    import hashlib
+    from pathlib import Path
+
+    from sqlalchemy import select
+
+    from klpfleet.db.models import Patch
+
+    digest = hashlib.sha256(Path(file).read_bytes()).hexdigest()
+    return list(session.scalar(select(Patch.cves).where(Patch.sha256 == digest)) or [])
+
+
+@patch.group("cve")
+def cve_group() -> None:
+    """Change which CVEs a registered patch fixes (`klpfleet cves` reports by them)."""
+
+
+@cve_group.command("add")
+@click.argument("patch_ref", metavar="PATCH", shell_complete=completion.patches)
+@click.argument("cves", metavar="CVE-ID...", nargs=-1, required=True)
+@click.pass_context
+def cve_add(ctx: click.Context, patch_ref: str, cves: tuple[str, ...]) -> None:
+    """Record that PATCH fixes these CVEs."""
+    _change(ctx, patch_ref, add=list(cves))
+
+
+@cve_group.command("remove")
+@click.argument("patch_ref", metavar="PATCH", shell_complete=completion.patches)
+@click.argument("cves", metavar="CVE-ID...", nargs=-1, required=True)
+@click.pass_context
+def cve_remove(ctx: click.Context, patch_ref: str, cves: tuple[str, ...]) -> None:
+    """Take back CVEs PATCH was said to fix."""
+    _change(ctx, patch_ref, remove=list(cves))
+
+
+def _change(ctx: click.Context, patch_ref: str, add: Sequence[str] = (), remove: Sequence[str] = ()) -> None:
+    from klpfleet.registry.patches import change_cves, get_patch
+
+    with database(ctx).session.begin() as session:
+        patch = get_patch(session, patch_ref)
+        changed = change_cves(session, patch, add=add, remove=remove)
+        now = list(patch.cves or [])
+        name = patch.name
+    verb = "added" if add else "removed"
+    info(f"{name}: {verb} {', '.join(changed) if changed else 'nothing'}; it fixes {', '.join(now) or 'no CVE'}")
 
 
 @patch.command("list")

@@ -6,13 +6,15 @@ from typing import Any
 
 import click
 
+from klpfleet.cli import completion
 from klpfleet.cli.context import database
 from klpfleet.cli.output import emit, info, output_option, table
+from klpfleet.wording import counted, listed
 
 
 @click.command()
 @click.option("--hosts", "pattern", metavar="PATTERN", help="Ansible host pattern (default: every host).")
-@click.option("--group", help="Only hosts of this group.")
+@click.option("--group", help="Only hosts of this group.", shell_complete=completion.groups)
 @click.option("--forks", default=20, show_default=True, help="Hosts probed at once (a bounded pool).")
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds for the command on each host.")
 @click.option("--connect-timeout", default=10.0, show_default=True, help="Seconds to establish each SSH session.")
@@ -71,8 +73,9 @@ def probe(
     }
     data = {"summary": summary, "hosts": [asdict(r) for r in results]}
     info(
-        f"probed {summary['hosts']} hosts: reachable {summary['reachable']}, unreachable {summary['unreachable']} "
-        f"{summary['by_status']}, drifted {summary['drifted']}, refused module loads {summary['refused_module_loads']}"
+        f"probed {counted(len(results), 'host')}: reachable {summary['reachable']}, "
+        f"unreachable {summary['unreachable']} ({listed(by_status)}), drifted {summary['drifted']}, "
+        f"refused module loads {summary['refused_module_loads']}"
     )
     emit("probe", data, output, _table)
     ctx.exit(0 if summary["unreachable"] == 0 and summary["drifted"] == 0 else 1)

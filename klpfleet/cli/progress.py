@@ -15,6 +15,7 @@ import click
 
 from klpfleet.cli.context import database
 from klpfleet.cli.output import console, info, printable
+from klpfleet.wording import counted
 
 # Exit codes of `rollout start/resume --wait` and `rollout status`: 0 completed; 1 paused, aborted or rolled
 # back (or an abort stopped midway); 2 the controller failed; 3 not finished yet (status without --watch, or
@@ -92,7 +93,7 @@ class CliProgress:
 
     def wave(self, index: int, total: int, domain: str | None, hosts: int) -> None:
         self.line(
-            f"wave {index + 1}/{total}{f' ({domain})' if domain else ''}: {hosts} host(s)",
+            f"wave {index + 1}/{total}{f' ({domain})' if domain else ''}: {counted(hosts, 'host')}",
             "wave",
             wave=index + 1,
             waves=total,
@@ -156,7 +157,3 @@ class LiveRollout:
 
         with contextlib.suppress(Exception), self.db.session() as s:  # a busy database skips a frame
             self.live.update(rollout_view(rollout_record(s, self.rollout_id, event_limit=8)), refresh=True)
-
-
-def short_list(hosts: list[str], limit: int = 8) -> str:
-    return ", ".join(hosts[:limit]) + (f" (+{len(hosts) - limit})" if len(hosts) > limit else "")

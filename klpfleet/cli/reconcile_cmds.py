@@ -22,7 +22,11 @@ from klpfleet.cli.rollout_options import engine_option, rollout_policy_options
     shell_complete=completion.patches,
 )
 @click.option("--hosts", "pattern", metavar="PATTERN", help="Only hosts matching this Ansible host pattern.")
-@click.option("--group", help="Only hosts of this inventory group (or label group such as zone_a).")
+@click.option(
+    "--group",
+    help="Only hosts of this inventory group (or label group such as zone_a).",
+    shell_complete=completion.groups,
+)
 @click.option("--dry-run", is_flag=True, help="List the hosts and the reason each is included; plan nothing.")
 @click.option("--start", is_flag=True, help="Start the planned rollouts in the background.")
 @click.option(

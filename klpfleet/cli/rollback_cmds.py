@@ -11,6 +11,7 @@ from klpfleet.cli.context import database
 from klpfleet.cli.output import emit, output_option, table
 from klpfleet.cli.progress import CliProgress
 from klpfleet.cli.rollout_options import engine_option
+from klpfleet.wording import counted
 
 
 @click.command("rollback")
@@ -74,7 +75,10 @@ def rollback(
     argv = None if fast or not health_check else shlex.split(health_check)
     bake_seconds = 0.0 if fast or not bake else parse_duration(bake, "--bake")
     progress = CliProgress()
-    progress.note(f"rolling back {plan.patch_name} from {len(plan.hosts)} host(s) in {len(plan.batches)} batch(es)")
+    progress.note(
+        f"rolling back {plan.patch_name} from {counted(len(plan.hosts), 'host')} "
+        f"in {counted(len(plan.batches), 'batch')}"
+    )
     if plan.previous is not None:
         progress.note(f"loading {plan.previous.name} in its place first")
 

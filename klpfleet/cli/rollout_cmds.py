@@ -11,9 +11,10 @@ import click
 from klpfleet.cli import completion
 from klpfleet.cli.context import DURATION, ROLLOUT_ID, database
 from klpfleet.cli.output import console, emit, info, output_option, printable, table
-from klpfleet.cli.progress import EXIT, NO_DRIVER, NOT_FINISHED, drive, drive_or_detach, short_list
+from klpfleet.cli.progress import EXIT, NO_DRIVER, NOT_FINISHED, drive, drive_or_detach
 from klpfleet.cli.rollout_options import engine_option, rollout_policy_options
 from klpfleet.cli.rollout_view import outcome_bar, rollout_view
+from klpfleet.wording import counted, short_list
 
 
 @click.group()
@@ -24,7 +25,11 @@ def rollout() -> None:
 @rollout.command()
 @click.argument("patch_ref", metavar="PATCH", shell_complete=completion.patches)
 @click.option("--hosts", "pattern", metavar="PATTERN", help="Ansible host pattern (globs, ':' unions, '!', '&').")
-@click.option("--group", help="Only hosts of this inventory group (or label group such as zone_a).")
+@click.option(
+    "--group",
+    help="Only hosts of this inventory group (or label group such as zone_a).",
+    shell_complete=completion.groups,
+)
 @rollout_policy_options
 @engine_option
 @output_option
@@ -62,8 +67,8 @@ def create(
             "policy": policy.to_json(),
         }
     info(
-        f"planned rollout {record['id']}: {sum(len(w['hosts']) for w in record['waves'])} hosts in "
-        f"{len(record['waves'])} waves; start it with `klpfleet rollout start {record['id']} --wait`"
+        f"planned rollout {record['id']}: {counted(sum(len(w['hosts']) for w in record['waves']), 'host')} in "
+        f"{counted(len(record['waves']), 'wave')}; start it with `klpfleet rollout start {record['id']} --wait`"
     )
     emit("rollout.plan", record, output, _plan_table)
 
@@ -183,11 +188,24 @@ def abort(ctx: click.Context, rollout_id: int, wait: bool) -> None:
     from klpfleet.states import Request
 
     db = database(ctx)
-    request(db, rollout_id, Request.ABORT, reason="aborted by an operator")
+    if request(db, rollout_id, Request.ABORT, reason="aborted by an operator").status == "aborted":
+        info(f"rollout {rollout_id} aborted before it started: no host was touched, and its hosts are free")
+        return
     if driver_alive(db, rollout_id):
         info(f"rollout {rollout_id}: abort requested; its driver rolls back at the next safe point")
         return
     drive_or_detach(ctx, rollout_id, wait)
+
+
+@rollout.command()
+@click.argument("rollout_id", type=ROLLOUT_ID, shell_complete=completion.rollouts)
+@click.pass_context
+def delete(ctx: click.Context, rollout_id: int) -> None:
+    """Delete a planned rollout that never started; its hosts are free for another."""
+    from klpfleet.controller.control import delete_planned
+
+    hosts = delete_planned(database(ctx), rollout_id)
+    info(f"deleted rollout {rollout_id}; {counted(hosts, 'host')} free for another rollout")
 
 
 @rollout.command("list")
@@ -212,7 +230,7 @@ def list_(ctx: click.Context, output: str) -> None:
                     r["patch"],
                     r["status"],
                     r["hosts"],
-                    f"{(r['current_wave'] or 0) + 1}/{r['waves']}",
+                    f"{r['current_wave'] or '-'}/{r['waves']}",  # - : not started
                     r["created_at"],
                     r["created_by"],
                     r["pause_reason"],

@@ -6,6 +6,8 @@ from typing import Any
 
 import click
 
+from klpfleet.cli import completion
+
 engine_option = click.option(
     "--engine",
     type=click.Choice(["auto", "mitogen", "ansible"]),
@@ -24,7 +26,12 @@ def rollout_policy_options(command: Any) -> Any:
             click.option(
                 "--waves", default="1,10%,50%,100%", show_default=True, help="Wave sizes as Ansible's serial list."
             ),
-            click.option("--by", metavar="LABEL", help="Keep each wave inside one failure domain (e.g. zone)."),
+            click.option(
+                "--by",
+                metavar="LABEL",
+                help="Keep each wave inside one failure domain (e.g. zone).",
+                shell_complete=completion.label_keys,
+            ),
             click.option("--max-failed", metavar="N|P%", help="Hard failures a wave may have (default 0)."),
             click.option(
                 "--max-refused", metavar="N|P%", help="Callback refusals a wave may have (default: no limit)."

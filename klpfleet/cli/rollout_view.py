@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from klpfleet.cli.output import cell
+from klpfleet.wording import short_list
 
 # A wave's hosts in the order a bar shows them: what went well, what is under way, what went wrong.
 SEGMENTS = (
@@ -76,8 +77,6 @@ def rollout_view(d: dict[str, Any], *, events: int = 6) -> Any:
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
-
-    from klpfleet.cli.progress import short_list
 
     total = sum(len(w["hosts"]) for w in d["waves"])
     done = sum(1 for w in d["waves"] for h in w["hosts"] if h["status"] in ("done", "rolled_back"))

@@ -75,7 +75,7 @@ def status_table(d: dict[str, Any], out: Any) -> None:
                     r["id"],
                     r["patch"],
                     r["status"],
-                    f"{(r['current_wave'] or 0) + 1}/{r['waves']}" if r["waves"] else "-",
+                    f"{r['current_wave'] or '-'}/{r['waves']}",
                     r["pause_reason"],
                 ]
                 for r in d["rollouts"]
@@ -105,10 +105,12 @@ def status_table(d: dict[str, Any], out: Any) -> None:
 
 
 @click.command()
-@click.option("--state", help="Only hosts with a patch in this state.")
+@click.option("--state", help="Only hosts with a patch in this state.", shell_complete=completion.patch_states)
 @click.option("--patch", "patch_ref", metavar="PATCH", help="Only hosts that have a state for this patch.")
-@click.option("--group", help="Only hosts in this inventory group.")
-@click.option("--label", metavar="KEY=VALUE", help="Only hosts with this label (e.g. zone=a).")
+@click.option("--group", help="Only hosts in this inventory group.", shell_complete=completion.groups)
+@click.option(
+    "--label", metavar="KEY=VALUE", help="Only hosts with this label (e.g. zone=a).", shell_complete=completion.labels
+)
 @output_option
 @click.pass_context
 def hosts(

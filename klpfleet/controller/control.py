@@ -17,7 +17,14 @@ from klpfleet.db import events
 from klpfleet.db.engine import Database
 from klpfleet.db.models import Rollout, utcnow
 from klpfleet.errors import UsageError
-from klpfleet.states import ROLLOUT_TRANSITIONS, Request, RolloutStatus, WaveStatus, allowed_from
+from klpfleet.states import (
+    ROLLOUT_TRANSITIONS,
+    TERMINAL_ROLLOUT_STATUSES,
+    Request,
+    RolloutStatus,
+    WaveStatus,
+    allowed_from,
+)
 
 
 def request(
@@ -41,7 +48,9 @@ def request(
             needs = " or ".join(allowed_from(what))
             raise UsageError(f"rollout {rollout_id} is {previous}; {what} needs it {needs}")
         r.status = to
-        if to == RolloutStatus.PAUSED:
+        if to in TERMINAL_ROLLOUT_STATUSES:
+            r.finished_at, r.pause_reason = utcnow(), reason
+        elif to == RolloutStatus.PAUSED:
             r.pause_reason = reason
         elif to == RolloutStatus.RUNNING:
             r.pause_reason = None
@@ -65,6 +74,24 @@ def request(
             **details,
         )
         return r
+
+
+def delete_planned(db: Database, rollout_id: int, actor: str | None = None) -> int:
+    """Delete a rollout that never started (its hosts are free for another); its events stay, and one more says
+    what was deleted. The number of hosts it held."""
+    with db.session.begin() as s:
+        r = s.get(Rollout, rollout_id)
+        if r is None:
+            raise UsageError(f"no rollout {rollout_id} (see `klpfleet rollout list`)")
+        if r.status != RolloutStatus.PLANNED:
+            raise UsageError(
+                f"rollout {rollout_id} is {r.status}; only a planned rollout is deleted (its record is the audit "
+                "trail of what ran)"
+            )
+        hosts = sum(len(w.hosts) for w in r.waves)
+        events.add(s, "rollout.deleted", actor=actor, patch=r.patch, deleted_rollout=rollout_id, hosts=hosts)
+        s.delete(r)
+        return hosts
 
 
 def driver_alive(db: Database, rollout_id: int) -> bool:

@@ -41,6 +41,7 @@ from klpfleet.states import (
     WaveHostStatus,
     WaveStatus,
 )
+from klpfleet.wording import counted
 
 
 class Driver:
@@ -227,7 +228,7 @@ class Driver:
         hosts = self.store.hosts_with(wave_id, WaveHostStatus.RUNNING)
         if not hosts:
             return
-        self.progress.note(f"re-reading {len(hosts)} host(s) that were in flight when the controller stopped")
+        self.progress.note(f"re-reading {counted(len(hosts), 'host')} in flight when the controller stopped")
         run = self.ran(run_playbook(self.request("gather.yml", hosts, {}, f"w{wave_id}-recover", policy.forks)))
         with self.tx() as s:
             r = self.lease.check(s)
@@ -378,7 +379,7 @@ class Driver:
             patch_name = r.patch.name
             applied = self.store.applied_hosts(s)
             batches = batch_order(s, r.patch_id, applied, rollout_id=self.id)
-        self.progress.note(f"rolling back {len(applied)} host(s): {reason}")
+        self.progress.note(f"rolling back {counted(len(applied), 'host')}: {reason}")
         with self.tx() as s:
             r = self.lease.check(s)
             self.event(s, "rollout.rolling_back", r, reason=reason, hosts=len(applied))

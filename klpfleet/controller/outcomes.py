@@ -7,6 +7,7 @@ from typing import Any
 
 from klpfleet.runs.types import HostResult, RunOutcome
 from klpfleet.states import FAILURE_OUTCOME_STATES, Outcome
+from klpfleet.wording import counted
 
 
 def outcome_of(r: HostResult) -> tuple[Outcome, str | None]:
@@ -35,8 +36,8 @@ def node_failure_report(run: RunOutcome, rollout_id: int) -> tuple[list[dict[str
     if not lost:
         return details, None
     said = "; ".join(
-        f"execution node {node} {failed[node].failure if node in failed else 'failed'} with {len(names)} host(s) "
-        "in flight"
+        f"execution node {node} {failed[node].failure if node in failed else 'failed'} "
+        f"with {counted(len(names), 'host')} in flight"
         for node, names in sorted(lost.items())
     )
     return details, f"{said}: `klpfleet rollout resume {rollout_id}` reads them again before anything else"

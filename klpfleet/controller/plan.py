@@ -13,6 +13,7 @@ from klpfleet.db import events, locks
 from klpfleet.db.models import ExecutionNode, Host, HostLabel, HostPatch, Patch, Rollout, Wave, WaveHost
 from klpfleet.errors import UsageError
 from klpfleet.states import ACTIVE_ROLLOUT_STATUSES, PatchState
+from klpfleet.wording import counted
 
 NO_DOMAIN = "(none)"
 
@@ -38,7 +39,7 @@ def eligible_hosts(session: Session, patch: Patch, names: list[str]) -> tuple[li
     if held:
         listing = ", ".join(f"{h} (rollout {r})" for h, r in sorted(held.items())[:10])
         more = f" and {len(held) - 10} more" if len(held) > 10 else ""
-        raise UsageError(f"{len(held)} hosts are held by another active rollout: {listing}{more}")
+        raise UsageError(f"{counted(len(held), 'host')} held by another active rollout: {listing}{more}")
     applied = set(
         session.scalars(
             select(HostPatch.host_id).where(
@@ -49,7 +50,9 @@ def eligible_hosts(session: Session, patch: Patch, names: list[str]) -> tuple[li
     )
     keep, excluded = [], {}
     for h in hosts:
-        if h.kernel_release is None:
+        if h.kernel_release is None and h.reachable is False:
+            excluded[h.name] = "unreachable, its kernel never read: reach it, then gather (or klpfleet probe)"
+        elif h.kernel_release is None:
             excluded[h.name] = "kernel release unknown: run playbooks/gather.yml (or klpfleet probe) first"
         elif h.kernel_release != patch.kernel_release:
             excluded[h.name] = f"runs {h.kernel_release}, the patch is built for {patch.kernel_release}"

@@ -27,6 +27,7 @@ from klpfleet.registry.patches import get_patch
 from klpfleet.runs.engine import Engine
 from klpfleet.runs.types import RunRequest, runs_dir
 from klpfleet.states import PatchState
+from klpfleet.wording import counted
 
 # States in which a patch may still be on a host: what a rollback tries to remove.
 ON_HOST = (PatchState.APPLIED, PatchState.FORCED, PatchState.TRANSITIONING, PatchState.STALLED, PatchState.DRIFT)
@@ -84,8 +85,8 @@ def _refuse_if_cumulative(s: Session, patch: Patch, hosts: set[str]) -> None:
         else "Use --allow-unpatched"
     )
     raise UsageError(
-        f"{patch.name} is a cumulative (replace) patch: removing it leaves {len(hosts)} host(s) with no livepatch "
-        f"at all. {instead}"
+        f"{patch.name} is a cumulative (replace) patch: removing it leaves {counted(len(hosts), 'host')} "
+        f"with no livepatch at all. {instead}"
     )
 
 

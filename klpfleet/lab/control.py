@@ -25,6 +25,7 @@ from klpfleet.lab.vms import (
     stop_vm,
     write_inventory,
 )
+from klpfleet.wording import listed
 
 MAX_VMS = 8
 LAB_MARKER = ".klpfleet-lab"
@@ -119,7 +120,7 @@ def _register(lab: Path, inventory: Path, db_url: str | None, progress: Progress
     upgrade(db)
     with db.session.begin() as s:
         counts = apply_import(s, read_inventory([str(inventory)]), prune=False).counts()
-    progress(f"registered in {url}: {counts}")
+    progress(f"registered in {url}: {listed(counts)}")
 
 
 def describe(lab: Path) -> dict[str, Any]:

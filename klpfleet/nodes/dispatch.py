@@ -31,6 +31,7 @@ from klpfleet.runs.folder import (
     write_extravars,
 )
 from klpfleet.runs.types import HostResult, RunOutcome, RunRequest, new_run_dir
+from klpfleet.wording import counted
 
 COLLECTION = ("ansible_collections", "klpfleet", "livepatch")
 # Events a node may send for one job: a few per host for klpfleet's one-task playbooks, and the run's own.
@@ -109,7 +110,10 @@ def run_on_nodes(nodes: list[Node], request: RunRequest) -> RunOutcome:
             run = run_job(by_name[name], job, on_event, request.cancel)
             forged = sorted({str(h)[:100] for h in map(_host_of, held) if h is not None and h not in given})
             if len(held) > limit and not run.failure:
-                run.failure, run.detail = "node_stream_corrupt", f"more than {limit} events for {len(share)} host(s)"
+                run.failure, run.detail = (
+                    "node_stream_corrupt",
+                    f"more than {limit} events for {counted(len(share), 'host')}",
+                )
             elif forged:
                 with database:
                     _forged(request, name, run, forged)
@@ -175,7 +179,7 @@ def _forged(request: RunRequest, node: str, run: NodeRun, hosts: list[str]) -> N
     recorded; its own hosts are left in flight (read again on resume) and the rollout pauses."""
     unique = sorted(set(hosts))
     run.failure, run.ran = "node_forged_result", True
-    run.detail = f"results for {len(unique)} host(s) it was not given ({', '.join(unique[:5])}); none recorded"
+    run.detail = f"results for {counted(len(unique), 'host')} it was not given ({', '.join(unique[:5])}); none recorded"
     with request.db.session.begin() as s:
         events.add(s, "node.forged_result", node=node, hosts=unique[:50], count=len(unique), ident=request.ident)
 

@@ -12,7 +12,14 @@ from typing import Any
 from sqlalchemy import BindParameter, Connection, bindparam, text
 
 from klpfleet.db.types import UTCDateTime
-from klpfleet.states import ACTIVE_ROLLOUT_STATUSES, ATTENTION_REASONS, ATTENTION_STATES, CRITICAL_STATES, PatchState
+from klpfleet.states import (
+    ACTIVE_ROLLOUT_STATUSES,
+    ATTENTION_REASONS,
+    ATTENTION_STATES,
+    CRITICAL_STATES,
+    PatchState,
+    wave_number,
+)
 
 HEALTH_EXIT = {"healthy": 0, "degraded": 1, "critical": 2, "unknown": 3}
 
@@ -50,7 +57,14 @@ def fleet_status(conn: Connection, attention_limit: int = 50) -> dict[str, Any]:
     ]
 
     rollouts = [
-        {"id": rid, "patch": patch, "status": status, "current_wave": wave, "waves": waves, "pause_reason": reason}
+        {
+            "id": rid,
+            "patch": patch,
+            "status": status,
+            "current_wave": wave_number(status, wave),
+            "waves": waves,
+            "pause_reason": reason,
+        }
         for rid, patch, status, wave, reason, waves in conn.execute(
             text(
                 "SELECT r.id, p.name, r.status, r.current_wave, r.pause_reason, "

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from klpfleet.db.models import Event, Host, Rollout, Wave, WaveHost, utcnow
 from klpfleet.errors import UsageError
 from klpfleet.reads.views import event_record
-from klpfleet.states import counted_as
+from klpfleet.states import counted_as, wave_number
 
 
 def get_rollout(session: Session, rollout_id: int) -> Rollout:
@@ -69,7 +69,7 @@ def rollout_record(session: Session, rollout_id: int, event_limit: int = 30) -> 
         "sha256": r.patch.sha256,
         "status": r.status,
         "pause_reason": r.pause_reason,
-        "current_wave": r.current_wave,
+        "current_wave": wave_number(r.status, r.current_wave),
         "selector": r.selector,
         "policy": r.policy,
         "created_by": r.created_by,
@@ -93,7 +93,7 @@ def rollout_list(session: Session) -> list[dict[str, Any]]:
             "status": r.status,
             "hosts": sizes.get(r.id, 0),
             "waves": nwaves.get(r.id, 0),
-            "current_wave": r.current_wave,
+            "current_wave": wave_number(r.status, r.current_wave),
             "created_at": r.created_at,
             "created_by": r.created_by,
             "pause_reason": r.pause_reason,

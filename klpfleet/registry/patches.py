@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy import select
@@ -83,6 +84,7 @@ def add_patch(
     if existing is not None:
         if existing.path != str(stored):
             existing.path = str(stored)
+        change_cves(session, existing, add=cve_list)  # a CVE named again with the same file is recorded
         return existing, False
     patch = Patch(
         name=info.name,
@@ -101,6 +103,20 @@ def add_patch(
     session.flush()
     events.add(session, "patch.added", patch=patch, sha256=info.sha256, kernel_release=info.kernel_release)
     return patch, True
+
+
+def change_cves(session: Session, patch: Patch, *, add: Sequence[str] = (), remove: Sequence[str] = ()) -> list[str]:
+    """Add and remove the CVEs a patch fixes (validated); the ones that changed, each an event."""
+    have = list(patch.cves or [])
+    added = [c for c in dict.fromkeys(validate_cves(list(add))) if c not in have]
+    removed = [c for c in dict.fromkeys(validate_cves(list(remove))) if c in have]
+    if added or removed:
+        patch.cves = sorted((set(have) | set(added)) - set(removed))
+        for cve in added:
+            events.add(session, "patch.cve_added", patch=patch, cve=cve)
+        for cve in removed:
+            events.add(session, "patch.cve_removed", patch=patch, cve=cve)
+    return added + removed
 
 
 def find_patches(session: Session, ref: str) -> list[Patch]:

@@ -121,7 +121,7 @@ async function loadRollouts() {
       r.patch,
       el("span", r.status, `badge ${r.status}`),
       r.hosts,
-      `${(r.current_wave || 0) + 1}/${r.waves}`,
+      `${r.current_wave || "-"}/${r.waves}`,
       r.pause_reason,
     ]),
   );
