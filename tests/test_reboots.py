@@ -165,3 +165,12 @@ def test_reconcile_wait_tries_a_host_that_keeps_refusing_once_and_ends(cli, tmp_
         rollouts = list(s.scalars(select(Event.rollout_id).where(Event.kind == "rollout.completed")))
     assert len(rollouts) == 2  # the first rollout, and one reconcile rollout: sim-02 was tried once
     assert enable_count(tmp_path, "sim-02", PATCH) == 2 and states(db)["sim-02"] == "refused"
+    assert f"left: sim-02 without {PATCH} (" in again.stderr and "tried 1 time" in again.stderr
+    assert "--max-passes 2` tries them again" in again.stderr
+
+    twice = run_klpfleet(
+        "--db", url, "reconcile", "--wait", "--max-passes", "2", "--waves", "100%", "--max-refused", "100%", timeout=180
+    )
+    assert twice.returncode == 0, twice.stderr
+    assert enable_count(tmp_path, "sim-02", PATCH) == 4  # two more tries, then the end
+    assert "tried 2 times" in twice.stderr

@@ -329,6 +329,10 @@ class Demo:
         from klpfleet.collection import collections_path, playbooks_path
 
         inv = self.dir / "fleet" / "inventory.yml"
+        # In a checkout the README's ./run is the way in; a pip install has klpfleet on its PATH.
+        checkout = (collections_path().parent / "run").is_file()
+        hint = " (in the checkout, `source .venv/bin/activate` first, or write ./run for klpfleet)" if checkout else ""
+        again = "./run demo --fresh" if checkout else f"klpfleet demo --dir {self.dir} --fresh"
         ansible_env = (
             f"KLPFLEET_DB={self.dir / 'klpfleet.db'} ANSIBLE_COLLECTIONS_PATH={collections_path()} "
             "ANSIBLE_CALLBACKS_ENABLED=klpfleet.livepatch.recorder"
@@ -343,7 +347,7 @@ class Demo:
                 exposed to each CVE, and reconcile putting back what was lost;
               - every decision and every host's state recorded in {self.dir / "klpfleet.db"}.
 
-            Try next (in a checkout, `source .venv/bin/activate` first, or write ./run for klpfleet)
+            Try next{hint}
               {self.k} status
               {self.k} hosts --state refused
               {self.k} host sim-11
@@ -355,6 +359,6 @@ class Demo:
               {self.k} cve CVE-2026-1234                 # who is exposed, and why
               {self.k} sim host reboot {self.dir / "fleet" / "hosts" / "sim-07"}   # then gather, cves, reconcile
               {self.k} reconcile --dry-run
-            Start over with `./run demo --fresh`.
+            Start over with `{again}`.
         """).rstrip()
         )

@@ -32,6 +32,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "metrics": ("klpfleet.cli.metrics_cmds", "metrics", "Prometheus metrics of the fleet (stdout or --textfile)."),
     "node": ("klpfleet.cli.node_cmds", "node", "Execution nodes that run the waves' Ansible near the hosts."),
     "reconcile": ("klpfleet.cli.reconcile_cmds", "reconcile", "Plan rollouts that put back what drifted or was lost."),
+    "playbooks": (
+        "klpfleet.cli.playbooks_cmds",
+        "playbooks",
+        "Where the playbooks and the collection are, to run by hand.",
+    ),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import click
@@ -11,6 +12,7 @@ from klpfleet.cli.context import database
 from klpfleet.cli.output import emit, info, output_option, table
 from klpfleet.cli.progress import drive_or_detach
 from klpfleet.cli.rollout_options import engine_option, rollout_policy_options
+from klpfleet.wording import counted
 
 
 @click.command("reconcile")
@@ -33,7 +35,14 @@ from klpfleet.cli.rollout_options import engine_option, rollout_policy_options
     "--wait",
     is_flag=True,
     help="Drive the planned rollouts here, one after the other, then what they held back; each host and patch is "
-    "tried once.",
+    "tried at most --max-passes times.",
+)
+@click.option(
+    "--max-passes",
+    type=click.IntRange(1, 10),
+    default=1,
+    show_default=True,
+    help="With --wait: how many times one invocation tries each host and patch.",
 )
 @rollout_policy_options
 @engine_option
@@ -47,6 +56,7 @@ def reconcile(
     dry_run: bool,
     start: bool,
     wait: bool,
+    max_passes: int,
     output: str,
     **options: Any,
 ) -> None:
@@ -76,21 +86,30 @@ def reconcile(
         if not any(p["hosts"] for p in planned):
             info("nothing to reconcile: every host that should have a patch has it")
         return
-    info(f"planned rollout(s) {', '.join(map(str, ids))}; start with `klpfleet rollout start ID --wait`")
+    listing = f"{'rollout' if len(ids) == 1 else 'rollouts'} {', '.join(map(str, ids))}"
+    info(f"planned {listing}; start with `klpfleet rollout start ID --wait`")
     if wait:
         from klpfleet.cli.progress import drive
 
         # A host that lost several patches is in one rollout at a time: drive these, then plan what they held back
-        # (patches in registration order, so a stack comes back bottom first). Each host and patch is tried once
-        # per invocation: a host that refuses again is reported, not retried forever (the loop ends because the
-        # pairs left to try only shrink).
+        # (patches in registration order, so a stack comes back bottom first). Each host and patch is tried at most
+        # --max-passes times per invocation: a host that refuses again is reported, not retried forever (the loop
+        # ends because the pairs left to try only shrink).
         worst = 0
-        tried = {(h["host"], p["sha256"]) for p in planned if p["rollout"] for h in p["hosts"]}
+        tries: Counter[tuple[str, str]] = Counter()
         while ids:
+            tries.update((h["host"], p["sha256"]) for p in planned if p["rollout"] for h in p["hosts"])
             worst = max([worst] + [drive(ctx, rid) for rid in ids])
-            more = plan_reconcile(db, patch_ref, names, policy, selector, dry_run=False, tried=tried)
-            ids = [p["rollout"] for p in more if p["rollout"]]
-            tried |= {(h["host"], p["sha256"]) for p in more if p["rollout"] for h in p["hosts"]}
+            spent = {pair for pair, n in tries.items() if n >= max_passes}
+            planned = plan_reconcile(db, patch_ref, names, policy, selector, dry_run=False, tried=spent)
+            ids = [p["rollout"] for p in planned if p["rollout"]]
+        left = plan_reconcile(db, patch_ref, names, policy, selector, dry_run=True)
+        for p in left:
+            for h in p["hosts"]:
+                n = tries[(h["host"], p["sha256"])]
+                info(f"left: {h['host']} without {p['patch']} ({h['reason']}), tried {counted(n, 'time')}")
+        if any(p["hosts"] for p in left):
+            info(f"`klpfleet reconcile --wait --max-passes {max_passes + 1}` tries them again")
         ctx.exit(worst)
     if start:
         for rid in ids:
