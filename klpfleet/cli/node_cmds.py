@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from klpfleet.cli import completion
-from klpfleet.cli.context import database
+from klpfleet.cli.context import DURATION, database
 from klpfleet.cli.output import emit, info, output_option, table
 from klpfleet.wording import counted
 
@@ -52,18 +52,18 @@ def node() -> None:
 @click.option(
     "--keepalive",
     "keepalive",
-    type=click.IntRange(1, 300),
-    default=5,
+    type=DURATION,
+    default="5s",
     show_default=True,
-    help="Seconds between the worker's keepalive events.",
+    help="Between the worker's keepalive events (1s to 5m).",
 )
 @click.option(
     "--silent-after",
     "silent_after",
-    type=click.IntRange(5, 3600),
-    default=60,
+    type=DURATION,
+    default="60s",
     show_default=True,
-    help="Seconds without a byte from the node before it counts as lost (node_silent).",
+    help="Without a byte from the node before it counts as lost (node_silent; 5s to 1h).",
 )
 @click.option("--no-check", is_flag=True, help="Store the node without reaching it now.")
 @output_option
@@ -77,8 +77,8 @@ def node_add(
     accept_new_host_key: bool,
     runner: str,
     serves: str | None,
-    keepalive: int,
-    silent_after: int,
+    keepalive: float,
+    silent_after: float,
     no_check: bool,
     output: str,
 ) -> None:
@@ -91,6 +91,9 @@ def node_add(
 
     user, host, port = registry.parse_ssh(ssh, getpass.getuser())
     label, value = registry.parse_serves(serves)
+    if not 1 <= keepalive <= 300 or not 5 <= silent_after <= 3600:
+        raise click.UsageError("--keepalive takes 1s to 5m, --silent-after 5s to 1h")
+    keepalive, silent_after = int(keepalive), int(silent_after)
     if silent_after <= keepalive:
         raise click.UsageError("--silent-after must be longer than --keepalive")
     new = registry.Node(name, user, host, port, key_file, known_hosts, runner, label, value, keepalive, silent_after)

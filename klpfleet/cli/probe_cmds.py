@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from klpfleet.cli import completion
-from klpfleet.cli.context import database
+from klpfleet.cli.context import DURATION, database
 from klpfleet.cli.output import emit, info, output_option, table
 from klpfleet.wording import counted, listed
 
@@ -16,8 +16,10 @@ from klpfleet.wording import counted, listed
 @click.option("--hosts", "pattern", metavar="PATTERN", help="Ansible host pattern (default: every host).")
 @click.option("--group", help="Only hosts of this group.", shell_complete=completion.groups)
 @click.option("--forks", default=20, show_default=True, help="Hosts probed at once (a bounded pool).")
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds for the command on each host.")
-@click.option("--connect-timeout", default=10.0, show_default=True, help="Seconds to establish each SSH session.")
+@click.option("--timeout", type=DURATION, default="30s", show_default=True, help="For the command on each host.")
+@click.option(
+    "--connect-timeout", type=DURATION, default="10s", show_default=True, help="To establish each SSH session."
+)
 @click.option("--known-hosts", type=click.Path(dir_okay=False), help="known_hosts file (default ~/.ssh/known_hosts).")
 @click.option("--accept-new-host-keys", is_flag=True, help="Accept and record keys of hosts not in known_hosts.")
 @output_option

@@ -5,6 +5,7 @@ from typing import Any
 
 import click
 
+from klpfleet.cli.context import DURATION
 from klpfleet.cli.output import emit, info, output_option, table
 from klpfleet.collection import sim_contract
 
@@ -63,7 +64,13 @@ def host_create(directory: str, kernel_release: str, speed: float) -> None:
 @host.command("reboot")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--kernel-release", default=None, help="Boot another kernel release (default: the one it runs).")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds the boot loader waits for each transition.")
+@click.option(
+    "--timeout",
+    type=DURATION,
+    default="60s",
+    show_default=True,
+    help="The boot loader's wait for each transition.",
+)
 @click.option("--no-boot-loader", is_flag=True, help="Boot with klpfleet.boot=0 (a rescue boot): nothing is loaded.")
 @output_option
 def host_reboot(directory: str, kernel_release: str | None, timeout: float, no_boot_loader: bool, output: str) -> None:

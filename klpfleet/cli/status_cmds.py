@@ -6,7 +6,7 @@ from typing import Any
 import click
 
 from klpfleet.cli import completion
-from klpfleet.cli.context import ROLLOUT_ID, database
+from klpfleet.cli.context import DURATION, ROLLOUT_ID, database
 from klpfleet.cli.output import emit, output_option, printable, table
 from klpfleet.errors import DatabaseError, UsageError, first_line
 from klpfleet.reads.envelope import iso, plain
@@ -241,7 +241,7 @@ def _events_table(events: list[dict[str, Any]], out: Any) -> None:
 @click.option("--kind", help="Only events of this kind (prefix match, e.g. 'host.').")
 @click.option("--limit", default=50, show_default=True)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing events as they are recorded (Ctrl-C stops).")
-@click.option("--interval", default="1s", show_default=True, help="With --follow: how often to look.")
+@click.option("--interval", type=DURATION, default="1s", show_default=True, help="With --follow: how often to look.")
 @output_option
 @click.pass_context
 def events_cmd(
@@ -251,7 +251,7 @@ def events_cmd(
     kind: str | None,
     limit: int,
     follow: bool,
-    interval: str,
+    interval: float,
     output: str,
 ) -> None:
     """The audit trail, newest first; with --follow, the last LIMIT oldest first and then each new event as it
@@ -284,9 +284,8 @@ def events_cmd(
     if not follow:
         emit("events", rows, output, _events_table)
         return
-    from klpfleet.controller.policy import parse_duration
 
-    _follow_events(db, query, list(reversed(rows)), top, parse_duration(interval, "--interval"), output)
+    _follow_events(db, query, list(reversed(rows)), top, interval, output)
 
 
 def _follow_events(db: Any, query: Any, first: list[dict[str, Any]], last: int, every: float, output: str) -> None:
