@@ -17,6 +17,7 @@ pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"),
 ]
 PATCH = "livepatch_cve_2026_1234"
+PATCH_CVE = "CVE-2026-1234"
 FAULTS = {
     "sim-03": {"refuse": {"patch": "*", "object": "vmlinux", "errno": "ENODEV"}},
     "sim-05": {"stall": {"function": "*", "seconds": "forever"}},
@@ -30,6 +31,7 @@ def finished(tmp_path_factory):
     url = f"sqlite:///{tmp / 'k.db'}"
     db = fleet_db(tmp, url, hosts=6, faults=FAULTS)
     register(db, tmp)
+    assert run_klpfleet("--db", url, "patch", "cve", "add", PATCH, PATCH_CVE).returncode == 0
     env = {"KLPFLEET_RUN_DIR": str(tmp / "runs")}
     args = ["rollout", "create", PATCH, "--waves", "1,100%", "--max-failed", "1", "--transition-timeout", "2s"]
     created = run_klpfleet("--db", url, *args, "-o", "json", env=env)
@@ -56,6 +58,12 @@ def test_read_only_addresses_colours_details_and_stalled_tasks(finished):
     with Server(db) as server, sync_playwright() as p:  # no token, no actions: a read-only page
         browser, page, errors = open_page(p, server)
         expect(page.locator("#live")).to_have_text("live")
+        # Exposure over time: a line per CVE drawn from the audit trail, ending where `cves` is now.
+        history = server.get("/api/cves/history")[PATCH_CVE]
+        chart = page.locator("#cves svg.chart").first
+        expect(chart.locator("polyline.line-covered")).to_have_count(1)
+        assert chart.get_attribute("data-covered") == ",".join(str(p["covered"]) for p in history)
+        assert history[-1]["covered"] == 4 and history[-1]["exposed"] == 2 and history[0]["covered"] < 4
         page.locator("#rollouts tbody a", has_text=f"#{rid}").click()
         expect(page).to_have_url(f"{server.url}/#/rollouts/{rid}")
         expect(page.locator("#rollout-status")).to_have_text("completed")

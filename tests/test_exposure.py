@@ -99,3 +99,39 @@ def test_the_database_counts_what_the_host_by_host_reading_finds(any_db_url, see
     for d, c in zip(detail, counted, strict=True):
         assert (d.cve, d.counts(), d.exposed_by_reason()) == (c.cve, c.counts(), c.exposed_by_reason())
         assert sum(d.counts().values()) == len(hosts)
+
+
+def test_exposure_over_time_replays_the_audit_trail(sqlite_url):
+    """Two hosts exposed, then one patched, then the other, then the first lost at a reboot: the history says
+    so at each moment (in scope: the hosts in scope now)."""
+    from datetime import UTC, datetime, timedelta
+
+    from klpfleet.db.models import Event
+    from klpfleet.reads.exposure_history import exposure_history
+
+    db = fleet(
+        sqlite_url,
+        hosts=[("a", OLD, True), ("b", OLD, True)],
+        patches=[("fix_old", OLD, ["CVE-2026-1234"])],
+        rows=[("a", "fix_old", "lost_at_reboot"), ("b", "fix_old", "applied")],
+    )
+    start = datetime.now(UTC) - timedelta(hours=4)
+    with db.session.begin() as s:
+        hosts = {h.name: h for h in s.query(Host)}
+        patch = s.query(Patch).one()
+        for hours, host, frm, to in [(0, "a", None, "absent"), (1, "a", "absent", "applied"),
+                                     (2, "b", None, "applied"), (3, "a", "applied", "lost_at_reboot")]:  # fmt: skip
+            s.add(
+                Event(
+                    at=start + timedelta(hours=hours),
+                    actor="t",
+                    kind="patch.state",
+                    host_id=hosts[host].id,
+                    host_name=host,
+                    patch_id=patch.id,
+                    details={"from": frm, "to": to},
+                )
+            )
+    with db.engine.connect() as conn:
+        history = exposure_history(conn, points=5)  # at 0, 1, 2, 3 and 4 hours
+    assert [(p["covered"], p["exposed"]) for p in history["CVE-2026-1234"]] == [(0, 2), (1, 1), (2, 0), (1, 1), (1, 1)]

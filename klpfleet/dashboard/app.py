@@ -166,6 +166,12 @@ def create_app(
         with db.session() as s:
             return rollout_record(s, int(request.path_params["rid"]), event_limit=50)
 
+    def exposure_over_time(_: Request) -> Any:
+        from klpfleet.reads.exposure_history import exposure_history
+
+        with db.engine.connect() as conn:
+            return exposure_history(conn)
+
     def host(request: Request) -> Any:
         from klpfleet.reads.views import host_detail
 
@@ -259,6 +265,7 @@ def create_app(
             Route("/api/rollouts/{rid:int}", read(rollout)),
             Route("/api/rollouts/{rid:int}/{action:str}", action, methods=["POST"]),
             Route("/api/hosts/{name:str}", read(host)),
+            Route("/api/cves/history", read(exposure_over_time)),
             Route("/api/events", guarded(stream)),
             Route("/metrics", guarded(metrics)),
             Route("/favicon.ico", lambda _: Response(status_code=204)),

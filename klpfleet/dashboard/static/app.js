@@ -104,7 +104,11 @@ async function loadStatus() {
   document.getElementById("hosts-summary").textContent =
     `${s.hosts.total} hosts, ${s.hosts.reachable} reachable`;
   fill("patches", s.patches.map((p) => [p.name, p.kernel_release, pairs(p.states)]));
-  fill("cves", (s.cves || []).map((c) => [c.cve, c.covered, c.exposed, c.unknown, pairs(c.exposed_by_reason)]));
+  const history = await getJSON("/api/cves/history");
+  fill(
+    "cves",
+    (s.cves || []).map((c) => [c.cve, c.covered, c.exposed, c.unknown, pairs(c.exposed_by_reason), chart(history[c.cve] || [])]),
+  );
   fill("kernels", Object.entries(s.hosts.by_kernel_release).map(([k, v]) => [k, v]));
   fill(
     "attention",
@@ -147,6 +151,36 @@ function bar(outcomes, done, total) {
   const wrap = el("span");
   wrap.append(outer, el("span", ` ${done}/${total}`));
   return wrap;
+}
+
+// Exposure over time (from the audit trail): covered hosts in green, exposed in red, oldest on the left.
+function chart(points) {
+  const ns = "http://www.w3.org/2000/svg";
+  const width = 160;
+  const height = 28;
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("width", width);
+  svg.setAttribute("height", height);
+  svg.setAttribute("class", "chart");
+  if (!points.length) return svg;
+  const top = Math.max(1, ...points.map((p) => p.covered + p.exposed));
+  for (const [key, cls] of [["covered", "line-covered"], ["exposed", "line-exposed"]]) {
+    const line = document.createElementNS(ns, "polyline");
+    const xy = points.map((p, i) => {
+      const x = points.length > 1 ? (i * (width - 2)) / (points.length - 1) + 1 : width / 2;
+      const y = height - 1 - ((height - 2) * p[key]) / top;
+      return `${x.toFixed(1)},${y.toFixed(1)}`;
+    });
+    line.setAttribute("points", xy.join(" "));
+    line.setAttribute("class", cls);
+    svg.appendChild(line);
+  }
+  const last = points[points.length - 1];
+  const title = document.createElementNS(ns, "title");
+  title.textContent = `now: ${last.covered} covered, ${last.exposed} exposed (${points.length} points since ${points[0].at})`;
+  svg.appendChild(title);
+  svg.dataset.covered = points.map((p) => p.covered).join(",");
+  return svg;
 }
 
 // Each wave's hosts as a row of cells coloured by state; a cell opens its host.
