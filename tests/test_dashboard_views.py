@@ -106,5 +106,13 @@ def test_read_only_addresses_colours_details_and_stalled_tasks(finished):
         browser, pasted, more = open_page(p, server, "/#/hosts/sim-03")  # an address pasted into a new window
         expect(pasted.locator("#host-title")).to_contain_text("sim-03")
         expect(pasted.locator("#host-kernel-log")).to_contain_text("pre-patch callback failed for object 'vmlinux'")
+        pasted.goto(f"{server.url}/#/rollouts/{rid}/waves/2")  # a wave's address: its row and its cells marked
+        expect(pasted.locator("#waves tbody tr.selected")).to_have_count(1)
+        expect(pasted.locator("#waves tbody tr.selected")).to_contain_text("refused 1")
+        expect(pasted.locator("#grid .wave.selected .cell")).to_have_count(5)
+        pasted.locator("#cves tbody a", has_text=PATCH_CVE).click()  # a CVE's address: who is exposed, and why
+        expect(pasted).to_have_url(f"{server.url}/#/cves/{PATCH_CVE}")
+        expect(pasted.locator("#cve-title")).to_have_text(f"{PATCH_CVE}: 4 covered, 2 exposed, 0 unknown")
+        expect(pasted.locator("#cve-hosts tbody tr", has_text="sim-05")).to_contain_text("stalled")
         browser.close()
         assert errors == [] and more == []

@@ -166,6 +166,13 @@ def create_app(
         with db.session() as s:
             return rollout_record(s, int(request.path_params["rid"]), event_limit=50)
 
+    def one_cve(request: Request) -> Any:
+        from klpfleet.reads.exposure import cve_id, exposure
+
+        with db.engine.connect() as conn:
+            (found,) = exposure(conn, cve_id(request.path_params["cve"]))
+        return dict(found.summary(), hosts=found.hosts)
+
     def exposure_over_time(_: Request) -> Any:
         from klpfleet.reads.exposure_history import exposure_history
 
@@ -266,6 +273,7 @@ def create_app(
             Route("/api/rollouts/{rid:int}/{action:str}", action, methods=["POST"]),
             Route("/api/hosts/{name:str}", read(host)),
             Route("/api/cves/history", read(exposure_over_time)),
+            Route("/api/cves/{cve:str}", read(one_cve)),
             Route("/api/events", guarded(stream)),
             Route("/metrics", guarded(metrics)),
             Route("/favicon.ico", lambda _: Response(status_code=204)),

@@ -5,6 +5,8 @@
 const config = JSON.parse(document.body.dataset.config || "{}");
 let selectedRollout = null;
 let selectedHost = null;
+let selectedWave = null;
+let selectedCve = null;
 let refreshTimer = null;
 
 function el(tag, text, cls) {
@@ -79,6 +81,10 @@ function hostAddress(name) {
   return `#/hosts/${encodeURIComponent(name)}`;
 }
 
+function cveAddress(cve) {
+  return `#/cves/${encodeURIComponent(cve)}`;
+}
+
 function badge(id, text) {
   const node = document.getElementById(id);
   node.textContent = text;
@@ -107,7 +113,14 @@ async function loadStatus() {
   const history = await getJSON("/api/cves/history");
   fill(
     "cves",
-    (s.cves || []).map((c) => [c.cve, c.covered, c.exposed, c.unknown, pairs(c.exposed_by_reason), chart(history[c.cve] || [])]),
+    (s.cves || []).map((c) => [
+      link(c.cve, cveAddress(c.cve)),
+      c.covered,
+      c.exposed,
+      c.unknown,
+      pairs(c.exposed_by_reason),
+      chart(history[c.cve] || []),
+    ]),
   );
   fill("kernels", Object.entries(s.hosts.by_kernel_release).map(([k, v]) => [k, v]));
   fill(
@@ -216,10 +229,17 @@ async function showRollout(id) {
     "waves",
     r.waves.map((w) => {
       const done = w.hosts.filter((h) => h.status === "done" || h.status === "rolled_back").length;
-      return [w.index + 1, w.domain, el("span", w.status, `badge ${w.status}`), bar(w.outcomes, done, w.hosts.length), pairs(w.outcomes)];
+      return [
+        link(w.index + 1, `${rolloutAddress(id)}/waves/${w.index + 1}`),
+        w.domain,
+        el("span", w.status, `badge ${w.status}`),
+        bar(w.outcomes, done, w.hosts.length),
+        pairs(w.outcomes),
+      ];
     }),
   );
   grid(r.waves);
+  if (selectedWave !== null) highlightWave(selectedWave);
   const flying = r.waves.flatMap((w) => w.hosts.filter((h) => h.status === "running").map((h) => h.host));
   document.getElementById("in-flight").textContent = flying.length
     ? `in flight (${flying.length}): ${flying.join(", ")}`
@@ -228,6 +248,30 @@ async function showRollout(id) {
     w.hosts.filter((h) => h.outcome && h.outcome !== "applied"),
   );
   fill("problems", problems.map((h) => [link(h.host, hostAddress(h.host)), h.outcome, h.error_code, h.attempts]));
+}
+
+async function showCve(cve) {
+  selectedCve = cve;
+  const c = await getJSON(`/api/cves/${encodeURIComponent(cve)}`);
+  document.getElementById("cve").hidden = false;
+  const n = c.counts;
+  document.getElementById("cve-title").textContent =
+    `${c.cve}: ${n.covered} covered, ${n.exposed} exposed, ${n.unknown} unknown`;
+  const rows = [];
+  for (const kind of ["exposed", "unknown", "covered"]) {
+    for (const h of c.hosts[kind]) {
+      rows.push([link(h.host, hostAddress(h.host)), el("span", kind, `badge ${kind}`), h.kernel_release, h.reason, h.patch]);
+    }
+  }
+  fill("cve-hosts", rows);
+}
+
+function highlightWave(number) {
+  document.querySelectorAll("#waves tbody tr, #grid .wave").forEach((node) => node.classList.remove("selected"));
+  const row = document.querySelectorAll("#waves tbody tr")[number - 1];
+  const cells = document.querySelectorAll("#grid .wave")[number - 1];
+  for (const node of [row, cells]) if (node) node.classList.add("selected");
+  return row;
 }
 
 async function showHost(name) {
@@ -290,6 +334,7 @@ async function refresh() {
       await Promise.all([loadStatus(), loadRollouts()]);
       if (selectedRollout !== null) await showRollout(selectedRollout);
       if (selectedHost !== null) await showHost(selectedHost);
+      if (selectedCve !== null) await showCve(selectedCve);
     } while (refreshAgain);
   } finally {
     refreshing = false;
@@ -341,16 +386,21 @@ function needToken() {
   document.getElementById("live").textContent = "needs the token";
 }
 
-// The address says what is open: #/rollouts/ID, #/hosts/NAME (both may be open: the host's section follows).
+// The address says what is open: #/rollouts/ID, #/rollouts/ID/waves/N, #/hosts/NAME, #/cves/CVE-ID.
 async function route() {
-  const match = location.hash.match(/^#\/(rollouts|hosts)\/(.+)$/);
+  const match = location.hash.match(/^#\/(rollouts|hosts|cves)\/([^/]+)(?:\/waves\/(\d+))?$/);
   if (!match) return;
   if (match[1] === "rollouts" && /^\d+$/.test(match[2])) {
+    selectedWave = match[3] ? Number(match[3]) : null;
     await showRollout(Number(match[2]));
-    document.getElementById("rollout").scrollIntoView();
+    const row = selectedWave !== null ? highlightWave(selectedWave) : null;
+    (row || document.getElementById("rollout")).scrollIntoView();
   } else if (match[1] === "hosts") {
     await showHost(decodeURIComponent(match[2]));
     document.getElementById("host").scrollIntoView();
+  } else if (match[1] === "cves") {
+    await showCve(decodeURIComponent(match[2]));
+    document.getElementById("cve").scrollIntoView();
   }
 }
 
