@@ -79,6 +79,33 @@ def test_a_signal_pauses_a_waiting_rollout_and_says_how_to_resume(cli, tmp_path,
         assert enable_count(tmp_path, f"sim-0{i}", PATCH) == 1  # the hosts in flight were read, not run again
 
 
+def test_ctrl_c_ends_a_reconcile_wait_after_pausing_its_rollout(cli, tmp_path, monkeypatch):
+    from klpfleet.db.models import Host, HostPatch, Patch
+
+    monkeypatch.setenv("KLPFLEET_RUN_DIR", str(tmp_path / "runs"))
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    db = fleet_db(tmp_path, url, hosts=4, faults=SLOW)
+    register(db, tmp_path)
+    with db.session.begin() as s:  # every host lost the patch at a reboot: reconcile puts it back
+        patch = s.scalar(select(Patch))
+        for host in s.scalars(select(Host)):
+            s.add(HostPatch(host_id=host.id, patch_id=patch.id, state="lost_at_reboot", observed_by="test"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "klpfleet.cli.main", "--db", url, "reconcile", "--wait", "--waves", "2,100%"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "KLPFLEET_NO_LIVE": "1"},
+    )
+    wait_for_event(db, 1, "wave.run")
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert "stopped: nothing more is planned this time" in err and "resume it with `klpfleet rollout resume 1" in err
+    with db.session() as s:
+        assert [r.status for r in s.scalars(select(Rollout))] == ["paused"]
+
+
 def orphan(db, rid, *, lease_seconds_ago: float) -> None:
     """The rollout as a controller that died left it: running, its lease expired."""
     from datetime import timedelta

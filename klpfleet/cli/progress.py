@@ -45,9 +45,10 @@ def drive(ctx: click.Context, rollout_id: int) -> int:
     db = database(ctx)
     live = LiveRollout(db, rollout_id) if sys.stderr.isatty() and not os.environ.get("KLPFLEET_NO_LIVE") else None
     progress = CliProgress(rollout_id, live.print if live is not None else None)
+    driver = Driver(db, rollout_id, progress=progress)
     try:
         with live or contextlib.nullcontext():
-            final = Driver(db, rollout_id, progress=progress).drive()
+            final = driver.drive()
     except KlpfleetError as exc:
         click.echo(f"klpfleet: error: {exc}", err=True)
         return 2
@@ -61,6 +62,8 @@ def drive(ctx: click.Context, rollout_id: int) -> int:
         )
         return 2
     progress.line(f"rollout {rollout_id}: {final}", "finished", status=final)
+    if driver.stop.is_set():
+        ctx.meta["klpfleet.stopped_by_signal"] = True  # a loop of drives (reconcile --wait) ends here too
     return EXIT.get(final, 1 if final == "aborting" else 2)
 
 

@@ -99,7 +99,11 @@ def reconcile(
         tries: Counter[tuple[str, str]] = Counter()
         while ids:
             tries.update((h["host"], p["sha256"]) for p in planned if p["rollout"] for h in p["hosts"])
-            worst = max([worst] + [drive(ctx, rid) for rid in ids])
+            for rid in ids:
+                worst = max(worst, drive(ctx, rid))
+                if ctx.meta.get("klpfleet.stopped_by_signal"):
+                    info("stopped: nothing more is planned this time")
+                    ctx.exit(worst)
             spent = {pair for pair, n in tries.items() if n >= max_passes}
             planned = plan_reconcile(db, patch_ref, names, policy, selector, dry_run=False, tried=spent)
             ids = [p["rollout"] for p in planned if p["rollout"]]
