@@ -249,6 +249,7 @@ def test_events_follow_prints_each_new_event_as_a_line(sqlite_db, sqlite_url):
         ("klpfleet hosts --label zo", ["zone=eu-1"]),
         ("klpfleet hosts --state app", ["applied"]),
         ("klpfleet rollout create livepatch_test --by zo", ["zone"]),
+        ("klpfleet rollout create livepatch_test --hosts web", ["web1", "web2"]),
     ],
 )
 def test_shell_completion_offers_names_from_the_database(sqlite_db, sqlite_url, ko_factory, words, expected):

@@ -13,7 +13,13 @@ from klpfleet.wording import counted, listed
 
 
 @click.command()
-@click.option("--hosts", "pattern", metavar="PATTERN", help="Ansible host pattern (default: every host).")
+@click.option(
+    "--hosts",
+    "pattern",
+    metavar="PATTERN",
+    help="Ansible host pattern (default: every host).",
+    shell_complete=completion.hosts,
+)
 @click.option("--group", help="Only hosts of this group.", shell_complete=completion.groups)
 @click.option("--forks", default=20, show_default=True, help="Hosts probed at once (a bounded pool).")
 @click.option("--timeout", type=DURATION, default="30s", show_default=True, help="For the command on each host.")

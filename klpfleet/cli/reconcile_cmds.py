@@ -23,7 +23,13 @@ from klpfleet.wording import counted
     help="Only this patch (name, name@sha256 prefix or sha256).",
     shell_complete=completion.patches,
 )
-@click.option("--hosts", "pattern", metavar="PATTERN", help="Only hosts matching this Ansible host pattern.")
+@click.option(
+    "--hosts",
+    "pattern",
+    metavar="PATTERN",
+    help="Only hosts matching this Ansible host pattern.",
+    shell_complete=completion.hosts,
+)
 @click.option(
     "--group",
     help="Only hosts of this inventory group (or label group such as zone_a).",

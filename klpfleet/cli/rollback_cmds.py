@@ -16,7 +16,13 @@ from klpfleet.wording import counted
 
 @click.command("rollback")
 @click.argument("patch_ref", metavar="PATCH", shell_complete=completion.patches)
-@click.option("--hosts", "pattern", metavar="PATTERN", help="Only these hosts (Ansible host pattern).")
+@click.option(
+    "--hosts",
+    "pattern",
+    metavar="PATTERN",
+    help="Only these hosts (Ansible host pattern).",
+    shell_complete=completion.hosts,
+)
 @click.option("--cascade", is_flag=True, help="Remove patches stacked on top first, newest first.")
 @click.option("--fast", is_flag=True, help="Skip bake times and health checks.")
 @click.option("--bake", metavar="DURATION", help="Wait between batches (default: none).")

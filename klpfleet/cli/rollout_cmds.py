@@ -24,7 +24,13 @@ def rollout() -> None:
 
 @rollout.command()
 @click.argument("patch_ref", metavar="PATCH", shell_complete=completion.patches)
-@click.option("--hosts", "pattern", metavar="PATTERN", help="Ansible host pattern (globs, ':' unions, '!', '&').")
+@click.option(
+    "--hosts",
+    "pattern",
+    metavar="PATTERN",
+    help="Ansible host pattern (globs, ':' unions, '!', '&').",
+    shell_complete=completion.hosts,
+)
 @click.option(
     "--group",
     help="Only hosts of this inventory group (or label group such as zone_a).",
