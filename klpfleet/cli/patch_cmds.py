@@ -27,28 +27,16 @@ def patch() -> None:
 def add(ctx: click.Context, file: str, description: str | None, cves: tuple[str, ...], output: str) -> None:
     """Register FILE.ko: reads .modinfo, checksums it, keeps a copy. The same file twice is a no-op."""
     read_livepatch(file)  # refuse a bad file before touching the database
+    from klpfleet.registry.patches import change_cves
+
     db = database(ctx)
     with db.session.begin() as session:
-        before = set(cves_listed_for(session, file))
         row, created = add_patch(session, file, description=description, cves=list(cves))
+        new = [] if created else change_cves(session, row, add=cves)  # a CVE named again with the same file
         record = patch_record(session, row)
     said = f"{'registered' if created else 'already registered'}: {row.name} {row.sha256[:12]} for {row.kernel_release}"
-    new = [c for c in record["cves"] if not created and c not in before]
     info(said + (f"; now also fixes {', '.join(new)}" if new else ""))
     emit("patch", record, output, _patch_table)
-
-
-def cves_listed_for(session: Any, file: str) -> list[str]:
-    """The CVEs the registered patch with this file's content already lists (none when it is not registered)."""
-    import hashlib
-    from pathlib import Path
-
-    from sqlalchemy import select
-
-    from klpfleet.db.models import Patch
-
-    digest = hashlib.sha256(Path(file).read_bytes()).hexdigest()
-    return list(session.scalar(select(Patch.cves).where(Patch.sha256 == digest)) or [])
 
 
 @patch.group("cve")

@@ -84,7 +84,6 @@ def add_patch(
     if existing is not None:
         if existing.path != str(stored):
             existing.path = str(stored)
-        change_cves(session, existing, add=cve_list)  # a CVE named again with the same file is recorded
         return existing, False
     patch = Patch(
         name=info.name,
