@@ -101,6 +101,14 @@ async function getJSON(url) {
   return response.json();
 }
 
+// The exposure lines move slowly: fetched once a minute, not on every event.
+let historyCache = { at: 0, data: {} };
+
+async function cveHistory() {
+  if (Date.now() - historyCache.at > 60000) historyCache = { at: Date.now(), data: await getJSON("/api/cves/history") };
+  return historyCache.data;
+}
+
 async function loadStatus() {
   const s = await getJSON("/api/status");
   badge("health", s.health);
@@ -110,7 +118,7 @@ async function loadStatus() {
   document.getElementById("hosts-summary").textContent =
     `${s.hosts.total} hosts, ${s.hosts.reachable} reachable`;
   fill("patches", s.patches.map((p) => [p.name, p.kernel_release, pairs(p.states)]));
-  const history = await getJSON("/api/cves/history");
+  const history = await cveHistory();
   fill(
     "cves",
     (s.cves || []).map((c) => [
