@@ -82,7 +82,7 @@ def test_mitogen_that_fails_to_start_falls_back_with_the_reason(cli, env, monkey
         "auto",
         {"ANSIBLE_STRATEGY": "mitogen_linear", "ANSIBLE_STRATEGY_PLUGINS": str(env / "no-such-dir")},
     )
-    monkeypatch.setattr("klpfleet.controller.driver.resolve_engine", lambda requested: broken)
+    monkeypatch.setattr("klpfleet.controller.playbook.resolve", lambda requested: broken)  # engine_for uses it
     _, status, states, trail = rollout(cli, env, "broken")
     assert status["status"] == "completed"
     assert states["sim-03"] == "refused" and sum(s == "applied" for s in states.values()) == 5
