@@ -45,7 +45,7 @@ function details(obj) {
   const box = el("span", null, "details");
   const plain = [];
   for (const [key, value] of Object.entries(obj || {})) {
-    if (Array.isArray(value) && (key === "kernel_log" || value.length > 3)) {
+    if (Array.isArray(value) && value.length && (key === "kernel_log" || value.length > 3)) {
       const fold = el("details");
       fold.append(el("summary", `${key} (${value.length} ${key === "kernel_log" ? "lines" : "items"})`));
       fold.append(el("pre", value.map((v) => (typeof v === "object" ? flat(v) : String(v))).join("\n")));
@@ -183,7 +183,7 @@ function chart(points) {
   svg.setAttribute("width", width);
   svg.setAttribute("height", height);
   svg.setAttribute("class", "chart");
-  if (!points.length) return svg;
+  if (!points.length) return el("span", "no state change recorded yet", "muted");
   const top = Math.max(1, ...points.map((p) => p.covered + p.exposed));
   for (const [key, cls] of [["covered", "line-covered"], ["exposed", "line-exposed"]]) {
     const line = document.createElementNS(ns, "polyline");
