@@ -2,18 +2,11 @@
 terminal emulator. One frame on screen at the end (old frames do not pile up), the driver's lines kept above it,
 the overall bar on a line of its own, and each wave's bar coloured by its outcomes."""
 
-import os
-import pty
-import select
-import struct
-import subprocess
-import sys
-import time
-
 import pyte
 import pytest
 
 from .controllerhelpers import fleet_db, register
+from .ptyhelpers import run_in_terminal
 
 pytestmark = pytest.mark.ansible
 PATCH = "livepatch_cve_2026_1234"
@@ -25,40 +18,10 @@ FAULTS = {
 
 def run_in_pty(args: list[str], columns: int, lines: int, env: dict[str, str], timeout: float = 240):
     """Run klpfleet on a pty of this size; (exit status, pyte screen with its scrollback)."""
-    import fcntl
-    import termios
-
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
-    env = {**os.environ, **env, "TERM": "xterm-256color", "COLUMNS": str(columns), "LINES": str(lines)}
-    env.pop("KLPFLEET_NO_LIVE", None)
-    env.pop("NO_COLOR", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "klpfleet.cli.main", *args],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env=env,
-        start_new_session=True,
-    )
-    os.close(slave)
+    code, drawn = run_in_terminal(args, env, columns=columns, lines=lines, timeout=timeout)
     screen = pyte.HistoryScreen(columns, lines, history=5000)
-    stream = pyte.ByteStream(screen)
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        ready, _, _ = select.select([master], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # the other side closed
-                break
-            if not chunk:
-                break
-            stream.feed(chunk)
-        elif proc.poll() is not None:
-            break
-    os.close(master)
-    return proc.wait(timeout=10), screen
+    pyte.ByteStream(screen).feed(drawn)
+    return code, screen
 
 
 def text_of(line) -> str:

@@ -256,43 +256,11 @@ def test_a_cumulative_patch_is_rolled_back_to_the_one_it_replaced_never_to_nothi
 
 
 def run_in_terminal(argv, env=None, timeout=300):
-    """argv with a pseudo-terminal as stdin, stdout and stderr, as a person runs it; (exit code, what it drew)."""
-    import fcntl
-    import os
-    import pty
-    import select
-    import struct
-    import subprocess
-    import sys
-    import termios
-    import time
+    """argv on a 160x50 pseudo-terminal; (exit code, what it drew)."""
+    from .ptyhelpers import run_in_terminal as on_pty
 
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))  # a 160x50 terminal
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "klpfleet.cli.main", *argv],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "160", "LINES": "50", **(env or {})},
-        close_fds=True,
-    )
-    os.close(slave)
-    chunks, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.5)
-        if ready:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # the other side closed
-                break
-            if not data:
-                break
-            chunks.append(data)
-        elif proc.poll() is not None:
-            break
-    os.close(master)
-    return proc.wait(timeout=30), b"".join(chunks).decode(errors="replace")
+    code, drawn = on_pty(argv, env, columns=160, lines=50, timeout=timeout)
+    return code, drawn.decode(errors="replace")
 
 
 def test_start_wait_on_a_terminal_shows_the_live_view(cli, env):

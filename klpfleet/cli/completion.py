@@ -76,27 +76,22 @@ def cves(ctx: click.Context, param: click.Parameter | None, incomplete: str) -> 
     return [CompletionItem(c) for c in sorted(names) if c.startswith(incomplete.upper())][:LIMIT]
 
 
-def groups(ctx: click.Context, param: click.Parameter | None, incomplete: str) -> list[CompletionItem]:
-    rows = _rows(ctx, "SELECT name FROM groups WHERE name LIKE :prefix ORDER BY name LIMIT :limit", incomplete)
-    return [CompletionItem(name) for (name,) in rows]
+def _names_from(sql: str) -> Any:
+    """A completion of the one column `sql` selects (it filters by :prefix and stops at :limit)."""
+
+    def complete(ctx: click.Context, param: click.Parameter | None, incomplete: str) -> list[CompletionItem]:
+        return [CompletionItem(name) for (name,) in _rows(ctx, sql, incomplete)]
+
+    return complete
 
 
-def label_keys(ctx: click.Context, param: click.Parameter | None, incomplete: str) -> list[CompletionItem]:
-    rows = _rows(
-        ctx, "SELECT DISTINCT key FROM host_labels WHERE key LIKE :prefix ORDER BY key LIMIT :limit", incomplete
-    )
-    return [CompletionItem(key) for (key,) in rows]
-
-
-def labels(ctx: click.Context, param: click.Parameter | None, incomplete: str) -> list[CompletionItem]:
-    """KEY=VALUE pairs as --label takes them."""
-    rows = _rows(
-        ctx,
-        "SELECT DISTINCT key || '=' || value FROM host_labels WHERE key || '=' || value LIKE :prefix "
-        "ORDER BY 1 LIMIT :limit",
-        incomplete,
-    )
-    return [CompletionItem(pair) for (pair,) in rows]
+groups = _names_from("SELECT name FROM groups WHERE name LIKE :prefix ORDER BY name LIMIT :limit")
+label_keys = _names_from("SELECT DISTINCT key FROM host_labels WHERE key LIKE :prefix ORDER BY key LIMIT :limit")
+# KEY=VALUE pairs, as --label takes them.
+labels = _names_from(
+    "SELECT DISTINCT key || '=' || value FROM host_labels WHERE key || '=' || value LIKE :prefix "
+    "ORDER BY 1 LIMIT :limit"
+)
 
 
 def patch_states(ctx: click.Context, param: click.Parameter | None, incomplete: str) -> list[CompletionItem]:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -39,39 +38,29 @@ def add(ctx: click.Context, file: str, description: str | None, cves: tuple[str,
     emit("patch", record, output, _patch_table)
 
 
-@patch.group("cve")
-def cve_group() -> None:
-    """Change which CVEs a registered patch fixes (`klpfleet cves` reports by them)."""
-
-
-@cve_group.command("add")
+@patch.command("cve")
+@click.argument("action", type=click.Choice(["add", "remove"]))
 @click.argument("patch_ref", metavar="PATCH", shell_complete=completion.patches)
 @click.argument("cves", metavar="CVE-ID...", nargs=-1, required=True)
 @click.pass_context
-def cve_add(ctx: click.Context, patch_ref: str, cves: tuple[str, ...]) -> None:
-    """Record that PATCH fixes these CVEs."""
-    _change(ctx, patch_ref, add=list(cves))
+def cve(ctx: click.Context, action: str, patch_ref: str, cves: tuple[str, ...]) -> None:
+    """Add or remove CVEs a registered PATCH fixes (`klpfleet cves` reports by them); each change is an event.
 
-
-@cve_group.command("remove")
-@click.argument("patch_ref", metavar="PATCH", shell_complete=completion.patches)
-@click.argument("cves", metavar="CVE-ID...", nargs=-1, required=True)
-@click.pass_context
-def cve_remove(ctx: click.Context, patch_ref: str, cves: tuple[str, ...]) -> None:
-    """Take back CVEs PATCH was said to fix."""
-    _change(ctx, patch_ref, remove=list(cves))
-
-
-def _change(ctx: click.Context, patch_ref: str, add: Sequence[str] = (), remove: Sequence[str] = ()) -> None:
+    \b
+    Examples:
+      klpfleet patch cve add livepatch_cve_2026_1234 CVE-2026-5555
+      klpfleet patch cve remove livepatch_cve_2026_1234 CVE-2026-5555
+    """
     from klpfleet.registry.patches import change_cves, get_patch
 
     with database(ctx).session.begin() as session:
         patch = get_patch(session, patch_ref)
-        changed = change_cves(session, patch, add=add, remove=remove)
+        wanted = {"add": cves, "remove": ()} if action == "add" else {"add": (), "remove": cves}
+        changed = change_cves(session, patch, **wanted)
         now = list(patch.cves or [])
         name = patch.name
-    verb = "added" if add else "removed"
-    info(f"{name}: {verb} {', '.join(changed) if changed else 'nothing'}; it fixes {', '.join(now) or 'no CVE'}")
+    done = f"{action.rstrip('e')}ed {', '.join(changed)}" if changed else f"nothing to {action}"
+    info(f"{name}: {done}; it fixes {', '.join(now) or 'no CVE'}")
 
 
 @patch.command("list")

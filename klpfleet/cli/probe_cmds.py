@@ -6,21 +6,15 @@ from typing import Any
 
 import click
 
-from klpfleet.cli import completion
 from klpfleet.cli.context import DURATION, database
+from klpfleet.cli.host_options import group_option, hosts_option
 from klpfleet.cli.output import emit, info, output_option, table
 from klpfleet.wording import counted, listed
 
 
 @click.command()
-@click.option(
-    "--hosts",
-    "pattern",
-    metavar="PATTERN",
-    help="Ansible host pattern (default: every host).",
-    shell_complete=completion.hosts,
-)
-@click.option("--group", help="Only hosts of this group.", shell_complete=completion.groups)
+@hosts_option("Ansible host pattern (default: every host).")
+@group_option("Only hosts of this group.")
 @click.option("--forks", default=20, show_default=True, help="Hosts probed at once (a bounded pool).")
 @click.option("--timeout", type=DURATION, default="30s", show_default=True, help="For the command on each host.")
 @click.option(

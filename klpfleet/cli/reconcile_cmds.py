@@ -9,6 +9,7 @@ import click
 
 from klpfleet.cli import completion
 from klpfleet.cli.context import database
+from klpfleet.cli.host_options import group_option, hosts_option
 from klpfleet.cli.output import emit, info, output_option, table
 from klpfleet.cli.progress import drive_or_detach
 from klpfleet.cli.rollout_options import engine_option, rollout_policy_options
@@ -23,18 +24,8 @@ from klpfleet.wording import counted
     help="Only this patch (name, name@sha256 prefix or sha256).",
     shell_complete=completion.patches,
 )
-@click.option(
-    "--hosts",
-    "pattern",
-    metavar="PATTERN",
-    help="Only hosts matching this Ansible host pattern.",
-    shell_complete=completion.hosts,
-)
-@click.option(
-    "--group",
-    help="Only hosts of this inventory group (or label group such as zone_a).",
-    shell_complete=completion.groups,
-)
+@hosts_option("Only hosts matching this Ansible host pattern.")
+@group_option()
 @click.option("--dry-run", is_flag=True, help="List the hosts and the reason each is included; plan nothing.")
 @click.option("--start", is_flag=True, help="Start the planned rollouts in the background.")
 @click.option(

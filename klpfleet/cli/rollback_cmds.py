@@ -8,6 +8,7 @@ import click
 
 from klpfleet.cli import completion
 from klpfleet.cli.context import database
+from klpfleet.cli.host_options import hosts_option
 from klpfleet.cli.output import emit, output_option, table
 from klpfleet.cli.progress import CliProgress
 from klpfleet.cli.rollout_options import engine_option
@@ -16,13 +17,7 @@ from klpfleet.wording import counted
 
 @click.command("rollback")
 @click.argument("patch_ref", metavar="PATCH", shell_complete=completion.patches)
-@click.option(
-    "--hosts",
-    "pattern",
-    metavar="PATTERN",
-    help="Only these hosts (Ansible host pattern).",
-    shell_complete=completion.hosts,
-)
+@hosts_option("Only these hosts (Ansible host pattern).")
 @click.option("--cascade", is_flag=True, help="Remove patches stacked on top first, newest first.")
 @click.option("--fast", is_flag=True, help="Skip bake times and health checks.")
 @click.option("--bake", metavar="DURATION", help="Wait between batches (default: none).")

@@ -10,6 +10,7 @@ import click
 
 from klpfleet.cli import completion
 from klpfleet.cli.context import DURATION, ROLLOUT_ID, database
+from klpfleet.cli.host_options import group_option, hosts_option
 from klpfleet.cli.output import console, emit, info, output_option, printable, table
 from klpfleet.cli.progress import EXIT, NO_DRIVER, NOT_FINISHED, drive, drive_or_detach
 from klpfleet.cli.rollout_options import engine_option, rollout_policy_options
@@ -24,18 +25,8 @@ def rollout() -> None:
 
 @rollout.command()
 @click.argument("patch_ref", metavar="PATCH", shell_complete=completion.patches)
-@click.option(
-    "--hosts",
-    "pattern",
-    metavar="PATTERN",
-    help="Ansible host pattern (globs, ':' unions, '!', '&').",
-    shell_complete=completion.hosts,
-)
-@click.option(
-    "--group",
-    help="Only hosts of this inventory group (or label group such as zone_a).",
-    shell_complete=completion.groups,
-)
+@hosts_option("Ansible host pattern (globs, ':' unions, '!', '&').")
+@group_option()
 @rollout_policy_options
 @engine_option
 @output_option
