@@ -84,6 +84,9 @@ def test_read_only_addresses_colours_details_and_stalled_tasks(finished):
         }
         assert len(set(colours.values())) == 3, colours  # a wave with a refusal and a stall is not all green
         expect(page.locator("#grid .cell")).to_have_count(6)
+        stalled_row = page.locator("#problems tbody tr", has_text="sim-05")
+        expect(stalled_row).to_contain_text("app_worker")  # the task that held the transition, on the rollout
+        expect(stalled_row).to_contain_text("patched_function")
         expect(page.locator("#grid .cell[data-state=applied]")).to_have_count(4)
         badge = page.evaluate(
             """() => ["running", "paused", "completed", "failed"].map((s) => {

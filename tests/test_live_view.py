@@ -53,7 +53,7 @@ def test_one_frame_the_driver_lines_above_it_and_bars_coloured_by_outcome(tmp_pa
     assert set(lines[top + 1]) == {"━"}  # the overall bar has its line to itself
     assert lines[top + 2].split() == ["wave", "domain", "status", "progress", "hosts", "outcomes"]
     assert any("sim-03: refused (refused)" in line for line in lines)
-    assert any("sim-05: stalled (transition_stalled)" in line for line in lines)
+    assert any("sim-05: stalled (transition_stalled)" in line and "held by app_worker" in line for line in lines)
 
     # Wave 2 (2 applied, 1 refused, 1 stalled): green, yellow and red cells in its bar, not a green bar.
     row = next(y for y, line in enumerate(screen.display) if line.lstrip().startswith("2 ") and "completed" in line)

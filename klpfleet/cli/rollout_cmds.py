@@ -348,13 +348,14 @@ def _status_table(d: dict[str, Any], out: Any) -> None:
     columns = ["wave", "domain", "status", *(["progress"] if bars else []), "hosts", "outcomes"]
     table("waves", columns, _status_lines(d, bars), out)
     problems = [
-        [w["index"] + 1, h["host"], h["outcome"] or h["status"], h["error_code"], h["attempts"]]
+        [w["index"] + 1, h["host"], h["outcome"] or h["status"], h["error_code"], h["attempts"], h["held_by"]]
         for w in d["waves"]
         for h in w["hosts"]
         if h["outcome"] not in (None, "applied")
     ]
     if problems:
-        table("hosts needing attention", ["wave", "host", "outcome", "error", "attempts"], problems, out)
+        columns = ["wave", "host", "outcome", "error", "attempts", "held by"]
+        table("hosts needing attention", columns, problems, out)
     table(
         "decisions",
         ["at", "actor", "event", "details"],

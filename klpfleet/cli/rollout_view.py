@@ -104,7 +104,8 @@ def rollout_view(d: dict[str, Any], *, events: int = 6) -> Any:
         lines.append(Text(f"in flight ({len(flying)}): {short_list(flying)}", style="blue"))
     attention = [h for w in d["waves"] for h in w["hosts"] if h["outcome"] in ATTENTION]
     for h in attention[:8]:
-        lines.append(Text(f"  {h['host']}: {h['outcome']} ({h['error_code'] or '-'}), attempts {h['attempts']}"))
+        held = f", held by {h['held_by']}" if h.get("held_by") else ""
+        lines.append(Text(f"  {h['host']}: {h['outcome']} ({h['error_code'] or '-'}), attempts {h['attempts']}{held}"))
     if len(attention) > 8:
         lines.append(Text(f"  ... and {len(attention) - 8} more (`klpfleet rollout status {d['id']}`)"))
     decision = next((e for e in d["events"] if e["kind"] in DECISIONS), None)

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from klpfleet.db.models import Event, Host, Rollout, Wave, WaveHost, utcnow
+from klpfleet.db.models import Event, Host, HostPatch, Rollout, Wave, WaveHost, utcnow
 from klpfleet.errors import UsageError
 from klpfleet.reads.views import event_record
 from klpfleet.states import counted_as, wave_number
@@ -33,8 +33,27 @@ def driver_state(r: Rollout) -> str:
     return "idle"
 
 
+def held_by(session: Session, r: Rollout) -> dict[str, str]:
+    """Per host whose transition of this rollout's patch stalled: the first task that held it back, as people read
+    it (comm, pid, the top of its stack: the patched function it sleeps in)."""
+    rows = session.execute(
+        select(Host.name, HostPatch.stalled_tasks)
+        .join(HostPatch, HostPatch.host_id == Host.id)
+        .join(WaveHost, WaveHost.host_id == Host.id)
+        .where(WaveHost.rollout_id == r.id, WaveHost.outcome == "stalled", HostPatch.patch_id == r.patch_id)
+    ).all()
+    out = {}
+    for name, tasks in rows:
+        task = next((t for t in tasks or [] if isinstance(t, dict)), None)
+        if task is not None:
+            top = (task.get("stack") or ["?"])[0]
+            out[name] = f"{task.get('comm')} ({task.get('pid')}) in {top}"
+    return out
+
+
 def rollout_record(session: Session, rollout_id: int, event_limit: int = 30) -> dict[str, Any]:
     r = get_rollout(session, rollout_id)
+    stalled_by = held_by(session, r)
     waves = []
     for w in r.waves:
         rows = session.execute(
@@ -56,7 +75,15 @@ def rollout_record(session: Session, rollout_id: int, event_limit: int = 30) -> 
                 "finished_at": w.finished_at,
                 "outcomes": dict(sorted(outcomes.items())),
                 "hosts": [
-                    {"host": h, "status": st, "outcome": o, "error_code": e, "attempts": a} for h, st, o, e, a in rows
+                    {
+                        "host": h,
+                        "status": st,
+                        "outcome": o,
+                        "error_code": e,
+                        "attempts": a,
+                        "held_by": stalled_by.get(h),
+                    }
+                    for h, st, o, e, a in rows
                 ],
             }
         )

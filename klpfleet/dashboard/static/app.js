@@ -255,7 +255,10 @@ async function showRollout(id) {
   const problems = r.waves.flatMap((w) =>
     w.hosts.filter((h) => h.outcome && h.outcome !== "applied"),
   );
-  fill("problems", problems.map((h) => [link(h.host, hostAddress(h.host)), h.outcome, h.error_code, h.attempts]));
+  fill(
+    "problems",
+    problems.map((h) => [link(h.host, hostAddress(h.host)), h.outcome, h.error_code, h.attempts, h.held_by]),
+  );
 }
 
 async function showCve(cve) {
