@@ -135,3 +135,27 @@ def test_exposure_over_time_replays_the_audit_trail(sqlite_url):
     with db.engine.connect() as conn:
         history = exposure_history(conn, points=5)  # at 0, 1, 2, 3 and 4 hours
     assert [(p["covered"], p["exposed"]) for p in history["CVE-2026-1234"]] == [(0, 2), (1, 1), (2, 0), (1, 1), (1, 1)]
+
+
+def test_exposure_over_time_ignores_event_rows_that_do_not_decode(sqlite_url):
+    """A hand-edited or damaged `details` (not JSON, a list, a number for `to`) says nothing; the replay goes on."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import text
+
+    from klpfleet.reads.exposure_history import exposure_history
+
+    db = fleet(sqlite_url, hosts=[("a", OLD, True)], patches=[("fix_old", OLD, ["CVE-2026-1234"])], rows=[])
+    at = (datetime.now(UTC) - timedelta(hours=1)).replace(tzinfo=None).isoformat(sep=" ")
+    with db.engine.begin() as conn:
+        for details in ("not json", "[1, 2]", '{"to": 7}'):
+            conn.execute(
+                text(
+                    "INSERT INTO events (at, actor, kind, host_id, patch_id, details) "
+                    "VALUES (:at, 't', 'patch.state', 1, 1, :details)"
+                ),
+                {"at": at, "details": details},
+            )
+    with db.engine.connect() as conn:
+        history = exposure_history(conn, points=3)
+    assert [(p["covered"], p["exposed"]) for p in history["CVE-2026-1234"]] == [(0, 1)] * 3

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from klpfleet.cli.output import cell
+from klpfleet.cli.output import cell, printable
 from klpfleet.wording import short_list
 
 # A wave's hosts in the order a bar shows them: what went well, what is under way, what went wrong.
@@ -86,7 +86,7 @@ def rollout_view(d: dict[str, Any], *, events: int = 6) -> Any:
     overall.add_row(outcome_bar(_all_outcomes(d), total, width=60))
     lines: list[Any] = [header, overall]
     if d["pause_reason"] and d["status"] in ("paused", "aborting", "aborted", "rolled_back", "failed"):
-        lines.append(Text(f"{d['status']}: {d['pause_reason']}", style="yellow"))
+        lines.append(Text(printable(f"{d['status']}: {d['pause_reason']}"), style="yellow"))
     left = bake_left(d) if d["status"] == "running" else None
     if left is not None:
         lines.append(Text(f"baking: {left:.0f}s left (`klpfleet rollout promote {d['id']}` skips it)"))
@@ -105,14 +105,15 @@ def rollout_view(d: dict[str, Any], *, events: int = 6) -> Any:
     attention = [h for w in d["waves"] for h in w["hosts"] if h["outcome"] in ATTENTION]
     for h in attention[:8]:
         held = f", held by {h['held_by']}" if h.get("held_by") else ""
-        lines.append(Text(f"  {h['host']}: {h['outcome']} ({h['error_code'] or '-'}), attempts {h['attempts']}{held}"))
+        said = f"  {h['host']}: {h['outcome']} ({h['error_code'] or '-'}), attempts {h['attempts']}{held}"
+        lines.append(Text(printable(said)))  # what a host reported (a task's comm, its stack) is never a control code
     if len(attention) > 8:
         lines.append(Text(f"  ... and {len(attention) - 8} more (`klpfleet rollout status {d['id']}`)"))
     decision = next((e for e in d["events"] if e["kind"] in DECISIONS), None)
     if decision is not None:
         details = decision["details"] or {}
         said = details.get("reason") or details.get("verdict") or ""
-        lines.append(Text(f"last decision: {decision['kind']} {said}".rstrip()))
+        lines.append(Text(printable(f"last decision: {decision['kind']} {said}".rstrip())))
     recent = Table("at", "event", "details", box=None)
     for e in d["events"][:events]:
         recent.add_row(cell(e["at"]), e["kind"], cell(e["details"])[:120])

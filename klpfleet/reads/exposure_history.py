@@ -38,8 +38,7 @@ def exposure_history(conn: Connection, points: int = POINTS) -> dict[str, list[d
     for moment in moments:
         while i < len(rows) and _utc(rows[i][0]) <= moment:
             _at, host_id, patch_id, details = rows[i]
-            to = (json.loads(details) if isinstance(details, str) else details or {}).get("to")
-            covering[(host_id, patch_id)] = to in COVERING_STATES
+            covering[(host_id, patch_id)] = _state_to(details) in COVERING_STATES
             i += 1
         on = {(names.get(h), p) for (h, p), yes in covering.items() if yes}
         for cve, hosts in scope.items():
@@ -53,3 +52,14 @@ def _utc(value: Any) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _state_to(details: Any) -> str | None:
+    """The state an event's details say the patch went to; a row that does not decode says nothing."""
+    if isinstance(details, str):
+        try:
+            details = json.loads(details)
+        except ValueError:
+            return None
+    to = details.get("to") if isinstance(details, dict) else None
+    return to if isinstance(to, str) else None
