@@ -12,7 +12,7 @@ from klpfleet.cli.context import database
 from klpfleet.cli.host_options import group_option, hosts_option
 from klpfleet.cli.output import emit, info, output_option, table
 from klpfleet.cli.progress import drive_or_detach
-from klpfleet.cli.rollout_options import engine_option, rollout_policy_options
+from klpfleet.cli.rollout_options import engine_option, policy_from, rollout_policy_options
 from klpfleet.wording import counted
 
 
@@ -68,11 +68,10 @@ def reconcile(
       klpfleet reconcile --dry-run
       klpfleet reconcile --patch livepatch_cve_2026_1234 --waves 1,100% --wait
     """
-    from klpfleet.controller.policy import build_policy
     from klpfleet.controller.reconcile import plan_reconcile
     from klpfleet.controller.selection import select_hosts
 
-    policy = build_policy(**options)
+    policy = policy_from(ctx, options)
     db = database(ctx)
     names = select_hosts(db, pattern, group)
     selector = "reconcile" + "".join(f" {x}" for x in (f"group {group}" if group else None, pattern) if x)

@@ -13,7 +13,7 @@ from klpfleet.cli.context import DURATION, ROLLOUT_ID, database
 from klpfleet.cli.host_options import group_option, hosts_option
 from klpfleet.cli.output import console, emit, info, output_option, printable, table
 from klpfleet.cli.progress import EXIT, NO_DRIVER, NOT_FINISHED, drive, drive_or_detach
-from klpfleet.cli.rollout_options import engine_option, rollout_policy_options
+from klpfleet.cli.rollout_options import engine_option, policy_from, rollout_policy_options
 from klpfleet.cli.rollout_view import outcome_bar, rollout_view
 from klpfleet.wording import counted, short_list
 
@@ -44,11 +44,10 @@ def create(
       klpfleet rollout create livepatch_cve_2026_1234 --hosts 'zone_b:!web-17' -o json
     """
     from klpfleet.controller.plan import create_rollout, make_plan, plan_record
-    from klpfleet.controller.policy import build_policy
     from klpfleet.controller.selection import select_hosts
     from klpfleet.registry.patches import get_patch
 
-    policy = build_policy(**options)
+    policy = policy_from(ctx, options)
     db = database(ctx)
     names = select_hosts(db, pattern, group)
     with db.session.begin() as s:

@@ -56,7 +56,26 @@ def rollout_policy_options(command: Any) -> Any:
                 is_flag=True,
                 help="Needed with --on-stall force (a forced patch needs a reboot to go).",
             ),
+            click.option(
+                "--policy",
+                metavar="FILE",
+                type=click.Path(dir_okay=False),
+                help="The whole policy (these options' names, analysis checks) from YAML; options given override it.",
+            ),
+            click.option("--prometheus", metavar="URL", help="Prometheus the policy's analysis checks query."),
         ]
     ):
         command = option(command)
     return command
+
+
+def policy_from(ctx: click.Context, options: dict[str, Any]) -> Any:
+    """The rollout policy: the defaults, then the --policy file, then the options typed on the command line."""
+    from click.core import ParameterSource
+
+    from klpfleet.controller.policy import build_policy
+    from klpfleet.controller.policy_file import read_policy_file
+
+    typed = {k: v for k, v in options.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    from_file = read_policy_file(options["policy"]) if options.get("policy") else {}
+    return build_policy(**{**options, **from_file, **typed})

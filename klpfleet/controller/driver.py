@@ -16,16 +16,17 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from klpfleet.controller.gate import Verdict, WaveCounts, decide_gate
+from klpfleet.controller.gate import Verdict, WaveCounts
 from klpfleet.controller.health import health_checks, health_details
 from klpfleet.controller.interrupt import Halt, OperatorStop, StopRequest
 from klpfleet.controller.lease import Lease, LeaseLost
-from klpfleet.controller.outcomes import node_failure_report, outcome_of
+from klpfleet.controller.outcomes import node_failure_report, outcome_of, transition_of
 from klpfleet.controller.playbook import engine_for, run_playbook
 from klpfleet.controller.policy import Policy
 from klpfleet.controller.progress import Progress, Silent
 from klpfleet.controller.rollback import REMOVED, batch_order, rollback_batches
 from klpfleet.controller.store import RolloutStore
+from klpfleet.controller.wave_analysis import analysed
 from klpfleet.db import events
 from klpfleet.db.engine import Database
 from klpfleet.db.models import Host, Rollout, Wave, utcnow
@@ -178,10 +179,8 @@ class Driver:
             self.engine = self.engine.fallback(run.fallback)
             self.progress.note(f"engine: ansible ({run.fallback})")
             with self.tx() as s:
-                r = self.lease.check(s)
-                self.event(
-                    s, "rollout.engine", r, engine="ansible", requested=self.engine.requested, reason=run.fallback
-                )
+                details = {"engine": "ansible", "requested": self.engine.requested, "reason": run.fallback}
+                self.event(s, "rollout.engine", self.lease.check(s), **details)
         return run
 
     def mark_completed(self) -> RolloutStatus:
@@ -273,6 +272,7 @@ class Driver:
                 outcome, code = outcome_of(run.results[name])
                 wh = self.store.wave_host(s, wave_id, name)
                 wh.outcome, wh.error_code = outcome, code
+                wh.transition_seconds = transition_of(run.results[name])
                 if run.results[name].status != "lost":
                     wh.status, wh.finished_at = WaveHostStatus.DONE, utcnow()
             return self.node_failures(s, r, run)
@@ -325,7 +325,10 @@ class Driver:
         self.progress.note(f"health check: {len(hosts) - failed} passed, {failed} failed")
 
     def gate(self, wave_id: int, index: int, counts: WaveCounts, policy: Policy) -> RolloutStatus | None:
-        decision = decide_gate(index, counts, policy, self.store.control())
+        started = time.monotonic()
+        decision = analysed(self, wave_id, index, policy, counts)  # decide_gate's verdict, the checks judged
+        if isinstance(decision, Halt):
+            return self.stopped(decision)
         with self.tx() as s:
             r = self.lease.check(s)
             wave = s.get(Wave, wave_id)
@@ -344,8 +347,9 @@ class Driver:
             return RolloutStatus.PAUSED
         if self.store.is_last_wave(index):
             return None
-        if policy.bake_seconds and not self.store.control().promoted_full:
-            return self.bake(index, policy.bake_seconds)
+        baked = time.monotonic() - started  # the analysis took part of the bake
+        if policy.bake_seconds > baked and not self.store.control().promoted_full:
+            return self.bake(index, policy.bake_seconds - baked)
         return None
 
     def bake(self, index: int, seconds: float) -> RolloutStatus | None:

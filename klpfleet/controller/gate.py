@@ -6,11 +6,17 @@ table of cases (every budget kind, percentages, --full, overrides, on-failure an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from klpfleet.analysis.measure import Analysis, Result, percentile
 from klpfleet.controller.policy import Policy, budget
+
+
+def transition_stats(seconds: list[float]) -> dict[str, float | int]:
+    """A wave's transition times as operators read them: how many, the median, the 95th percentile, the worst."""
+    return {"hosts": len(seconds), **{stat: round(percentile(seconds, stat), 3) for stat in ("p50", "p95", "max")}}
 
 
 @dataclass
@@ -20,6 +26,7 @@ class WaveCounts:
     refused: int = 0
     pending: int = 0
     failures: dict[str, int] = field(default_factory=dict)  # hard failures by outcome (stalled, unreachable, ...)
+    transitions: list[float] = field(default_factory=list)  # seconds, per applied host that reported one
 
     @property
     def failed(self) -> int:
@@ -33,6 +40,7 @@ class WaveCounts:
             "failed": self.failed,
             "pending": self.pending,
             "failures": dict(self.failures),
+            **({"transition": transition_stats(self.transitions)} if self.transitions else {}),
         }
 
     def failures_text(self) -> str:
@@ -62,9 +70,11 @@ class GateDecision:
     failed_breach: bool
     refused_breach: bool
     overridden: bool
+    analysis: str | None = None  # passed | failed | inconclusive, when the wave's checks were measured
 
     def details(self) -> dict[str, Any]:
         return {
+            **({"analysis": self.analysis} if self.analysis else {}),
             "verdict": self.verdict.value,
             "max_failed": self.max_failed,
             "max_refused": self.max_refused,
@@ -100,3 +110,15 @@ def decide_gate(index: int, counts: WaveCounts, policy: Policy, control: Control
             Verdict.PAUSE, f"wave {index + 1}: {counts.refused} refusal(s) exceed the budget of {max_refused}"
         )
     return decision(Verdict.CONTINUE, None)
+
+
+def with_analysis(index: int, decision: GateDecision, analysis: Analysis, policy: Policy) -> GateDecision:
+    """The gate once the wave's checks are judged: failed -> the policy's --on-failure, inconclusive -> pause (an
+    unknown is never a pass), passed -> the gate's own verdict."""
+    verdict, reason = decision.verdict, decision.reason
+    if analysis.result == Result.FAILED:
+        verdict = Verdict.ROLLBACK if policy.on_failure == "rollback" else Verdict.PAUSE
+        reason = f"wave {index + 1}: analysis failed: {analysis.reason}"
+    elif analysis.result == Result.INCONCLUSIVE:
+        verdict, reason = Verdict.PAUSE, f"wave {index + 1}: analysis inconclusive: {analysis.reason}"
+    return replace(decision, verdict=verdict, reason=reason, analysis=analysis.result.value)

@@ -20,6 +20,14 @@ def outcome_of(r: HostResult) -> tuple[Outcome, str | None]:
     return (Outcome(named) if named in FAILURE_OUTCOME_STATES else Outcome.FAILED), r.klp_error
 
 
+def transition_of(r: HostResult) -> float | None:
+    """How long the host's transition took, as its module said: a finite, plausible number of seconds or nothing."""
+    value = r.result.get("transition_seconds")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 7 * 24 * 3600:
+        return None  # NaN fails both comparisons
+    return float(value)
+
+
 def node_failure_report(run: RunOutcome, rollout_id: int) -> tuple[list[dict[str, Any]], str | None]:
     """What the run's failed execution nodes did: an event's details per node, and, when one left hosts in flight,
     why the rollout pauses. What the job did to those hosts is unknown until they are read again, which

@@ -7,6 +7,8 @@ import shlex
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from klpfleet.analysis.checks import Check, parse_checks
+from klpfleet.analysis.prometheus import check_url
 from klpfleet.errors import UsageError
 from klpfleet.runs.engine import resolve as resolve_engine
 
@@ -82,6 +84,12 @@ class Policy:
     busy_retries: int = 5
     busy_delay: float = 2.0
     engine: str = "auto"  # auto | mitogen | ansible (runs/engine.py)
+    prometheus: str | None = None  # the base URL the analysis checks query
+    analysis: list[dict[str, Any]] = field(default_factory=list)  # klpfleet.analysis.checks.Check, as JSON
+
+    def checks(self) -> list[Check]:
+        """The analysis checks, parsed again: a stored policy is a database row, read as hostile."""
+        return parse_checks(self.analysis, parse_duration)
 
     def apply_vars(self, patch_name: str, sha256: str) -> dict[str, Any]:
         """apply.yml's extra vars for a patch under this policy."""
@@ -122,6 +130,9 @@ def build_policy(
     on_stall: str = "reverse",
     allow_force: bool = False,
     engine: str = "auto",
+    prometheus: str | None = None,
+    analysis: Any = None,
+    policy: Any = None,  # the file it came from (cli.rollout_options reads it); not part of the policy
 ) -> Policy:
     """A policy from what the operator typed; the defaults are `rollout create`'s."""
     if on_stall == "force" and not allow_force:
@@ -139,6 +150,15 @@ def build_policy(
             raise UsageError(f"--health-check: {exc}") from None
         if not argv:
             raise UsageError("--health-check: empty command")
+    checks = parse_checks(analysis, parse_duration) if analysis is not None else []
+    if prometheus is not None:
+        try:
+            prometheus = check_url(prometheus)
+        except ValueError as exc:
+            raise UsageError(f"--prometheus: {exc}") from None
+    needs = [c.name for c in checks if c.needs_backend]
+    if needs and prometheus is None:
+        raise UsageError(f"analysis: {', '.join(needs)} query Prometheus: give --prometheus URL (or prometheus:)")
     if by is not None and not re.match(r"^[A-Za-z0-9_]{1,64}$", by):
         raise UsageError(f"--by: {by!r} is not a label name")
     return Policy(
@@ -157,6 +177,8 @@ def build_policy(
         on_stall=on_stall,
         allow_force=allow_force,
         engine=engine,
+        prometheus=prometheus,
+        analysis=[c.to_json() for c in checks],
     )
 
 

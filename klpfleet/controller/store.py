@@ -70,10 +70,16 @@ class RolloutStore:
     def counts(self, wave_id: int) -> WaveCounts:
         """A wave's hosts by final outcome: the gate's input."""
         with self.db.session() as s:
-            rows = s.execute(select(WaveHost.status, WaveHost.outcome).where(WaveHost.wave_id == wave_id)).all()
+            rows = s.execute(
+                select(WaveHost.status, WaveHost.outcome, WaveHost.transition_seconds).where(
+                    WaveHost.wave_id == wave_id
+                )
+            ).all()
         c = WaveCounts(total=len(rows))
-        for status, outcome in rows:
+        for status, outcome, seconds in rows:
             key = counted_as(status, outcome)
+            if key == Outcome.APPLIED and seconds is not None:
+                c.transitions.append(seconds)
             if key in NOT_FINISHED:
                 c.pending += 1
             elif key == Outcome.APPLIED:
@@ -83,6 +89,23 @@ class RolloutStore:
             elif key in HARD_FAILURES:
                 c.failures[key] = c.failures.get(key, 0) + 1
         return c
+
+    def control_hosts(self, index: int) -> list[str]:
+        """The rollout's hosts in the waves after `index` that nothing touched yet: the control group."""
+        with self.db.session() as s:
+            return list(
+                s.scalars(
+                    select(Host.name)
+                    .join(WaveHost, WaveHost.host_id == Host.id)
+                    .join(Wave, Wave.id == WaveHost.wave_id)
+                    .where(
+                        WaveHost.rollout_id == self.id,
+                        Wave.index > index,
+                        WaveHost.status == WaveHostStatus.PENDING,
+                    )
+                    .order_by(Host.name)
+                )
+            )
 
     @staticmethod
     def wave_host(s: Session, wave_id: int, name: str) -> WaveHost:

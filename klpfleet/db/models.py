@@ -264,6 +264,7 @@ class WaveHost(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    transition_seconds: Mapped[float | None]  # the module's own figure for its last load (wait included)
 
     wave: Mapped[Wave] = relationship(back_populates="hosts")
     host: Mapped[Host] = relationship()
