@@ -157,7 +157,7 @@ def parse_check(doc: Any, where: str, duration: Any) -> Check:
     interval = seconds("interval", 30.0)
     if not 0.1 <= interval <= 3600:
         raise UsageError(f"{where}.interval: between 0.1s and 1h")
-    count = _limit(doc.get("count"), f"{where}.count", 3, 1000)
+    count = _limit(doc.get("count"), f"{where}.count", 1 if transition else 3, 1000)  # transitions are history
     if count < 1:
         raise UsageError(f"{where}.count: at least 1 measurement")
     check = Check(

@@ -62,6 +62,11 @@ def percentile(values: Sequence[float], stat: str) -> float:
     return statistics.quantiles(ordered, n=100, method="inclusive")[q - 1]
 
 
+def transition_stats(seconds: Sequence[float]) -> dict[str, float | int]:
+    """A wave's transition times as operators read them: how many, the median, the 95th percentile, the worst."""
+    return {"hosts": len(seconds), **{stat: round(percentile(seconds, stat), 3) for stat in ("p50", "p95", "max")}}
+
+
 def take(check: Check, backend: Backend | None, scope: Scope, transitions: Sequence[float]) -> Measurement:
     """One measurement of one check for one wave."""
     condition = check.parsed_condition
@@ -79,7 +84,7 @@ def take(check: Check, backend: Backend | None, scope: Scope, transitions: Seque
         return judged(percentile(transitions, check.transition))
     assert check.query is not None
     queries = [check.query] + ([check.control] if check.control else [])
-    if any(uses(q, "control_hosts") for q in queries) and not scope.control_hosts:
+    if (check.control is not None or uses(check.query, "control_hosts")) and not scope.control_hosts:
         return Measurement(check.name, Result.SKIPPED, reason="no host is left outside the rollout's waves so far")
     if any(uses(q, "wave_hosts") for q in queries) and not scope.wave_hosts:
         return Measurement(check.name, Result.SKIPPED, reason="no host of this wave was patched")

@@ -99,6 +99,7 @@ def rollout_view(d: dict[str, Any], *, events: int = 6) -> Any:
             str(w["index"] + 1), w["domain"] or "", w["status"], bar, f"{finished}/{len(w['hosts'])}", outcomes
         )
     lines.append(waves)
+    lines += analysis_lines(d)
     flying = [h["host"] for w in d["waves"] for h in w["hosts"] if h["status"] == "running"]
     if flying:
         lines.append(Text(f"in flight ({len(flying)}): {short_list(flying)}", style="blue"))
@@ -119,6 +120,29 @@ def rollout_view(d: dict[str, Any], *, events: int = 6) -> Any:
         recent.add_row(cell(e["at"]), e["kind"], cell(e["details"])[:120])
     lines.append(recent)
     return Group(*lines)
+
+
+def analysis_lines(d: dict[str, Any]) -> list[Any]:
+    """Per wave: its transition times and its analysis, each check's latest measurement (what a host or an event
+    row said is escaped like every other line)."""
+    from rich.text import Text
+
+    lines: list[Any] = []
+    for w in d["waves"]:
+        number, t, a = w["index"] + 1, w.get("transition"), w.get("analysis")
+        if t:
+            said = f"wave {number} transitions: p50 {t['p50']:g}s, p95 {t['p95']:g}s, max {t['max']:g}s ({t['hosts']})"
+            lines.append(Text(said, style="grey50"))
+        if not a:
+            continue
+        style = {"passed": "green", "failed": "red", "measuring": "blue"}.get(str(a["result"]), "yellow")
+        lines.append(Text(printable(f"wave {number} analysis: {a['result']}"), style=style))
+        for name, m in sorted(a["checks"].items()):
+            value = m.get("value")
+            shown = f"{value:g}" if isinstance(value, (int, float)) else str(value)
+            reason = f" ({m['reason']})" if m.get("reason") else ""
+            lines.append(Text(printable(f"  {name}: {shown} {m.get('result')}{reason}")))
+    return lines
 
 
 def _all_outcomes(d: dict[str, Any]) -> dict[str, int]:

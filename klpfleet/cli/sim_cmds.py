@@ -147,6 +147,29 @@ def fleet_create(directory: str, spec_file: str, output: str) -> None:
     emit("sim.fleet", result, output, render)
 
 
+@fleet.command("exporter")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+@click.option("--listen", default="127.0.0.1:9101", show_default=True, metavar="ADDRESS:PORT")
+@click.option("--baseline", multiple=True, metavar="NAME=VALUE", help="A metric's value where no patch adds to it.")
+def fleet_exporter(directory: str, listen: str, baseline: tuple[str, ...]) -> None:
+    """Serve the fleet's simulated service metrics (klpfleet_sim_*{host}) for Prometheus until Ctrl-C: each
+    host's baseline plus what the patches loaded there declare in their spec's `metrics`."""
+    import time
+
+    from klpfleet.sim.exporter import parse_baseline, serve
+
+    address, _, port = listen.rpartition(":")
+    if not address or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.UsageError(f"--listen: {listen!r} is not ADDRESS:PORT")
+    server, _ = serve(Path(directory), address, int(port), parse_baseline(list(baseline)))
+    click.echo(f"serving {directory}'s metrics on http://{listen}/metrics (Ctrl-C ends)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.shutdown()
+
+
 @sim.command("run")
 @click.argument("scenario", metavar="SCENARIO.yml")
 @click.option("--kernel-release", default=DEFAULT_KERNEL_RELEASE, show_default=True)

@@ -179,8 +179,8 @@ class Driver:
             self.engine = self.engine.fallback(run.fallback)
             self.progress.note(f"engine: ansible ({run.fallback})")
             with self.tx() as s:
-                details = {"engine": "ansible", "requested": self.engine.requested, "reason": run.fallback}
-                self.event(s, "rollout.engine", self.lease.check(s), **details)
+                details: dict[str, Any] = {"requested": self.engine.requested, "reason": run.fallback}
+                self.event(s, "rollout.engine", self.lease.check(s), engine="ansible", **details)
         return run
 
     def mark_completed(self) -> RolloutStatus:

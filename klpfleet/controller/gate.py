@@ -10,13 +10,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from klpfleet.analysis.measure import Analysis, Result, percentile
+from klpfleet.analysis.measure import Analysis, Result, transition_stats
 from klpfleet.controller.policy import Policy, budget
-
-
-def transition_stats(seconds: list[float]) -> dict[str, float | int]:
-    """A wave's transition times as operators read them: how many, the median, the 95th percentile, the worst."""
-    return {"hosts": len(seconds), **{stat: round(percentile(seconds, stat), 3) for stat in ("p50", "p95", "max")}}
 
 
 @dataclass

@@ -5,25 +5,43 @@ rollout resumes (its verdict was never recorded, so nothing is half-judged)."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session
 
 from klpfleet.analysis.measure import Analysis, CheckRun, Measurement, run_checks, take
 from klpfleet.analysis.placeholders import Scope
 from klpfleet.analysis.prometheus import Prometheus
 from klpfleet.controller.gate import GateDecision, Verdict, WaveCounts, decide_gate, with_analysis
 from klpfleet.controller.interrupt import Halt
+from klpfleet.controller.lease import Lease
 from klpfleet.controller.policy import Policy
+from klpfleet.controller.progress import Progress
+from klpfleet.controller.store import RolloutStore
+from klpfleet.db.models import Rollout
 from klpfleet.states import Outcome
 
-if TYPE_CHECKING:
-    from klpfleet.controller.driver import Driver
+
+class Driver(Protocol):
+    """What of the driver an analysis uses (controller.driver.Driver)."""
+
+    id: int
+    store: RolloutStore
+    lease: Lease
+    progress: Progress
+
+    def tx(self) -> AbstractContextManager[Session]: ...
+    def event(self, s: Session, kind: str, rollout: Rollout, host: Any = None, **details: Any) -> None: ...
+    def wait(self, seconds: float) -> Halt | None: ...
+
 
 PROMETHEUS_TIMEOUT = 10.0  # seconds per query: a backend slower than this is an error, counted as such
 
 
 def analysed(driver: Driver, wave_id: int, index: int, policy: Policy, counts: WaveCounts) -> GateDecision | Halt:
-    """The gate's decision (decide_gate) once the wave's checks are judged (a wave whose budgets already stopped it, an overridden
-    gate and `promote --full` are not analysed), or the pause or abort that stopped the analysis."""
+    """The gate's decision (decide_gate) once the wave's checks are judged (a wave its budgets stopped, an
+    overridden gate and `promote --full` are not analysed), or the pause or abort that stopped the analysis."""
     decision = decide_gate(index, counts, policy, driver.store.control())
     if decision.verdict != Verdict.CONTINUE or not policy.analysis or decision.overridden:
         return decision

@@ -4,7 +4,8 @@ collector).
 Built with the standard client library from the same reads as `klpfleet status` (fleet_status, exposure
 counts) plus two small queries (rollouts by status with the current wave's counts, and the newest observation per
 inventory group). Labels are bounded: patches, states, kernel releases, CVEs, rollout statuses, active rollouts
-inventory groups and execution nodes, never hosts. Every value is a gauge: it is the fleet's state at the moment
+inventory groups and execution nodes; hosts only in klpfleet_rollout_host, for running and paused rollouts
+(reads/analysis_metrics). Every value is a gauge: it is the fleet's state at the moment
 of the scrape.
 """
 
@@ -20,6 +21,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import JSON, Connection, text
 
 from klpfleet.db.types import UTCDateTime
+from klpfleet.reads.analysis_metrics import analysis_metrics
 from klpfleet.reads.exposure import COVERED, EXPOSED, UNKNOWN, exposure_counts
 from klpfleet.reads.fleet_status import HEALTH_EXIT, fleet_status
 from klpfleet.states import ACTIVE_ROLLOUT_STATUSES, PatchState, RolloutStatus, counted_as
@@ -94,6 +96,7 @@ def fleet_metrics(conn: Connection, now: datetime) -> list[GaugeMetricFamily]:
     out += [cve_hosts, exposed]
 
     out += rollout_metrics(conn)
+    out += analysis_metrics(conn)
     out.append(observation_age(conn, now))
     out += node_metrics(conn, now)
     return out

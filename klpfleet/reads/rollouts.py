@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from klpfleet.analysis.measure import transition_stats
 from klpfleet.db.models import Event, Host, HostPatch, Rollout, Wave, WaveHost, utcnow
 from klpfleet.errors import UsageError
 from klpfleet.reads.views import event_record
@@ -51,11 +52,57 @@ def held_by(session: Session, r: Rollout) -> dict[str, str]:
     return out
 
 
+MAX_ANALYSIS_EVENTS = 2000  # the newest analysis events read for one rollout's record
+
+
+def _wave_of(details: Any) -> int | None:
+    wave = details.get("wave") if isinstance(details, dict) else None
+    return wave if isinstance(wave, int) and not isinstance(wave, bool) else None
+
+
+def wave_analyses(session: Session, rollout_id: int) -> dict[int, dict[str, Any]]:
+    """Per wave (1-based): its analysis as the events tell it: the latest measurement of each check, and how it
+    ended (`measuring` while it runs). The events are rows, read as hostile: what does not fit is left out."""
+    rows = session.execute(
+        select(Event.kind, Event.details)
+        .where(
+            Event.rollout_id == rollout_id, Event.kind.in_(["analysis.started", "analysis.measured", "analysis.ended"])
+        )
+        .order_by(Event.id.desc())
+        .limit(MAX_ANALYSIS_EVENTS)
+    ).all()
+    out: dict[int, dict[str, Any]] = {}
+    for kind, details in reversed(rows):
+        wave = _wave_of(details)
+        if wave is None:
+            continue
+        if kind == "analysis.started":
+            out[wave] = {"result": "measuring", "reason": None, "checks": {}}
+            continue
+        entry = out.setdefault(wave, {"result": "measuring", "reason": None, "checks": {}})
+        if kind == "analysis.ended":
+            entry["result"], entry["reason"] = str(details.get("result"))[:20], details.get("reason")
+        elif isinstance(details.get("check"), str):
+            keys = ("result", "value", "control", "reason")
+            entry["checks"][details["check"][:64]] = {k: details.get(k) for k in keys}
+    return out
+
+
+def transition_record(seconds: list[float]) -> dict[str, Any] | None:
+    return transition_stats(seconds) if seconds else None
+
+
 def rollout_record(session: Session, rollout_id: int, event_limit: int = 30) -> dict[str, Any]:
     r = get_rollout(session, rollout_id)
     stalled_by = held_by(session, r)
+    analyses = wave_analyses(session, r.id)
     waves = []
     for w in r.waves:
+        seconds = session.scalars(
+            select(WaveHost.transition_seconds).where(
+                WaveHost.wave_id == w.id, WaveHost.outcome == "applied", WaveHost.transition_seconds.is_not(None)
+            )
+        ).all()
         rows = session.execute(
             select(Host.name, WaveHost.status, WaveHost.outcome, WaveHost.error_code, WaveHost.attempts)
             .join(Host, Host.id == WaveHost.host_id)
@@ -74,6 +121,8 @@ def rollout_record(session: Session, rollout_id: int, event_limit: int = 30) -> 
                 "started_at": w.started_at,
                 "finished_at": w.finished_at,
                 "outcomes": dict(sorted(outcomes.items())),
+                "transition": transition_record([x for x in seconds if isinstance(x, float) and 0 <= x < 1e7]),
+                "analysis": analyses.get(w.index + 1),
                 "hosts": [
                     {
                         "host": h,

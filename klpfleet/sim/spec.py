@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,7 @@ def normalize(doc: Any) -> dict[str, Any]:
         "exit_log",
         "init_ret",
         "effects",
+        "metrics",
         "signed",
         "intree",
         "description",
@@ -178,6 +180,16 @@ def normalize(doc: Any) -> dict[str, Any]:
     effects = doc.get("effects") or {}
     if not isinstance(effects, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in effects.items()):
         raise UsageError("spec: effects maps a /proc path to the text it reads while patched")
+    metrics = doc.get("metrics") or {}
+    if not isinstance(metrics, dict) or not all(
+        isinstance(k, str)
+        and re.match(r"^[a-z][a-z0-9_]{0,63}$", k)
+        and isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+        for k, v in metrics.items()
+    ):
+        raise UsageError("spec: metrics maps a metric name (a-z, 0-9, _) to what the patch adds to it while patched")
     return {
         "name": name,
         "kernel_release": release,
@@ -191,6 +203,7 @@ def normalize(doc: Any) -> dict[str, Any]:
         "exit_log": _str_list(doc.get("exit_log"), "exit_log"),
         "init_ret": _int_or_param(doc.get("init_ret", 0), "init_ret", params),
         "effects": effects,
+        "metrics": {k: float(v) for k, v in metrics.items()},
         "signed": bool(doc.get("signed", False)),
         "intree": bool(doc.get("intree", False)),
         "description": str(doc.get("description", "")),

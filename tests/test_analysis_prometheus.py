@@ -1,0 +1,150 @@
+"""Rollouts gated on what a real Prometheus sees: a simulated fleet whose patches declare what they do to a service
+metric (`metrics: {error_rate: 0.05}` while loaded), scraped with klpfleet's own /metrics by Debian's Prometheus.
+Real ansible-playbook runs; every verdict is checked in the database, the kernels and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from sqlalchemy import select
+
+from klpfleet.db.models import Event
+
+from .controllerhelpers import enabled_on, fleet_db, register
+from .prometheushelpers import PrometheusServer, needs_prometheus
+
+pytestmark = [pytest.mark.ansible, needs_prometheus]
+PATCH = "livepatch_cve_2026_1234"
+# The wave's error rate against the control hosts', by regex of names and by the join with klpfleet_rollout_host.
+BY_REGEX = {
+    "name": "errors-vs-control",
+    "query": 'avg(klpfleet_sim_error_rate{host=~"$wave_hosts"})',
+    "control": 'avg(klpfleet_sim_error_rate{host=~"$control_hosts"})',
+    "condition": "< 2",
+    "interval": "1s",
+    "count": 2,
+    "initial_delay": "2s",
+}
+JOIN = 'avg(klpfleet_sim_error_rate * on(host) group_left() klpfleet_rollout_host{rollout="$rollout", role="%s"})'
+BY_JOIN = {
+    "name": "errors-joined",
+    "query": JOIN % "wave",
+    "control": JOIN % "control",
+    "compare": "difference",
+    "condition": "< 0.01",
+    "interval": "1s",
+    "count": 2,
+    "initial_delay": "2s",
+}
+TRANSITION = {"name": "transition-p95", "transition": "p95", "condition": "< 30"}
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("KLPFLEET_RUN_DIR", str(tmp_path / "runs"))
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    db = fleet_db(tmp_path, url, hosts=4)
+    server = PrometheusServer(tmp_path, tmp_path / "fleet", db)
+    server.start()
+    yield tmp_path, url, db, server
+    server.close()
+
+
+def policy_file(tmp, server, checks, **more):
+    path = tmp / "rollout.yml"
+    path.write_text(yaml.safe_dump({"waves": [1, "100%"], "prometheus": server.url, "analysis": checks, **more}))
+    return str(path)
+
+
+def create(cli, url, *args):
+    result = cli("--db", url, "rollout", "create", PATCH, "--transition-timeout", "2s", *args, "-o", "json")
+    assert result.code == 0, result.err
+    return result.json()["data"]["id"]
+
+
+def analysis_events(db, rid, kind="analysis.measured"):
+    with db.session() as s:
+        rows = s.scalars(select(Event).where(Event.rollout_id == rid, Event.kind == kind).order_by(Event.id))
+        return [e.details for e in rows]
+
+
+def test_a_good_patch_passes_every_wave(cli, env):
+    tmp, url, db, server = env
+    register(db, tmp, metrics={"error_rate": 0.0})
+    rid = create(cli, url, "--policy", policy_file(tmp, server, [BY_REGEX, BY_JOIN, TRANSITION]))
+    result = cli("--db", url, "rollout", "start", str(rid), "--wait")
+    assert result.code == 0, result.err + result.out
+    for host in ("sim-01", "sim-02", "sim-03", "sim-04"):
+        assert enabled_on(tmp, host) == [PATCH]
+    measured = analysis_events(db, rid)
+    by_check = {(m["check"], m["wave"]): m["result"] for m in measured}
+    # wave 1 (the canary) against the three control hosts; wave 2 has none left to compare with
+    assert by_check[("errors-vs-control", 1)] == "passed" and by_check[("errors-joined", 1)] == "passed"
+    assert by_check[("errors-vs-control", 2)] == "skipped" and by_check[("errors-joined", 2)] == "skipped"
+    assert by_check[("transition-p95", 1)] == "passed" and by_check[("transition-p95", 2)] == "passed"
+    ratio = next(m for m in measured if m["check"] == "errors-vs-control" and m["wave"] == 1)
+    assert ratio["value"] == pytest.approx(1.0) and ratio["control"] == pytest.approx(0.001)
+    ended = analysis_events(db, rid, "analysis.ended")
+    assert [e["result"] for e in ended] == ["passed", "passed"]
+    gates = analysis_events(db, rid, "gate.evaluated")
+    assert gates[0]["analysis"] == "passed" and set(gates[0]["counts"]["transition"]) == {"hosts", "p50", "p95", "max"}
+    shown = cli("--db", url, "rollout", "status", str(rid))
+    assert "errors-vs-control" in shown.out and "passed" in shown.out
+    data = cli("--db", url, "rollout", "status", str(rid), "-o", "json").json()["data"]
+    assert data["waves"][0]["analysis"]["result"] == "passed"
+    assert data["waves"][0]["transition"]["hosts"] == 1
+
+
+def test_a_bad_patch_is_stopped_at_the_canary_and_rolled_back(cli, env):
+    tmp, url, db, server = env
+    register(db, tmp, metrics={"error_rate": 0.05})
+    path = policy_file(tmp, server, [BY_REGEX], **{"on-failure": "rollback"})
+    rid = create(cli, url, "--policy", path)
+    result = cli("--db", url, "rollout", "start", str(rid), "--wait")
+    assert result.code == 1
+    status = cli("--db", url, "rollout", "status", str(rid), "-o", "json").json()["data"]
+    assert status["status"] == "rolled_back"
+    assert "analysis failed" in status["pause_reason"] and "errors-vs-control" in status["pause_reason"]
+    failed = [m for m in analysis_events(db, rid) if m["result"] == "failed"]
+    assert failed and failed[0]["value"] == pytest.approx(51.0, rel=0.01)  # (0.001 + 0.05) / 0.001
+    for host in ("sim-01", "sim-02", "sim-03", "sim-04"):
+        assert enabled_on(tmp, host) == []  # the canary's patch removed, the others never touched
+    assert [w["outcomes"] for w in status["waves"]][1] == {"pending": 3}
+
+
+def test_prometheus_down_pauses_as_inconclusive_and_resume_goes_on(cli, env):
+    tmp, url, db, server = env
+    register(db, tmp, metrics={"error_rate": 0.0})
+    check = {**BY_REGEX, "initial_delay": "0s", "interval": "0.5s", "count": 4, "consecutive_error_limit": 1}
+    rid = create(cli, url, "--policy", policy_file(tmp, server, [check]))
+    server.stop()
+    result = cli("--db", url, "rollout", "start", str(rid), "--wait")
+    assert result.code == 1
+    status = cli("--db", url, "rollout", "status", str(rid), "-o", "json").json()["data"]
+    assert status["status"] == "paused"
+    assert "analysis inconclusive" in status["pause_reason"] and "unreachable" in status["pause_reason"]
+    assert [m["result"] for m in analysis_events(db, rid)] == ["error", "error"]
+    assert enabled_on(tmp, "sim-02") == []  # the next wave never started
+    server.start()
+    resumed = cli("--db", url, "rollout", "resume", str(rid), "--wait")
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert enabled_on(tmp, "sim-02") == [PATCH]
+    assert "passed" in [m["result"] for m in analysis_events(db, rid)]
+
+
+def test_an_empty_result_never_passes(cli, env):
+    tmp, url, db, server = env
+    register(db, tmp)
+    check = {"name": "typo", "query": "avg(klpfleet_sim_eror_rate)", "condition": "< 1", "interval": "0.5s"}
+    rid = create(cli, url, "--policy", policy_file(tmp, server, [check]))
+    assert cli("--db", url, "rollout", "start", str(rid), "--wait").code == 1
+    status = cli("--db", url, "rollout", "status", str(rid), "-o", "json").json()["data"]
+    assert status["status"] == "paused" and "no series" in status["pause_reason"]
+    assert [m["result"] for m in analysis_events(db, rid)] == ["inconclusive"]
+    # klpfleet's own metrics say so too, for the dashboards and alerts built on them
+    metrics = cli("--db", url, "metrics").out
+    assert f'klpfleet_analysis_passing{{check="typo",rollout="{rid}",wave="1"}} -1.0' in metrics
+    assert f'klpfleet_rollout_host{{host="sim-01",role="wave",rollout="{rid}",wave="1"}} 1.0' in metrics
+    assert json.dumps(status)  # the paused status reads as JSON (no NaN anywhere)
