@@ -46,4 +46,4 @@ def fill(query: str, scope: Scope) -> str:
     values = {"rollout": lambda: str(scope.rollout), "wave": lambda: str(scope.wave)}
     values["wave_hosts"] = lambda: host_regex(scope.wave_hosts, "wave_hosts")
     values["control_hosts"] = lambda: host_regex(scope.control_hosts, "control_hosts")
-    return PLACEHOLDER_RE.sub(lambda m: values[m.group(1)](), query)
+    return PLACEHOLDER_RE.sub(lambda m: values[m.group(1)]() if m.group(1) in values else m.group(0), query)
