@@ -210,3 +210,60 @@ def test_the_page_in_a_real_browser_follows_a_rollout_without_reload(fleet):
     assert len(refused) == 2 and [e for e in errors if e not in refused] == []
     with db.session() as s:
         assert s.query(Patch).count() == 1
+
+
+def alert_body(status, labels):
+    """Alertmanager's webhook (version 4), as its documentation gives it."""
+    alert = {
+        "status": status,
+        "labels": labels,
+        "annotations": {"summary": "errors up"},
+        "startsAt": "2026-12-07T00:00:00Z",
+    }
+    return json.dumps({"version": "4", "status": status, "receiver": "klpfleet", "alerts": [alert]}).encode()
+
+
+def test_a_firing_alert_pauses_the_rollout_it_names(fleet):
+    url, rid, db = fleet
+    assert run_klpfleet("--db", url, "rollout", "delete", str(rid)).returncode == 0
+    created = run_klpfleet(
+        "--db", url, "rollout", "create", "livepatch_cve_2026_1234", "--waves", "2,100%", "--bake", "10m", "-o", "json"
+    )
+    rid = json.loads(created.stdout)["data"]["id"]
+    assert run_klpfleet("--db", url, "rollout", "start", str(rid)).returncode == 0  # a driver of its own
+    deadline = time.monotonic() + 120
+    with db.session() as s:
+        while not s.query(Event).filter(Event.rollout_id == rid, Event.kind == "wave.bake_started").count():
+            assert time.monotonic() < deadline, "the first wave never reached its bake"
+            time.sleep(0.5)
+            s.expire_all()
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+
+    def post(server, body, headers=auth):
+        req = urllib.request.Request(server.url + "/api/alertmanager", data=body, method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    with Server(db, token=TOKEN, allow_actions=True) as server:
+        named = {"alertname": "HighErrorRate", "klpfleet_rollout": str(rid), "severity": "page"}
+        assert post(server, alert_body("firing", named), {})[0] == 401
+        assert post(server, alert_body("firing", named), {**auth, "Origin": server.url})[0] == 403
+        assert post(server, b"{not json", auth)[0] == 400
+        assert post(server, alert_body("firing", {**named, "klpfleet_rollout": "1; drop"}))[0] == 400
+        assert post(server, alert_body("resolved", named)) == (200, {"acted": []})
+        assert post(server, alert_body("firing", {"alertname": "Unrelated"})) == (200, {"acted": []})
+        assert server.get(f"/api/rollouts/{rid}")["status"] == "running"  # nothing above stopped it
+        code, body = post(server, alert_body("firing", named))
+        assert code == 200 and body["acted"] == [
+            {"rollout": rid, "action": "pause", "alertname": "HighErrorRate", "result": "paused"}
+        ]
+        record = server.get(f"/api/rollouts/{rid}")
+        assert record["status"] == "paused" and record["pause_reason"] == "alert HighErrorRate firing"
+        again = post(server, alert_body("firing", named))[1]["acted"][0]["result"]
+        assert again == "left paused"  # a repeated notification changes nothing
+    with db.session() as s:
+        event = s.query(Event).filter(Event.rollout_id == rid, Event.kind == "rollout.alert").one()
+        assert event.details["alert"]["severity"] == "page" and event.actor.startswith("alertmanager:token-")

@@ -48,6 +48,7 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 MAX_STREAMS = 16  # open event streams at once; each polls the database every POLL_SECONDS
 MAX_ID = MAX_ROW_ID
 SESSION_COOKIE = "klpfleet_session"
+MAX_WEBHOOK_BODY = 256 * 1024  # an Alertmanager notification of a few hundred alerts
 
 
 def host_of(header: str) -> str:
@@ -273,8 +274,30 @@ def create_app(
             return JSONResponse({"error": str(exc)}, status_code=409)
         return JSONResponse({"rollout": int(request.path_params["rid"]), "status": status, "actor": actor})
 
+    async def alertmanager(request: Request) -> Response:
+        """Alertmanager's webhook: firing alerts with a klpfleet_rollout label pause or abort those rollouts. Not a
+        browser's request: the token (Alertmanager's http_config authorization), no cookie, no CSRF, no Origin."""
+        if not allow_actions:
+            return JSONResponse({"error": "read-only dashboard (start it with --allow-actions)"}, status_code=403)
+        if not token or not bearer_ok(request):
+            return JSONResponse({"error": "a valid token is needed"}, status_code=401)
+        if request.headers.get("origin") is not None:
+            return JSONResponse({"error": "the webhook is not for browsers"}, status_code=403)
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_WEBHOOK_BODY:
+                return JSONResponse({"error": "the body is too large"}, status_code=413)
+        actor = f"alertmanager:token-{fingerprint}@{request.client.host if request.client else '?'}"
+        try:
+            done = await run_in_threadpool(_alerts, db, body, actor)
+        except KlpfleetError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"acted": done})
+
     app = Starlette(
         routes=[
+            Route("/api/alertmanager", alertmanager, methods=["POST"]),
             Route("/", page),
             Route("/api/session", session, methods=["GET", "POST"]),
             Route("/api/status", read(status)),
@@ -293,6 +316,17 @@ def create_app(
     return AllowedHosts(
         app, {host_of(h) if h.startswith("[") else h.lower() for h in allowed_hosts or []} | set(LOOPBACK_NAMES)
     )
+
+
+def _alerts(db: Database, body: bytes, actor: str) -> list[dict[str, Any]]:
+    from klpfleet.controller.alerts import act_on_alerts, parse_webhook
+    from klpfleet.controller.control import driver_alive, spawn_driver
+
+    done = act_on_alerts(db, parse_webhook(body), actor)
+    for rid in {d["rollout"] for d in done if d["result"] == "aborting"}:
+        if not driver_alive(db, rid):
+            spawn_driver(db, rid)  # an abort rolls back: something must drive it
+    return done
 
 
 def _act(db: Database, rollout_id: int, what: str, actor: str) -> str:
