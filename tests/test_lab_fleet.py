@@ -54,13 +54,25 @@ def test_a_rollout_over_three_vms_with_one_refusing_then_a_rollback(clean_lab, t
     assert klp("inventory", "import", "-i", str(tmp_path / "inventory.yml")).returncode == 0
     gathered = playbook(tmp_path / "inventory.yml", ROOT / "playbooks" / "gather.yml", db_url=lab_db)
     assert gathered.returncode == 0, gathered.stdout[-3000:]
-    created = klp("rollout", "create", "test_klp_callbacks_demo", "--waves", "1,100%", "-o", "json")
+    # Each wave is gated on its transition times as the real kernel made them (the module's own measurement).
+    policy = {"waves": [1, "100%"], "analysis": [{"name": "transition-p95", "transition": "p95", "condition": "< 30"}]}
+    (tmp_path / "rollout.yml").write_text(yaml.safe_dump(policy))
+    created = klp(
+        "rollout", "create", "test_klp_callbacks_demo", "--policy", str(tmp_path / "rollout.yml"), "-o", "json"
+    )
     assert created.returncode == 0, created.stderr
     rid = str(json.loads(created.stdout)["data"]["id"])
     started = klp("rollout", "start", rid, "--wait")
     assert started.returncode == 0, started.stderr
     # The default engine here is Mitogen (klpfleet[fast] is installed): over SSH, with become, on this kernel.
     assert last_event(lab_db, None, "rollout.started").details["engine"] == "mitogen"
+    waves = json.loads(klp("rollout", "status", rid, "-o", "json").stdout)["data"]["waves"]
+    for wave in waves:  # lab3 refused: the second wave's figures are lab2's alone
+        assert wave["transition"]["hosts"] == 1 and 0 <= wave["transition"]["max"] < 30, wave["transition"]
+        assert wave["analysis"]["result"] == "passed"
+        assert wave["analysis"]["checks"]["transition-p95"]["value"] == pytest.approx(
+            wave["transition"]["p95"], abs=1e-3
+        )
     for vm, expected in (("lab1", "applied"), ("lab2", "applied"), ("lab3", "refused")):
         assert state(lab_db, vm, "test_klp_callbacks_demo")[0] == expected, vm
     assert livepatches(lab, "lab1") == livepatches(lab, "lab2") == ["test_klp_callbacks_demo"]
