@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from klpfleet.sim.monitoring import prometheus_binary
+
 from .conftest import run_klpfleet
 
 pytestmark = pytest.mark.ansible
@@ -20,6 +22,10 @@ def test_demo_runs_a_real_rollout_and_writes_only_under_its_directory(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "The gate fired and paused the rollout" in proc.stderr
     assert "rollout 1: completed" in proc.stderr and "rollout 2: completed" in proc.stderr
+    if prometheus_binary() is not None:  # CI installs it; the act says it was skipped otherwise
+        assert "rollout 3: rolled_back: wave 1: analysis failed: errors-vs-control: ratio 51" in proc.stderr
+    else:
+        assert "skipped: this act gates the rollout on a real Prometheus" in proc.stderr
     db = str(tmp_path / "demo" / "klpfleet.db")
     status = run_klpfleet("--db", db, "status", "-o", "json")
     assert status.returncode == 1  # degraded: refusals, a reversed stall, an unreachable host

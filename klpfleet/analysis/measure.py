@@ -71,11 +71,16 @@ def take(check: Check, backend: Backend | None, scope: Scope, transitions: Seque
     """One measurement of one check for one wave."""
     condition = check.parsed_condition
 
-    def judged(value: float, control: float | None = None) -> Measurement:
+    def judged(value: float, control: float | None = None, wave: float | None = None) -> Measurement:
         if math.isnan(value):
             return Measurement(check.name, Result.INCONCLUSIVE, value, control, "the value is NaN")
         verdict = Result.PASSED if condition.holds(value) else Result.FAILED
-        reason = None if verdict == Result.PASSED else f"{value:g} is not {condition.text}"
+        compared = f" (wave {wave:g}, control {control:g})" if control is not None and wave is not None else ""
+        reason = (
+            None
+            if verdict == Result.PASSED
+            else f"{check.compare if compared else 'value'} {value:g}{compared} is not {condition.text}"
+        )
         return Measurement(check.name, verdict, value, control, reason)
 
     if check.transition is not None:
@@ -110,10 +115,10 @@ def take(check: Check, backend: Backend | None, scope: Scope, transitions: Seque
     if math.isnan(wave) or math.isnan(control):
         return Measurement(check.name, Result.INCONCLUSIVE, wave, control, "a value is NaN")
     if check.compare == "difference":
-        return judged(wave - control, control)
+        return judged(wave - control, control, wave)
     if control == 0:
-        return judged(1.0 if wave == 0 else math.inf, control)
-    return judged(wave / control, control)
+        return judged(1.0 if wave == 0 else math.inf, control, wave)
+    return judged(wave / control, control, wave)
 
 
 @dataclass

@@ -6,6 +6,7 @@ needs root. The steps are the ones an operator would take, through the same code
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import textwrap
@@ -20,6 +21,26 @@ DEMO_MARKER = ".klpfleet-demo"
 CVE_FIX = "livepatch_cve_2026_1234"
 NEWER = "livepatch_cve_2026_5678"
 NEW_KERNEL = "6.1.0-57-amd64"
+BAD = "livepatch_filemap_fault"
+BAD_SPEC = """\
+name: livepatch_filemap_fault
+description: "mm: a fix for a race that makes the service fail 5% of its requests"
+replace: false
+objects:
+  - name: vmlinux
+    funcs: [filemap_fault]
+metrics: {error_rate: 0.05}   # the simulated service's error rate rises by 0.05 where it is loaded
+"""
+# The wave's error rate against the hosts not patched yet, measured by Prometheus: more than 1.5 times is a failure.
+CANARY_CHECK = {
+    "name": "errors-vs-control",
+    "query": 'avg(klpfleet_sim_error_rate{host=~"$wave_hosts"})',
+    "control": 'avg(klpfleet_sim_error_rate{host=~"$control_hosts"})',
+    "condition": "< 1.5",
+    "interval": "1s",
+    "count": 3,
+    "initial_delay": "2s",
+}
 
 FLEET = """\
 kernel_release: 6.1.0-56-amd64
@@ -168,9 +189,10 @@ class Demo:
         info(f"$ {self.k} rollback {NEWER} --fast")
         self.rollback(NEWER)
 
+        self.bad_patch()
         self.reboots()
 
-        step("11. Where the fleet stands")
+        step("12. Where the fleet stands")
         from klpfleet.cli.status_cmds import status_table
         from klpfleet.reads.fleet_status import fleet_status
 
@@ -181,7 +203,7 @@ class Demo:
     def reboots(self) -> None:
         from klpfleet.sim.fleet import reboot_host
 
-        step("8. Reboots: two hosts reboot, one boots with klpfleet.boot=0 (a rescue boot), one boots a new kernel")
+        step("9. Reboots: two hosts reboot, one boots with klpfleet.boot=0 (a rescue boot), one boots a new kernel")
         hosts = self.dir / "fleet" / "hosts"
         for name, kernel, loader in (
             ("sim-02", None, True),
@@ -209,7 +231,7 @@ class Demo:
             ).all()
         info("  " + ", ".join(f"{h} {state}" for h, state in rows))
 
-        step("9. Who is still exposed? (klpfleet cves; a monitoring check: exit 2 while any host is exposed)")
+        step("10. Who is still exposed? (klpfleet cves; a monitoring check: exit 2 while any host is exposed)")
         from klpfleet.cli.cve_cmds import cves_table
         from klpfleet.reads.exposure import exposure
 
@@ -224,7 +246,7 @@ class Demo:
         with self.db.engine.connect() as conn:
             cves_table([e.summary() for e in exposure(conn)], console())
 
-        step("10. Reconcile: a rollout of the hosts that should have the patch and do not, with the usual gates")
+        step("11. Reconcile: a rollout of the hosts that should have the patch and do not, with the usual gates")
         from klpfleet.cli.reconcile_cmds import reconcile_table
         from klpfleet.controller.reconcile import plan_reconcile
         from klpfleet.controller.selection import select_hosts
@@ -245,6 +267,60 @@ class Demo:
             f"({', '.join(f'{r} {n}' for r, n in cve.exposed_by_reason().items()) or 'none'}), "
             f"unknown {counts['unknown']}"
         )
+
+    def bad_patch(self) -> None:
+        """A patch that loads fine everywhere but raises the service's error rate: stopped at the canary by what
+        Prometheus sees, and rolled back."""
+        from prometheus_client.exposition import start_http_server
+
+        from klpfleet.reads.metrics import registry_for
+        from klpfleet.registry.patches import add_patch
+        from klpfleet.sim.exporter import DEFAULT_BASELINE, serve
+        from klpfleet.sim.monitoring import LocalPrometheus, free_port, prometheus_binary
+        from klpfleet.sim.spec import load_spec_file, write_ko
+
+        step(f"8. A bad patch, {BAD}: it loads fine, and the service's errors rise where it is loaded")
+        if prometheus_binary() is None:
+            info("skipped: this act gates the rollout on a real Prometheus (apt-get install prometheus)")
+            return
+        spec_file = self.dir / f"{BAD}.yml"
+        spec_file.write_text(BAD_SPEC)
+        ko = write_ko(load_spec_file(spec_file), self.dir / f"{BAD}.ko")
+        with self.db.session.begin() as s:
+            add_patch(s, ko, description=load_spec_file(spec_file)["description"])
+        sim_port, klpfleet_port = free_port(), free_port()
+        servers = [
+            serve(self.dir / "fleet", "127.0.0.1", sim_port, DEFAULT_BASELINE)[0],
+            start_http_server(klpfleet_port, addr="127.0.0.1", registry=registry_for(self.db.engine.connect))[0],
+        ]
+        prometheus = LocalPrometheus(self.dir / "prometheus", {"sim": sim_port, "klpfleet": klpfleet_port})
+        try:
+            prometheus.start()
+            info(f"Prometheus on {prometheus.url} scrapes each host's klpfleet_sim_error_rate and klpfleet's metrics")
+            (self.dir / "rollout.yml").write_text(
+                f"waves: [1, 100%]\non-failure: rollback\nprometheus: {prometheus.url}\nanalysis:\n"
+                f"  - {json.dumps(CANARY_CHECK)}\n"
+            )
+            rid = self.plan(
+                BAD,
+                f"--policy {self.dir / 'rollout.yml'}",
+                waves="1,100%",
+                on_failure="rollback",
+                prometheus=prometheus.url,
+                analysis=[CANARY_CHECK],
+            )
+            final = self.drive(rid)
+        finally:
+            prometheus.stop()
+            for server in servers:
+                server.shutdown()
+        with self.db.session() as s:
+            from klpfleet.db.models import Rollout
+
+            r = s.get(Rollout, rid)
+            reason = r.pause_reason if r is not None else None
+        info(f"rollout {rid}: {final}: {reason}")
+        info("The canary's patch came off; no other host ever loaded it.")
 
     def gather(self, ident: str) -> Any:
         from klpfleet.controller.playbook import run_playbook
@@ -343,6 +419,8 @@ class Demo:
               - a real Ansible run per wave (ansible-runner, playbooks/apply.yml) on {self.hosts} simulated kernels;
               - refusals told apart from stalls and unreachable hosts, a refusal retried, a gate that paused the
                 rollout, an operator's promotion, and the newer patch rolled back without touching the older one;
+              - a bad patch stopped at its canary by what Prometheus saw (its error rate against the control
+                hosts'), and rolled back;
               - reboots: the patch reloaded at boot, lost on a rescue boot, superseded by a new kernel; who is
                 exposed to each CVE, and reconcile putting back what was lost;
               - every decision and every host's state recorded in {self.dir / "klpfleet.db"}.
