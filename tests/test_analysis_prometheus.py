@@ -148,3 +148,23 @@ def test_an_empty_result_never_passes(cli, env):
     assert f'klpfleet_analysis_passing{{check="typo",rollout="{rid}",wave="1"}} -1.0' in metrics
     assert f'klpfleet_rollout_host{{host="sim-01",role="wave",rollout="{rid}",wave="1"}} 1.0' in metrics
     assert json.dumps(status)  # the paused status reads as JSON (no NaN anywhere)
+
+
+def test_a_background_check_stops_the_rollout_between_waves(cli, env):
+    tmp, url, db, server = env
+    register(db, tmp, metrics={"error_rate": 0.05})
+    background = {**BY_JOIN, "name": "errors-background", "background": True, "count": 1, "failure_limit": 1}
+    path = policy_file(tmp, server, [background], bake="60s", **{"on-failure": "rollback"})
+    rid = create(cli, url, "--policy", path)
+    result = cli("--db", url, "rollout", "start", str(rid), "--wait")
+    assert result.code == 1, result.err
+    status = cli("--db", url, "rollout", "status", str(rid), "-o", "json").json()["data"]
+    assert status["status"] == "rolled_back", (status["pause_reason"], result.err)
+    assert status["pause_reason"].startswith("background analysis failed: errors-background: difference 0.05")
+    measured = analysis_events(db, rid)
+    assert [m["result"] for m in measured] == ["failed", "failed"]  # failure_limit 1: the second failure ends it
+    assert all(m["background"] for m in measured)
+    bake = analysis_events(db, rid, "wave.bake_ended")
+    assert bake[0]["ended"] == "analysis" and bake[0]["waited"] < 30  # stopped long before the bake's 60 s
+    for host in ("sim-01", "sim-02", "sim-03", "sim-04"):
+        assert enabled_on(tmp, host) == []

@@ -74,6 +74,7 @@ class Check:
     failure_limit: int = 0  # failed measurements the check tolerates; one more fails it
     inconclusive_limit: int = 0  # inconclusive measurements it tolerates; one more makes it inconclusive
     consecutive_error_limit: int = 2  # backend errors in a row it tolerates; one more makes it inconclusive
+    background: bool = False  # measured the whole rollout long (count ignored), not in each wave's bake
 
     @property
     def parsed_condition(self) -> Condition:
@@ -114,6 +115,14 @@ def _limit(value: Any, where: str, default: int, high: int = 1000) -> int:
         return default
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
         raise UsageError(f"{where}: a whole number from 0 to {high}")
+    return value
+
+
+def _flag(value: Any, where: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise UsageError(f"{where}: true or false")
     return value
 
 
@@ -173,7 +182,10 @@ def parse_check(doc: Any, where: str, duration: Any) -> Check:
         failure_limit=_limit(doc.get("failure_limit"), f"{where}.failure_limit", 0),
         inconclusive_limit=_limit(doc.get("inconclusive_limit"), f"{where}.inconclusive_limit", 0),
         consecutive_error_limit=_limit(doc.get("consecutive_error_limit"), f"{where}.consecutive_error_limit", 2),
+        background=_flag(doc.get("background"), f"{where}.background"),
     )
+    if check.background and check.transition:
+        raise UsageError(f"{where}.background: a transition check judges a wave's own history, in its bake")
     if not math.isfinite(check.initial_delay) or check.duration() > 24 * 3600:
         raise UsageError(f"{where}: its measurements would take longer than a day")
     return check

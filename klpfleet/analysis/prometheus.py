@@ -17,6 +17,7 @@ from typing import Any
 
 MAX_RESPONSE = 1024 * 1024  # bytes: a check reads a handful of series, never a dump of the database
 MAX_SERIES = 1000
+QUERY_TIMEOUT = 10.0  # seconds per query: a backend slower than this is an error, counted as such
 
 
 class BackendError(Exception):
@@ -42,7 +43,7 @@ def check_url(url: str) -> str:
 
 
 class Prometheus:
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, timeout: float = QUERY_TIMEOUT) -> None:
         self.url = check_url(url)
         self.timeout = timeout
 

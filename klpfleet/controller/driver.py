@@ -16,14 +16,17 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from klpfleet.analysis.measure import Analysis, Result
+from klpfleet.controller.background_analysis import BackgroundAnalysis
 from klpfleet.controller.gate import Verdict, WaveCounts
-from klpfleet.controller.health import health_checks, health_details
+from klpfleet.controller.health import check_wave_health
 from klpfleet.controller.interrupt import Halt, OperatorStop, StopRequest
 from klpfleet.controller.lease import Lease, LeaseLost
 from klpfleet.controller.outcomes import node_failure_report, outcome_of, transition_of
 from klpfleet.controller.playbook import engine_for, run_playbook
 from klpfleet.controller.policy import Policy
 from klpfleet.controller.progress import Progress, Silent
+from klpfleet.controller.recovery import recover_in_flight
 from klpfleet.controller.rollback import REMOVED, batch_order, rollback_batches
 from klpfleet.controller.store import RolloutStore
 from klpfleet.controller.wave_analysis import analysed
@@ -36,8 +39,6 @@ from klpfleet.runs.types import RunOutcome, RunRequest, runs_dir
 from klpfleet.runs.variables import RunVarsError
 from klpfleet.states import (
     TERMINAL_ROLLOUT_STATUSES,
-    Outcome,
-    PatchState,
     RolloutStatus,
     WaveHostStatus,
     WaveStatus,
@@ -65,6 +66,7 @@ class Driver:
         self.runs_in = runs_dir(db) / f"rollout-{rollout_id}"
         self.engine = Engine("ansible", "auto")  # chosen when the drive starts (mark_started)
         self.stop = StopRequest()  # Ctrl-C or SIGTERM: pause at the next step
+        self.background: BackgroundAnalysis | None = None  # the policy's background checks, while driving
 
     def request(self, playbook: str, hosts: list[str], extravars: dict[str, Any], step: str, forks: int) -> RunRequest:
         """A run of this rollout: its folder, its lease's cancel, its engine."""
@@ -88,6 +90,8 @@ class Driver:
         self.stop.check()
         if self.lease.lost.is_set():
             raise LeaseLost(f"lost the lease on rollout {self.id}")
+        if self.background is not None and self.background.verdict is not None:
+            return Halt.ANALYSIS
         status = self.store.status()
         return {RolloutStatus.PAUSED: Halt.PAUSE, RolloutStatus.ABORTING: Halt.ABORT}.get(status)
 
@@ -111,7 +115,7 @@ class Driver:
     def drive(self) -> RolloutStatus:
         """The rollout, wave after wave, until it completes or stops: the status it ends in. Each step commits
         before the next."""
-        with self.lease, self.stop.on_signals():
+        with self.lease, self.stop.on_signals(), BackgroundAnalysis(self.db, self.id, self.actor) as self.background:
             try:
                 return self.steps()
             except OperatorStop:
@@ -208,7 +212,7 @@ class Driver:
             domain, size = wave.domain, len(wave.hosts)
         self.progress.wave(index, wave_total, domain, size)
 
-        self.recover_in_flight(wave_id, policy)
+        recover_in_flight(self, wave_id, policy)
         why = self.apply_pending(wave_id, policy)
         if why:
             return self.stopped(why)
@@ -216,33 +220,11 @@ class Driver:
         if why:
             return self.stopped(why)
         if policy.health_check:
-            self.health_checks(wave_id, policy)
+            check_wave_health(self, wave_id, policy)
 
         counts = self.store.counts(wave_id)
         self.progress.counts(index, counts)
         return self.gate(wave_id, index, counts, policy)
-
-    def recover_in_flight(self, wave_id: int, policy: Policy) -> None:
-        """Hosts a killed controller left `running`: read them before deciding anything."""
-        hosts = self.store.hosts_with(wave_id, WaveHostStatus.RUNNING)
-        if not hosts:
-            return
-        self.progress.note(f"re-reading {counted(len(hosts), 'host')} in flight when the controller stopped")
-        run = self.ran(run_playbook(self.request("gather.yml", hosts, {}, f"w{wave_id}-recover", policy.forks)))
-        with self.tx() as s:
-            r = self.lease.check(s)
-            for name in hosts:
-                wh = self.store.wave_host(s, wave_id, name)
-                state = self.store.patch_state(s, wh.host_id, r.patch_id)
-                wh.error_code = None  # what the host is now replaces what a failed node said about it
-                if run.results[name].status == "ok" and state in (PatchState.APPLIED, PatchState.FORCED):
-                    wh.status, wh.outcome, wh.finished_at = WaveHostStatus.DONE, Outcome.APPLIED, utcnow()
-                    verdict = "applied"
-                else:
-                    # not applied (or unknown): it is run again, and apply is idempotent
-                    wh.status, wh.outcome = WaveHostStatus.PENDING, None
-                    verdict = "pending"
-                self.event(s, "host.recovered", r, host=wh.host, state=state, verdict=verdict)
 
     def apply_pending(self, wave_id: int, policy: Policy) -> Halt | None:
         hosts = self.store.hosts_with(wave_id, WaveHostStatus.PENDING)
@@ -306,24 +288,6 @@ class Driver:
             if why:
                 return why
 
-    def health_checks(self, wave_id: int, policy: Policy) -> None:
-        """The policy's check on each host the wave applied to: an event for every result, passed or not."""
-        hosts = self.store.hosts_where_outcome(wave_id, Outcome.APPLIED)
-        if not hosts:
-            return
-        assert policy.health_check is not None
-        results = health_checks(self.db, hosts, policy.health_check, forks=policy.forks)
-        with self.tx() as s:
-            r = self.lease.check(s)
-            for name in hosts:
-                wh, passed = self.store.wave_host(s, wave_id, name), results[name].status == "ok"
-                if not passed:
-                    wh.outcome, wh.error_code = Outcome.HEALTH_FAILED, "health_check"
-                kind = "host.health_passed" if passed else "host.health_failed"
-                self.event(s, kind, r, host=wh.host, **health_details(results[name]))
-        failed = sum(1 for res in results.values() if res.status != "ok")
-        self.progress.note(f"health check: {len(hosts) - failed} passed, {failed} failed")
-
     def gate(self, wave_id: int, index: int, counts: WaveCounts, policy: Policy) -> RolloutStatus | None:
         started = time.monotonic()
         decision = analysed(self, wave_id, index, policy, counts)  # decide_gate's verdict, the checks judged
@@ -368,8 +332,20 @@ class Driver:
     def stopped(self, why: Halt) -> RolloutStatus:
         if why == Halt.ABORT:
             return self.abort()
+        if why == Halt.ANALYSIS and self.background is not None and self.background.verdict is not None:
+            return self.stopped_by_analysis(self.background.verdict)
         if why == Halt.PAUSE:
             self.progress.note("paused by an operator")
+        return RolloutStatus.PAUSED
+
+    def stopped_by_analysis(self, verdict: Analysis) -> RolloutStatus:
+        """A background check failed (the policy's --on-failure) or turned inconclusive (pause)."""
+        reason = f"background analysis {verdict.result}: {verdict.reason}"
+        if verdict.result == Result.FAILED and self.store.policy().on_failure == "rollback":
+            return self.roll_back(reason)
+        with self.tx() as s:
+            self.pause(s, self.lease.check(s), reason, "analysis")
+        self.progress.note(reason)
         return RolloutStatus.PAUSED
 
     def abort(self) -> RolloutStatus:

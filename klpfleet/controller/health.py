@@ -3,10 +3,13 @@ in it) on each host; a non-zero exit, a timeout or an unreachable host fails the
 
 from __future__ import annotations
 
+from klpfleet.controller.driving import Driving
+from klpfleet.controller.policy import Policy
 from klpfleet.db.engine import Database
 from klpfleet.inventory.export import fleet_inventory
 from klpfleet.probe.ssh import OK, Target, run_all
 from klpfleet.runs.types import HostResult
+from klpfleet.states import Outcome
 
 # A health check's verdict is its exit status; of its output only the tail is kept for the operator.
 HEALTH_OUTPUT_KEPT = 64 * 1024
@@ -48,3 +51,23 @@ def health_details(result: HostResult) -> dict[str, object]:
         "stdout_tail": str(res.get("stdout") or "")[-500:],
         "stderr_tail": str(res.get("stderr") or res.get("msg") or "")[-500:],
     }
+
+
+def check_wave_health(driver: Driving, wave_id: int, policy: Policy) -> None:
+    """The policy's check on each host the wave applied to: an event for every result, passed or not; a host that
+    fails it counts as a hard failure (health_failed) at the gate."""
+    hosts = driver.store.hosts_where_outcome(wave_id, Outcome.APPLIED)
+    if not hosts:
+        return
+    assert policy.health_check is not None
+    results = health_checks(driver.db, hosts, policy.health_check, forks=policy.forks)
+    with driver.tx() as s:
+        r = driver.lease.check(s)
+        for name in hosts:
+            wh, passed = driver.store.wave_host(s, wave_id, name), results[name].status == "ok"
+            if not passed:
+                wh.outcome, wh.error_code = Outcome.HEALTH_FAILED, "health_check"
+            kind = "host.health_passed" if passed else "host.health_failed"
+            driver.event(s, kind, r, host=wh.host, **health_details(results[name]))
+    failed = sum(1 for res in results.values() if res.status != "ok")
+    driver.progress.note(f"health check: {len(hosts) - failed} passed, {failed} failed")

@@ -22,6 +22,7 @@ class Halt(StrEnum):
     PAUSE = "pause"  # an operator asked for a pause
     ABORT = "abort"  # an operator asked for an abort
     NODE_FAILED = "node_failed"  # a failed execution node left hosts in flight; the rollout is paused already
+    ANALYSIS = "analysis"  # a background check failed or turned inconclusive
     PROMOTED = "promoted"  # `promote --full` during a wave's analysis: the operator judged, the checks are given up
 
 

@@ -91,6 +91,10 @@ class Policy:
         """The analysis checks, parsed again: a stored policy is a database row, read as hostile."""
         return parse_checks(self.analysis, parse_duration)
 
+    def bake_checks(self) -> list[Check]:
+        """The checks measured in each wave's bake (the others: controller.background_analysis)."""
+        return [c for c in self.checks() if not c.background] if self.analysis else []
+
     def apply_vars(self, patch_name: str, sha256: str) -> dict[str, Any]:
         """apply.yml's extra vars for a patch under this policy."""
         from klpfleet.runs.variables import patch_vars

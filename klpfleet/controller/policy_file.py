@@ -32,6 +32,7 @@ CHECK_SCHEMA: dict[str, Any] = {
         "failure_limit": _LIMIT,
         "inconclusive_limit": _LIMIT,
         "consecutive_error_limit": _LIMIT,
+        "background": {"type": "boolean"},
     },
 }
 

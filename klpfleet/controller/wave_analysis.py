@@ -5,45 +5,23 @@ rollout resumes (its verdict was never recorded, so nothing is half-judged)."""
 from __future__ import annotations
 
 import time
-from contextlib import AbstractContextManager
-from typing import Any, Protocol
-
-from sqlalchemy.orm import Session
+from typing import Any
 
 from klpfleet.analysis.measure import Analysis, CheckRun, Measurement, run_checks, take
 from klpfleet.analysis.placeholders import Scope
 from klpfleet.analysis.prometheus import Prometheus
+from klpfleet.controller.driving import Driving
 from klpfleet.controller.gate import GateDecision, Verdict, WaveCounts, decide_gate, with_analysis
 from klpfleet.controller.interrupt import Halt
-from klpfleet.controller.lease import Lease
 from klpfleet.controller.policy import Policy
-from klpfleet.controller.progress import Progress
-from klpfleet.controller.store import RolloutStore
-from klpfleet.db.models import Rollout
 from klpfleet.states import Outcome
 
 
-class Driver(Protocol):
-    """What of the driver an analysis uses (controller.driver.Driver)."""
-
-    id: int
-    store: RolloutStore
-    lease: Lease
-    progress: Progress
-
-    def tx(self) -> AbstractContextManager[Session]: ...
-    def event(self, s: Session, kind: str, rollout: Rollout, host: Any = None, **details: Any) -> None: ...
-    def wait(self, seconds: float) -> Halt | None: ...
-
-
-PROMETHEUS_TIMEOUT = 10.0  # seconds per query: a backend slower than this is an error, counted as such
-
-
-def analysed(driver: Driver, wave_id: int, index: int, policy: Policy, counts: WaveCounts) -> GateDecision | Halt:
+def analysed(driver: Driving, wave_id: int, index: int, policy: Policy, counts: WaveCounts) -> GateDecision | Halt:
     """The gate's decision (decide_gate) once the wave's checks are judged (a wave its budgets stopped, an
     overridden gate and `promote --full` are not analysed), or the pause or abort that stopped the analysis."""
     decision = decide_gate(index, counts, policy, driver.store.control())
-    if decision.verdict != Verdict.CONTINUE or not policy.analysis or decision.overridden:
+    if decision.verdict != Verdict.CONTINUE or not policy.bake_checks() or decision.overridden:
         return decision
     if driver.store.control().promoted_full:
         return decision
@@ -55,16 +33,18 @@ def analysed(driver: Driver, wave_id: int, index: int, policy: Policy, counts: W
     return with_analysis(index, decision, analysis, policy)
 
 
-def analyse_wave(driver: Driver, wave_id: int, index: int, policy: Policy, transitions: list[float]) -> Analysis | Halt:
+def analyse_wave(
+    driver: Driving, wave_id: int, index: int, policy: Policy, transitions: list[float]
+) -> Analysis | Halt:
     """The wave's checks to their verdict, or the Halt that stopped them."""
-    checks = policy.checks()
+    checks = policy.bake_checks()
     scope = Scope(
         rollout=driver.id,
         wave=index + 1,
         wave_hosts=tuple(driver.store.hosts_where_outcome(wave_id, Outcome.APPLIED)),
         control_hosts=tuple(driver.store.control_hosts(index)),
     )
-    backend = Prometheus(policy.prometheus, PROMETHEUS_TIMEOUT) if policy.prometheus else None
+    backend = Prometheus(policy.prometheus) if policy.prometheus else None
     with driver.tx() as s:
         driver.event(
             s,
