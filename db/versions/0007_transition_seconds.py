@@ -18,7 +18,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("wave_hosts") as batch:
-        batch.add_column(sa.Column("transition_seconds", sa.Float(), nullable=True))
+        batch.add_column(sa.Column("transition_seconds", sa.Double(), nullable=True))
 
 
 def downgrade() -> None:

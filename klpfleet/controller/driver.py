@@ -311,7 +311,7 @@ class Driver:
             return RolloutStatus.PAUSED
         if self.store.is_last_wave(index):
             return None
-        baked = time.monotonic() - started  # the analysis took part of the bake
+        baked = time.monotonic() - started if decision.analysis else 0.0  # the analysis took part of the bake
         if policy.bake_seconds > baked and not self.store.control().promoted_full:
             return self.bake(index, policy.bake_seconds - baked)
         return None
