@@ -85,8 +85,20 @@ def fleet(tmp_path, monkeypatch):
 
     write_ko(normalize({"name": "livepatch_cve_2026_1234", "objects": [{"name": "vmlinux", "funcs": ["f"]}]}), ko)
     assert run_klpfleet("--db", url, "patch", "add", str(ko), "--cve", "CVE-2026-1234").returncode == 0
+    policy = tmp_path / "rollout.yml"  # each wave gated on its transition times: the page shows the analysis
+    policy.write_text("analysis: [{name: transition-p95, transition: p95, condition: '< 30'}]\n")
     created = run_klpfleet(
-        "--db", url, "rollout", "create", "livepatch_cve_2026_1234", "--waves", "2,100%", "-o", "json"
+        "--db",
+        url,
+        "rollout",
+        "create",
+        "livepatch_cve_2026_1234",
+        "--waves",
+        "2,100%",
+        "--policy",
+        str(policy),
+        "-o",
+        "json",
     )
     assert created.returncode == 0, created.stderr
     return url, json.loads(created.stdout)["data"]["id"], open_database(url)
@@ -195,6 +207,9 @@ def test_the_page_in_a_real_browser_follows_a_rollout_without_reload(fleet):
         expect(page.locator("#action-result")).to_have_text("resume: running")
         expect(page.locator("#rollout-status")).to_have_text("completed", timeout=120_000)
         expect(page.locator("#rollouts tbody tr").first).to_contain_text("completed")  # the list agrees
+        expect(page.locator("#waves tbody tr").first).to_contain_text("passed")  # its analysis, and its checks:
+        expect(page.locator("#analysis tbody tr").first).to_contain_text("transition-p95")
+        expect(page.locator("#analysis tbody tr").first).to_contain_text("passed")
         assert page.evaluate("window.klpfleetMarker") == 1  # the same page: never reloaded
         expect(page.locator("#problems tbody")).to_contain_text("sim-03")  # the refusal, with its host
         expect(page.locator("#events tbody")).to_contain_text("rollout.completed")

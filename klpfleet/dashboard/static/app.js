@@ -243,8 +243,24 @@ async function showRollout(id) {
         el("span", w.status, `badge ${w.status}`),
         bar(w.outcomes, done, w.hosts.length),
         pairs(w.outcomes),
+        w.transition ? `${w.transition.p50}s / ${w.transition.p95}s / ${w.transition.max}s` : "",
+        w.analysis ? el("span", w.analysis.result, `badge ${w.analysis.result}`) : "",
       ];
     }),
+  );
+  // Each check's latest measurement per wave (what Prometheus answered, or the wave's transition times).
+  fill(
+    "analysis",
+    r.waves.flatMap((w) =>
+      Object.entries((w.analysis && w.analysis.checks) || {}).map(([name, m]) => [
+        w.index + 1,
+        name,
+        el("span", m.result, `badge ${m.result}`),
+        m.value === null || m.value === undefined ? "" : String(m.value),
+        m.control === null || m.control === undefined ? "" : String(m.control),
+        m.reason,
+      ]),
+    ),
   );
   grid(r.waves);
   if (selectedWave !== null) highlightWave(selectedWave);
