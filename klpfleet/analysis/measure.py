@@ -93,12 +93,12 @@ def take(check: Check, backend: Backend | None, scope: Scope, transitions: Seque
         return Measurement(check.name, Result.SKIPPED, reason="no host is left outside the rollout's waves so far")
     if any(uses(q, "wave_hosts") for q in queries) and not scope.wave_hosts:
         return Measurement(check.name, Result.SKIPPED, reason="no host of this wave was patched")
-    if backend is None:
-        return Measurement(check.name, Result.ERROR, reason="no Prometheus URL in the policy")
     try:
         filled = [fill(q, scope) for q in queries]
     except TooLarge as exc:
         return Measurement(check.name, Result.INCONCLUSIVE, reason=str(exc))
+    if backend is None:
+        return Measurement(check.name, Result.ERROR, reason="no Prometheus URL in the policy")
     try:
         answers = [backend.query(q) for q in filled]
     except BackendError as exc:

@@ -33,7 +33,7 @@ def analysis_metrics(conn: Connection) -> list[GaugeMetricFamily]:
         "klpfleet_rollout_host",
         "1 per host of a running or paused rollout, by its role: wave (patched in the current wave), patched (in "
         "an earlier wave), control (not touched yet). Join a service metric with it to compare wave and control.",
-        labels=["rollout", "wave", "host", "role"],
+        labels=["rollout", "host", "role"],  # no wave label: every series would be new at every wave
     )
     transition = GaugeMetricFamily(
         "klpfleet_wave_transition_seconds",
@@ -52,7 +52,7 @@ def analysis_metrics(conn: Connection) -> list[GaugeMetricFamily]:
     for rid, current, index, host, status, outcome, seconds in rows:
         role = role_of(index, current, status, outcome)
         if role is not None:
-            roles.add_metric([str(rid), str(current + 1), host, role], 1)
+            roles.add_metric([str(rid), host, role], 1)
         if isinstance(seconds, (int, float)) and math.isfinite(seconds) and outcome == Outcome.APPLIED:
             times.setdefault((rid, index + 1), []).append(float(seconds))
     for (rid, wave), values in sorted(times.items()):
