@@ -186,3 +186,41 @@ def test_a_policy_file_with_an_unknown_key_or_a_bad_condition_plans_nothing(cli,
         assert said in result.err, (text, result.err)
         assert "Traceback" not in result.err
     assert cli("--db", url, "rollout", "list", "-o", "json").json()["data"] == []
+
+
+@pytest.mark.ansible
+def test_a_stored_analysis_that_no_longer_parses_pauses_the_rollout(cli, tmp_path, monkeypatch):
+    """The policy is a database row: edited by hand (or by another controller) it is read as hostile."""
+    from sqlalchemy import update
+
+    from klpfleet.db.models import Rollout
+
+    from .controllerhelpers import enabled_on, fleet_db, register
+
+    monkeypatch.setenv("KLPFLEET_RUN_DIR", str(tmp_path / "runs"))
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    db = fleet_db(tmp_path, url, hosts=2)
+    register(db, tmp_path)
+    policy = tmp_path / "p.yml"
+    policy.write_text("analysis: [{name: t, transition: p95, condition: '< 30'}]\n")
+    created = cli("--db", url, "rollout", "create", "livepatch_cve_2026_1234", "--policy", str(policy), "-o", "json")
+    rid = created.json()["data"]["id"]
+    with db.session.begin() as s:
+        stored = s.get(Rollout, rid).policy
+        stored["analysis"][0]["condition"] = "{{ lookup('pipe', 'id') }}"
+        s.execute(update(Rollout).where(Rollout.id == rid).values(policy=stored))
+    started = cli("--db", url, "rollout", "start", str(rid), "--wait")
+    assert started.code == 1 and "Traceback" not in started.err
+    data = cli("--db", url, "rollout", "status", str(rid), "-o", "json").json()["data"]
+    assert data["status"] == "paused"
+    assert "the rollout's stored analysis" in data["pause_reason"] and "is not a condition" in data["pause_reason"]
+    assert enabled_on(tmp_path, "sim-02") == []  # the next wave never started
+
+
+def test_reconcile_reads_the_same_policy_file(cli, tmp_path):
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    assert cli("--db", url, "db", "upgrade").code == 0
+    path = tmp_path / "p.yml"
+    path.write_text("bake: 10m\nanalysis: [{name: e, query: up, condition: '< 1', typo: 1}]\n")
+    result = cli("--db", url, "reconcile", "--dry-run", "--policy", str(path))
+    assert result.code == 2 and "analysis[0]: unknown key 'typo'" in result.err

@@ -86,6 +86,7 @@ def test_a_good_patch_passes_every_wave(cli, env):
     assert by_check[("transition-p95", 1)] == "passed" and by_check[("transition-p95", 2)] == "passed"
     ratio = next(m for m in measured if m["check"] == "errors-vs-control" and m["wave"] == 1)
     assert ratio["value"] == pytest.approx(1.0) and ratio["control"] == pytest.approx(0.001)
+    assert ratio["query"] == f"{BY_REGEX['query']}  vs  {BY_REGEX['control']} (ratio)"  # as written, not filled
     ended = analysis_events(db, rid, "analysis.ended")
     assert [e["result"] for e in ended] == ["passed", "passed"]
     gates = analysis_events(db, rid, "gate.evaluated")

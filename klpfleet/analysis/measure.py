@@ -52,6 +52,17 @@ class Measurement:
         }
 
 
+def shown_query(check: Check) -> str:
+    """What a measurement's event says was measured: the query as written (placeholders unfilled: a wave's host
+    names would make every event as large as the wave), or the transition statistic."""
+    if check.transition is not None:
+        return f"transition {check.transition}"
+    shown = check.query or ""
+    if check.control:
+        shown += f"  vs  {check.control} ({check.compare})"
+    return shown[:2000]
+
+
 def percentile(values: Sequence[float], stat: str) -> float:
     ordered = sorted(values)
     if stat == "max":

@@ -10,13 +10,14 @@ import threading
 from types import TracebackType
 from typing import Any
 
-from klpfleet.analysis.measure import Analysis, CheckRun, Measurement, Result, judge, take
+from klpfleet.analysis.measure import Analysis, CheckRun, Measurement, Result, judge, shown_query, take
 from klpfleet.analysis.placeholders import Scope
 from klpfleet.analysis.prometheus import QUERY_TIMEOUT, Prometheus
 from klpfleet.controller.store import RolloutStore
 from klpfleet.db import events
 from klpfleet.db.engine import Database
 from klpfleet.db.models import Rollout
+from klpfleet.runs.variables import RunVarsError
 from klpfleet.states import RolloutStatus
 
 
@@ -32,7 +33,10 @@ class BackgroundAnalysis:
 
     def __enter__(self) -> BackgroundAnalysis:
         policy = self.store.policy()
-        checks = [c for c in policy.checks() if c.background]
+        try:
+            checks = [c for c in policy.checks() if c.background]
+        except RunVarsError:
+            return self  # a stored policy that does not parse: the first wave's gate pauses the rollout with it
         if checks:
             backend = Prometheus(policy.prometheus) if policy.prometheus else None
             self.thread = threading.Thread(
@@ -85,7 +89,8 @@ class BackgroundAnalysis:
     def record(self, m: Measurement, run: CheckRun, wave: int) -> None:
         with self.db.session.begin() as s:
             r = s.get(Rollout, self.id)
-            events.add(s, "analysis.measured", actor=self.actor, rollout=r, wave=wave, background=True, **m.details())
+            details = {"wave": wave, "background": True, "query": shown_query(run.check), **m.details()}
+            events.add(s, "analysis.measured", actor=self.actor, rollout=r, **details)
             if run.result is not None:
                 details = {**run.details(), "background": True}
                 events.add(s, "analysis.check_ended", actor=self.actor, rollout=r, wave=wave, **details)

@@ -88,8 +88,14 @@ class Policy:
     analysis: list[dict[str, Any]] = field(default_factory=list)  # klpfleet.analysis.checks.Check, as JSON
 
     def checks(self) -> list[Check]:
-        """The analysis checks, parsed again: a stored policy is a database row, read as hostile."""
-        return parse_checks(self.analysis, parse_duration)
+        """The analysis checks, parsed again: a stored policy is a database row, read as hostile (one that does not
+        parse pauses the rollout with the reason, as any bad value a run would be given does)."""
+        from klpfleet.runs.variables import RunVarsError
+
+        try:
+            return parse_checks(self.analysis, parse_duration)
+        except UsageError as exc:
+            raise RunVarsError(f"the rollout's stored analysis: {exc}") from None
 
     def bake_checks(self) -> list[Check]:
         """The checks measured in each wave's bake (the others: controller.background_analysis)."""

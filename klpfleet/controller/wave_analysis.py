@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from klpfleet.analysis.measure import Analysis, CheckRun, Measurement, run_checks, take
+from klpfleet.analysis.measure import Analysis, CheckRun, Measurement, run_checks, shown_query, take
 from klpfleet.analysis.placeholders import Scope
 from klpfleet.analysis.prometheus import Prometheus
 from klpfleet.controller.driving import Driving
@@ -60,7 +60,7 @@ def analyse_wave(
     def on_measurement(m: Measurement, run: CheckRun) -> None:
         with driver.tx() as s:
             r = driver.lease.check(s)
-            driver.event(s, "analysis.measured", r, wave=index + 1, **m.details())
+            driver.event(s, "analysis.measured", r, wave=index + 1, query=shown_query(run.check), **m.details())
             if run.result is not None:
                 driver.event(s, "analysis.check_ended", r, wave=index + 1, **run.details())
         said = f"{m.value:g}" if m.value is not None else "no value"
