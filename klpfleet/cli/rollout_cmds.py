@@ -76,6 +76,24 @@ def _plan_table(d: dict[str, Any], out: Any) -> None:
         [[w["index"] + 1, w["domain"], len(w["hosts"]), short_list(w["hosts"])] for w in d["waves"]],
         out,
     )
+    checks = d["policy"].get("analysis") or []
+    if checks:  # what each wave will be judged on, as the operator can check it before starting
+        table(
+            f"analysis ({d['policy'].get('prometheus') or 'no Prometheus'})",
+            ["check", "measures", "condition", "when"],
+            [
+                [
+                    c["name"],
+                    c.get("query") or f"transition {c.get('transition')}",
+                    f"{c.get('compare', 'ratio')} to control {c['condition']}" if c.get("control") else c["condition"],
+                    "background"
+                    if c.get("background")
+                    else (f"{c['count']} x every {c['interval']:g}s" if c["count"] > 1 else "once") + " in the bake",
+                ]
+                for c in checks
+            ],
+            out,
+        )
     if d["excluded"]:
         table(
             f"excluded ({len(d['excluded'])})",
