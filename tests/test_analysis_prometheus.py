@@ -37,6 +37,7 @@ BY_JOIN = {
     "interval": "1s",
     "count": 2,
     "initial_delay": "2s",
+    "inconclusive_limit": 1,  # klpfleet's own series may reach Prometheus a scrape after the wave's hosts changed role
 }
 TRANSITION = {"name": "transition-p95", "transition": "p95", "condition": "< 30"}
 
@@ -154,7 +155,13 @@ def test_an_empty_result_never_passes(cli, env):
 def test_a_background_check_stops_the_rollout_between_waves(cli, env):
     tmp, url, db, server = env
     register(db, tmp, metrics={"error_rate": 0.05})
-    background = {**BY_JOIN, "name": "errors-background", "background": True, "count": 1, "failure_limit": 1}
+    background = {
+        **BY_JOIN,
+        "name": "errors-background",
+        "background": True,
+        "failure_limit": 1,
+        "inconclusive_limit": 3,
+    }
     path = policy_file(tmp, server, [background], bake="60s", **{"on-failure": "rollback"})
     rid = create(cli, url, "--policy", path)
     result = cli("--db", url, "rollout", "start", str(rid), "--wait")
@@ -163,7 +170,8 @@ def test_a_background_check_stops_the_rollout_between_waves(cli, env):
     assert status["status"] == "rolled_back", (status["pause_reason"], result.err)
     assert status["pause_reason"].startswith("background analysis failed: errors-background: difference 0.05")
     measured = analysis_events(db, rid)
-    assert [m["result"] for m in measured] == ["failed", "failed"]  # failure_limit 1: the second failure ends it
+    judged = [m["result"] for m in measured if m["result"] != "inconclusive"]
+    assert judged == ["failed", "failed"]  # failure_limit 1: the second failure ends it
     assert all(m["background"] for m in measured)
     bake = analysis_events(db, rid, "wave.bake_ended")
     assert bake[0]["ended"] == "analysis" and bake[0]["waited"] < 30  # stopped long before the bake's 60 s
