@@ -5,6 +5,8 @@ Real ansible-playbook runs; every verdict is checked in the database, the kernel
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 import yaml
@@ -114,6 +116,43 @@ def test_a_bad_patch_is_stopped_at_the_canary_and_rolled_back(cli, env):
     for host in ("sim-01", "sim-02", "sim-03", "sim-04"):
         assert enabled_on(tmp, host) == []  # the canary's patch removed, the others never touched
     assert [w["outcomes"] for w in status["waves"]][1] == {"pending": 3}
+
+
+def test_prometheus_stopped_between_waves_pauses_the_next_one_and_resume_goes_on(cli, env):
+    tmp, url, db, server = env
+    register(db, tmp, metrics={"error_rate": 0.0})
+    check = {**BY_REGEX, "consecutive_error_limit": 1}
+    path = tmp / "rollout.yml"
+    path.write_text(yaml.safe_dump({"waves": [1, 1, "100%"], "prometheus": server.url, "analysis": [check]}))
+    rid = create(cli, url, "--policy", str(path))
+    stopped = threading.Event()
+
+    def stop_after_the_first_wave():  # Prometheus goes away while the rollout runs, as it does in real life
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not analysis_events(db, rid, "analysis.ended"):
+            time.sleep(0.1)
+        server.stop()
+        stopped.set()
+
+    watcher = threading.Thread(target=stop_after_the_first_wave)
+    watcher.start()
+    result = cli("--db", url, "rollout", "start", str(rid), "--wait")
+    watcher.join()
+    assert stopped.is_set() and result.code == 1, result.err
+    status = cli("--db", url, "rollout", "status", str(rid), "-o", "json").json()["data"]
+    assert status["status"] == "paused" and status["pause_reason"].startswith("wave 2: analysis inconclusive")
+    assert [w["analysis"]["result"] for w in status["waves"][:2]] == ["passed", "inconclusive"]
+    assert enabled_on(tmp, "sim-02") == [PATCH] and enabled_on(tmp, "sim-03") == []  # wave 3 never started
+    server.start()
+    resumed = cli("--db", url, "rollout", "resume", str(rid), "--wait")
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert enabled_on(tmp, "sim-03") == enabled_on(tmp, "sim-04") == [PATCH]
+    assert [e["result"] for e in analysis_events(db, rid, "analysis.ended")] == [
+        "passed",
+        "inconclusive",
+        "passed",  # wave 2 analysed again from the start once Prometheus is back
+        "passed",
+    ]
 
 
 def test_prometheus_down_pauses_as_inconclusive_and_resume_goes_on(cli, env):
