@@ -224,3 +224,11 @@ def test_reconcile_reads_the_same_policy_file(cli, tmp_path):
     path.write_text("bake: 10m\nanalysis: [{name: e, query: up, condition: '< 1', typo: 1}]\n")
     result = cli("--db", url, "reconcile", "--dry-run", "--policy", str(path))
     assert result.code == 2 and "analysis[0]: unknown key 'typo'" in result.err
+
+
+def test_transition_times_are_believed_only_when_plausible():
+    from klpfleet.analysis.measure import transition_seconds
+
+    assert transition_seconds(2) == 2.0 and transition_seconds(0.125) == 0.125
+    for hostile in (math.nan, math.inf, -1, True, "5", None, 10**12, [1]):
+        assert transition_seconds(hostile) is None, hostile

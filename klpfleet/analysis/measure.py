@@ -63,6 +63,17 @@ def shown_query(check: Check) -> str:
     return shown[:2000]
 
 
+MAX_TRANSITION = 7 * 24 * 3600.0  # seconds: no transition klpfleet waits for is longer
+
+
+def transition_seconds(value: Any) -> float | None:
+    """A transition time as klpfleet believes it (from a host's result or a database row): a finite, plausible
+    number of seconds, or nothing."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_TRANSITION:
+        return None  # NaN fails both comparisons
+    return float(value)
+
+
 def percentile(values: Sequence[float], stat: str) -> float:
     ordered = sorted(values)
     if stat == "max":
@@ -142,6 +153,8 @@ class CheckRun:
     reason: str | None = None
 
     def add(self, m: Measurement) -> None:
+        if m.result == Result.SKIPPED and self.check.background:
+            return  # nothing to judge yet (nothing patched, nothing to compare with, paused): not a measurement
         self.taken += 1
         self.tally[m.result.value] = self.tally.get(m.result.value, 0) + 1
         self.errors_in_a_row = self.errors_in_a_row + 1 if m.result == Result.ERROR else 0
@@ -185,15 +198,17 @@ def run_checks(
     wait: Callable[[float], Any],
     on_measurement: Callable[[Measurement, CheckRun], None],
     clock: Callable[[], float] = time.monotonic,
+    stop_on: frozenset[Result] = frozenset({Result.FAILED}),
 ) -> Analysis | Any:
-    """Every check measured on its own schedule until each has ended or one failed. `wait(seconds)` may return
-    something truthy (a pause, an abort): that is returned at once and the analysis is taken again later."""
+    """Every check measured on its own schedule until each has ended or one ended with a result in `stop_on`.
+    `wait(seconds)` may return something truthy (a pause, an abort, the end of the rollout): that is returned at
+    once."""
     start = clock()
     runs = [CheckRun(c) for c in checks]
     due = {id(r): start + r.check.initial_delay for r in runs}
     while True:
         active = [r for r in runs if r.result is None]
-        if not active or any(r.result == Result.FAILED for r in runs):
+        if not active or any(r.result in stop_on for r in runs):
             return judge(runs)
         nearest = min(due[id(r)] for r in active)
         if nearest > clock():

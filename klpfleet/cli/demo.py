@@ -271,12 +271,9 @@ class Demo:
     def bad_patch(self) -> None:
         """A patch that loads fine everywhere but raises the service's error rate: stopped at the canary by what
         Prometheus sees, and rolled back."""
-        from prometheus_client.exposition import start_http_server
-
         from klpfleet.reads.metrics import registry_for
         from klpfleet.registry.patches import add_patch
-        from klpfleet.sim.exporter import DEFAULT_BASELINE, serve
-        from klpfleet.sim.monitoring import LocalPrometheus, free_port, prometheus_binary
+        from klpfleet.sim.monitoring import FleetPrometheus, prometheus_binary
         from klpfleet.sim.spec import load_spec_file, write_ko
 
         step(f"8. A bad patch, {BAD}: it loads fine, and the service's errors rise where it is loaded")
@@ -288,12 +285,7 @@ class Demo:
         ko = write_ko(load_spec_file(spec_file), self.dir / f"{BAD}.ko")
         with self.db.session.begin() as s:
             add_patch(s, ko, description=load_spec_file(spec_file)["description"])
-        sim_port, klpfleet_port = free_port(), free_port()
-        servers = [
-            serve(self.dir / "fleet", "127.0.0.1", sim_port, DEFAULT_BASELINE)[0],
-            start_http_server(klpfleet_port, addr="127.0.0.1", registry=registry_for(self.db.engine.connect))[0],
-        ]
-        prometheus = LocalPrometheus(self.dir / "prometheus", {"sim": sim_port, "klpfleet": klpfleet_port})
+        prometheus = FleetPrometheus(self.dir / "prometheus", self.dir / "fleet", registry_for(self.db.engine.connect))
         try:
             prometheus.start()
             info(f"Prometheus on {prometheus.url} scrapes each host's klpfleet_sim_error_rate and klpfleet's metrics")
@@ -311,9 +303,7 @@ class Demo:
             )
             final = self.drive(rid)
         finally:
-            prometheus.stop()
-            for server in servers:
-                server.shutdown()
+            prometheus.close()
         with self.db.session() as s:
             from klpfleet.db.models import Rollout
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import threading
 from types import TracebackType
-from typing import Any
 
-from klpfleet.analysis.measure import Analysis, CheckRun, Measurement, Result, judge, shown_query, take
+from klpfleet.analysis.checks import Check
+from klpfleet.analysis.measure import Analysis, CheckRun, Measurement, Result, run_checks, shown_query, take
 from klpfleet.analysis.placeholders import Scope
 from klpfleet.analysis.prometheus import QUERY_TIMEOUT, Prometheus
 from klpfleet.controller.store import RolloutStore
@@ -30,6 +30,7 @@ class BackgroundAnalysis:
         self.verdict: Analysis | None = None  # set once a check failed or turned inconclusive
         self.done = threading.Event()
         self.thread: threading.Thread | None = None
+        self.wave = 1  # the wave the latest measurement was about
 
     def __enter__(self) -> BackgroundAnalysis:
         policy = self.store.policy()
@@ -57,36 +58,37 @@ class BackgroundAnalysis:
             patched = tuple(sorted(self.store.applied_hosts(s)))
         return Scope(self.id, current + 1, patched, tuple(self.store.control_hosts(current)))
 
-    def measure_until_done(self, checks: list[Any], backend: Prometheus | None) -> None:
-        runs = [CheckRun(c) for c in checks]
-        due: dict[int, float] = {}  # scheduled once a host is patched: initial_delay counts from then
-        elapsed = 0.0
-        while not self.done.is_set():
-            step = max(0.05, min(due.values(), default=elapsed + 1.0) - elapsed)
-            if self.done.wait(step):
-                return
-            elapsed += step
-            if self.store.status() != RolloutStatus.RUNNING:
-                continue  # paused: nothing is judged while no wave moves
-            scope = self.scope()
-            if not scope.wave_hosts:
-                continue
-            if not due:
-                due = {id(r): elapsed + r.check.initial_delay for r in runs}
-            for r in runs:
-                if due[id(r)] > elapsed:
-                    continue
-                due[id(r)] = elapsed + r.check.interval
-                m = take(r.check, backend, scope, [])
-                if m.result == Result.SKIPPED:
-                    continue  # nothing patched yet, or nothing left to compare with: nothing to judge
-                r.add(m)
-                self.record(m, r, scope.wave)
-                if r.result in (Result.FAILED, Result.INCONCLUSIVE):
-                    self.verdict = judge([r])
-                    return
+    def patched_any(self) -> bool:
+        with self.db.session() as s:
+            return bool(self.store.applied_hosts(s))
 
-    def record(self, m: Measurement, run: CheckRun, wave: int) -> None:
+    def measure_until_done(self, checks: list[Check], backend: Prometheus | None) -> None:
+        """The checks on their schedules (initial_delay counting from the first patched host) until the drive ends
+        or one fails or turns inconclusive."""
+        while not self.patched_any():
+            if self.done.wait(1.0):
+                return
+        outcome = run_checks(
+            checks,
+            lambda check: self.measure(check, backend),
+            self.done.wait,
+            self.record,
+            stop_on=frozenset({Result.FAILED, Result.INCONCLUSIVE}),
+        )
+        if isinstance(outcome, Analysis) and outcome.result != Result.PASSED:
+            self.verdict = outcome
+
+    def measure(self, check: Check, backend: Prometheus | None) -> Measurement:
+        if self.store.status() != RolloutStatus.RUNNING:
+            return Measurement(check.name, Result.SKIPPED, reason="the rollout is not running")
+        scope = self.scope()
+        self.wave = scope.wave
+        return take(check, backend, scope, [])
+
+    def record(self, m: Measurement, run: CheckRun) -> None:
+        if m.result == Result.SKIPPED:
+            return  # nothing was judged: an event every interval would only say so
+        wave = self.wave
         with self.db.session.begin() as s:
             r = s.get(Rollout, self.id)
             details = {"wave": wave, "background": True, "query": shown_query(run.check), **m.details()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from klpfleet.analysis.measure import transition_seconds
 from klpfleet.runs.types import HostResult, RunOutcome
 from klpfleet.states import FAILURE_OUTCOME_STATES, Outcome
 from klpfleet.wording import counted
@@ -22,10 +23,7 @@ def outcome_of(r: HostResult) -> tuple[Outcome, str | None]:
 
 def transition_of(r: HostResult) -> float | None:
     """How long the host's transition took, as its module said: a finite, plausible number of seconds or nothing."""
-    value = r.result.get("transition_seconds")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 7 * 24 * 3600:
-        return None  # NaN fails both comparisons
-    return float(value)
+    return transition_seconds(r.result.get("transition_seconds"))
 
 
 def node_failure_report(run: RunOutcome, rollout_id: int) -> tuple[list[dict[str, Any]], str | None]:

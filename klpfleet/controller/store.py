@@ -6,6 +6,7 @@ from __future__ import annotations
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from klpfleet.analysis.measure import transition_seconds
 from klpfleet.controller.gate import Control, WaveCounts
 from klpfleet.controller.policy import Policy
 from klpfleet.db.engine import Database
@@ -78,8 +79,9 @@ class RolloutStore:
         c = WaveCounts(total=len(rows))
         for status, outcome, seconds in rows:
             key = counted_as(status, outcome)
-            if key == Outcome.APPLIED and seconds is not None:
-                c.transitions.append(seconds)
+            believed = transition_seconds(seconds)  # a row, read as hostile
+            if key == Outcome.APPLIED and believed is not None:
+                c.transitions.append(believed)
             if key in NOT_FINISHED:
                 c.pending += 1
             elif key == Outcome.APPLIED:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from klpfleet.analysis.checks import Check
 from klpfleet.analysis.measure import Analysis, CheckRun, Measurement, run_checks, shown_query, take
 from klpfleet.analysis.placeholders import Scope
 from klpfleet.analysis.prometheus import Prometheus
@@ -20,12 +21,12 @@ from klpfleet.states import Outcome
 def analysed(driver: Driving, wave_id: int, index: int, policy: Policy, counts: WaveCounts) -> GateDecision | Halt:
     """The gate's decision (decide_gate) once the wave's checks are judged (a wave its budgets stopped, an
     overridden gate and `promote --full` are not analysed), or the pause or abort that stopped the analysis."""
-    decision = decide_gate(index, counts, policy, driver.store.control())
-    if decision.verdict != Verdict.CONTINUE or not policy.bake_checks() or decision.overridden:
+    control = driver.store.control()
+    decision = decide_gate(index, counts, policy, control)
+    checks = policy.bake_checks()
+    if decision.verdict != Verdict.CONTINUE or not checks or decision.overridden or control.promoted_full:
         return decision
-    if driver.store.control().promoted_full:
-        return decision
-    analysis = analyse_wave(driver, wave_id, index, policy, counts.transitions)
+    analysis = analyse_wave(driver, wave_id, index, policy, checks, counts.transitions)
     if analysis == Halt.PROMOTED:
         return decision
     if isinstance(analysis, Halt):
@@ -34,10 +35,9 @@ def analysed(driver: Driving, wave_id: int, index: int, policy: Policy, counts: 
 
 
 def analyse_wave(
-    driver: Driving, wave_id: int, index: int, policy: Policy, transitions: list[float]
+    driver: Driving, wave_id: int, index: int, policy: Policy, checks: list[Check], transitions: list[float]
 ) -> Analysis | Halt:
     """The wave's checks to their verdict, or the Halt that stopped them."""
-    checks = policy.bake_checks()
     scope = Scope(
         rollout=driver.id,
         wave=index + 1,

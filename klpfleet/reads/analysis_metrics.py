@@ -6,13 +6,12 @@ rollouts still running or paused, one series each."""
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import Connection, text
 
-from klpfleet.analysis.measure import transition_stats
+from klpfleet.analysis.measure import transition_seconds, transition_stats
 from klpfleet.states import Outcome, RolloutStatus, WaveHostStatus
 
 LIVE = f"'{RolloutStatus.RUNNING.value}', '{RolloutStatus.PAUSED.value}'"  # the enum's own values
@@ -53,8 +52,9 @@ def analysis_metrics(conn: Connection) -> list[GaugeMetricFamily]:
         role = role_of(index, current, status, outcome)
         if role is not None:
             roles.add_metric([str(rid), host, role], 1)
-        if isinstance(seconds, (int, float)) and math.isfinite(seconds) and outcome == Outcome.APPLIED:
-            times.setdefault((rid, index + 1), []).append(float(seconds))
+        believed = transition_seconds(seconds)
+        if believed is not None and outcome == Outcome.APPLIED:
+            times.setdefault((rid, index + 1), []).append(believed)
     for (rid, wave), values in sorted(times.items()):
         for stat, figure in transition_stats(values).items():
             if stat != "hosts":

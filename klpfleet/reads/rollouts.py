@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from klpfleet.analysis.measure import transition_stats
+from klpfleet.analysis.measure import transition_seconds, transition_stats
 from klpfleet.db.models import Event, Host, HostPatch, Rollout, Wave, WaveHost, utcnow
 from klpfleet.errors import UsageError
 from klpfleet.reads.views import event_record
@@ -121,7 +121,7 @@ def rollout_record(session: Session, rollout_id: int, event_limit: int = 30) -> 
                 "started_at": w.started_at,
                 "finished_at": w.finished_at,
                 "outcomes": dict(sorted(outcomes.items())),
-                "transition": transition_record([x for x in seconds if isinstance(x, float) and 0 <= x < 1e7]),
+                "transition": transition_record([x for x in map(transition_seconds, seconds) if x is not None]),
                 "analysis": analyses.get(w.index + 1),
                 "hosts": [
                     {

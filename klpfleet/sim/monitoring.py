@@ -12,6 +12,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from klpfleet.errors import KlpfleetError
 
@@ -91,3 +92,25 @@ class LocalPrometheus:
         except (OSError, ValueError, KeyError):
             return None
         return float(result[0]["value"][1]) if result else None
+
+
+class FleetPrometheus(LocalPrometheus):
+    """Prometheus scraping a simulated fleet's service metrics (job `sim`, klpfleet.sim.exporter) and klpfleet's own
+    metrics (job `klpfleet`, the registry given: reads.metrics.registry_for), each served here on a loopback port."""
+
+    def __init__(self, directory: Path, fleet_dir: Path, klpfleet_registry: Any) -> None:
+        from prometheus_client.exposition import start_http_server
+
+        from klpfleet.sim.exporter import DEFAULT_BASELINE, serve
+
+        sim_port, klpfleet_port = free_port(), free_port()
+        self.servers = [
+            serve(fleet_dir, "127.0.0.1", sim_port, DEFAULT_BASELINE)[0],
+            start_http_server(klpfleet_port, addr="127.0.0.1", registry=klpfleet_registry)[0],
+        ]
+        super().__init__(directory, {"sim": sim_port, "klpfleet": klpfleet_port})
+
+    def close(self) -> None:
+        self.stop()
+        for server in self.servers:
+            server.shutdown()
