@@ -94,8 +94,10 @@ def test_a_good_patch_passes_every_wave(cli, env):
     assert [e["result"] for e in ended] == ["passed", "passed"]
     gates = analysis_events(db, rid, "gate.evaluated")
     assert gates[0]["analysis"] == "passed" and set(gates[0]["counts"]["transition"]) == {"hosts", "p50", "p95", "max"}
-    shown = cli("--db", url, "rollout", "status", str(rid))
-    assert "errors-vs-control" in shown.out and "passed" in shown.out
+    shown = cli("--db", url, "rollout", "status", str(rid)).out
+    rows = [line.split() for line in shown.split("# analysis", 1)[1].split("#", 1)[0].splitlines()]
+    assert ["1", "passed", "errors-vs-control", "passed", "1.0", "0.001", "-"] in rows, shown
+    assert "# transition seconds" in shown
     data = cli("--db", url, "rollout", "status", str(rid), "-o", "json").json()["data"]
     assert data["waves"][0]["analysis"]["result"] == "passed"
     assert data["waves"][0]["transition"]["hosts"] == 1
@@ -212,6 +214,10 @@ def test_a_background_check_stops_the_rollout_between_waves(cli, env):
     judged = [m["result"] for m in measured if m["result"] != "inconclusive"]
     assert judged == ["failed", "failed"]  # failure_limit 1: the second failure ends it
     assert all(m["background"] for m in measured)
+    assert status["background_analysis"]["errors-background"]["result"] == "failed"
+    assert all(w["analysis"] is None for w in status["waves"])  # it belongs to the rollout, not to a wave
+    shown = cli("--db", url, "rollout", "status", str(rid)).out
+    assert "background (wave 1)" in shown and "errors-background" in shown
     bake = analysis_events(db, rid, "wave.bake_ended")
     assert bake[0]["ended"] == "analysis" and bake[0]["waited"] < 30  # stopped long before the bake's 60 s
     for host in ("sim-01", "sim-02", "sim-03", "sim-04"):

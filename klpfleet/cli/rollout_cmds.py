@@ -354,6 +354,25 @@ def _status_lines(d: dict[str, Any], bars: bool) -> list[list[Any]]:
     return rows
 
 
+def _analysis_tables(d: dict[str, Any], out: Any) -> None:
+    """Each wave's transition times, and each check's latest measurement (a wave's, or the rollout's background)."""
+    transitions = [[w["index"] + 1, *w["transition"].values()] for w in d["waves"] if w.get("transition")]
+    if transitions:
+        table("transition seconds", ["wave", "hosts", "p50", "p95", "max"], transitions, out)
+    measured = [
+        [w["index"] + 1, w["analysis"]["result"], name, m["result"], m["value"], m["control"], m["reason"]]
+        for w in d["waves"]
+        if w.get("analysis")
+        for name, m in sorted(w["analysis"]["checks"].items())
+    ]
+    measured += [
+        [f"background (wave {m['wave']})", "-", name, m["result"], m["value"], m["control"], m["reason"]]
+        for name, m in sorted((d.get("background_analysis") or {}).items())
+    ]
+    if measured:
+        table("analysis", ["wave", "verdict", "check", "result", "value", "control", "reason"], measured, out)
+
+
 def _status_table(d: dict[str, Any], out: Any) -> None:
     out.print(
         printable(f"rollout {d['id']}: {d['patch']} {d['sha256'][:12]}  status {d['status']}  ({d['driver']})"),
@@ -373,6 +392,7 @@ def _status_table(d: dict[str, Any], out: Any) -> None:
     if problems:
         columns = ["wave", "host", "outcome", "error", "attempts", "held by"]
         table("hosts needing attention", columns, problems, out)
+    _analysis_tables(d, out)
     table(
         "decisions",
         ["at", "actor", "event", "details"],

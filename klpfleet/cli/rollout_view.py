@@ -137,12 +137,17 @@ def analysis_lines(d: dict[str, Any]) -> list[Any]:
             continue
         style = {"passed": "green", "failed": "red", "measuring": "blue"}.get(str(a["result"]), "yellow")
         lines.append(Text(printable(f"wave {number} analysis: {a['result']}"), style=style))
-        for name, m in sorted(a["checks"].items()):
-            value = m.get("value")
-            shown = f"{value:g}" if isinstance(value, (int, float)) else str(value)
-            reason = f" ({m['reason']})" if m.get("reason") else ""
-            lines.append(Text(printable(f"  {name}: {shown} {m.get('result')}{reason}")))
+        lines += [Text(printable(f"  {measured(name, m)}")) for name, m in sorted(a["checks"].items())]
+    for name, m in sorted((d.get("background_analysis") or {}).items()):
+        lines.append(Text(printable(f"background {measured(name, m)} (wave {m.get('wave')})")))
     return lines
+
+
+def measured(name: str, m: dict[str, Any]) -> str:
+    """A check's latest measurement in one line: its value, its result and why."""
+    value = m.get("value")
+    shown = f"{value:g}" if isinstance(value, (int, float)) else str(value)
+    return f"{name}: {shown} {m.get('result')}" + (f" ({m['reason']})" if m.get("reason") else "")
 
 
 def _all_outcomes(d: dict[str, Any]) -> dict[str, int]:

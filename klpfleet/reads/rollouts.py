@@ -60,9 +60,10 @@ def _wave_of(details: Any) -> int | None:
     return wave if isinstance(wave, int) and not isinstance(wave, bool) else None
 
 
-def wave_analyses(session: Session, rollout_id: int) -> dict[int, dict[str, Any]]:
+def wave_analyses(session: Session, rollout_id: int) -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
     """Per wave (1-based): its analysis as the events tell it: the latest measurement of each check, and how it
-    ended (`measuring` while it runs). The events are rows, read as hostile: what does not fit is left out."""
+    ended (`measuring` while it runs); and the latest measurement of each background check, which belongs to the
+    whole rollout, not to a wave. The events are rows, read as hostile: what does not fit is left out."""
     rows = session.execute(
         select(Event.kind, Event.details)
         .where(
@@ -72,9 +73,15 @@ def wave_analyses(session: Session, rollout_id: int) -> dict[int, dict[str, Any]
         .limit(MAX_ANALYSIS_EVENTS)
     ).all()
     out: dict[int, dict[str, Any]] = {}
+    background: dict[str, Any] = {}
+    keys = ("wave", "result", "value", "control", "reason")
     for kind, details in reversed(rows):
         wave = _wave_of(details)
         if wave is None:
+            continue
+        if details.get("background"):
+            if kind == "analysis.measured" and isinstance(details.get("check"), str):
+                background[details["check"][:64]] = {k: details.get(k) for k in keys}
             continue
         if kind == "analysis.started":
             out[wave] = {"result": "measuring", "reason": None, "checks": {}}
@@ -83,9 +90,8 @@ def wave_analyses(session: Session, rollout_id: int) -> dict[int, dict[str, Any]
         if kind == "analysis.ended":
             entry["result"], entry["reason"] = str(details.get("result"))[:20], details.get("reason")
         elif isinstance(details.get("check"), str):
-            keys = ("result", "value", "control", "reason")
-            entry["checks"][details["check"][:64]] = {k: details.get(k) for k in keys}
-    return out
+            entry["checks"][details["check"][:64]] = {k: details.get(k) for k in keys[1:]}
+    return out, background
 
 
 def transition_record(seconds: list[float]) -> dict[str, Any] | None:
@@ -95,7 +101,7 @@ def transition_record(seconds: list[float]) -> dict[str, Any] | None:
 def rollout_record(session: Session, rollout_id: int, event_limit: int = 30) -> dict[str, Any]:
     r = get_rollout(session, rollout_id)
     stalled_by = held_by(session, r)
-    analyses = wave_analyses(session, r.id)
+    analyses, background = wave_analyses(session, r.id)
     waves = []
     for w in r.waves:
         seconds = session.scalars(
@@ -155,6 +161,7 @@ def rollout_record(session: Session, rollout_id: int, event_limit: int = 30) -> 
         "driver": driver_state(r),
         "driven": driven(r),
         "waves": waves,
+        "background_analysis": background,
         "events": [event_record(e) for e in recent],
     }
 
