@@ -31,7 +31,7 @@ SCENARIOS = sorted(
         *Path(__file__).parent.joinpath("lab", "scenarios").glob("*.yml"),
     ]
 )
-PATCHED_CMDLINE = "this has been live patched\n"
+PATCHED_CMDLINE = "test_klp_livepatch: this has been live patched\n"
 
 
 # ------------------------------------------------------------------------------- controller and probe

@@ -23,7 +23,8 @@ from pathlib import Path
 from klpfleet.errors import KlpfleetError, UsageError
 
 ROOTFS_SUITE = "bookworm"  # the VMs' userland, whatever kernel boots them
-ROOTFS_PACKAGES = ("python3-minimal", "python3", "openssh-server", "kmod", "iproute2")
+# procps: sysctl, which the kernel's own selftests use (kernel.ftrace_enabled)
+ROOTFS_PACKAGES = ("python3-minimal", "python3", "openssh-server", "kmod", "iproute2", "procps")
 # Trimmed from the root filesystem: it is unpacked into RAM at every boot.
 ROOTFS_PRUNE = (
     "usr/share/doc",

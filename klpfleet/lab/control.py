@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from klpfleet.errors import UsageError
-from klpfleet.lab import artifacts
+from klpfleet.lab import artifacts, upstream
 from klpfleet.lab.artifacts import Progress
 from klpfleet.lab.vms import (
     STATE_FILE,
@@ -63,6 +63,7 @@ def up(
     chosen = artifacts.choose_release(cache, release, progress)
     kernel_dir = artifacts.ensure_kernel(cache, chosen, progress)
     modules_dir = artifacts.build_test_modules(cache, chosen, module_source or default_module_source(), progress)
+    suite = upstream.ensure_upstream_suite(cache, chosen, progress)
     rootfs = artifacts.ensure_rootfs(cache, progress)
 
     state = LabState.load(lab)
@@ -82,7 +83,7 @@ def up(
         new_ed25519_key(client_key, "klpfleet-lab")
     authorized = (lab / "id_ed25519.pub").read_text().strip()
     lab_layer = lab / "lab-layer.cpio.gz"
-    build_lab_layer(lab_layer, chosen, kernel_dir, modules_dir)
+    build_lab_layer(lab_layer, chosen, kernel_dir, modules_dir, suite)
 
     vms: list[VM] = []
     known: list[str] = []
@@ -180,7 +181,9 @@ def reboot(lab: Path, name: str, progress: Progress, kernel: str | None = None) 
         layer = lab / f"lab-layer-{release}.cpio.gz"
         if not layer.exists():
             modules = artifacts.build_test_modules(cache, release, default_module_source(), progress)
-            build_lab_layer(layer, release, kernel_dir, modules)
+            build_lab_layer(
+                layer, release, kernel_dir, modules, upstream.ensure_upstream_suite(cache, release, progress)
+            )
     vm_dir = Path(vm.directory)
     if alive(vm.pid) and ssh_banner(vm.port):
         _save_persistent(lab, vm, vm_dir / "persist.cpio.gz")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from klpfleet.errors import UsageError
+from klpfleet.lab import upstream
 from klpfleet.lab.artifacts import LabError, pack_tree
 
 STATE_FILE = "lab.json"
@@ -101,19 +102,21 @@ def _place(root: Path, rel: str, data: bytes, mode: int) -> None:
     path.chmod(mode)
 
 
-def build_lab_layer(dest: Path, release: str, kernel_dir: Path, modules_dir: Path) -> None:
+def build_lab_layer(dest: Path, release: str, kernel_dir: Path, modules_dir: Path, upstream_suite: Path) -> None:
     staging = dest.with_suffix(".d")
     shutil.rmtree(staging, ignore_errors=True)
     # usr/lib, not lib: /lib is a symlink in the root filesystem (merged /usr) and a directory entry
     # in a later archive would replace it.
     _place(staging, "init", guest_file("init"), 0o755)
     _place(staging, "root/lab/run-steps.sh", guest_file("run-steps.sh"), 0o755)
+    _place(staging, "root/lab/run-upstream.sh", guest_file("run-upstream.sh"), 0o755)
     _place(staging, "etc/ssh/sshd_config.d/klpfleet-lab.conf", guest_file("sshd.conf"), 0o644)
     _place(staging, f"usr/lib/modules/{release}/e1000.ko", (kernel_dir / "e1000.ko").read_bytes(), 0o644)
     for ko in sorted(modules_dir.glob("*.ko")):
         _place(staging, f"root/test_modules/{ko.name}", ko.read_bytes(), 0o644)
     for ko in sorted(modules_dir.glob("rebuilt/*.ko")):
         _place(staging, f"root/test_modules/rebuilt/{ko.name}", ko.read_bytes(), 0o644)
+    upstream.place_in_layer(staging, release, upstream_suite)
     pack_tree(staging, dest)
     shutil.rmtree(staging)
 

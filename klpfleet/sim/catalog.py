@@ -103,7 +103,7 @@ RAW: dict[str, dict[str, Any]] = {
         "name": "test_klp_livepatch",
         "intree": True,
         "objects": [{"name": "vmlinux", "funcs": ["cmdline_proc_show"]}],
-        "effects": {"/proc/cmdline": "this has been live patched\n"},
+        "effects": {"/proc/cmdline": "{mod}: this has been live patched\n"},
     },
     "test_klp_atomic_replace": {
         "name": "test_klp_atomic_replace",

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * klpfleet lab: a realistic patch of a /proc show function; reading /proc/cmdline shows its effect. The lab
- * also builds it with -DLAB_REBUILD (the same name, another build: a new fix for the same CVE).
+ * klpfleet lab: a realistic patch of a /proc show function; reading /proc/cmdline shows its effect, in the
+ * words of the kernel selftests' module of this name (the module's name first). The lab also builds it with
+ * -DLAB_REBUILD (the same name, another build: a new fix for the same CVE).
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -13,9 +14,9 @@
 static int livepatch_cmdline_proc_show(struct seq_file *m, void *v)
 {
 #ifdef LAB_REBUILD
-	seq_printf(m, "%s\n", "this has been live patched (rebuilt)");
+	seq_printf(m, "%s: %s\n", THIS_MODULE->name, "this has been live patched (rebuilt)");
 #else
-	seq_printf(m, "%s\n", "this has been live patched");
+	seq_printf(m, "%s: %s\n", THIS_MODULE->name, "this has been live patched");
 #endif
 	return 0;
 }

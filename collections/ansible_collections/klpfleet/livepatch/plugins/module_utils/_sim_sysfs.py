@@ -37,7 +37,8 @@ OBJECT_PATCHED_SINCE = (6, 0)  # <patch>/<object>/patched
 
 def route(kernel, path):
     """What a path names, as a tuple whose first item is its kind: klp, patch, attribute, object, patched,
-    module_file, module_param, proc, task_dir, task_file, modules, file; or missing."""
+    module_dir, module_params, module_file, module_param, proc, task_dir, task_file, modules, file; or
+    missing."""
     parts = path.strip("/").split("/")
     if parts[:3] == ["sys", "kernel", "livepatch"]:  # KLP
         rest = parts[3:]
@@ -59,10 +60,14 @@ def route(kernel, path):
         return ("missing",)
     if parts == ["sys", "module"]:
         return ("modules",)
-    if parts[:2] == ["sys", "module"] and len(parts) >= 4:
+    if parts[:2] == ["sys", "module"] and len(parts) >= 3:
         module = kernel.s["modules"].get(parts[2])
         if module is None:
             return ("file", path)  # /sys/module/module/parameters/sig_enforce and the like
+        if len(parts) == 3:
+            return ("module_dir", module)  # selftests wait for it to appear after a load
+        if parts[3:] == ["parameters"] and module["params"]:
+            return ("module_params", module)
         if len(parts) == 5 and parts[3] == "parameters" and parts[4] in module["params"]:
             return ("module_param", module, parts[4])
         if len(parts) == 4 and parts[3] in ("refcnt", "initstate", "taint"):
@@ -233,6 +238,13 @@ class SysfsView(object):
             return sorted(names)
         if kind == "modules":
             return sorted(self.s["modules"])
+        if kind == "module_dir":
+            module = where[1]
+            names = ["initstate", "refcnt", "taint"]
+            names += ["parameters"] if module["params"] else []
+            return sorted(names)
+        if kind == "module_params":
+            return sorted(where[1]["params"])
         if kind == "proc":
             return sorted(str(t["pid"]) for t in self.s["tasks"])
         if kind == "task_dir":
