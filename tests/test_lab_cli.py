@@ -15,8 +15,8 @@ from .conftest import run_klpfleet
     [
         (("--vms", "0"), "--vms must be between 1 and 8"),
         (("--vms", "9"), "--vms must be between 1 and 8"),
-        (("--kernel", "5.10.0-1-amd64; reboot"), "expected a suite (bullseye, bookworm, trixie)"),
-        (("--kernel", "buster"), "expected a suite (bullseye, bookworm, trixie)"),
+        (("--kernel", "5.10.0-1-amd64; reboot"), "expected a suite (bullseye, bookworm, trixie, trixie-backports)"),
+        (("--kernel", "buster"), "expected a suite (bullseye, bookworm, trixie, trixie-backports)"),
     ],
 )
 def test_lab_up_refuses_bad_input_in_one_line(tmp_path, args, message):

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from klpfleet.cli.output import emit, info, output_option, table
+from klpfleet.cli.output import emit, info, output_option, printable, table
 
 LAB_DIR_OPTION = click.option(
     "--dir",
@@ -46,8 +46,9 @@ def lab() -> None:
     "release",
     metavar="RELEASE",
     help=(
-        "bullseye, bookworm or trixie (the suite's newest kernel), or a release such as 5.10.0-32-amd64, "
-        "6.1.0-56-amd64 or 6.12.57+deb13-amd64 (default: the newest bookworm kernel cached, else bookworm's newest)."
+        "bullseye, bookworm, trixie or trixie-backports (the suite's newest kernel), or a release such as "
+        "5.10.0-32-amd64, 6.1.0-56-amd64, 6.12.57+deb13-amd64 or 7.3.4+deb13-amd64 (default: the newest bookworm "
+        "kernel cached, else bookworm's newest)."
     ),
 )
 @click.option(
@@ -113,6 +114,37 @@ def reboot(directory: str, vm: str, kernel: str | None, output: str) -> None:
     from klpfleet.lab.control import reboot as lab_reboot
 
     emit("lab", lab_reboot(Path(directory), vm, info, kernel), output, _table)
+
+
+def _selftests_table(data: dict[str, Any], out: Any) -> None:
+    rows = [
+        (s["script"], s["verdict"], f"{sum(t['ok'] for t in s['tests'])}/{len(s['tests'])}", s["seconds"])
+        for s in data["scripts"]
+    ]
+    title = f"the kernel's livepatch selftests on {data['vm']} ({data['release']}, {data['source']})"
+    table(title, ["script", "verdict", "tests ok", "seconds"], rows, out)
+    for s in data["scripts"]:
+        if s["detail"]:
+            out.print(f"\n{s['script']} ({s['verdict']}, exit {s['exit_code']}):", markup=False, highlight=False)
+            out.print(printable(s["detail"], keep_newlines=True), markup=False, highlight=False)
+
+
+@lab.command()
+@LAB_DIR_OPTION
+@click.option("--vm", default="lab1", show_default=True, help="The VM to run them on.")
+@click.argument("scripts", nargs=-1, metavar="[test-NAME.sh]...")
+@output_option
+def selftests(directory: str, vm: str, scripts: tuple[str, ...], output: str) -> None:
+    """Run the kernel's own livepatch selftests (tools/testing/selftests/livepatch, from Debian's linux-source of
+    the VM's kernel, unchanged) on a lab VM. Exit status: 0 none failed, 1 one or more failed.
+
+    A failed script can leave its modules loaded: `klpfleet lab reboot VM` cleans the VM.
+    """
+    from klpfleet.lab.upstream import run_suite
+
+    data = run_suite(Path(directory), vm, list(scripts), info)
+    emit("lab.selftests", data, output, _selftests_table)
+    sys.exit(1 if data["failed"] else 0)
 
 
 @lab.command()

@@ -86,13 +86,16 @@ def building(final: Path) -> Iterator[Path]:
 # `debootstrap --variant=buildd` tree of the suite (its gcc and linux-headers-amd64) is the toolchain, and
 # apt inside it fetches the kernel image. The host's own apt sources are never touched.
 
-# suite -> the release pattern of its kernels (Debian 11, 12, 13)
+# suite -> the release pattern of its kernels (Debian 11, 12, 13, and the newer kernels of 13's backports)
 SUITES = {
     "bullseye": re.compile(r"^5\.10\.0-(\d+)-amd64$"),
     "bookworm": re.compile(r"^6\.1\.0-(\d+)-amd64$"),
     "trixie": re.compile(r"^6\.12\.(\d+)\+deb13(?:u\d+)?-amd64$"),
+    "trixie-backports": re.compile(r"^(?:6\.(?:1[3-9])|[7-9]\.\d+)\.\d+\+deb13-amd64$"),
 }
 DEFAULT_SUITE = "bookworm"
+# A backports suite is built in its base suite's toolchain, with the backports archive added to its apt.
+BACKPORTS_OF = {"trixie-backports": "trixie"}
 E1000_PATHS = (E1000, E1000 + ".xz")  # trixie compresses its modules
 
 
@@ -100,14 +103,17 @@ def suite_of(release: str) -> str | None:
     return next((suite for suite, pattern in SUITES.items() if pattern.match(release)), None)
 
 
-def _release_number(release: str) -> int:
-    """The release's ABI or patch number within its suite (newer is larger); -1 for no known suite."""
-    matches = (pattern.match(release) for pattern in SUITES.values())
-    return next((int(m.group(1)) for m in matches if m), -1)
+def _release_number(release: str) -> tuple[int, ...]:
+    """The release's numbers in order (newer is larger within a suite)."""
+    return tuple(int(n) for n in re.findall(r"\d+", release))
 
 
 def ensure_toolchain(cache: Path, suite: str, progress: Progress) -> Path:
-    """The suite's build tree: gcc, make and the newest linux-headers-amd64 of the suite."""
+    """The suite's build tree: gcc, make and the newest linux-headers-amd64 of the suite (a backports suite:
+    its base suite's tree, whose apt also reads the backports archive)."""
+    base = BACKPORTS_OF.get(suite)
+    if base:
+        return _with_backports(ensure_toolchain(cache, base, progress), suite, progress)
     final = cache / f"toolchain-{suite}"
     if (final / "usr" / "bin" / "gcc").exists():
         return final
@@ -122,10 +128,34 @@ def ensure_toolchain(cache: Path, suite: str, progress: Progress) -> Path:
     return final
 
 
-def toolchain_releases(toolchain: Path) -> list[str]:
-    """Releases whose headers the toolchain holds, newest first."""
-    found = [p.name.removeprefix("linux-headers-") for p in (toolchain / "usr" / "src").glob("linux-headers-*-amd64")]
-    return sorted((r for r in found if suite_of(r)), key=_release_number, reverse=True)
+def _with_backports(toolchain: Path, suite: str, progress: Progress) -> Path:
+    listing = toolchain / "etc" / "apt" / "sources.list.d" / f"{suite}.list"
+    if not listing.exists():
+        progress(f"adding {suite} to the {BACKPORTS_OF[suite]} toolchain's apt sources")
+        scratch = listing.with_suffix(".tmp")
+        scratch.write_text(f"deb {mirror()} {suite} main\n")
+        scratch.rename(listing)
+    if not list((toolchain / "var" / "lib" / "apt" / "lists").glob(f"*_dists_{suite}_*Packages*")):
+        run(["chroot", str(toolchain), "apt-get", "update", "-q"], f"apt-get update ({suite})")
+    return toolchain
+
+
+def build_in(toolchain: Path) -> list[str]:
+    """The argv prefix that runs a build tool inside the toolchain, with a /proc of its own (objtool of 6.19
+    and later reads it) that goes away with the process."""
+    return ["unshare", f"--mount-proc={toolchain / 'proc'}", "chroot", str(toolchain)]
+
+
+def toolchain_releases(toolchain: Path, suite: str) -> list[str]:
+    """The suite's releases whose headers the toolchain holds, newest first; for a backports suite, those its
+    archive offers (its headers are installed on first use)."""
+    if suite in BACKPORTS_OF:
+        out = run(["chroot", str(toolchain), "apt-cache", "pkgnames", "linux-headers-"], "apt-cache pkgnames")
+        found = [name.removeprefix("linux-headers-") for name in out.split()]
+    else:
+        src = toolchain / "usr" / "src"
+        found = [p.name.removeprefix("linux-headers-") for p in src.glob("linux-headers-*-amd64")]
+    return sorted((r for r in found if suite_of(r) == suite), key=_release_number, reverse=True)
 
 
 def cached_releases(cache: Path) -> list[str]:
@@ -134,14 +164,14 @@ def cached_releases(cache: Path) -> list[str]:
 
 
 def choose_release(cache: Path, wanted: str | None, progress: Progress) -> str:
-    """`--kernel`: a release (6.1.0-56-amd64), a suite (bullseye, bookworm, trixie) for its newest kernel, or
-    nothing for the newest cached bookworm kernel, else bookworm's newest."""
+    """`--kernel`: a release (6.1.0-56-amd64), a suite (bullseye, bookworm, trixie, trixie-backports) for its
+    newest kernel, or nothing for the newest cached bookworm kernel, else bookworm's newest."""
     suite = wanted if wanted in SUITES else None
     if wanted and not suite:
         if not suite_of(wanted):
             raise UsageError(
                 f"--kernel {wanted!r}: expected a suite ({', '.join(SUITES)}) or one of its releases, "
-                "such as 5.10.0-32-amd64, 6.1.0-56-amd64 or 6.12.57+deb13-amd64"
+                "such as 5.10.0-32-amd64, 6.1.0-56-amd64, 6.12.57+deb13-amd64 or 7.3.4+deb13-amd64"
             )
         return wanted
     if not suite:
@@ -149,9 +179,9 @@ def choose_release(cache: Path, wanted: str | None, progress: Progress) -> str:
         if cached:
             return cached[0]
         suite = DEFAULT_SUITE
-    releases = toolchain_releases(ensure_toolchain(cache, suite, progress))
+    releases = toolchain_releases(ensure_toolchain(cache, suite, progress), suite)
     if not releases:
-        raise LabError(f"the {suite} toolchain has no linux-headers-*-amd64")
+        raise LabError(f"the {suite} toolchain has no linux-headers-*-amd64 of {suite}")
     return releases[0]
 
 
@@ -163,8 +193,9 @@ def ensure_headers(cache: Path, release: str, progress: Progress) -> Path:
     toolchain = ensure_toolchain(cache, suite, progress)
     if not (toolchain / "usr" / "src" / f"linux-headers-{release}").is_dir():
         progress(f"installing linux-headers-{release} in the {suite} toolchain")
+        target = ["-t", suite] if suite in BACKPORTS_OF else []  # its dependencies from backports too
         run(
-            ["chroot", str(toolchain), "apt-get", "install", "-y", "-q", f"linux-headers-{release}"],
+            ["chroot", str(toolchain), "apt-get", "install", "-y", "-q", *target, f"linux-headers-{release}"],
             f"apt-get install linux-headers-{release} ({suite})",
         )
     return toolchain
@@ -178,29 +209,38 @@ def ensure_kernel(cache: Path, release: str, progress: Progress) -> Path:
     toolchain = ensure_headers(cache, release, progress)
     progress(f"fetching linux-image-{release} (apt-get download in the toolchain)")
     with building(final) as scratch, tempfile.TemporaryDirectory(dir=toolchain / "tmp") as download:
-        inside = "/" + str(Path(download).relative_to(toolchain))
-        run(
-            [
-                "chroot",
-                str(toolchain),
-                "sh",
-                "-c",
-                'cd "$1" && apt-get download -q "$2"',
-                "sh",
-                inside,
-                f"linux-image-{release}",
-            ],
-            f"apt-get download linux-image-{release}",
-        )
-        debs = list(Path(download).glob("*.deb"))
-        if len(debs) != 1:
-            raise LabError(f"apt-get download linux-image-{release}: expected one .deb, found {len(debs)}")
         tree = scratch / "tree"
-        run(["dpkg-deb", "-x", str(debs[0]), str(tree)], f"unpacking {debs[0].name}")
-        shutil.copy2(tree / "boot" / f"vmlinuz-{release}", scratch / "vmlinuz")
+        _fetch_and_unpack(toolchain, Path(download), f"linux-image-{release}", tree)
+        places = (tree / "boot" / f"vmlinuz-{release}", tree / "usr" / "lib" / "modules" / release / "vmlinuz")
+        if not places[0].exists():
+            # Since 6.19 the image package is a metapackage: vmlinuz (in the module tree) and the modules come
+            # in two others.
+            for part in (f"linux-binary-{release}", f"linux-modules-{release}"):
+                _fetch_and_unpack(toolchain, Path(download), part, tree)
+        vmlinuz = next((p for p in places if p.exists()), None)
+        if vmlinuz is None:
+            raise LabError(
+                f"linux-image-{release}: no vmlinuz in {', '.join(str(p.relative_to(tree)) for p in places)}"
+            )
+        shutil.copy2(vmlinuz, scratch / "vmlinuz")
         (scratch / "e1000.ko").write_bytes(_nic_driver(tree, release))
         shutil.rmtree(tree)
     return final
+
+
+def _fetch_and_unpack(toolchain: Path, download: Path, package: str, tree: Path) -> None:
+    """apt-get download a package inside the toolchain and unpack it into `tree`."""
+    for old in download.glob("*.deb"):
+        old.unlink()
+    inside = "/" + str(download.relative_to(toolchain))
+    run(
+        ["chroot", str(toolchain), "sh", "-c", 'cd "$1" && apt-get download -q "$2"', "sh", inside, package],
+        f"apt-get download {package}",
+    )
+    debs = list(download.glob("*.deb"))
+    if len(debs) != 1:
+        raise LabError(f"apt-get download {package}: expected one .deb, found {len(debs)}")
+    run(["dpkg-deb", "-x", str(debs[0]), str(tree)], f"unpacking {debs[0].name}")
 
 
 def _nic_driver(tree: Path, release: str) -> bytes:
@@ -237,7 +277,7 @@ def build_test_modules(cache: Path, release: str, source: Path, progress: Progre
         src = Path(work) / "src"
         shutil.copytree(source, src)
         inside = "/" + str(src.relative_to(toolchain))
-        make = ["chroot", str(toolchain), "make", "-s", "-C", f"/usr/src/linux-headers-{release}", f"M={inside}"]
+        make = [*build_in(toolchain), "make", "-s", "-C", f"/usr/src/linux-headers-{release}", f"M={inside}"]
         run([*make, "modules"], f"building the test modules for {release} (make)")
         for ko in src.glob("*.ko"):
             shutil.copy2(ko, scratch / ko.name)

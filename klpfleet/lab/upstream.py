@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from klpfleet.lab.artifacts import LabError, Progress, building, ensure_headers, run
+from klpfleet.lab.artifacts import LabError, Progress, build_in, building, ensure_headers, run
 
 SELFTESTS = "tools/testing/selftests/livepatch"
 LIB_MODULES = "lib/livepatch"  # where the test modules lived before they moved under the selftests
@@ -49,15 +49,14 @@ def ensure_upstream_suite(cache: Path, release: str, progress: Progress) -> Path
         if (suite / "test_modules").is_dir():
             # upstream's own Makefile, which runs Kbuild on the directory
             run(
-                ["chroot", str(toolchain), "make", "-s", "-C", f"{inside}/{SELFTESTS}/test_modules", f"KDIR={headers}"],
+                [*build_in(toolchain), "make", "-s", "-C", f"{inside}/{SELFTESTS}/test_modules", f"KDIR={headers}"],
                 f"building upstream's test modules for {release} (make)",
             )
             getpid = suite / "test_klp-call_getpid.c"
             if getpid.exists():  # test-syscall.sh's helper; static, as the VMs' userland is another suite's
                 run(
                     [
-                        "chroot",
-                        str(toolchain),
+                        *build_in(toolchain),
                         "gcc",
                         "-O2",
                         "-static",
@@ -70,8 +69,7 @@ def ensure_upstream_suite(cache: Path, release: str, progress: Progress) -> Path
         else:
             run(
                 [
-                    "chroot",
-                    str(toolchain),
+                    *build_in(toolchain),
                     "make",
                     "-s",
                     "-C",
@@ -214,3 +212,40 @@ def run_on_vm(lab: Path, vm: str, script: str) -> ScriptOutcome:
     if result.status != OK:
         raise LabError(f"{vm}: {script}: {result.status}: {result.error}")
     return judge_script(script, result.exit_code, result.stdout, result.stderr)
+
+
+def run_suite(lab: Path, vm: str, only: list[str], progress: Progress) -> dict[str, object]:
+    """Every script of the lab kernel's suite (or `only`), in upstream's order, on one VM."""
+    import time
+
+    from klpfleet.errors import UsageError
+    from klpfleet.lab.artifacts import cache_dir
+    from klpfleet.lab.vms import LabState
+
+    state = LabState.load(lab.resolve())
+    if state is None:
+        raise UsageError(f"no lab at {lab} (klpfleet lab up first)")
+    machine = next((v for v in state.vms if v.name == vm), None)
+    if machine is None:
+        raise UsageError(f"no VM {vm!r} in the lab at {lab}")
+    release = machine.release or state.release
+    entry = ensure_upstream_suite(cache_dir(), release, progress)
+    scripts = suite_scripts(entry / SUITE_DIR)
+    unknown = [s for s in only if s not in scripts]
+    if unknown:
+        raise UsageError(f"{', '.join(unknown)}: not in {release}'s suite ({', '.join(scripts)})")
+    outcomes = []
+    for script in only or scripts:
+        progress(f"{vm} ({release}): {script}")
+        started = time.monotonic()
+        outcome = run_on_vm(lab, vm, script)
+        outcomes.append({**outcome.to_json(), "seconds": round(time.monotonic() - started, 1)})
+    return {
+        "vm": vm,
+        "release": release,
+        "source": (entry / "VERSION").read_text().strip(),
+        "scripts": outcomes,
+        "passed": sum(o["verdict"] == "pass" for o in outcomes),
+        "failed": sum(o["verdict"] == "fail" for o in outcomes),
+        "skipped": sum(o["verdict"] == "skip" for o in outcomes),
+    }
