@@ -1,10 +1,14 @@
 """`klpfleet lab` without booting anything: bad input, an absent lab, the step lines sent to a VM."""
 
 import json
+import subprocess
+from importlib import resources
 
 import pytest
 
+from klpfleet.lab.artifacts import LabError, release_numbers, suite_of
 from klpfleet.lab.selftest import step_line
+from klpfleet.lab.upstream import judge_script, run_on_vm
 from klpfleet.sim.scenario import parse_scenario
 
 from .conftest import run_klpfleet
@@ -64,3 +68,53 @@ def test_steps_travel_as_lines_of_data():
         "set_pre_patch_ret test_klp_callbacks_demo -19\n",
         "sleep 1.5\n",
     ]
+
+
+def test_lab_selftests_without_a_lab_or_with_a_bad_script_name_says_so_in_one_line(tmp_path):
+    proc = run_klpfleet("lab", "selftests", "--dir", str(tmp_path))
+    assert proc.returncode == 2 and "no lab at" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    with pytest.raises(LabError, match="is not a livepatch selftest name"):
+        run_on_vm(tmp_path, "lab1", "../../bin/reboot")  # refused before anything is reached
+
+
+@pytest.mark.parametrize("name", ["../../../bin/sh", "functions.sh", "test-x.sh; reboot", ""])
+def test_the_guest_runner_takes_only_a_selftest_of_its_own_directory(tmp_path, name):
+    script = resources.files("klpfleet.lab").joinpath("guest", "run-upstream.sh")
+    proc = subprocess.run(["sh", str(script), name], capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert proc.returncode == 2 and "run-upstream.sh:" in proc.stderr
+
+
+def test_kselftest_verdicts_are_read_as_kselftest_reads_them():
+    out = "TEST: basic function patching ... ok\nTEST: multiple livepatches ... not ok\n\n--- expected\n"
+    failed = judge_script("test-livepatch.sh", 1, out, "ERROR: livepatch kselftest(s) failed\n")
+    assert failed.verdict == "fail" and failed.tests == [
+        ("basic function patching", True),
+        ("multiple livepatches", False),
+    ]
+    assert "ERROR: livepatch kselftest(s) failed" in failed.detail
+    assert judge_script("test-kprobe.sh", 4, "", "SKIP: no kprobes\n").verdict == "skip"
+    passed = judge_script("test-sysfs.sh", 0, "TEST: sysfs test ... ok\n", "")
+    assert (passed.verdict, passed.detail) == ("pass", "")
+    assert judge_script("test-sysfs.sh", None, "", "").verdict == "fail"  # killed by the time-out: no exit code
+
+
+@pytest.mark.parametrize(
+    ("release", "suite"),
+    [
+        ("5.10.0-32-amd64", "bullseye"),
+        ("6.1.0-50-amd64", "bookworm"),
+        ("6.12.117+deb13-amd64", "trixie"),
+        ("6.18.15+deb13-amd64", "trixie-backports"),
+        ("7.3.4+deb13-amd64", "trixie-backports"),
+        ("6.12.117+deb13-cloud-amd64", None),
+        ("6.2.1+deb13-amd64", None),
+    ],
+)
+def test_each_kernel_release_belongs_to_one_suite(release, suite):
+    assert suite_of(release) == suite
+
+
+def test_the_newest_release_of_a_suite_is_chosen_by_its_numbers_not_its_text():
+    releases = ["7.2.12+deb13-amd64", "7.3.4+deb13-amd64", "6.19.14+deb13-amd64", "7.10.1+deb13-amd64"]
+    assert max(releases, key=release_numbers) == "7.10.1+deb13-amd64"
+    assert sorted(["6.1.0-9-amd64", "6.1.0-50-amd64"], key=release_numbers)[-1] == "6.1.0-50-amd64"

@@ -103,7 +103,7 @@ def suite_of(release: str) -> str | None:
     return next((suite for suite, pattern in SUITES.items() if pattern.match(release)), None)
 
 
-def _release_number(release: str) -> tuple[int, ...]:
+def release_numbers(release: str) -> tuple[int, ...]:
     """The release's numbers in order (newer is larger within a suite)."""
     return tuple(int(n) for n in re.findall(r"\d+", release))
 
@@ -155,12 +155,12 @@ def toolchain_releases(toolchain: Path, suite: str) -> list[str]:
     else:
         src = toolchain / "usr" / "src"
         found = [p.name.removeprefix("linux-headers-") for p in src.glob("linux-headers-*-amd64")]
-    return sorted((r for r in found if suite_of(r) == suite), key=_release_number, reverse=True)
+    return sorted((r for r in found if suite_of(r) == suite), key=release_numbers, reverse=True)
 
 
 def cached_releases(cache: Path) -> list[str]:
     found = [p.name.removeprefix("kernel-") for p in cache.glob("kernel-*") if (p / "vmlinuz").exists()]
-    return sorted((r for r in found if suite_of(r)), key=_release_number, reverse=True)
+    return sorted((r for r in found if suite_of(r)), key=release_numbers, reverse=True)
 
 
 def choose_release(cache: Path, wanted: str | None, progress: Progress) -> str:
