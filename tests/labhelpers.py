@@ -21,7 +21,7 @@ from .conftest import run_klpfleet
 
 LAB_VMS = 3
 LAB_UP_TIMEOUT = 45 * 60  # a cold cache fetches a kernel, builds modules and debootstraps
-DEFAULT_KERNELS = "bullseye,bookworm,trixie"
+DEFAULT_KERNELS = "bullseye,bookworm,trixie,trixie-backports"
 
 
 def lab_kernels() -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from klpfleet.db.models import Event, Host, HostPatch, Patch
 from klpfleet.lab.selftest import run_on_vm
 from klpfleet.sim.scenario import load_scenario, run_scenario
 
-from .ansiblehelpers import ROOT, playbook
+from .ansiblehelpers import BIN, ROOT, ansible_env, playbook
 from .labhelpers import Lab
 
 pytestmark = pytest.mark.lab
@@ -285,6 +286,26 @@ def test_stack_order_survives_a_kernel_log_that_wrapped(clean_lab, lab_db):
             ).all()
         )
     assert orders["test_klp_livepatch"] < orders["test_klp_atomic_replace"], orders
+
+    # Which source said so: the kernel's own stack_order where it has one (6.13+), read by an ad-hoc run.
+    adhoc = subprocess.run(
+        [str(BIN / "ansible"), "-i", str(lab.inventory), "lab1", "-m", "klpfleet.livepatch.patch_info", "-o"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=ansible_env(),
+        timeout=120,
+        check=False,
+    )
+    assert adhoc.returncode == 0, adhoc.stdout[-2000:]
+    info = json.loads(adhoc.stdout.split("=>", 1)[1])
+    has_sysfs_order = lab.version >= (6, 13)
+    assert info["stack_order_source"] == ("sysfs" if has_sysfs_order else "module_load_order")
+    if has_sysfs_order:
+        kernel_says = lab.sh("lab1", "cd /sys/kernel/livepatch && for p in *; do echo $p $(cat $p/stack_order); done")
+        assert {p["name"]: p["stack_order"] for p in info["patches"]} == {
+            name: int(order) for name, order in (line.split() for line in kernel_says.splitlines())
+        }
 
 
 def test_a_rebuilt_patch_under_the_same_name_is_reported_not_skipped(clean_lab, lab_db):
