@@ -10,7 +10,8 @@ import json
 import pytest
 
 from klpfleet.lab.artifacts import cache_dir
-from klpfleet.lab.upstream import SUITE_DIR, suite_scripts
+from klpfleet.lab.upstream import SUITE_DIR
+from klpfleet.sim.kselftest import suite_scripts
 
 from .conftest import run_klpfleet
 from .labhelpers import Lab

@@ -15,18 +15,15 @@ import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from klpfleet.lab.artifacts import LabError, Progress, build_in, building, ensure_headers, run
+from klpfleet.sim.kselftest import SCRIPT_NAME, ScriptOutcome, judge_script, suite_scripts
 
 SELFTESTS = "tools/testing/selftests/livepatch"
 LIB_MODULES = "lib/livepatch"  # where the test modules lived before they moved under the selftests
 SUITE_DIR = "livepatch"  # in the cache entry and, under /root/upstream, in a VM
 MODULE_TREE = "kernel/lib/livepatch"  # where `make modules_install` puts them (the old layout's modprobe)
-TEST_LINE = re.compile(r"^TEST: (?P<name>.+?) \.\.\. (?P<verdict>ok|not ok)$")
-SCRIPT_NAME = re.compile(r"test-[a-z0-9-]+\.sh")
-SKIP_EXIT = 4  # kselftest's "skipped"
 SCRIPT_TIMEOUT = 900.0  # each wait of functions.sh is bounded (600 x 0.1 s); a whole script takes a few minutes
 
 
@@ -146,13 +143,6 @@ def package_version(toolchain: Path, package: str) -> str:
     return found.group(1)
 
 
-def suite_scripts(suite: Path) -> list[str]:
-    """The scripts of upstream's TEST_PROGS, in its Makefile's order."""
-    makefile = (suite / "Makefile").read_text()
-    names = SCRIPT_NAME.findall(makefile)
-    return list(dict.fromkeys(n for n in names if (suite / n).exists()))
-
-
 def place_in_layer(staging: Path, release: str, cache_entry: Path) -> None:
     """Put the suite under /root/upstream in a VM's lab layer, and the old layout's modules where modprobe
     finds them (the VM's /init runs depmod)."""
@@ -161,40 +151,6 @@ def place_in_layer(staging: Path, release: str, cache_entry: Path) -> None:
         dest = staging / "usr" / "lib" / "modules" / release / MODULE_TREE / ko.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ko, dest)
-
-
-# -- results ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ScriptOutcome:
-    """One upstream script's run: its verdict (pass, fail, skip), each TEST line's, and why it failed."""
-
-    script: str
-    verdict: str
-    exit_code: int | None
-    tests: list[tuple[str, bool]] = field(default_factory=list)
-    detail: str = ""
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "script": self.script,
-            "verdict": self.verdict,
-            "exit_code": self.exit_code,
-            "tests": [{"test": name, "ok": ok} for name, ok in self.tests],
-            "detail": self.detail,
-        }
-
-
-def judge_script(script: str, exit_code: int | None, stdout: str, stderr: str) -> ScriptOutcome:
-    """kselftest's reading of a script: exit 0 passes, 4 skips, anything else fails; plus its TEST lines."""
-    tests = [(m["name"], m["verdict"] == "ok") for m in map(TEST_LINE.match, stdout.splitlines()) if m]
-    verdict = "pass" if exit_code == 0 else "skip" if exit_code == SKIP_EXIT else "fail"
-    detail = ""
-    if verdict != "pass":
-        lines = [ln for ln in (stderr.strip() + "\n" + stdout.strip()).splitlines() if ln.strip()]
-        detail = "\n".join(lines[-40:])
-    return ScriptOutcome(script, verdict, exit_code, tests, detail)
 
 
 RUN_SCRIPT = "/root/lab/run-upstream.sh"

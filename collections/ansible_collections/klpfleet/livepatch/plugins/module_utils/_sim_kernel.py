@@ -67,7 +67,8 @@ def new_kernel(kernel_release=DEFAULT_KERNEL_RELEASE, **options):
     states, objects: [{name, funcs, patched, post_unpatch_enabled}]}.
     transition: null or {patch, target (1 patching, 0 unpatching), attempts, signaled}. tasks: every task,
     {pid, comm, patch_state, sleeping_in, until, ignores_signal, module, log_exit, stack}
-    (add_sleeping_task). faults: what the host refuses or stalls on (klpfleet sim host create). overrides:
+    (add_sleeping_task). ftrace_enabled: the sysctl (off, no patch can hook a function; a patched function
+    keeps it on). faults: what the host refuses or stalls on (klpfleet sim host create). overrides:
     path -> text read instead of the model (tests of odd hosts).
     """
     state = {
@@ -86,6 +87,7 @@ def new_kernel(kernel_release=DEFAULT_KERNEL_RELEASE, **options):
         "seq": 0,
         "log": [],
         "debug": {"livepatch": False, "try_switch": False},
+        "ftrace_enabled": True,  # the kernel.ftrace_enabled sysctl
         "taint": 0,
         "taint_logged": [],
         "modules": {},  # name -> loaded module, in load order
@@ -302,7 +304,11 @@ class SimKernel(KmodTools, SysfsView):
         obj["post_unpatch_enabled"] = False
 
     def hook(self, patch, obj):
-        """klp_patch_object(): can fail only by a fault (another ftrace user holds the function)."""
+        """klp_patch_object(): fails when ftrace is switched off (kernel.ftrace_enabled = 0) or by a fault
+        (another ftrace user holds the function)."""
+        if not self.s.get("ftrace_enabled", True) and obj["funcs"]:
+            self.klp("failed to register ftrace handler for function '%s' (-16)" % obj["funcs"][0])
+            return -errno.EBUSY
         for fault in self.s["faults"].get("ftrace_busy", []):
             for func in obj["funcs"]:
                 if fnmatch.fnmatchcase(func, fault.get("function", "*")):

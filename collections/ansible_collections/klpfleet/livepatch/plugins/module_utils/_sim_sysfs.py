@@ -33,6 +33,11 @@ PATCH_ATTRIBUTES = (
     ("stack_order", (6, 13), None, "_read_stack_order", None),
 )
 OBJECT_PATCHED_SINCE = (6, 0)  # <patch>/<object>/patched
+FTRACE_SYSCTL = "/proc/sys/kernel/ftrace_enabled"
+DYNAMIC_DEBUG = "/sys/kernel/debug/dynamic_debug/control"
+# The livepatch core's pr_debug sites as the control file lists them (file:line [module]function flags "format").
+DEBUG_FUNCS = ("klp_init_transition", "klp_start_transition", "klp_complete_transition", "klp_try_switch_task")
+DEBUG_SITE = 'kernel/livepatch/transition.c:1 [livepatch]%s =p "livepatch: debug\\012"\n'
 
 
 def route(kernel, path):
@@ -160,6 +165,10 @@ class SysfsView(object):
             return "cpu  0 0 0 0 0 0 0 0 0 0\nbtime %d\n" % self.s["booted_at"]
         if path == "/proc/sys/kernel/tainted":
             return "%d\n" % self.s["taint"]
+        if path == FTRACE_SYSCTL:
+            return "%d\n" % self.s.get("ftrace_enabled", True)
+        if path == DYNAMIC_DEBUG:
+            return "".join(DEBUG_SITE % f for f in DEBUG_FUNCS if self._debug_on(f))
         if path == "/proc/cmdline":
             return self.effect(path, "BOOT_IMAGE=/boot/vmlinuz-%s root=/dev/vda ro\n" % self.s["kernel_release"])
         if path == "/proc/meminfo":
@@ -291,9 +300,64 @@ class SysfsView(object):
             except ValueError:
                 raise KernelError(errno.EINVAL, path) from None
             return None
+        if path == FTRACE_SYSCTL:
+            return self._write_sysctl_ftrace(data)
+        if path == DYNAMIC_DEBUG:
+            return self._write_dynamic_debug(data)
         if kind in ("patched", "module_file", "task_file", "file") and self.exists(path):
             raise KernelError(errno.EACCES, path)
         raise KernelError(errno.ENOENT, path)
+
+    def _write_sysctl_ftrace(self, data):
+        """ftrace_enabled cannot be switched off while a livepatch hooks a function (its ftrace ops are
+        permanent): EBUSY, as sysctl reports it."""
+        try:
+            value = int(data.strip(), 0)
+        except ValueError:
+            raise KernelError(errno.EINVAL, FTRACE_SYSCTL) from None
+        hooked = any(o["patched"] for p in self.s["patches"] for o in p["objects"])
+        if not value and hooked:
+            raise KernelError(errno.EBUSY, FTRACE_SYSCTL)
+        self.s["ftrace_enabled"] = bool(value)
+
+    def _debug_on(self, func):
+        on = self.s["debug"]
+        return on.get("livepatch") and (func != "klp_try_switch_task" or on.get("try_switch"))
+
+    def _write_dynamic_debug(self, data):
+        """The queries the selftests write: `file kernel/livepatch/* +p`, `func klp_try_switch_task -p`, and
+        their own saved sites back (`file kernel/livepatch/... line N =p`)."""
+        for query in data.splitlines():
+            words = query.split()
+            if not words:
+                continue
+            flags = words[-1]
+            if len(words) < 3 or flags[:1] not in "+-=" or "p" not in flags:
+                raise KernelError(errno.EINVAL, DYNAMIC_DEBUG)
+            on = flags[0] != "-"
+            if words[:2] == ["func", "klp_try_switch_task"]:
+                self.s["debug"]["try_switch"] = on
+            elif words[0] == "file" and words[1].startswith("kernel/livepatch/"):
+                self.s["debug"]["livepatch"] = on
+                if on and words[1] == "kernel/livepatch/*":
+                    self.s["debug"]["try_switch"] = True
+
+    def mode(self, path):
+        """The file's mode bits as the kernel shows them (the selftests check some), or None if it is absent."""
+        path = os.path.normpath(path)
+        if self.is_dir(path):
+            return 0o755
+        if not self.exists(path):
+            return None
+        where = route(self, path)
+        if where[0] == "attribute":
+            row = where[2]
+            return (0o444 if row[3] else 0) | (0o200 if row[4] else 0)
+        if where[0] == "module_param":
+            return 0o644 if "w" in where[1]["spec"]["params"][where[2]].get("perm", "rw") else 0o444
+        if path in (FTRACE_SYSCTL, DYNAMIC_DEBUG):
+            return 0o644
+        return 0o444
 
     def _write_enabled(self, patch, data):
         enabled = kstrtobool(data)
