@@ -6,7 +6,7 @@ from typing import Any
 import click
 
 from klpfleet.cli.context import DURATION
-from klpfleet.cli.output import emit, info, output_option, table
+from klpfleet.cli.output import emit, info, output_option, printable, table
 from klpfleet.collection import sim_contract
 
 _, DEFAULT_KERNEL_RELEASE = sim_contract()
@@ -119,6 +119,47 @@ def host_log(directory: str, selftest_filter: bool) -> None:
     if selftest_filter:
         lines = sf([text for _, _, text in records])
     click.echo("\n".join(lines))
+
+
+def _selftests_table(data: dict[str, Any], out: Any) -> None:
+    rows = [
+        (
+            s["script"],
+            s["verdict"],
+            f"{sum(t['ok'] for t in s['tests'])}/{len(s['tests'])}",
+            s["seconds"],
+            s["reason"],
+        )
+        for s in data["scripts"]
+    ]
+    title = f"the kernel's livepatch selftests against the simulator ({data['release']})"
+    table(title, ["script", "verdict", "tests ok", "seconds", "why not modelled"], rows, out)
+    for s in data["scripts"]:
+        if s["verdict"] == "fail":
+            out.print(f"\n{s['script']} (exit {s['exit_code']}):", markup=False, highlight=False)
+            out.print(printable(s["detail"], keep_newlines=True), markup=False, highlight=False)
+
+
+@sim.command("selftests")
+@click.argument("suite", type=click.Path(file_okay=False, exists=True), metavar="SUITE_DIR")
+@click.argument("scripts", nargs=-1, metavar="[test-NAME.sh]...")
+@click.option(
+    "--kernel-release", default=DEFAULT_KERNEL_RELEASE, show_default=True, help="The kernel the simulator plays."
+)
+@output_option
+def selftests(suite: str, scripts: tuple[str, ...], kernel_release: str, output: str) -> None:
+    """Run the kernel's own livepatch selftests (a tools/testing/selftests/livepatch directory, unchanged)
+    against a fresh simulated host, as on a real machine: the simulated /sys, /proc and /dev/kmsg mounted over
+    the real ones in a mount namespace of the scripts' own (FUSE; root needed), the simulator's insmod, rmmod,
+    modprobe, modinfo and dmesg first on PATH. A script whose subject is not modelled is reported `out of scope`
+    with the reason. Exit status: 0 none failed, 1 one or more failed."""
+    import sys
+
+    from klpfleet.sim.upstream_suite import run_suite
+
+    data = run_suite(Path(suite), kernel_release, list(scripts), info)
+    emit("sim.selftests", data, output, _selftests_table)
+    sys.exit(1 if data["failed"] else 0)
 
 
 @sim.group()
