@@ -22,6 +22,7 @@ from klpfleet.lab.selftest import run_on_vm
 from klpfleet.sim.scenario import load_scenario, run_scenario
 
 from .ansiblehelpers import BIN, ROOT, ansible_env, playbook
+from .conftest import run_klpfleet
 from .labhelpers import Lab
 
 pytestmark = pytest.mark.lab
@@ -154,6 +155,22 @@ def test_a_pre_patch_refusal_is_reported_and_leaves_the_host_clean(clean_lab, la
     details = last_event(lab_db, "lab1", "patch.state").details
     assert (details["refused_object"], details["errno"]) == ("vmlinux", 19)  # ENODEV
     assert livepatches(lab, "lab1") == [] and modules(lab, "lab1") == []
+
+
+def test_a_patch_whose_system_state_is_incompatible_is_refused_and_the_host_kept(clean_lab, lab_db):
+    """test-state.sh "incompatible cumulative livepatches", through the patch module: the kernel refuses a patch
+    that would downgrade a system state another installed patch set up (EINVAL)."""
+    lab = clean_lab
+    for name in ("test_klp_state", "test_klp_state2"):
+        assert run_klpfleet("--db", lab_db, "patch", "add", str(lab.module(name))).returncode == 0
+    assert apply(lab, lab_db, "test_klp_state2").returncode == 0
+    proc = apply(lab, lab_db, "test_klp_state")  # state 1 version 1, below the installed version 2
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert state(lab_db, "lab1", "test_klp_state")[1:] == ("incompatible_state", True)
+    assert last_event(lab_db, "lab1", "patch.state", "test_klp_state").details["errno"] == 22  # EINVAL
+    assert livepatches(lab, "lab1") == ["test_klp_state2"]
+    assert "test_klp_state) is not compatible with the already installed livepatches" in lab.sh("lab1", "dmesg")
+    assert remove(lab, lab_db, "test_klp_state2").returncode == 0
 
 
 def test_a_target_module_refused_later_is_found_by_patch_info(clean_lab, lab_db):

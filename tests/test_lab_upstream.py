@@ -12,6 +12,7 @@ import pytest
 from klpfleet.lab.artifacts import cache_dir
 from klpfleet.lab.upstream import SUITE_DIR
 from klpfleet.sim.kselftest import suite_scripts
+from klpfleet.sim.upstream_suite import OUT_OF_SCOPE, OUT_OF_SCOPE_TESTS
 
 from .conftest import run_klpfleet
 from .labhelpers import Lab
@@ -51,3 +52,24 @@ def test_the_kernels_own_livepatch_selftests_pass_unchanged(clean_lab: Lab):
         assert "sysfs test stack_order value" in [t["test"] for t in sysfs["tests"]]
     # Upstream's scripts clean up after themselves: nothing of theirs is left loaded.
     assert clean_lab.sh("lab3", "ls /sys/kernel/livepatch; awk '/^test_klp/ {print $1}' /proc/modules") == ""
+
+
+def test_the_same_suite_runs_unchanged_against_the_simulator(lab: Lab):
+    """The kernel's suite of this lab kernel, against a simulated host playing the same release: every script
+    the simulator models passes; what it does not model is named with the reason, never silently passed."""
+    suite = cache_dir() / f"upstream-{lab.release}" / SUITE_DIR
+    proc = run_klpfleet("sim", "selftests", str(suite), "--kernel-release", lab.release, "-o", "json", timeout=3600)
+    report = json.loads(proc.stdout)["data"]
+    by_verdict: dict[str, set[str]] = {}
+    for script in report["scripts"]:
+        by_verdict.setdefault(script["verdict"], set()).add(script["script"])
+    failed = {s["script"]: s["detail"] for s in report["scripts"] if s["verdict"] in ("fail", "skip")}
+    assert proc.returncode == 0 and not failed, f"{lab.release}: {json.dumps(failed, indent=1)}"
+    assert by_verdict.get("out of scope", set()) <= set(OUT_OF_SCOPE)
+    assert by_verdict.get("partly out of scope", set()) <= set(OUT_OF_SCOPE_TESTS)
+    # What the simulator claims to model, it passes in full on every generation.
+    assert {"test-callbacks.sh", "test-state.sh"} <= by_verdict["pass"]
+    if lab.version >= (6, 1):
+        assert "test-sysfs.sh" in by_verdict["pass"] | by_verdict.get("partly out of scope", set())
+    passed_tests = sum(t["ok"] for s in report["scripts"] for t in s["tests"])
+    assert passed_tests >= 15 + (2 if lab.version >= (6, 1) else 0)

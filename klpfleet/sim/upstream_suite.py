@@ -13,8 +13,10 @@ OUT_OF_SCOPE is reported as `out of scope` with that reason; every other failure
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -132,24 +134,43 @@ def _run_script(
         HOST_ENV: str(host),
     }
     argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", BIND_AND_RUN, "sh", str(mount), f"./{script}"]
+    if script in OUT_OF_SCOPE:  # not run: its subject is not modelled, and it would only wait for it
+        return {
+            **judge_script(script, None, "", "").to_json(),
+            "verdict": "out of scope",
+            "seconds": 0.0,
+            "reason": OUT_OF_SCOPE[script],
+            "detail": "",
+        }
     started = time.monotonic()
-    try:
-        proc = subprocess.run(  # noqa: S603 - constant argv; the script name matched SCRIPT_NAME
-            argv, cwd=tests, env=env, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT, check=False
-        )
-        outcome = judge_script(script, proc.returncode, proc.stdout, proc.stderr)
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
-        outcome = judge_script(script, None, out, f"timed out after {SCRIPT_TIMEOUT:.0f} s")
-    except FileNotFoundError:
-        raise SuiteError("unshare is not installed (util-linux)") from None
+    # Files, not pipes: what a script leaves running in the background must not hold the runner up.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        try:
+            proc = subprocess.Popen(  # noqa: S603 - constant argv; the script name matched SCRIPT_NAME
+                argv, cwd=tests, env=env, stdout=out, stderr=err, text=True, start_new_session=True
+            )
+        except FileNotFoundError:
+            raise SuiteError("unshare is not installed (util-linux)") from None
+        timed_out = False
+        try:
+            proc.wait(timeout=SCRIPT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:  # the script's leftovers, a time-out or Ctrl-C: nothing of its outlives this call
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if timed_out:
+        stderr += f"\ntimed out after {SCRIPT_TIMEOUT:g} s"
+    outcome = judge_script(script, None if timed_out else proc.returncode, stdout, stderr)
     result = {**outcome.to_json(), "seconds": round(time.monotonic() - started, 1), "reason": ""}
-    if outcome.verdict in ("fail", "skip"):
+    if outcome.verdict == "fail" and script in OUT_OF_SCOPE_TESTS:
         passed_some = any(ok for _, ok in outcome.tests)
         failed_any = any(not ok for _, ok in outcome.tests)
-        if script in OUT_OF_SCOPE:
-            result.update(verdict="out of scope", reason=OUT_OF_SCOPE[script])
-        elif outcome.verdict == "fail" and script in OUT_OF_SCOPE_TESTS and passed_some and not failed_any:
+        if passed_some and not failed_any:
             # Every test it judged passed; it stopped at one that needs what is not modelled.
             result.update(verdict="partly out of scope", reason=OUT_OF_SCOPE_TESTS[script])
     return result
