@@ -113,6 +113,13 @@ RAW: dict[str, dict[str, Any]] = {
         "objects": [{"name": "vmlinux", "funcs": ["meminfo_proc_show"]}],
         "effects": {"/proc/meminfo": "{mod}: this has been live patched\n"},
     },
+    # Patches getpid (x86-64's __x64_sys_getpid); the selftests also load it as one more livepatch among others.
+    # Its /sys/kernel/test_klp_syscall/npids and the pids it counts are not modelled (test-syscall.sh).
+    "test_klp_syscall": {
+        "name": "test_klp_syscall",
+        "intree": True,
+        "objects": [{"name": "vmlinux", "funcs": ["__x64_sys_getpid"]}],
+    },
     "test_klp_state": _state_module("test_klp_state", 1),
     "test_klp_state2": _state_module("test_klp_state2", 2),
     "test_klp_state3": _state_module("test_klp_state3", 2),
