@@ -301,3 +301,23 @@ def test_state_survives_in_the_host_directory(tmp_path):
     apply_patch(host, build(tmp_path, "lp_fix"), **FAST)
     with SimHost(str(tmp_path / "h")) as kernel:
         assert kernel.patch("lp_fix")["enabled"] is True
+
+
+def test_ftrace_switched_off_refuses_every_patch_and_cannot_be_switched_off_under_one(host, tmp_path):
+    """test-ftrace.sh's subject: with kernel.ftrace_enabled = 0 no patch can hook its functions (the kernel
+    cancels it, EBUSY); while a patch is applied the sysctl cannot be switched off."""
+    host.write("/proc/sys/kernel/ftrace_enabled", "0\n")
+    ko = str(write_ko(catalog_spec("test_klp_livepatch"), tmp_path / "lp.ko"))
+    err = failure(apply_patch, host, ko, **FAST)
+    assert (err.klp_error, err.details["errno_name"], err.details["failed_object"]) == (
+        "insmod_failed",
+        "EBUSY",
+        "vmlinux",
+    )
+    assert host.listdir("/sys/kernel/livepatch") == []  # cancelled: nothing left half-patched
+    host.write("/proc/sys/kernel/ftrace_enabled", "1\n")
+    apply_patch(host, ko, **FAST)
+    with pytest.raises(OSError) as refused:
+        host.write("/proc/sys/kernel/ftrace_enabled", "0\n")
+    assert refused.value.errno == errno.EBUSY
+    assert host.read("/proc/sys/kernel/ftrace_enabled") == "1\n"
