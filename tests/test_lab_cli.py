@@ -7,8 +7,8 @@ from importlib import resources
 import pytest
 
 from klpfleet.lab.artifacts import LabError, release_numbers, suite_of
+from klpfleet.lab.conformance import run_on_vm
 from klpfleet.lab.selftest import step_line
-from klpfleet.lab.upstream import run_on_vm
 from klpfleet.sim.kselftest import judge_script
 from klpfleet.sim.scenario import parse_scenario
 

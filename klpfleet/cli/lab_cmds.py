@@ -140,7 +140,7 @@ def selftests(directory: str, vm: str, scripts: tuple[str, ...], output: str) ->
 
     A failed script can leave its modules loaded: `klpfleet lab reboot VM` cleans the VM.
     """
-    from klpfleet.lab.upstream import run_suite
+    from klpfleet.lab.conformance import run_suite
 
     data = run_suite(Path(directory), vm, list(scripts), info)
     emit("lab.selftests", data, output, _selftests_table)
