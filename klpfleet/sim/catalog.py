@@ -52,6 +52,34 @@ def _state_module(name: str, version: int) -> dict[str, Any]:
     }
 
 
+def _shadow_vars_program(objects: int = 3) -> list[dict[str, Any]]:
+    """What upstream's test_klp_shadow_vars does at init, call for call: a char and an int shadow variable for
+    each of three objects, found again, not allocated twice by get_or_alloc, the chars freed one by one (with the
+    destructor), the ints all at once (without)."""
+    char_id, int_id = 0x1234, 0x1235
+    calls: list[dict[str, Any]] = [{"ptr": "NULL"}, {"get": ["obj0", char_id], "expect": "null"}]
+    for i in range(objects):
+        calls.append({"ptr": f"char{i}"})
+        calls.append({"alloc" if i % 2 else "get_or_alloc": [f"obj{i}", char_id, f"char{i}"], "save": f"sv_char{i}"})
+        calls.append({"ptr": f"int{i}"})
+        calls.append({"alloc": [f"obj{i}", int_id, f"int{i}"], "save": f"sv_int{i}"})
+    for i in range(objects):
+        calls.append({"get": [f"obj{i}", char_id], "expect": [f"sv_char{i}", f"char{i}"]})
+        calls.append({"get": [f"obj{i}", int_id], "expect": [f"sv_int{i}", f"int{i}"]})
+    for i in range(objects):
+        calls.append({"ptr": f"char{i}"})  # the module's pndup[i] is &nfields1[i]: the same address
+        calls.append({"get_or_alloc": [f"obj{i}", char_id, f"char{i}"], "expect": [f"sv_char{i}", f"char{i}"]})
+    for i in range(objects):
+        calls.append({"free": [f"obj{i}", char_id], "dtor": True})
+        calls.append({"get": [f"obj{i}", char_id], "expect": "null"})
+    for i in range(objects):
+        calls.append({"get": [f"obj{i}", int_id], "expect": [f"sv_int{i}", f"int{i}"]})
+    calls.append({"free_all": int_id, "dtor": False})
+    for i in range(objects):
+        calls.append({"get": [f"obj{i}", int_id], "expect": "null"})
+    return calls
+
+
 RAW: dict[str, dict[str, Any]] = {
     "test_klp_callbacks_demo": {
         "name": "test_klp_callbacks_demo",
@@ -119,6 +147,13 @@ RAW: dict[str, dict[str, Any]] = {
         "name": "test_klp_syscall",
         "intree": True,
         "objects": [{"name": "vmlinux", "funcs": ["__x64_sys_getpid"]}],
+    },
+    # Not a livepatch: it exercises the shadow variable API at init (what a patch uses to add fields to live data).
+    "test_klp_shadow_vars": {
+        "name": "test_klp_shadow_vars",
+        "intree": True,
+        "livepatch": False,
+        "shadow": _shadow_vars_program(),
     },
     "test_klp_state": _state_module("test_klp_state", 1),
     "test_klp_state2": _state_module("test_klp_state2", 2),

@@ -84,6 +84,7 @@ def normalize(doc: Any) -> dict[str, Any]:
         "init_log",
         "exit_log",
         "init_ret",
+        "shadow",
         "effects",
         "metrics",
         "signed",
@@ -190,6 +191,7 @@ def normalize(doc: Any) -> dict[str, Any]:
         for k, v in metrics.items()
     ):
         raise UsageError("spec: metrics maps a metric name (a-z, 0-9, _) to what the patch adds to it while patched")
+    shadow = _shadow_program(doc.get("shadow"))
     return {
         "name": name,
         "kernel_release": release,
@@ -202,12 +204,68 @@ def normalize(doc: Any) -> dict[str, Any]:
         "init_log": _str_list(doc.get("init_log"), "init_log"),
         "exit_log": _str_list(doc.get("exit_log"), "exit_log"),
         "init_ret": _int_or_param(doc.get("init_ret", 0), "init_ret", params),
+        "shadow": shadow,
         "effects": effects,
         "metrics": {k: float(v) for k, v in metrics.items()},
         "signed": bool(doc.get("signed", False)),
         "intree": bool(doc.get("intree", False)),
         "description": str(doc.get("description", "")),
     }
+
+
+MAX_SHADOW_CALLS = 1000
+SHADOW_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_#]{0,63}$")
+
+
+def _shadow_program(program: Any) -> list[dict[str, Any]]:
+    """`shadow`: the module's calls to the shadow variable API at init (see the collection's _sim_shadow)."""
+    if program is None:
+        return []
+    if not isinstance(program, list) or len(program) > MAX_SHADOW_CALLS:
+        raise UsageError(f"spec: shadow is a list of at most {MAX_SHADOW_CALLS} calls")
+
+    def name(value: Any, where: str) -> str:
+        if not isinstance(value, str) or not SHADOW_NAME.match(value):
+            raise _fail(where, f"{value!r} is not a pointer name")
+        return value
+
+    def sv_id(value: Any, where: str) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
+            raise _fail(where, f"{value!r} is not a shadow variable id")
+        return value
+
+    calls = []
+    for i, call in enumerate(program):
+        where = f"shadow[{i}]"
+        ops = [
+            op
+            for op in ("ptr", "get", "alloc", "get_or_alloc", "free", "free_all")
+            if isinstance(call, dict) and op in call
+        ]
+        if len(ops) != 1 or set(call) - {ops[0], "save", "expect", "dtor"}:
+            raise _fail(where, "one of ptr, get, alloc, get_or_alloc, free, free_all (with save, expect, dtor)")
+        op, arg = ops[0], call[ops[0]]
+        entry: dict[str, Any] = {}
+        if op == "ptr":
+            entry["ptr"] = name(arg, where)
+        elif op == "free_all":
+            entry["free_all"] = sv_id(arg, where)
+        else:
+            size = 3 if op in ("alloc", "get_or_alloc") else 2
+            if not isinstance(arg, list) or len(arg) != size:
+                raise _fail(where, f"{op} takes [obj, id{', field' if size == 3 else ''}]")
+            entry[op] = [name(arg[0], where), sv_id(arg[1], where), *([name(arg[2], where)] if size == 3 else [])]
+        if "save" in call:
+            entry["save"] = name(call["save"], where)
+        if "expect" in call:
+            expect = call["expect"]
+            if expect != "null" and not (isinstance(expect, list) and len(expect) == 2):
+                raise _fail(where, "expect is null or [saved, field]")
+            entry["expect"] = expect if expect == "null" else [name(expect[0], where), name(expect[1], where)]
+        if "dtor" in call:
+            entry["dtor"] = bool(call["dtor"])
+        calls.append(entry)
+    return calls
 
 
 def load_spec_file(path: str | Path) -> dict[str, Any]:

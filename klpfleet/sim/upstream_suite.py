@@ -42,16 +42,14 @@ SPEED = 4.0
 
 # Scripts whose subject the simulator does not model, and why.
 OUT_OF_SCOPE = {
-    "test-shadow-vars.sh": "shadow variables (klp_shadow_*) are kernel memory a module allocates; the simulator "
-    "has no test_klp_shadow_vars",
     "test-syscall.sh": "patches getpid while many processes call it and counts them through the module's own "
     "sysfs file; the simulator runs no user processes in its kernel",
     "test-kprobe.sh": "kprobes (tracefs' kprobe_events) are not modelled",
 }
-# Tests inside an otherwise modelled script that need what the simulator lacks (function tracing, kernel 6.19+).
+# Tests inside an otherwise modelled script that need what the simulator lacks (newer suites add them).
 OUT_OF_SCOPE_TESTS = {
-    "test-livepatch.sh": "its later tests (6.19+) patch a function of a module, test_klp_mod_target, which the "
-    "simulator lacks",
+    "test-livepatch.sh": "its later tests (in 7.3's suite, not 6.12's) patch a module's function "
+    "(test_klp_mod_target), which the simulator lacks",
     "test-ftrace.sh": "its later tests trace functions through tracefs, which is not modelled",
     "test-sysfs.sh": "its later tests read what the simulator does not model",
 }

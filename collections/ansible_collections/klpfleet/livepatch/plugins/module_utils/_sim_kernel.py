@@ -53,6 +53,7 @@ from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_base impor
     vermagic_for,
 )
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_kmod import KmodTools
+from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_shadow import run_shadow_program
 from ansible_collections.klpfleet.livepatch.plugins.module_utils._sim_sysfs import SysfsView
 
 
@@ -770,6 +771,8 @@ class SimKernel(KmodTools, SysfsView):
         name = module["name"]
         for line in spec.get("init_log", []):
             self.log(fill(line, mod=name))
+        if spec.get("shadow"):
+            run_shadow_program(self, name, spec["shadow"])
         for task_spec in spec.get("tasks", []):
             self.start_module_task(module, task_spec)
         ret = self.resolve(name, spec.get("init_ret", 0))
