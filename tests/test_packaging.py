@@ -119,3 +119,22 @@ def test_an_installed_klpfleet_runs_its_shipped_playbooks_from_anywhere(built, t
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     hosts = json.loads(klpfleet_("hosts", "-o", "json"))["data"]
     assert {h["name"]: h["kernel_release"] for h in hosts} == {"sim-01": "6.1.0-56-amd64", "sim-02": "6.1.0-56-amd64"}
+
+
+def test_a_simulated_hosts_module_finds_every_sibling_the_simulated_kernel_imports():
+    """Ansible never bundles the simulated kernel into a module's payload; the module loads it and the siblings
+    named in SIM_KERNEL_IMPORTS from beside its file. A sibling missing from that list fails only off the
+    checkout (an installed klpfleet), so the list is checked against the kernel's own imports."""
+    import ast
+
+    from ansible_collections.klpfleet.livepatch.plugins.module_utils._primitives import SIM_KERNEL_IMPORTS
+
+    utils = ROOT / "collections" / "ansible_collections" / "klpfleet" / "livepatch" / "plugins" / "module_utils"
+    tree = ast.parse((utils / "_sim_kernel.py").read_text())
+    package = "ansible_collections.klpfleet.livepatch.plugins.module_utils."
+    imported = {
+        node.module.removeprefix(package)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(package)
+    }
+    assert imported == set(SIM_KERNEL_IMPORTS)

@@ -117,10 +117,10 @@ def _cmdline(pid_dir: Path) -> str:
 
 
 def test_a_script_the_simulator_does_not_model_is_reported_with_the_reason_not_run(tmp_path):
-    suite = write_suite(tmp_path, {"test-shadow-vars.sh": HANGS})
+    suite = write_suite(tmp_path, {"test-kprobe.sh": HANGS})
     report = upstream_suite.run_suite(suite, "6.1.0-50-amd64", [], lambda _: None)
     (outcome,) = report["scripts"]
-    assert outcome["verdict"] == "out of scope" and "shadow variables" in outcome["reason"]
+    assert outcome["verdict"] == "out of scope" and "kprobes" in outcome["reason"]
     assert report["failed"] == 0 and report["out_of_scope"] == 1
 
 

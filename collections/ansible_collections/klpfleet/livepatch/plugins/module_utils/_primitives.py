@@ -159,7 +159,7 @@ def simulated_kernel(path=None):
 
 
 # What _sim_kernel imports from this package.
-SIM_KERNEL_IMPORTS = ("_modinfo", "_sim_base", "_sim_kmod", "_sim_sysfs")
+SIM_KERNEL_IMPORTS = ("_modinfo", "_sim_base", "_sim_kmod", "_sim_shadow", "_sim_sysfs")
 
 
 def _load_file(name, path):
