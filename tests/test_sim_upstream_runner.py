@@ -128,3 +128,30 @@ def test_a_directory_that_is_not_the_suite_is_refused_in_one_line(tmp_path):
     proc = run_klpfleet("sim", "selftests", str(tmp_path))
     assert proc.returncode == 2 and "not the kernel's livepatch selftests" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_stops_the_run_and_leaves_nothing_mounted_or_running(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    suite = write_suite(tmp_path, {"test-hangs.sh": HANGS.replace("300", "301")})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "klpfleet.cli.main", "sim", "selftests", str(suite)],
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not any(_cmdline(p) == "sleep\x00301\x00" for p in Path("/proc").glob("[0-9]*")):
+        assert time.monotonic() < deadline and proc.poll() is None, "the script never started"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    said = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and said[-1] == "klpfleet: aborted" and len(said) <= 2  # progress, then one line
+    assert str(tmp_path) not in mounts()
+    assert not any(_cmdline(p) == "sleep\x00301\x00" for p in Path("/proc").glob("[0-9]*"))
