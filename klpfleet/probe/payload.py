@@ -10,10 +10,15 @@ import json
 from functools import cache
 
 from klpfleet.collection import MODULE_UTILS as PACKAGE
-from klpfleet.collection import module_utils_dir
+from klpfleet.collection import module_util, module_utils_dir
 
 MODULES = ("_codes", "_kernel_log", "_modinfo", "_primitives", "_livepatch", "_artifact", "_persist")
-SIM_MODULES = ("_sim_base", "_sim_kmod", "_sim_sysfs", "_sim_kernel")  # simulated hosts only, in import order
+# Simulated hosts only, in import order: the simulated kernel's siblings as the collection lists them (one list,
+# kept equal to the kernel's imports by tests/test_packaging.py), then the kernel.
+SIM_MODULES = (
+    *(m for m in module_util("_primitives").SIM_KERNEL_IMPORTS if m not in MODULES),
+    "_sim_kernel",
+)
 # -I: ignore the remote environment's PYTHON* variables and user site; -S: skip site (only the stdlib is
 # used). Together they took 50 probed hosts from 6.4 s to 5.7 s (benchmarks/probe_bench.py's setup).
 REMOTE_COMMAND = ["python3", "-I", "-S", "-"]
