@@ -115,7 +115,9 @@ def host_log(directory: str, selftest_filter: bool) -> None:
             records = list(kernel.s["log"])
     except OSError as exc:
         raise UsageError(f"{directory}: {exc.strerror}") from None
-    lines = [f"[{ts:12.6f}] {text}" for _, ts, text in records]
+    from klpfleet.sim.kerneltools import dmesg_lines
+
+    lines = dmesg_lines(records)
     if selftest_filter:
         lines = sf([text for _, _, text in records])
     click.echo("\n".join(lines))

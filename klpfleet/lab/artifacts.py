@@ -228,8 +228,9 @@ def ensure_kernel(cache: Path, release: str, progress: Progress) -> Path:
     return final
 
 
-def _fetch_and_unpack(toolchain: Path, download: Path, package: str, tree: Path) -> None:
-    """apt-get download a package inside the toolchain and unpack it into `tree`."""
+def apt_download(toolchain: Path, download: Path, package: str) -> Path:
+    """apt-get download a package (NAME or NAME=VERSION) inside the toolchain into `download` (a directory in
+    it, emptied of .deb files first); the one .deb it wrote."""
     for old in download.glob("*.deb"):
         old.unlink()
     inside = "/" + str(download.relative_to(toolchain))
@@ -240,7 +241,12 @@ def _fetch_and_unpack(toolchain: Path, download: Path, package: str, tree: Path)
     debs = list(download.glob("*.deb"))
     if len(debs) != 1:
         raise LabError(f"apt-get download {package}: expected one .deb, found {len(debs)}")
-    run(["dpkg-deb", "-x", str(debs[0]), str(tree)], f"unpacking {debs[0].name}")
+    return debs[0]
+
+
+def _fetch_and_unpack(toolchain: Path, download: Path, package: str, tree: Path) -> None:
+    deb = apt_download(toolchain, download, package)
+    run(["dpkg-deb", "-x", str(deb), str(tree)], f"unpacking {deb.name}")
 
 
 def _nic_driver(tree: Path, release: str) -> bytes:

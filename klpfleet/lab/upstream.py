@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from klpfleet.lab.artifacts import LabError, Progress, build_in, building, ensure_headers, run
+from klpfleet.lab.artifacts import LabError, Progress, apt_download, build_in, building, ensure_headers, run
 
 SELFTESTS = "tools/testing/selftests/livepatch"
 LIB_MODULES = "lib/livepatch"  # where the test modules lived before they moved under the selftests
@@ -92,27 +92,11 @@ def ensure_upstream_suite(cache: Path, release: str, progress: Progress) -> Path
 def _unpack_source(toolchain: Path, work: Path, series: str, version: str) -> Path:
     """Download linux-source-<series>=<version> in the toolchain and unpack only the livepatch selftests and the
     old layout's test modules; returns the unpacked tree's top directory."""
-    inside = "/" + str(work.relative_to(toolchain))
-    run(
-        [
-            "chroot",
-            str(toolchain),
-            "sh",
-            "-c",
-            'cd "$1" && apt-get download -q "$2"',
-            "sh",
-            inside,
-            f"linux-source-{series}={version}",
-        ],
-        f"apt-get download linux-source-{series}={version}",
-    )
-    debs = list(work.glob("linux-source-*.deb"))
-    if len(debs) != 1:
-        raise LabError(f"apt-get download linux-source-{series}: expected one .deb, found {len(debs)}")
+    deb = apt_download(toolchain, work, f"linux-source-{series}={version}")
     tarball = f"usr/src/linux-source-{series}.tar.xz"
-    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(debs[0])], stdout=subprocess.PIPE) as deb:  # noqa: S603,S607
-        run_with_stdin(["tar", "-x", "-C", str(work), f"./{tarball}"], deb, f"unpacking {debs[0].name}")
-    debs[0].unlink()
+    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE) as package:  # noqa: S603,S607
+        run_with_stdin(["tar", "-x", "-C", str(work), f"./{tarball}"], package, f"unpacking {deb.name}")
+    deb.unlink()
     top = f"linux-source-{series}"
     run(["tar", "-xJf", str(work / tarball), "-C", str(work), f"{top}/{SELFTESTS}"], f"unpacking {top}/{SELFTESTS}")
     if not (work / top / SELFTESTS / "test_modules").is_dir():

@@ -14,7 +14,6 @@ import errno
 import os
 import stat
 import sys
-import threading
 import time
 from typing import Any
 
@@ -62,7 +61,6 @@ def make_operations(host_dir: str) -> Any:
         use_ns = True
 
         def __init__(self) -> None:
-            self.lock = threading.Lock()
             self.contents: dict[int, bytes] = {}
             self.next_fh = 1
             self.started = time.time_ns()
@@ -83,7 +81,7 @@ def make_operations(host_dir: str) -> Any:
                 raise fuse.FuseOSError(errno.ENOENT)
             if not path.startswith(("/sys/", "/proc/")):
                 raise fuse.FuseOSError(errno.ENOENT)
-            with self.lock, self._kernel() as kernel:
+            with self._kernel() as kernel:
                 mode = kernel.mode(path)
                 is_dir = mode is not None and kernel.is_dir(path)
             if mode is None:
@@ -117,7 +115,7 @@ def make_operations(host_dir: str) -> Any:
             if path in SYS_DIRS:
                 return [".", "..", *SYS_DIRS[path]]
             try:
-                with self.lock, self._kernel() as kernel:
+                with self._kernel() as kernel:
                     entries = kernel.listdir(path)
             except OSError as exc:
                 raise self._fail(exc) from None
@@ -127,23 +125,20 @@ def make_operations(host_dir: str) -> Any:
             kind, _ = self._kind(path)
             if kind == "dir":
                 raise fuse.FuseOSError(errno.EISDIR)
-            with self.lock:
-                fh = self.next_fh
-                self.next_fh += 1
-            return fh
+            self.next_fh += 1  # one request at a time (nothreads): no lock needed
+            return self.next_fh
 
         def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
             if path == "/dev/kmsg":
                 raise fuse.FuseOSError(errno.EINVAL)  # records are read with dmesg (the runner's tool)
-            with self.lock:
-                content = self.contents.get(fh)
-                if content is None:  # sysfs produces the text at the first read of an open file
-                    try:
-                        with self._kernel() as kernel:
-                            content = kernel.read(path).encode()
-                    except OSError as exc:
-                        raise self._fail(exc) from None
-                    self.contents[fh] = content
+            content = self.contents.get(fh)
+            if content is None:  # sysfs produces the text at the first read of an open file
+                try:
+                    with self._kernel() as kernel:
+                        content = kernel.read(path).encode()
+                except OSError as exc:
+                    raise self._fail(exc) from None
+                self.contents[fh] = content
             return content[offset : offset + size]
 
         def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
@@ -151,12 +146,11 @@ def make_operations(host_dir: str) -> Any:
                 raise fuse.FuseOSError(errno.EINVAL)
             text = data.decode(errors="replace")
             try:
-                with self.lock:
-                    if path == "/dev/kmsg":
-                        sim.SimPrimitives(host_dir).log_write(text)
-                    else:
-                        with self._kernel() as kernel:
-                            kernel.write(path, text)
+                if path == "/dev/kmsg":
+                    sim.SimPrimitives(host_dir).log_write(text)
+                else:
+                    with self._kernel() as kernel:
+                        kernel.write(path, text)
             except OSError as exc:
                 raise self._fail(exc) from None
             return len(data)
@@ -166,8 +160,7 @@ def make_operations(host_dir: str) -> Any:
             return 0
 
         def release(self, path: str, fh: int) -> int:
-            with self.lock:
-                self.contents.pop(fh, None)
+            self.contents.pop(fh, None)
             return 0
 
     return KernelFS()

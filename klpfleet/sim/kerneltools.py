@@ -14,11 +14,16 @@ HOST_ENV = "KLPFLEET_SIM_HOST"
 KMOD_TOOLS = ("insmod", "rmmod", "modprobe")
 
 
+def dmesg_lines(records: list[tuple[int, float, str]]) -> list[str]:
+    """Kernel log records as dmesg prints them: `[seconds since boot] text`."""
+    return [f"[{ts:12.6f}] {text}" for _, ts, text in records]
+
+
 def dmesg(prims: object) -> tuple[int, str, str]:
     records, _ = prims.read_log(-1)  # type: ignore[attr-defined]
     if prims.log_error:  # type: ignore[attr-defined]
         return 1, "", f"dmesg: read kernel buffer failed: {prims.log_error}\n"  # type: ignore[attr-defined]
-    return 0, "".join(f"[{ts:12.6f}] {text}\n" for _, ts, text in records), ""
+    return 0, "".join(line + "\n" for line in dmesg_lines(records)), ""
 
 
 def modinfo(args: list[str], module_dir: str | None, cwd: str) -> tuple[int, str, str]:
