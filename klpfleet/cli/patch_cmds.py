@@ -101,20 +101,56 @@ def list_(ctx: click.Context, output: str) -> None:
 def show(ctx: click.Context, ref: str, output: str) -> None:
     """One patch by name, name@sha-prefix or sha256 prefix; every match when the name is ambiguous."""
     from klpfleet.errors import UsageError
+    from klpfleet.registry.patches import ensure_contents
 
-    with database(ctx).session() as session:
+    with database(ctx).session.begin() as session:
         found = find_patches(session, ref)
         if not found:
             raise UsageError(f"no patch {ref!r} (see `klpfleet patch list`)")
+        for p in found:
+            ensure_contents(session, p)  # a patch added before klpfleet read what it patches
         records = [patch_record(session, p, with_states=True) for p in found]
 
     def render(recs: list[dict[str, Any]], out: Any) -> None:
         for r in recs:
             _patch_table(r, out)
+            _contents_table(r, out)
 
     emit("patch.show", records, output, render)
 
 
 def _patch_table(record: dict[str, Any], out: Any) -> None:
-    rows = [[k, v] for k, v in record.items() if k not in ("rollouts",)]
+    rows = [[k, v] for k, v in record.items() if k not in ("rollouts", "contents", "signature")]
+    if "contents" in record:
+        contents = record["contents"] or {}
+        sig = record.get("signature")
+        rows.append(["format", contents.get("format", "not read (the stored copy is gone or changed)")])
+        rows.append(["replace", _replace_text(contents)])
+        rows.append(["klp states", ", ".join(f"{s['id']} v{s['version']}" for s in contents.get("states", [])) or "-"])
+        rows.append(
+            [
+                "signature",
+                f"{sig['signer'] or '-'} ({sig['key_id_type']} {sig['key_id']}, {sig['hash_algo']})"
+                if sig
+                else "unsigned",
+            ]
+        )
     table(record["name"], ["field", "value"], rows, out)
+
+
+def _replace_text(contents: dict[str, Any]) -> str:
+    if contents.get("replace") is None:
+        return f"unknown: {contents.get('replace_source', 'not read')}"
+    return f"{'yes' if contents['replace'] else 'no'} ({contents.get('replace_source')})"
+
+
+def _contents_table(record: dict[str, Any], out: Any) -> None:
+    contents = record.get("contents") or {}
+    callbacks = contents.get("callbacks") or {}
+    rows = []
+    for obj, funcs in (contents.get("objects") or {}).items():
+        cbs = ", ".join(callbacks.get(obj, [])) or "-"
+        for f in funcs or [{"function": "(no function)", "sympos": None}]:
+            rows.append([obj, f["function"], "" if f["sympos"] is None else max(1, f["sympos"]), cbs])
+    if rows:
+        table(f"{record['name']} patches", ["object", "function", "sympos", "callbacks"], rows, out)

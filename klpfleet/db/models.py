@@ -129,6 +129,11 @@ class Patch(Base):
     path: Mapped[str] = mapped_column(Text)  # the stored copy, in the artifact store
     source_path: Mapped[str | None] = mapped_column(Text)  # where it was added from
     added_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Read from the .ko at `patch add` (klpfleet.registry.klp_contents): objects -> functions, callbacks,
+    # replace, system states; null for a patch added before 0.10 until something reads its stored copy.
+    contents: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    signed: Mapped[bool | None]
+    signature: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # signer, key id, hash (module_signature)
 
 
 class CveFix(Base):
@@ -183,6 +188,7 @@ class HostPatch(Base):
     stack_order: Mapped[int | None]
     replace: Mapped[bool | None]
     objects: Mapped[dict[str, Any]] = mapped_column(default=dict)  # object name -> patched (bool)
+    functions: Mapped[dict[str, Any]] = mapped_column(default=dict)  # object -> ["func,sympos"] as sysfs lists
     last_outcome: Mapped[str | None] = mapped_column(String(32))
     error_code: Mapped[str | None] = mapped_column(String(64))  # the module's stable klp_error
     errno: Mapped[int | None]

@@ -156,6 +156,9 @@ def patch_record(session: Session, p: Patch, *, with_states: bool = False) -> di
         "added_at": p.added_at,
     }
     if with_states:
+        record["signed"] = p.signed
+        record["signature"] = p.signature
+        record["contents"] = p.contents
         record["states"] = dict(
             session.execute(
                 select(HostPatch.state, func.count()).where(HostPatch.patch_id == p.id).group_by(HostPatch.state)

@@ -7,6 +7,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -78,6 +79,7 @@ def add_patch(
     src = Path(path)
     cve_list = validate_cves(cves or [])
     info, data = read_livepatch(src)
+    contents, signature = read_what_it_patches(data, str(src))
     stored = store_artifact(data, info.sha256, info.name)
     locks.serialize(session, locks.PATCHES)  # the same content added twice at once is still one patch
     existing = session.scalar(select(Patch).where(Patch.sha256 == info.sha256))
@@ -97,11 +99,40 @@ def add_patch(
         cves=cve_list,
         path=str(stored),
         source_path=str(src.resolve()),
+        contents=contents,
+        signed=signature is not None,
+        signature=signature,
     )
     session.add(patch)
     session.flush()
     events.add(session, "patch.added", patch=patch, sha256=info.sha256, kernel_release=info.kernel_release)
     return patch, True
+
+
+def read_what_it_patches(data: bytes, label: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(objects, functions, callbacks, states and replace; the signature or None) of a module's bytes."""
+    from klpfleet.registry.klp_contents import read_contents
+    from klpfleet.registry.module_signature import read_signature
+
+    return read_contents(data, label).as_dict(), read_signature(data, label)
+
+
+def ensure_contents(session: Session, patch: Patch) -> dict[str, Any] | None:
+    """The patch's contents, read from its stored copy once for a patch registered before klpfleet read them
+    (None when that copy is gone or no longer matches its checksum: nothing is guessed)."""
+    if patch.contents is not None:
+        return patch.contents
+    from klpfleet.registry.modinfo import ModuleFileError, read_module_bytes
+
+    try:
+        data = read_module_bytes(patch.path)
+        if hashlib.sha256(data).hexdigest() != patch.sha256:
+            return None
+        contents, signature = read_what_it_patches(data, patch.path)
+    except ModuleFileError:
+        return None
+    patch.contents, patch.signed, patch.signature = contents, signature is not None, signature
+    return contents
 
 
 def change_cves(session: Session, patch: Patch, *, add: Sequence[str] = (), remove: Sequence[str] = ()) -> list[str]:
