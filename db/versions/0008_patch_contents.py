@@ -1,4 +1,5 @@
-"""What a patch patches (read from its .ko at `patch add`) and which functions each host's patch has in sysfs
+"""What a patch patches (read from its .ko at `patch add`), which functions each host's patch has in sysfs, and
+whether each host enforces module signatures
 
 Revision ID: 0008
 Revises: 0007
@@ -25,9 +26,13 @@ def upgrade() -> None:
         batch.add_column(sa.Column("signed", sa.Boolean(), nullable=True))
     with op.batch_alter_table("host_patches") as batch:
         batch.add_column(sa.Column("functions", sa.JSON(), nullable=False, server_default="{}"))
+    with op.batch_alter_table("hosts") as batch:
+        batch.add_column(sa.Column("module_signatures", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("hosts") as batch:
+        batch.drop_column("module_signatures")
     with op.batch_alter_table("host_patches") as batch:
         batch.drop_column("functions")
     with op.batch_alter_table("patches") as batch:

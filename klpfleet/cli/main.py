@@ -19,6 +19,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "status": ("klpfleet.cli.status_cmds", "status", "The fleet at a glance (exit 0/1/2/3 for monitoring)."),
     "hosts": ("klpfleet.cli.status_cmds", "hosts", "List hosts, filtered by patch state, patch, group or label."),
     "host": ("klpfleet.cli.status_cmds", "host", "One host: per-patch state and recent events."),
+    "functions": (
+        "klpfleet.cli.functions_cmds",
+        "functions",
+        "Patched functions and the patches replacing them, the one in effect first.",
+    ),
     "events": ("klpfleet.cli.status_cmds", "events_cmd", "The audit trail, newest first."),
     "sim": ("klpfleet.cli.sim_cmds", "sim", "Simulated kernels, hosts and fleets."),
     "rollout": ("klpfleet.cli.rollout_cmds", "rollout", "Plan, run and steer rollouts in waves."),

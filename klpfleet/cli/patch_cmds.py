@@ -6,10 +6,12 @@ import click
 
 from klpfleet.cli import completion
 from klpfleet.cli.context import database
+from klpfleet.cli.host_options import group_option, hosts_option
 from klpfleet.cli.output import emit, info, output_option, table
 from klpfleet.reads.views import list_patches, patch_record
 from klpfleet.registry.modinfo import read_livepatch
 from klpfleet.registry.patches import add_patch, find_patches
+from klpfleet.wording import counted
 
 
 @click.group()
@@ -154,3 +156,79 @@ def _contents_table(record: dict[str, Any], out: Any) -> None:
             rows.append([obj, f["function"], "" if f["sympos"] is None else max(1, f["sympos"]), cbs])
     if rows:
         table(f"{record['name']} patches", ["object", "function", "sympos", "callbacks"], rows, out)
+
+
+@patch.command("check")
+@click.argument("patch_ref", metavar="PATCH", shell_complete=completion.patches)
+@hosts_option("Ansible host pattern (default: every host).")
+@group_option("Only hosts of this group.")
+@click.option("--require-replace", is_flag=True, help="A patch that would stack on loaded functions is a refusal.")
+@click.option(
+    "--live", is_flag=True, help="Probe the hosts first (read-only, over SSH) instead of trusting the database."
+)
+@click.option("--all", "show_all", is_flag=True, help="List hosts whose verdict is ok too.")
+@output_option
+@click.pass_context
+def check(
+    ctx: click.Context,
+    patch_ref: str,
+    pattern: str | None,
+    group: str | None,
+    require_replace: bool,
+    live: bool,
+    show_all: bool,
+    output: str,
+) -> None:
+    """Pre-flight: what each host would do with PATCH, before any host is touched.
+
+    A host is `refuse` only when its kernel certainly refuses the load (the klp_error says how), `warn` when
+    something deserves a look (stacking, signatures whose trust is not checked, a reboot owed, a transition
+    running), `unknown` when klpfleet never read it. `rollout create` leaves the refusing hosts out.
+
+    Exit status: 0 no host refuses, 1 some host would refuse, 2 bad input.
+
+    \b
+    Examples:
+      klpfleet patch check livepatch_cve_2026_1234
+      klpfleet patch check livepatch_cve_2026_1234 --group web --live -o json
+    """
+    from klpfleet.controller.selection import select_hosts
+    from klpfleet.reads.preflight import OK, REFUSE, check_patch, summary
+    from klpfleet.registry.patches import ensure_contents, get_patch
+
+    db = database(ctx)
+    names = select_hosts(db, pattern, group)
+    if live:
+        from klpfleet.probe.run import probe
+
+        probe(db, names)
+    with db.session.begin() as session:
+        row = get_patch(session, patch_ref)
+        ensure_contents(session, row)
+        verdicts = check_patch(session, row, names, require_replace=require_replace)
+        name = row.name
+    counts = summary(verdicts)
+    record = {
+        "patch": name,
+        "hosts": len(verdicts),
+        "counts": counts,
+        "verdicts": [v.as_dict() for v in verdicts.values() if show_all or v.verdict != OK],
+    }
+    info(
+        f"{name}: {counts['ok']} ok, {counts['warn']} warn, {counts['refuse']} refuse, {counts['unknown']} unknown"
+        f" of {counted(len(verdicts), 'host')}"
+    )
+    emit("patch.check", record, output, _check_table)
+    ctx.exit(1 if counts[REFUSE] else 0)
+
+
+def _check_table(d: dict[str, Any], out: Any) -> None:
+    table(
+        f"pre-flight of {d['patch']}",
+        ["host", "verdict", "klp_error", "reasons"],
+        [
+            [v["host"], v["verdict"], v["klp_error"] or "", "; ".join(r["message"] for r in v["reasons"]) or "-"]
+            for v in d["verdicts"]
+        ],
+        out,
+    )

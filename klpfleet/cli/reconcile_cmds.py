@@ -12,7 +12,7 @@ from klpfleet.cli.context import database
 from klpfleet.cli.host_options import group_option, hosts_option
 from klpfleet.cli.output import emit, info, output_option, table
 from klpfleet.cli.progress import drive_or_detach
-from klpfleet.cli.rollout_options import engine_option, policy_from, rollout_policy_options
+from klpfleet.cli.rollout_options import engine_option, policy_from, preflight_options, rollout_policy_options
 from klpfleet.wording import counted
 
 
@@ -42,6 +42,7 @@ from klpfleet.wording import counted
     help="With --wait: how many times one invocation tries each host and patch.",
 )
 @rollout_policy_options
+@preflight_options
 @engine_option
 @output_option
 @click.pass_context
@@ -55,6 +56,8 @@ def reconcile(
     wait: bool,
     max_passes: int,
     output: str,
+    no_preflight: bool,
+    require_replace: bool,
     **options: Any,
 ) -> None:
     """Plan a rollout, per patch, of the hosts that should have it and do not: lost at a reboot, drifted,
@@ -75,7 +78,8 @@ def reconcile(
     db = database(ctx)
     names = select_hosts(db, pattern, group)
     selector = "reconcile" + "".join(f" {x}" for x in (f"group {group}" if group else None, pattern) if x)
-    planned = plan_reconcile(db, patch_ref, names, policy, selector, dry_run)
+    checks = {"preflight": not no_preflight, "require_replace": require_replace}
+    planned = plan_reconcile(db, patch_ref, names, policy, selector, dry_run, None, **checks)
     emit("reconcile", planned, output, reconcile_table)
     ids = [p["rollout"] for p in planned if p["rollout"]]
     if dry_run or not ids:
@@ -101,7 +105,7 @@ def reconcile(
                     info("stopped: nothing more is planned this time")
                     ctx.exit(worst)
             spent = {pair for pair, n in tries.items() if n >= max_passes}
-            planned = plan_reconcile(db, patch_ref, names, policy, selector, dry_run=False, tried=spent)
+            planned = plan_reconcile(db, patch_ref, names, policy, selector, dry_run=False, tried=spent, **checks)
             ids = [p["rollout"] for p in planned if p["rollout"]]
         left = plan_reconcile(db, patch_ref, names, policy, selector, dry_run=True)
         for p in left:

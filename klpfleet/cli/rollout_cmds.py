@@ -13,7 +13,7 @@ from klpfleet.cli.context import DURATION, ROLLOUT_ID, database
 from klpfleet.cli.host_options import group_option, hosts_option
 from klpfleet.cli.output import console, emit, info, output_option, printable, table
 from klpfleet.cli.progress import EXIT, NO_DRIVER, NOT_FINISHED, drive, drive_or_detach
-from klpfleet.cli.rollout_options import engine_option, policy_from, rollout_policy_options
+from klpfleet.cli.rollout_options import engine_option, policy_from, preflight_options, rollout_policy_options
 from klpfleet.cli.rollout_view import outcome_bar, rollout_view
 from klpfleet.wording import counted, short_list
 
@@ -28,11 +28,19 @@ def rollout() -> None:
 @hosts_option("Ansible host pattern (globs, ':' unions, '!', '&').")
 @group_option()
 @rollout_policy_options
+@preflight_options
 @engine_option
 @output_option
 @click.pass_context
 def create(
-    ctx: click.Context, patch_ref: str, pattern: str | None, group: str | None, output: str, **options: Any
+    ctx: click.Context,
+    patch_ref: str,
+    pattern: str | None,
+    group: str | None,
+    output: str,
+    no_preflight: bool,
+    require_replace: bool,
+    **options: Any,
 ) -> None:
     """Plan a rollout of PATCH and print the waves; touches no host.
 
@@ -42,6 +50,10 @@ def create(
       klpfleet rollout create livepatch_cve_2026_1234 --group web --max-failed 1 --max-refused 5% \\
           --bake 30m --health-check 'systemctl is-system-running' --on-failure rollback
       klpfleet rollout create livepatch_cve_2026_1234 --hosts 'zone_b:!web-17' -o json
+
+    Hosts the pre-flight predicts would refuse the patch (another kernel, unsigned on a host that enforces
+    signatures, incompatible system states; `klpfleet patch check` shows why) are left out; --no-preflight
+    plans them anyway.
     """
     from klpfleet.controller.plan import create_rollout, make_plan, plan_record
     from klpfleet.controller.selection import select_hosts
@@ -52,7 +64,7 @@ def create(
     names = select_hosts(db, pattern, group)
     with db.session.begin() as s:
         patch = get_patch(s, patch_ref)
-        plan = make_plan(s, patch, names, policy)
+        plan = make_plan(s, patch, names, policy, preflight=not no_preflight, require_replace=require_replace)
         selector = " & ".join(x for x in (f"group {group}" if group else None, pattern) if x) or "all"
         rollout_row = create_rollout(s, patch, plan, policy, selector)
         record = {
@@ -99,6 +111,18 @@ def _plan_table(d: dict[str, Any], out: Any) -> None:
             f"excluded ({len(d['excluded'])})",
             ["host", "reason"],
             [[e["host"], e["reason"]] for e in d["excluded"]],
+            out,
+        )
+    excluded = {e["host"] for e in d["excluded"]}
+    warned = [v for v in d.get("preflight") or [] if v["host"] not in excluded]
+    if warned:
+        table(
+            f"pre-flight warnings ({len(warned)}, planned)",
+            ["host", "verdict", "reasons"],
+            [
+                [v["host"], v["verdict"], "; ".join(r["message"] for r in v["reasons"] if r["level"] != "ok")]
+                for v in warned
+            ],
             out,
         )
 

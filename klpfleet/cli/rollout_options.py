@@ -79,3 +79,18 @@ def policy_from(ctx: click.Context, options: dict[str, Any]) -> Any:
     typed = {k: v for k, v in options.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
     from_file = read_policy_file(options["policy"]) if options.get("policy") else {}
     return build_policy(**{**options, **from_file, **typed})
+
+
+def preflight_options(command: Any) -> Any:
+    """`--no-preflight` and `--require-replace`: how a plan treats the pre-flight's verdicts."""
+    command = click.option(
+        "--require-replace",
+        is_flag=True,
+        help="Leave out hosts where this patch would stack on a loaded non-replace patch's functions.",
+    )(command)
+    return click.option(
+        "--no-preflight",
+        "no_preflight",
+        is_flag=True,
+        help="Plan hosts the pre-flight predicts would refuse (their verdicts are still shown and recorded).",
+    )(command)

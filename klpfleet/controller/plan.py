@@ -18,11 +18,21 @@ from klpfleet.wording import counted
 NO_DOMAIN = "(none)"
 
 
+class NoEligibleHost(UsageError):
+    """Every selected host was left out; `excluded` says why for each."""
+
+    def __init__(self, message: str, excluded: dict[str, str]) -> None:
+        super().__init__(message)
+        self.excluded = excluded
+
+
 @dataclass
 class Plan:
     waves: list[list[str]]
     domains: list[str | None]
     excluded: dict[str, str] = field(default_factory=dict)  # host -> reason
+    # The pre-flight's verdicts that are not a plain `ok`: host -> verdict (reads.preflight), planned or not.
+    preflight: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def eligible_hosts(session: Session, patch: Patch, names: list[str]) -> tuple[list[Host], dict[str, str]]:
@@ -91,12 +101,46 @@ def unserved_hosts(session: Session, hosts: list[Host]) -> dict[Host, str]:
     }
 
 
-def make_plan(session: Session, patch: Patch, names: list[str], policy: Policy) -> Plan:
+def preflight_hosts(
+    session: Session, patch: Patch, hosts: list[Host], *, enforce: bool, require_replace: bool
+) -> tuple[list[Host], dict[str, str], dict[str, dict[str, Any]]]:
+    """The hosts the pre-flight does not rule out, the ruled out with their reason, and every verdict worth
+    showing. `enforce=False` (--no-preflight) keeps every host and still reports what the pre-flight saw."""
+    from klpfleet.reads.preflight import OK, REFUSE, check_patch
+
+    verdicts = check_patch(session, patch, [h.name for h in hosts], require_replace=require_replace)
+    keep, excluded, shown = [], {}, {}
+    for h in hosts:
+        v = verdicts[h.name]
+        if v.verdict != OK:
+            shown[h.name] = v.as_dict()
+        if enforce and v.verdict == REFUSE:
+            first = next(r for r in v.reasons if r["level"] == REFUSE)
+            excluded[h.name] = f"pre-flight: {first['message']} (the kernel would refuse: {first['code']})"
+        else:
+            keep.append(h)
+    return keep, excluded, shown
+
+
+def make_plan(
+    session: Session,
+    patch: Patch,
+    names: list[str],
+    policy: Policy,
+    *,
+    preflight: bool = True,
+    require_replace: bool = False,
+) -> Plan:
     hosts, excluded = eligible_hosts(session, patch, names)
+    hosts, refused, verdicts = preflight_hosts(
+        session, patch, hosts, enforce=preflight, require_replace=require_replace
+    )
+    excluded.update(refused)
     if not hosts:
-        raise UsageError(
+        raise NoEligibleHost(
             f"no eligible host among {len(names)} selected ({len(excluded)} excluded)"
-            + (f": e.g. {next(iter(excluded.items()))[0]}: {next(iter(excluded.values()))}" if excluded else "")
+            + (f": e.g. {next(iter(excluded.items()))[0]}: {next(iter(excluded.values()))}" if excluded else ""),
+            excluded,
         )
     domains: dict[str, str] | None = None
     if policy.by:
@@ -113,7 +157,12 @@ def make_plan(session: Session, patch: Patch, names: list[str], policy: Policy) 
     else:
         names_in_order = [h.name for h in hosts]
     waves = serial_batches(names_in_order, policy.waves, domains)
-    return Plan(waves=waves, domains=[domains[w[0]] if domains else None for w in waves], excluded=excluded)
+    return Plan(
+        waves=waves,
+        domains=[domains[w[0]] if domains else None for w in waves],
+        excluded=excluded,
+        preflight=verdicts,
+    )
 
 
 def create_rollout(
@@ -149,8 +198,28 @@ def create_rollout(
         excluded=len(plan.excluded),
         selector=selector,
         policy=policy.to_json(),
+        preflight={v: sum(1 for x in plan.preflight.values() if x["verdict"] == v) for v in ("refuse", "warn")},
     )
+    record_verdicts(session, rollout, patch, plan, actor)
     return rollout
+
+
+def record_verdicts(session: Session, rollout: Rollout, patch: Patch, plan: Plan, actor: str | None) -> None:
+    """Each host's pre-flight verdict that is not `ok`, as an event of the rollout: `preflight.excluded` for a
+    host left out of the waves, `preflight.verdict` for one planned anyway (a warning, or --no-preflight)."""
+    hosts = {h.name: h for h in session.scalars(select(Host).where(Host.name.in_(sorted(plan.preflight))))}
+    for name, verdict in sorted(plan.preflight.items()):
+        events.add(
+            session,
+            "preflight.excluded" if name in plan.excluded else "preflight.verdict",
+            actor=actor,
+            patch=patch,
+            rollout=rollout,
+            host=hosts.get(name),
+            verdict=verdict["verdict"],
+            klp_error=verdict["klp_error"],
+            reasons=verdict["reasons"][:20],
+        )
 
 
 def plan_record(plan: Plan) -> dict[str, Any]:
@@ -159,4 +228,5 @@ def plan_record(plan: Plan) -> dict[str, Any]:
             {"index": i, "domain": d, "hosts": w} for i, (w, d) in enumerate(zip(plan.waves, plan.domains, strict=True))
         ],
         "excluded": [{"host": h, "reason": r} for h, r in sorted(plan.excluded.items())],
+        "preflight": [plan.preflight[h] for h in sorted(plan.preflight)],
     }

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from klpfleet.controller.plan import create_rollout, make_plan, plan_record
+from klpfleet.controller.plan import NoEligibleHost, create_rollout, make_plan, plan_record
 from klpfleet.controller.policy import Policy
 from klpfleet.db.engine import Database
 from klpfleet.db.models import Event, Host, HostPatch, Patch, Rollout, WaveHost
@@ -126,6 +126,9 @@ def plan_reconcile(
     selector: str,
     dry_run: bool,
     tried: set[tuple[str, str]] | None = None,
+    *,
+    preflight: bool = True,
+    require_replace: bool = False,
 ) -> list[dict[str, Any]]:
     """One rollout per patch with candidates; a host goes into the first patch's rollout that wants it, the next
     reconcile (or the --wait loop) plans the rest. `tried` holds the (host, sha256) pairs this invocation already
@@ -157,9 +160,17 @@ def plan_reconcile(
                 "rollout": None,
             }
             if found.included and not dry_run:
-                plan = make_plan(s, patch, sorted(found.included), policy)
+                try:
+                    plan = make_plan(
+                        s, patch, sorted(found.included), policy, preflight=preflight, require_replace=require_replace
+                    )
+                except NoEligibleHost as nobody:  # the pre-flight left every candidate out: nothing to plan
+                    record["hosts"] = []
+                    record["skipped"] += [{"host": h, "reason": r} for h, r in sorted(nobody.excluded.items())]
+                    planned.append(record)
+                    continue
                 row = create_rollout(s, patch, plan, policy, selector)
                 record.update(rollout=row.id, **plan_record(plan))
-                held.update(dict.fromkeys(found.included, row.id))
+                held.update(dict.fromkeys([h for wave in plan.waves for h in wave], row.id))
             planned.append(record)
     return planned

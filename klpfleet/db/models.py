@@ -71,6 +71,8 @@ class Host(Base):
     vars: Mapped[dict[str, Any]] = mapped_column(default=dict)
     kernel_release: Mapped[str | None] = mapped_column(String(255), index=True)
     livepatch_supported: Mapped[bool | None]
+    # {"enforced": sig_enforce, "lockdown": none|integrity|confidentiality} as the host last reported them.
+    module_signatures: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     reachable: Mapped[bool | None]
     last_seen: Mapped[datetime | None]
     # The boot it was last seen in: a new boot id means it rebooted (patches not kept for boot are lost).

@@ -6,6 +6,7 @@ state row and the audit trail can never disagree.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ class PatchObservation:
     stack_order: int | None = None
     replace: bool | None = None
     objects: dict[str, bool] = field(default_factory=dict)
+    functions: dict[str, list[str]] = field(default_factory=dict)
     outcome: str | None = None
     error_code: str | None = None
     errno: int | None = None
@@ -45,8 +47,26 @@ class PatchObservation:
             stack_order=sysfs.get("stack_order"),
             replace=sysfs.get("replace"),
             objects=dict(sysfs.get("objects") or {}),
+            functions=sysfs_functions(sysfs.get("functions")),
             host_clean=host_clean,
         )
+
+
+# A sysfs function directory: `<function>,<sympos>` (kallsyms names: letters, digits, _ . $).
+FUNCTION_DIR_RE = re.compile(r"^[A-Za-z0-9_.$]{1,128},[0-9]{1,9}$")
+OBJECT_RE = re.compile(r"^[A-Za-z0-9_-]{1,55}$")
+
+
+def sysfs_functions(value: Any) -> dict[str, list[str]]:
+    """A host's report of a patch's functions per object, keeping only what sysfs could have listed (the
+    report is the host's word: a name that is not an object or a `function,sympos` is dropped)."""
+    if not isinstance(value, dict):
+        return {}
+    out: dict[str, list[str]] = {}
+    for obj, funcs in value.items():
+        if isinstance(obj, str) and OBJECT_RE.match(obj) and isinstance(funcs, list):
+            out[obj] = sorted({f for f in funcs if isinstance(f, str) and FUNCTION_DIR_RE.match(f)})
+    return out
 
 
 TRACKED = (
@@ -55,6 +75,7 @@ TRACKED = (
     "stack_order",
     "replace",
     "objects",
+    "functions",
     "error_code",
     "errno",
     "refused_object",
@@ -84,6 +105,7 @@ def observe(
     row.enabled, row.transition = seen.enabled, seen.transition
     row.stack_order, row.replace = seen.stack_order, seen.replace
     row.objects = dict(seen.objects)
+    row.functions = dict(seen.functions)  # like objects: what sysfs listed with them
     row.error_code, row.errno, row.refused_object = seen.error_code, seen.errno, seen.refused_object
     row.stalled_tasks = list(seen.stalled_tasks)
     row.host_clean = seen.host_clean
@@ -129,3 +151,18 @@ def last_loaded(
             key = (host, patch)
             loaded[key] = max(at, loaded.get(key, at))
     return loaded
+
+
+LOCKDOWN_MODES = ("none", "integrity", "confidentiality")
+
+
+def module_signatures(value: Any) -> dict[str, Any] | None:
+    """A host's report of its module signature policy, or None when it said nothing believable."""
+    if not isinstance(value, dict):
+        return None
+    enforced = value.get("enforced")
+    lockdown = value.get("lockdown")
+    return {
+        "enforced": enforced if isinstance(enforced, bool) else None,
+        "lockdown": lockdown if lockdown in LOCKDOWN_MODES else None,
+    }

@@ -18,7 +18,7 @@ from klpfleet.hoststate import boots
 from klpfleet.hoststate.kernel_log import check_stack_order, record_refusals
 from klpfleet.hoststate.lookups import find_patch
 from klpfleet.hoststate.module_results import sanitize
-from klpfleet.hoststate.observations import PatchObservation, observe
+from klpfleet.hoststate.observations import PatchObservation, module_signatures, observe, sysfs_functions
 from klpfleet.hoststate.task_results import (
     INFO_ACTIONS,
     args_of,
@@ -200,6 +200,7 @@ class Recorder:
             stack_order=sysfs.get("stack_order"),
             replace=sysfs.get("replace"),
             objects=dict(sysfs.get("objects") or {}),
+            functions=sysfs_functions(sysfs.get("functions")),
             outcome=result.get("outcome"),
             host_clean=result.get("host_clean"),
             attempted=bool(result.get("attempts")) or status == "failed",
@@ -244,6 +245,7 @@ class Recorder:
 
     def _record_info(self, s: Session, host: Host, facts: dict[str, Any], observed_by: str) -> None:
         host.livepatch_supported = facts.get("livepatch_supported")
+        host.module_signatures = module_signatures(facts.get("signatures"))
         rebooted = boots.observe_boot(s, host, facts, self.actor)
         at_boot = boots.loaded_at_boot(facts) if rebooted else {}
         on_host = {p.get("name"): p for p in facts.get("patches") or [] if isinstance(p, dict)}

@@ -20,7 +20,7 @@ from klpfleet.db.models import Host, HostPatch, Patch, utcnow
 from klpfleet.hoststate import boots
 from klpfleet.hoststate.kernel_log import record_refusals
 from klpfleet.hoststate.module_results import sanitize
-from klpfleet.hoststate.observations import PatchObservation, observe
+from klpfleet.hoststate.observations import PatchObservation, module_signatures, observe
 from klpfleet.names import valid_kernel_release
 from klpfleet.probe.ssh import OK, TIMEOUT, UNREACHABLE, RunResult
 from klpfleet.states import PatchState, stored_state
@@ -66,6 +66,7 @@ def write_findings(session: Session, host: Host, run: RunResult, facts: dict[str
         events.add(session, "host.kernel_changed", actor=actor, host=host, **found.kernel_changed)
     host.kernel_release = release
     host.livepatch_supported = facts.get("livepatch_supported")
+    host.module_signatures = module_signatures(facts.get("signatures"))
     found.rebooted = boots.observe_boot(session, host, facts, actor)
     at_boot = boots.loaded_at_boot(facts) if found.rebooted else {}
 

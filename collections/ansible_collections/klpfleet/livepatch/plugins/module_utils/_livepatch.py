@@ -118,10 +118,16 @@ class Livepatch(object):
         except OSError:
             return None
         objects = {}
+        functions = {}
         for entry in entries:
             if entry in ("enabled", "transition", "force", "signal", "replace", "stack_order"):
                 continue
             objects[entry] = self.read_flag("%s/%s/patched" % (base, entry))
+            try:
+                # One directory per function, named `<function>,<sympos>` (sympos 0 is shown as 1).
+                functions[entry] = sorted(f for f in self.p.listdir("%s/%s" % (base, entry)) if "," in f)
+            except OSError:
+                functions[entry] = None  # the patch went away meanwhile
         return {
             "name": name,
             "enabled": self.read_flag(base + "/enabled"),
@@ -129,6 +135,7 @@ class Livepatch(object):
             "replace": self.read_flag(base + "/replace") if "replace" in entries else None,
             "stack_order": self.read_int(base + "/stack_order") if "stack_order" in entries else None,
             "objects": objects,
+            "functions": functions,
         }
 
     # ------------------------------------------------------------------ modules and generations

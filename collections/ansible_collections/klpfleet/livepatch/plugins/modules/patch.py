@@ -274,11 +274,13 @@ name:
   type: str
   sample: livepatch_cve_2026_1234
 patch:
-  description: The patch's sysfs state after the call, or null when it has no directory.
+  description:
+    - The patch's sysfs state after the call, or null when it has no directory. C(functions) lists, per object,
+      the kernel's C(<function>,<sympos>) directories.
   returned: always
   type: dict
   sample: {"name": "livepatch_cve_2026_1234", "enabled": true, "transition": false, "replace": null,
-           "stack_order": null, "objects": {"vmlinux": true}}
+           "stack_order": null, "objects": {"vmlinux": true}, "functions": {"vmlinux": ["cmdline_proc_show,1"]}}
 transition_seconds:
   description: Host seconds spent waiting for transitions.
   returned: always

@@ -112,13 +112,15 @@ patches:
     - Every patch with a sysfs directory, in stack order (oldest first), with its 1-based C(stack_order) and its
       C(stack_order_source). C(replace) is null before 6.11, objects' C(patched) before 6.0. C(forced) is whether a
       forced transition pinned the enabled patch (null when the kernel log cannot tell); C(build_id) is the loaded
-      module's GNU build ID.
+      module's GNU build ID; C(functions) lists, per object, the kernel's C(<function>,<sympos>) directories (which
+      patch is in effect for a function is the topmost in stack order that lists it).
   returned: always
   type: list
   elements: dict
   sample: [{"name": "livepatch_cve_2026_1234", "enabled": true, "transition": false, "replace": null,
             "stack_order": 1, "stack_order_source": "module_load_order", "stack_order_estimated": true,
-            "stack_order_conflict": false, "objects": {"vmlinux": true}, "forced": false, "module_refcnt": 1,
+            "stack_order_conflict": false, "objects": {"vmlinux": true}, "functions": {"vmlinux": ["cmdline_proc_show,1"]},
+            "forced": false, "module_refcnt": 1,
             "build_id": "ee1143d5f1d876dfbae8af4a6628ba7eaa27f6ff"}]
 forced_modules:
   description:

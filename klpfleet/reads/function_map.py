@@ -1,0 +1,121 @@
+"""The function map: for each function a host's loaded patches replace, which patches list it, top of the stack
+first, and so which one's code runs.
+
+A host's functions are what its sysfs listed at the last gather or probe (`<function>,<sympos>` directories);
+for a patch gathered before klpfleet read them, what the patch's .ko says it patches. The stack order is the
+kernel's own `stack_order` from 6.13, else the order the host's modules were loaded in, as the host reported it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from klpfleet.db.models import Host, HostPatch, Patch
+from klpfleet.states import PatchState
+
+# Enabled patches: their functions are hooked (a transitioning one for some tasks already).
+IN_EFFECT = (PatchState.APPLIED.value, PatchState.FORCED.value, PatchState.TRANSITIONING.value)
+STACK_ORDER_SINCE = (6, 13)
+
+
+def release_numbers(release: str | None) -> tuple[int, int]:
+    head = (release or "").split("-")[0].split("+")[0].split(".")
+    try:
+        return int(head[0]), int(head[1])
+    except (ValueError, IndexError):
+        return (0, 0)
+
+
+def stack_order_source(release: str | None) -> str:
+    return "sysfs" if release_numbers(release) >= STACK_ORDER_SINCE else "module_load_order"
+
+
+def patch_functions(patch: Patch) -> dict[str, list[str]]:
+    """What a patch's .ko says it patches, named as sysfs names the directories (sympos 0 shows as 1)."""
+    objects = (patch.contents or {}).get("objects") or {}
+    return {
+        str(obj): sorted(f"{f['function']},{max(1, int(f.get('sympos') or 0))}" for f in funcs or [])
+        for obj, funcs in objects.items()
+    }
+
+
+def host_stacks(session: Session, host_names: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """host -> {kernel_release, stack_order_source, functions: {(object, "func,sympos"): [patch, ...] top first},
+    sources: {patch: "sysfs"|"module"}}: every enabled patch on the host."""
+    query = (
+        select(Host.name, Host.kernel_release, Patch, HostPatch.stack_order, HostPatch.functions)
+        .join(HostPatch, HostPatch.host_id == Host.id)
+        .join(Patch, Patch.id == HostPatch.patch_id)
+        .where(HostPatch.state.in_(IN_EFFECT))
+    )
+    if host_names is not None:
+        query = query.where(Host.name.in_(sorted(host_names)))
+    per_host: dict[str, list[tuple[int, str, dict[str, list[str]], str]]] = defaultdict(list)
+    releases: dict[str, str | None] = {}
+    for host, release, patch, order, functions in session.execute(query).all():
+        releases[host] = release
+        listed = {k: v for k, v in (functions or {}).items() if isinstance(v, list)}
+        source = "sysfs" if listed else "module"
+        per_host[host].append((order or 0, patch.name, listed or patch_functions(patch), source))
+    out: dict[str, dict[str, Any]] = {}
+    for host, patches in per_host.items():
+        stacks: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for _order, name, functions, _source in sorted(patches, key=lambda p: (-p[0], p[1])):
+            for obj, funcs in functions.items():
+                for func in funcs:
+                    stacks[(obj, func)].append(name)
+        out[host] = {
+            "kernel_release": releases[host],
+            "stack_order_source": stack_order_source(releases[host]),
+            "functions": dict(stacks),
+            "sources": {name: source for _o, name, _f, source in patches},
+        }
+    return out
+
+
+def function_rows(stacks: dict[str, dict[str, Any]], function: str | None = None) -> list[dict[str, Any]]:
+    """One row per host and function (for one host), or per function and stack fleet-wide with a host count."""
+    rows: list[dict[str, Any]] = []
+    for host, stack in sorted(stacks.items()):
+        for (obj, func), patches in sorted(stack["functions"].items()):
+            name, _, sympos = func.partition(",")
+            if function is not None and name != function:
+                continue
+            rows.append(
+                {
+                    "host": host,
+                    "object": obj,
+                    "function": name,
+                    "sympos": int(sympos),
+                    "patches": patches,
+                    "in_effect": patches[0],
+                    "stacked": len(patches) > 1,
+                    "stack_order_source": stack["stack_order_source"],
+                    "functions_source": ",".join(sorted({stack["sources"][p] for p in patches})),
+                }
+            )
+    return rows
+
+
+def fleet_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same functions across the fleet: one row per (object, function, stack), with how many hosts."""
+    grouped: dict[tuple[str, str, int, tuple[str, ...]], list[str]] = defaultdict(list)
+    for r in rows:
+        grouped[(r["object"], r["function"], r["sympos"], tuple(r["patches"]))].append(r["host"])
+    return [
+        {
+            "object": obj,
+            "function": func,
+            "sympos": sympos,
+            "patches": list(patches),
+            "in_effect": patches[0],
+            "stacked": len(patches) > 1,
+            "hosts": len(hosts),
+            "example_hosts": sorted(hosts)[:5],
+        }
+        for (obj, func, sympos, patches), hosts in sorted(grouped.items())
+    ]
