@@ -62,6 +62,8 @@ class PatchContents:
     replace: bool | None = None
     replace_source: str = "module data"
     states: list[dict[str, int]] = field(default_factory=list)
+    # A simulated module says in its spec whether it is signed (it carries no PKCS#7 signature).
+    simulated_signed: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -202,6 +204,7 @@ def _sim(elf: _Elf) -> PatchContents:
         format="klpfleet-sim",
         replace=replace if isinstance(replace, bool) else None,
         replace_source="module data" if isinstance(replace, bool) else "a module parameter at load",
+        simulated_signed=spec.get("signed") is True,
     )
     for obj in spec.get("objects") or []:
         if not isinstance(obj, dict):

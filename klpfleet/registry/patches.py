@@ -114,7 +114,11 @@ def read_what_it_patches(data: bytes, label: str) -> tuple[dict[str, Any], dict[
     from klpfleet.registry.klp_contents import read_contents
     from klpfleet.registry.module_signature import read_signature
 
-    return read_contents(data, label).as_dict(), read_signature(data, label)
+    contents = read_contents(data, label)
+    signature = read_signature(data, label)
+    if signature is None and contents.simulated_signed:
+        signature = {"signer": "simulated", "key_id": None, "key_id_type": "simulated", "hash_algo": None}
+    return contents.as_dict(), signature
 
 
 def ensure_contents(session: Session, patch: Patch) -> dict[str, Any] | None:

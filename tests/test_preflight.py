@@ -1,0 +1,142 @@
+"""Pre-flight verdicts against what the simulated kernels then do, and the function map against their sysfs."""
+
+import pytest
+from sqlalchemy import select
+
+from klpfleet.db.models import Event
+
+from .controllerhelpers import enabled_on, fleet_db, gather_fleet, register
+
+pytestmark = pytest.mark.ansible
+PATCH = "livepatch_cve_2026_1234"
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("KLPFLEET_RUN_DIR", str(tmp_path / "runs"))
+    return tmp_path, f"sqlite:///{tmp_path / 'k.db'}"
+
+
+def test_preflight_predicts_what_the_kernel_then_does(cli, env):
+    tmp, url = env
+    faults = {"sim-02": {"sig_enforce": True}, "sim-03": {"lockdown": "integrity"}}
+    db = fleet_db(tmp, url, hosts=4, faults=faults)
+    register(db, tmp, PATCH)  # unsigned
+    register(db, tmp, "livepatch_signed", signed=True, objects=[{"name": "vmlinux", "funcs": ["other_func"]}])
+
+    checked = cli("--db", url, "patch", "check", PATCH, "-o", "json")
+    assert checked.code == 1, checked.err  # some host would refuse
+    verdicts = {v["host"]: v for v in checked.json()["data"]["verdicts"]}
+    assert verdicts["sim-02"]["klp_error"] == "signature_rejected"
+    assert verdicts["sim-03"]["klp_error"] == "lockdown"
+    assert "sim-01" not in verdicts and "sim-04" not in verdicts  # ok (listed with --all)
+    assert cli("--db", url, "patch", "check", "livepatch_signed").code == 0
+
+    # --no-preflight plans every host; what the kernels do is what was predicted.
+    created = cli("--db", url, "rollout", "create", PATCH, "--no-preflight", "--max-failed", "100%", "-o", "json")
+    assert created.code == 0, created.err
+    plan = created.json()["data"]
+    assert sorted(h for w in plan["waves"] for h in w["hosts"]) == ["sim-01", "sim-02", "sim-03", "sim-04"]
+    rid = plan["id"]
+    cli("--db", url, "rollout", "start", str(rid), "--wait")
+    status = cli("--db", url, "rollout", "status", str(rid), "-o", "json").json()["data"]
+    seen = {h["host"]: h.get("error_code") for w in status["waves"] for h in w["hosts"]}
+    assert seen["sim-02"] == "signature_rejected" and seen["sim-03"] == "lockdown"
+    assert seen["sim-01"] is None and seen["sim-04"] is None
+    assert PATCH in enabled_on(tmp, "sim-01") and PATCH not in enabled_on(tmp, "sim-02")
+
+
+def test_rollout_leaves_out_hosts_that_would_refuse_and_records_why(cli, env):
+    tmp, url = env
+    db = fleet_db(tmp, url, hosts=3, faults={"sim-03": {"sig_enforce": True}})
+    register(db, tmp, PATCH)
+    created = cli("--db", url, "rollout", "create", PATCH, "-o", "json")
+    assert created.code == 0, created.err
+    plan = created.json()["data"]
+    assert [h for w in plan["waves"] for h in w["hosts"]] == ["sim-01", "sim-02"]
+    assert [e["host"] for e in plan["excluded"]] == ["sim-03"]
+    assert "signature" in plan["excluded"][0]["reason"]
+    with db.session() as s:
+        excluded = s.scalars(select(Event).where(Event.kind == "preflight.excluded")).all()
+        assert [(e.host_name, e.rollout_id, e.details["klp_error"]) for e in excluded] == [
+            ("sim-03", plan["id"], "signature_rejected")
+        ]
+    # Every host refusing: nothing is planned, one line says why.
+    db2 = fleet_db(tmp / "b", f"sqlite:///{tmp / 'b.db'}", hosts=1, faults={"sim-01": {"lockdown": "integrity"}})
+    register(db2, tmp / "b", PATCH)
+    nobody = cli("--db", f"sqlite:///{tmp / 'b.db'}", "rollout", "create", PATCH)
+    assert nobody.code == 2 and "pre-flight" in nobody.err and "Traceback" not in nobody.err
+
+
+def test_states_and_stacking_are_predicted_and_the_map_shows_the_stack(cli, env):
+    tmp, url = env
+    db = fleet_db(tmp, url, hosts=2)
+    vmlinux = [{"name": "vmlinux", "funcs": ["cmdline_proc_show"]}]
+    register(db, tmp, "klp_state_v2", replace=True, states=[{"id": 1, "version": 2}], objects=vmlinux)
+    register(db, tmp, "klp_state_v1", replace=True, states=[{"id": 1, "version": 1}], objects=vmlinux)
+    register(db, tmp, "klp_stack_a", objects=vmlinux)
+    register(db, tmp, "klp_stack_b", objects=vmlinux)
+
+    def roll(patch, *extra):
+        created = cli("--db", url, "rollout", "create", patch, "--hosts", "sim-01", *extra, "-o", "json")
+        assert created.code == 0, created.err
+        assert cli("--db", url, "rollout", "start", str(created.json()["data"]["id"]), "--wait").code == 0
+
+    roll("klp_state_v2")
+    older = cli("--db", url, "patch", "check", "klp_state_v1", "--hosts", "sim-01", "-o", "json")
+    assert older.code == 1 and older.json()["data"]["verdicts"][0]["klp_error"] == "incompatible_state"
+    # What the kernel does with it, planned anyway: refused with the predicted error, v2 kept.
+    created = cli(
+        "--db", url, "rollout", "create", "klp_state_v1", "--hosts", "sim-01", "--no-preflight", "--max-failed", "1",
+        "-o", "json",
+    )  # fmt: skip
+    cli("--db", url, "rollout", "start", str(created.json()["data"]["id"]), "--wait")
+    status = cli("--db", url, "rollout", "status", str(created.json()["data"]["id"]), "-o", "json").json()["data"]
+    assert status["waves"][0]["hosts"][0]["error_code"] == "incompatible_state"
+    assert enabled_on(tmp, "sim-01") == ["klp_state_v2"]
+
+    # Two non-replace patches on the same function: the second is warned about, refused with --require-replace.
+    roll("klp_stack_a")
+    warned = cli("--db", url, "patch", "check", "klp_stack_b", "--hosts", "sim-01", "-o", "json")
+    assert warned.code == 0
+    reasons = warned.json()["data"]["verdicts"][0]["reasons"]
+    assert any(r["code"] == "stacks" and "vmlinux:cmdline_proc_show,1" in r["functions"] for r in reasons)
+    strict = cli("--db", url, "patch", "check", "klp_stack_b", "--hosts", "sim-01", "--require-replace")
+    assert strict.code == 1
+    roll("klp_stack_b")
+    gather_fleet(db, tmp, "gather-2")
+    shown = cli("--db", url, "functions", "sim-01", "-o", "json").json()["data"]
+    row = next(r for r in shown if r["function"] == "cmdline_proc_show")
+    # Top of the stack first: the last enabled is in effect (the simulated 6.1 kernel: module load order).
+    assert row["patches"] == ["klp_stack_b", "klp_stack_a", "klp_state_v2"]
+    assert row["in_effect"] == "klp_stack_b" and row["functions_source"] == "sysfs"
+    assert row["stack_order_source"] == "module_load_order"
+    fleet = cli("--db", url, "functions", "--stacked", "-o", "json").json()["data"]
+    assert [(r["function"], r["hosts"]) for r in fleet] == [("cmdline_proc_show", 1)]
+    assert cli("--db", url, "functions", "nohost").code == 2
+
+
+def test_patch_show_lists_what_the_ko_patches(cli, env):
+    tmp, url = env
+    db = fleet_db(tmp, url, hosts=1, gather=False)
+    register(
+        db,
+        tmp,
+        PATCH,
+        states=[{"id": 7, "version": 3}],
+        objects=[
+            {"name": "vmlinux", "funcs": ["tcp_send_challenge_ack"], "callbacks": {"pre_patch": {}}},
+            {"name": "ext4", "funcs": ["ext4_fill_super", "ext4_iget"]},
+        ],
+    )
+    shown = cli("--db", url, "patch", "show", PATCH, "-o", "json").json()["data"][0]
+    assert shown["contents"]["format"] == "klpfleet-sim"
+    assert shown["contents"]["objects"]["ext4"] == [
+        {"function": "ext4_fill_super", "sympos": 0},
+        {"function": "ext4_iget", "sympos": 0},
+    ]
+    assert shown["contents"]["callbacks"] == {"vmlinux": ["pre_patch"]}
+    assert shown["contents"]["states"] == [{"id": 7, "version": 3}]
+    assert shown["signed"] is False
+    text = cli("--db", url, "patch", "show", PATCH).out
+    assert "ext4_iget" in text and "unsigned" in text
