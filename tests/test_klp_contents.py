@@ -79,7 +79,8 @@ def build(tmp_path, name, body, **defines):
 @pytest.mark.parametrize("kobject_size", [64, 72, 120])  # no config, CONFIG_DEBUG_KOBJECT_RELEASE-like, other
 def test_plain_c_module(tmp_path, kobject_size):
     ko = build(tmp_path, "klp_plain", PLAIN, KOBJ=kobject_size)
-    info, data = read_livepatch(ko)
+    info, data = read_livepatch(ko)  # the registry takes it as a livepatch module
+    assert info.name == "klp_plain" and info.livepatch
     contents = read_contents(data, str(ko)).as_dict()
     assert contents["format"] == "klp_patch"
     assert contents["objects"] == {
