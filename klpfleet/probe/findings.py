@@ -104,7 +104,7 @@ def write_findings(session: Session, host: Host, run: RunResult, facts: dict[str
             found_as = "disabled, its module pinned by a forced transition" if patch.name in lingering else "absent"
             _drift(session, host, patch, row, found, actor, f"expected applied, found {found_as}")
         elif present and not expected and row.state != PatchState.DRIFT:
-            _drift(session, host, patch, row, found, actor, f"expected {row.state}, found loaded")
+            _drift(session, host, patch, row, found, actor, f"expected {row.state}, found loaded", on_host)
         elif on_host is not None and row.state != PatchState.DRIFT:
             observe(
                 session, host, patch, _seen(stored_state(row.state), on_host, row), observed_by="probe", actor=actor
@@ -115,7 +115,7 @@ def write_findings(session: Session, host: Host, run: RunResult, facts: dict[str
             found.drift.append({"kind": "unknown_patch", "patch": name})
             continue
         row = HostPatch(host_id=host.id, patch_id=registered.id, state=PatchState.DRIFT.value, observed_by="probe")
-        _drift(session, host, registered, row, found, actor, "not expected here, found loaded")
+        _drift(session, host, registered, row, found, actor, "not expected here, found loaded", sysfs[name])
     for d in found.drift:
         if d["kind"] == "unknown_patch":
             events.add(session, "drift.unknown_patch", actor=actor, host=host, patch_name=d["patch"])
@@ -128,14 +128,24 @@ def _seen(state: PatchState, on_host: dict[str, Any], row: HostPatch) -> PatchOb
     return PatchObservation.in_sysfs(state, on_host, row.host_clean)
 
 
-def _drift(session: Session, host: Host, patch: Patch, row: HostPatch, found: HostProbe, actor: str, what: str) -> None:
+def _drift(
+    session: Session,
+    host: Host,
+    patch: Patch,
+    row: HostPatch,
+    found: HostProbe,
+    actor: str,
+    what: str,
+    on_host: dict[str, Any] | None = None,
+) -> None:
+    """A patch whose state on the host is not what klpfleet expected. One found loaded keeps what sysfs showed
+    of it (enabled, objects, functions): the kernel has it, whatever klpfleet expected (the pre-flight and the
+    function map count it)."""
     found.drift.append({"kind": "patch_state", "patch": patch.name, "expected": row.state, "found": what})
     events.add(session, "drift.patch_state", actor=actor, host=host, patch=patch, expected=row.state, found=what)
-    observe(
-        session,
-        host,
-        patch,
-        PatchObservation(state=PatchState.DRIFT, host_clean=row.host_clean),
-        observed_by="probe",
-        actor=actor,
+    seen = (
+        PatchObservation.in_sysfs(PatchState.DRIFT, on_host, row.host_clean)
+        if on_host is not None
+        else PatchObservation(state=PatchState.DRIFT, host_clean=row.host_clean)
     )
+    observe(session, host, patch, seen, observed_by="probe", actor=actor)

@@ -50,7 +50,10 @@ def host_stacks(session: Session, host_names: list[str] | None = None) -> dict[s
         select(Host.name, Host.kernel_release, Patch, HostPatch.stack_order, HostPatch.functions)
         .join(HostPatch, HostPatch.host_id == Host.id)
         .join(Patch, Patch.id == HostPatch.patch_id)
-        .where(HostPatch.state.in_(IN_EFFECT))
+        .where(
+            HostPatch.state.in_(IN_EFFECT)
+            | ((HostPatch.state == PatchState.DRIFT.value) & HostPatch.enabled.is_(True))  # found loaded anyway
+        )
     )
     if host_names is not None:
         query = query.where(Host.name.in_(sorted(host_names)))

@@ -33,6 +33,14 @@ REGISTERED = (
 REBOOT_DEBT = (PatchState.FORCED.value, PatchState.PINNED.value)
 
 
+def registered_in_kernel(row: HostPatch) -> bool:
+    """Whether the kernel has the patch registered, as klpfleet last saw it: a state that says so, or a drift
+    found loaded (its sysfs showed it enabled or in transition)."""
+    if row.state == PatchState.DRIFT.value:
+        return bool(row.enabled or row.transition)
+    return row.state in REGISTERED
+
+
 @dataclass
 class Verdict:
     host: str
@@ -65,10 +73,10 @@ def check_patch(
         select(HostPatch, Patch)
         .join(Patch, Patch.id == HostPatch.patch_id)
         .where(HostPatch.host_id.in_([h.id for h in hosts]))
-        .where(HostPatch.state.in_(REGISTERED + REBOOT_DEBT))
+        .where(HostPatch.state.in_((*REGISTERED, *REBOOT_DEBT, PatchState.DRIFT.value)))
     )
     for row, other in session.execute(query).all():
-        if row.state in REGISTERED:
+        if registered_in_kernel(row):
             registered.setdefault(row.host_id, []).append((row, other))
         if row.state in REBOOT_DEBT:
             debts.setdefault(row.host_id, []).append((row, other))
@@ -86,6 +94,10 @@ def _verdict(
     if host.kernel_release is None:
         v.add(UNKNOWN, "never_read", "klpfleet never read this host: gather or probe it first")
         return v
+    # In the order the patch module and then the kernel check (the first refusal is the one reported): livepatch
+    # support and the release before insmod, then the kernel's module_sig_check, then the system states.
+    if host.livepatch_supported is False:
+        v.add(REFUSE, "livepatch_unsupported", "the kernel has no livepatch support (no /sys/kernel/livepatch)")
     if host.kernel_release != patch.kernel_release:
         v.add(
             REFUSE,
@@ -93,12 +105,11 @@ def _verdict(
             f"runs {host.kernel_release}, the patch is built for {patch.kernel_release}",
             predicted_errno="ENOEXEC",
         )
-    if host.livepatch_supported is False:
-        v.add(REFUSE, "livepatch_unsupported", "the kernel has no livepatch support (no /sys/kernel/livepatch)")
+    if any(other.id == patch.id and row.enabled for row, other in registered):
+        v.add(OK, "already_loaded", "this patch is already loaded here: nothing to load")
+        return v
     _signatures(v, host, patch)
     others = [(row, other) for row, other in registered if other.id != patch.id]
-    if any(other.id == patch.id for _row, other in registered):
-        v.add(OK, "already_loaded", "this patch is already loaded here")
     _states(v, patch, others)
     _stacking(v, patch, others, require_replace)
     for row, other in debts:
