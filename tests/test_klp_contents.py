@@ -10,6 +10,8 @@ from klpfleet.registry.klp_contents import read_contents
 from klpfleet.registry.modinfo import ModuleFileError, read_livepatch
 from klpfleet.registry.module_signature import MARKER, read_signature
 
+from .signing import signed
+
 # What every .ko has: .modinfo and the module struct (the reader refuses a file without them).
 MODULE = r"""
 struct module_stub { char pad[896]; };
@@ -133,22 +135,7 @@ def test_hostile_layouts_are_one_clear_error(tmp_path):
 
 
 def sign(tmp_path, ko, subject_key_id=False):
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-         "/CN=klpfleet test signing key/O=klpfleet", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    sig = tmp_path / "sig.der"
-    # What scripts/sign-file produces: detached CMS, no certificates, no signed attributes, sha256.
-    subprocess.run(
-        ["openssl", "cms", "-sign", "-binary", "-noattr", "-nocerts", "-nosmimecap", "-outform", "DER", "-md",
-         "sha256", "-signer", str(cert), "-inkey", str(key), "-in", str(ko), "-out", str(sig),
-         *(["-keyid"] if subject_key_id else [])],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    der = sig.read_bytes()
-    return ko.read_bytes() + der + struct.pack(">BBBBB3xI", 0, 0, 2, 0, 0, len(der)) + MARKER
+    return signed(ko.read_bytes(), tmp_path, subject_key_id)
 
 
 def test_signature_signer_and_key(tmp_path):

@@ -107,13 +107,21 @@ def status(directory: str, output: str) -> None:
 @LAB_DIR_OPTION
 @click.argument("vm")
 @click.option("--kernel", help="Boot another lab kernel (a suite or a release; default: the lab's kernel).")
+@click.option(
+    "--kernel-arg",
+    "kernel_args",
+    multiple=True,
+    metavar="NAME[=VALUE]",
+    help="Add a kernel command-line parameter for this boot (e.g. module.sig_enforce=1); repeatable.",
+)
 @output_option
-def reboot(directory: str, vm: str, kernel: str | None, output: str) -> None:
+def reboot(directory: str, vm: str, kernel: str | None, kernel_args: tuple[str, ...], output: str) -> None:
     """Shut one VM down and boot it again: what a reboot clears goes (a pinned module, everything loaded), its
-    /var/lib/klpfleet stays (the patches kept for boot, loaded again by the boot loader)."""
+    /var/lib/klpfleet stays (the patches kept for boot, loaded again by the boot loader). Parameters given with
+    --kernel-arg hold for this boot only."""
     from klpfleet.lab.control import reboot as lab_reboot
 
-    emit("lab", lab_reboot(Path(directory), vm, info, kernel), output, _table)
+    emit("lab", lab_reboot(Path(directory), vm, info, kernel, kernel_args), output, _table)
 
 
 def _selftests_table(data: dict[str, Any], out: Any) -> None:

@@ -4,6 +4,7 @@ Ansible and klpfleet as an inventory, a known_hosts file and registered hosts.""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from klpfleet.lab.vms import (
     boot,
     build_lab_layer,
     build_vm_layer,
+    check_kernel_arg,
     concatenate,
     free_port,
     new_ed25519_key,
@@ -133,6 +135,7 @@ def describe(lab: Path) -> dict[str, Any]:
         {
             "name": vm.name,
             "release": vm.release or state.release,
+            "kernel_args": vm.kernel_args,
             "port": vm.port,
             "pid": vm.pid,
             "running": alive(vm.pid),
@@ -162,7 +165,9 @@ if [ -d {PERSISTENT_DIR} ]; then tar -czf - {PERSISTENT_DIR} | base64 -w0; fi
 """
 
 
-def reboot(lab: Path, name: str, progress: Progress, kernel: str | None = None) -> dict[str, Any]:
+def reboot(
+    lab: Path, name: str, progress: Progress, kernel: str | None = None, kernel_args: Sequence[str] = ()
+) -> dict[str, Any]:
     """Shut one VM down and boot it again, into the lab's kernel or `kernel` (another lab kernel: a suite or a
     release). What a reboot clears goes (a module a forced transition pinned, everything loaded); what a disk
     keeps stays: the VM's /var/lib/klpfleet, copied out at shutdown and unpacked into its next boot's
@@ -193,6 +198,7 @@ def reboot(lab: Path, name: str, progress: Progress, kernel: str | None = None) 
         parts.append(vm_dir / "persist.cpio.gz")
     concatenate(parts, vm_dir / "initrd.img")
     vm.release = release
+    vm.kernel_args = [check_kernel_arg(a) for a in kernel_args]  # for this boot only: the next reboot drops them
     try:
         boot([vm], kernel_dir / "vmlinuz", state.accel, cache, progress)
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -41,6 +42,7 @@ class VM:
     directory: str
     pid: int | None = None
     release: str | None = None  # the kernel it runs, when `lab reboot --kernel` booted it into another one
+    kernel_args: list[str] = field(default_factory=list)  # `lab reboot --kernel-arg`: e.g. module.sig_enforce=1
 
 
 @dataclass
@@ -147,6 +149,16 @@ def concatenate(parts: list[Path], dest: Path) -> None:
 # -- QEMU -----------------------------------------------------------------------------------------------
 
 
+KERNEL_ARG_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}(=[A-Za-z0-9_.,:-]{1,64})?$")
+
+
+def check_kernel_arg(arg: str) -> str:
+    """One kernel command-line parameter (`name` or `name=value`): a word, never a space or a quote."""
+    if not KERNEL_ARG_RE.match(arg):
+        raise UsageError(f"{arg!r} is not a kernel parameter (name or name=value, letters, digits, _.-)")
+    return arg
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -170,7 +182,7 @@ def qemu_argv(vm: VM, kernel: Path, accel: str) -> list[str]:
         "-initrd",
         str(d / "initrd.img"),
         "-append",
-        "console=ttyS0 panic=-1",
+        " ".join(["console=ttyS0 panic=-1", *vm.kernel_args]),
         "-display",
         "none",
         "-monitor",
