@@ -25,11 +25,10 @@ def fleet_db(
     faults: dict[str, Any] | None = None,
     labels: dict[str, list[str]] | None = None,
     gather: bool = True,
+    kernel_release: str | None = None,
 ) -> Database:
-    create_fleet(
-        tmp / "fleet",
-        {"hosts": hosts, "labels": labels or {"zone": ["a", "b", "c"]}, "faults": faults or {}, "speed": 0},
-    )
+    spec: dict[str, Any] = {"hosts": hosts, "labels": labels or {"zone": ["a", "b", "c"]}, "faults": faults or {}}
+    create_fleet(tmp / "fleet", {**spec, "speed": 0, **({"kernel_release": kernel_release} if kernel_release else {})})
     db = open_database(db_url, create=True)
     upgrade(db)
     with db.session.begin() as s:

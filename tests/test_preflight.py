@@ -61,6 +61,10 @@ def test_rollout_leaves_out_hosts_that_would_refuse_and_records_why(cli, env):
         assert [(e.host_name, e.rollout_id, e.details["klp_error"]) for e in excluded] == [
             ("sim-03", plan["id"], "signature_rejected")
         ]
+    shown = cli("--db", url, "rollout", "status", str(plan["id"]), "-o", "json").json()["data"]["preflight"]
+    assert [(v["host"], v["excluded"], v["klp_error"]) for v in shown] == [("sim-03", True, "signature_rejected")]
+    assert "left out" in cli("--db", url, "rollout", "status", str(plan["id"])).out
+    assert cli("--db", url, "status", "-o", "json").json()["data"]["preflight_excluded"] == 1
     # Every host refusing: nothing is planned, one line says why.
     db2 = fleet_db(tmp / "b", f"sqlite:///{tmp / 'b.db'}", hosts=1, faults={"sim-01": {"lockdown": "integrity"}})
     register(db2, tmp / "b", PATCH)
@@ -140,3 +144,32 @@ def test_patch_show_lists_what_the_ko_patches(cli, env):
     assert shown["signed"] is False
     text = cli("--db", url, "patch", "show", PATCH).out
     assert "ext4_iget" in text and "unsigned" in text
+
+
+def test_reboot_debt_is_listed_with_since_and_why_and_exported(cli, env):
+    from .ansiblehelpers import ROOT, playbook
+
+    tmp, url = env
+    old = "5.10.0-32-amd64"  # a kernel that pins every patch present when a transition is forced
+    db = fleet_db(tmp, url, hosts=2, faults={"sim-01": {"stall": {"function": "*", "seconds": "forever"}}},
+                  kernel_release=old)  # fmt: skip
+    patch = register(db, tmp, PATCH, kernel_release=old)
+    forced = playbook(
+        tmp / "fleet" / "inventory.yml", ROOT / "playbooks" / "apply.yml", "-e", f"klp_patch_src={patch.path}",
+        "-e", f"klp_patch_sha256={patch.sha256}", "-e", "klp_transition_timeout=2", "-e", "klp_on_stall=force",
+        "-e", "klp_allow_force=true", "--limit", "sim-01", db_url=url,
+    )  # fmt: skip
+    assert forced.returncode == 0, forced.stdout
+    owed = cli("--db", url, "hosts", "--reboot-required", "-o", "json").json()["data"]
+    assert [h["host"] for h in owed] == ["sim-01"]
+    assert owed[0]["reasons"][0]["state"] == "forced" and "forced transition" in owed[0]["reasons"][0]["why"]
+    assert owed[0]["since"]
+    status = cli("--db", url, "status", "-o", "json").json()["data"]
+    assert status["reboot_required"]["total"] == 1
+    metrics = cli("--db", url, "metrics").out
+    assert "klpfleet_hosts_reboot_required 1.0" in metrics
+    assert 'klpfleet_host_reboot_required_since_seconds{host="sim-01"}' in metrics
+    # The pre-flight of another patch there says a reboot is owed (a warning: the kernel would take it).
+    register(db, tmp, "livepatch_other", kernel_release=old, objects=[{"name": "vmlinux", "funcs": ["other_func"]}])
+    checked = cli("--db", url, "patch", "check", "livepatch_other", "--hosts", "sim-01", "-o", "json")
+    assert "reboot_debt" in [r["code"] for r in checked.json()["data"]["verdicts"][0]["reasons"]]

@@ -416,6 +416,17 @@ def _status_table(d: dict[str, Any], out: Any) -> None:
     if problems:
         columns = ["wave", "host", "outcome", "error", "attempts", "held by"]
         table("hosts needing attention", columns, problems, out)
+    if d.get("preflight"):
+        table(
+            "pre-flight (at planning)",
+            ["host", "", "verdict", "klp_error", "why"],
+            [
+                [v["host"], "left out" if v["excluded"] else "planned", v["verdict"], v["klp_error"] or "",
+                 "; ".join(v["reasons"][:3])]
+                for v in d["preflight"]
+            ],
+            out,
+        )  # fmt: skip
     _analysis_tables(d, out)
     table(
         "decisions",

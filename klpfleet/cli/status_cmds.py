@@ -89,6 +89,20 @@ def status_table(d: dict[str, Any], out: Any) -> None:
             [[c["cve"], c["covered"], c["exposed"], c["unknown"]] for c in d["cves"]],
             out,
         )
+    debt = d.get("reboot_required") or {"total": 0, "hosts": []}
+    if debt["total"]:
+        table(
+            f"reboot required ({debt['total']})",
+            ["host", "since", "why"],
+            [[h["host"], h["since"], "; ".join(r["why"] for r in h["reasons"])] for h in debt["hosts"]],
+            out,
+        )
+    if d.get("preflight_excluded"):
+        out.print(
+            f"pre-flight: {d['preflight_excluded']} host(s) left out of active rollouts, they would refuse the patch"
+            " (`klpfleet rollout status ID` lists why)",
+            markup=False,
+        )
     attention = d["attention"]
     if attention["total"]:
         shown = len(attention["hosts"])
@@ -111,13 +125,40 @@ def status_table(d: dict[str, Any], out: Any) -> None:
 @click.option(
     "--label", metavar="KEY=VALUE", help="Only hosts with this label (e.g. zone=a).", shell_complete=completion.labels
 )
+@click.option(
+    "--reboot-required", is_flag=True, help="Only hosts that only a reboot can make clean (since when and why)."
+)
 @output_option
 @click.pass_context
 def hosts(
-    ctx: click.Context, state: str | None, patch_ref: str | None, group: str | None, label: str | None, output: str
+    ctx: click.Context,
+    state: str | None,
+    patch_ref: str | None,
+    group: str | None,
+    label: str | None,
+    reboot_required: bool,
+    output: str,
 ) -> None:
     """List hosts."""
     from klpfleet.reads.views import list_hosts
+
+    if reboot_required:
+        from klpfleet.reads.reboot_debt import reboot_debt
+
+        with database(ctx).engine.connect() as conn:
+            debt = reboot_debt(conn)
+        emit(
+            "hosts.reboot_required",
+            debt,
+            output,
+            lambda rows, out: table(
+                None,
+                ["host", "since", "why"],
+                [[h["host"], h["since"], "; ".join(r["why"] for r in h["reasons"])] for h in rows],
+                out,
+            ),
+        )
+        return
 
     label_pair = None
     if label is not None:

@@ -135,6 +135,16 @@ def fleet_status(conn: Connection, attention_limit: int = 50) -> dict[str, Any]:
     else:
         health = "healthy"
     from klpfleet.reads.exposure import exposure_counts
+    from klpfleet.reads.reboot_debt import reboot_debt
+
+    debt = reboot_debt(conn)
+    # Hosts the pre-flight left out of the active rollouts (they would have refused): listed by `rollout status`.
+    preflight_excluded = conn.execute(
+        text(
+            "SELECT count(DISTINCT e.host_name) FROM events e JOIN rollouts r ON r.id = e.rollout_id "
+            "WHERE e.kind = 'preflight.excluded' AND r.status IN :active"
+        ).bindparams(_ACTIVE)
+    ).scalar()
 
     cves = [dict(e.counts(), cve=e.cve, exposed_by_reason=e.exposed_by_reason()) for e in exposure_counts(conn)]
     return {
@@ -144,6 +154,9 @@ def fleet_status(conn: Connection, attention_limit: int = 50) -> dict[str, Any]:
         "rollouts": rollouts,
         "unknown_states": strange,  # rows whose state is none klpfleet writes: health is unknown while any exist
         "cves": cves,  # hosts covered, exposed and unknown per CVE (klpfleet cves); not part of the health
+        # Hosts only a reboot can make clean (forced or pinned modules, patches that could not be removed).
+        "reboot_required": {"total": len(debt), "hosts": debt[:attention_limit]},
+        "preflight_excluded": preflight_excluded,
         "attention": {
             "total": sum(by_state.values()) + unreachable,
             "by_state": by_state,

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from klpfleet.db.models import Host, HostPatch, Patch
+from klpfleet.db.models import Event, Host, HostPatch, Patch
 from klpfleet.states import PatchState
 
 # Enabled patches: their functions are hooked (a transitioning one for some tasks already).
@@ -57,26 +57,60 @@ def host_stacks(session: Session, host_names: list[str] | None = None) -> dict[s
     )
     if host_names is not None:
         query = query.where(Host.name.in_(sorted(host_names)))
-    per_host: dict[str, list[tuple[int, str, dict[str, list[str]], str]]] = defaultdict(list)
+    per_host: dict[str, list[tuple[int | None, str, dict[str, list[str]], str]]] = defaultdict(list)
     releases: dict[str, str | None] = {}
     for host, release, patch, order, functions in session.execute(query).all():
         releases[host] = release
         listed = {k: v for k, v in (functions or {}).items() if isinstance(v, list)}
         source = "sysfs" if listed else "module"
-        per_host[host].append((order or 0, patch.name, listed or patch_functions(patch), source))
+        per_host[host].append((order, patch.name, listed or patch_functions(patch), source))
+    loaded = load_order(session, [h for h, patches in per_host.items() if not _ordered(patches)])
     out: dict[str, dict[str, Any]] = {}
     for host, patches in per_host.items():
+        if _ordered(patches):
+            ranked = sorted(patches, key=lambda p: -(p[0] or 0))
+            source = stack_order_source(releases[host])
+        else:
+            # An order the host never reported in full (a load records only its own patch's position before
+            # 6.13): the order klpfleet loaded them in, from its events; patches it never loaded go last.
+            mine = loaded.get(host, {})
+            ranked = sorted(
+                patches, key=lambda p: (p[1] not in mine, tuple(-x for x in mine.get(p[1], (0.0, 0))), p[1])
+            )
+            source = "klpfleet_load_order"
         stacks: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for _order, name, functions, _source in sorted(patches, key=lambda p: (-p[0], p[1])):
+        for _order, name, functions, _source in ranked:
             for obj, funcs in functions.items():
                 for func in funcs:
                     stacks[(obj, func)].append(name)
         out[host] = {
             "kernel_release": releases[host],
-            "stack_order_source": stack_order_source(releases[host]),
+            "stack_order_source": source,
             "functions": dict(stacks),
-            "sources": {name: source for _o, name, _f, source in patches},
+            "sources": {name: fsource for _o, name, _f, fsource in patches},
         }
+    return out
+
+
+def _ordered(patches: list[tuple[int | None, str, Any, str]]) -> bool:
+    orders = [p[0] for p in patches]
+    return None not in orders and len(set(orders)) == len(orders)
+
+
+def load_order(session: Session, hosts: list[str]) -> dict[str, dict[str, tuple[float, int]]]:
+    """host -> patch -> when klpfleet last loaded it there (an `applied` load's event), as a timestamp."""
+    if not hosts:
+        return {}
+    query = select(Event.host_name, Event.patch_name, Event.at, Event.id).where(
+        Event.kind == "patch.state",
+        Event.host_name.in_(sorted(hosts)),
+        Event.details["outcome"].as_string() == "applied",
+    )
+    out: dict[str, dict[str, tuple[float, int]]] = defaultdict(dict)
+    for host, patch, at, event_id in session.execute(query).all():
+        if host is not None and patch is not None:
+            stamp = (at.timestamp(), event_id)  # the event id breaks ties within one clock tick
+            out[host][patch] = max(stamp, out[host].get(patch, stamp))
     return out
 
 

@@ -24,6 +24,7 @@ from klpfleet.db.types import UTCDateTime
 from klpfleet.reads.analysis_metrics import analysis_metrics
 from klpfleet.reads.exposure import COVERED, EXPOSED, UNKNOWN, exposure_counts
 from klpfleet.reads.fleet_status import HEALTH_EXIT, fleet_status
+from klpfleet.reads.reboot_debt import reboot_debt
 from klpfleet.states import ACTIVE_ROLLOUT_STATUSES, PatchState, RolloutStatus, counted_as
 
 
@@ -94,6 +95,19 @@ def fleet_metrics(conn: Connection, now: datetime) -> list[GaugeMetricFamily]:
         for reason, count in e.exposed_by_reason().items():
             exposed.add_metric([e.cve, reason], count)
     out += [cve_hosts, exposed]
+
+    debt = _gauge(
+        "klpfleet_hosts_reboot_required", "Hosts that only a reboot can make clean (forced or pinned modules)."
+    )
+    debt.add_metric([], status["reboot_required"]["total"])
+    debt_since = _gauge(
+        "klpfleet_host_reboot_required_since_seconds",
+        "Since when (Unix time) each host has owed a reboot.",
+        ["host"],
+    )
+    for h in reboot_debt(conn):
+        debt_since.add_metric([h["host"]], h["since"].timestamp())
+    out += [debt, debt_since]
 
     out += rollout_metrics(conn)
     out += analysis_metrics(conn)

@@ -145,6 +145,21 @@ def rollout_record(session: Session, rollout_id: int, event_limit: int = 30) -> 
     recent = session.scalars(
         select(Event).where(Event.rollout_id == r.id).order_by(Event.at.desc(), Event.id.desc()).limit(event_limit)
     )
+    preflight = [
+        {
+            "host": e.host_name,
+            "excluded": e.kind == "preflight.excluded",
+            "verdict": e.details.get("verdict"),
+            "klp_error": e.details.get("klp_error"),
+            "reasons": [x.get("message") for x in e.details.get("reasons") or [] if isinstance(x, dict)],
+        }
+        for e in session.scalars(
+            select(Event)
+            .where(Event.rollout_id == r.id, Event.kind.in_(["preflight.excluded", "preflight.verdict"]))
+            .order_by(Event.host_name)
+        )
+        if isinstance(e.details, dict)
+    ]
     return {
         "id": r.id,
         "patch": r.patch.name,
@@ -162,6 +177,8 @@ def rollout_record(session: Session, rollout_id: int, event_limit: int = 30) -> 
         "driven": driven(r),
         "waves": waves,
         "background_analysis": background,
+        # The pre-flight's verdicts at planning: hosts left out (they would refuse) and hosts planned with a warning.
+        "preflight": preflight,
         "events": [event_record(e) for e in recent],
     }
 
