@@ -213,10 +213,13 @@ def _host_table(d: dict[str, Any], out: Any) -> None:
                 "boot_id",
                 "groups",
                 "labels",
+                "module_signatures",
             )
         ],
         out,
     )
+    if d.get("reboot_required"):
+        out.print("owes a reboot: " + "; ".join(r["why"] for r in d["reboot_required"]), markup=False)
     table(
         "patches",
         [
@@ -264,6 +267,17 @@ def _host_table(d: dict[str, Any], out: Any) -> None:
             ],
             out,
         )
+    if d.get("functions"):
+        table(
+            "patched functions (top of the stack first; `klpfleet functions` for the fleet)",
+            ["object", "function", "in effect", "patches", "order from"],
+            [
+                [f["object"], f"{f['function']},{f['sympos']}", f["in_effect"], " > ".join(f["patches"]),
+                 f["stack_order_source"]]
+                for f in d["functions"]
+            ],
+            out,
+        )  # fmt: skip
     _events_table(d["events"], out)
 
 

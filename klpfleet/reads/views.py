@@ -10,6 +10,8 @@ from sqlalchemy.orm import Session, selectinload
 from klpfleet.db.models import Event, Group, Host, HostLabel, HostPatch, Patch, Rollout, host_groups
 from klpfleet.errors import UsageError
 from klpfleet.inventory.export import host_details
+from klpfleet.reads.function_map import function_rows, host_stacks
+from klpfleet.reads.reboot_debt import reboot_debt
 from klpfleet.registry.patches import get_patch
 from klpfleet.states import PatchState
 
@@ -124,6 +126,12 @@ def host_detail(session: Session, name: str, event_limit: int = 20) -> dict[str,
             for hp, p in states
         ],
         "events": [event_record(e) for e in recent],
+        "module_signatures": host.module_signatures,
+        # Which patch's code runs for each patched function, and what only a reboot clears.
+        "functions": function_rows(host_stacks(session, [host.name])),
+        "reboot_required": next(
+            (h["reasons"] for h in reboot_debt(session.connection()) if h["host"] == host.name), []
+        ),
     }
 
 

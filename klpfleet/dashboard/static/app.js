@@ -115,6 +115,7 @@ async function loadStatus() {
   document.getElementById("hosts-total").textContent = s.hosts.total;
   document.getElementById("hosts-unreachable").textContent = s.hosts.unreachable;
   document.getElementById("attention-total").textContent = s.attention.total;
+  document.getElementById("reboot-total").textContent = s.reboot_required ? s.reboot_required.total : 0;
   document.getElementById("hosts-summary").textContent =
     `${s.hosts.total} hosts, ${s.hosts.reachable} reachable`;
   fill("patches", s.patches.map((p) => [p.name, p.kernel_release, pairs(p.states)]));
@@ -275,6 +276,16 @@ async function showRollout(id) {
     "problems",
     problems.map((h) => [link(h.host, hostAddress(h.host)), h.outcome, h.error_code, h.attempts, h.held_by]),
   );
+  fill(
+    "preflight",
+    (r.preflight || []).map((v) => [
+      link(v.host, hostAddress(v.host)),
+      v.excluded ? "left out" : "planned",
+      el("span", v.verdict, `badge ${v.verdict}`),
+      v.klp_error,
+      v.reasons.join("; "),
+    ]),
+  );
 }
 
 async function showCve(cve) {
@@ -312,6 +323,13 @@ async function showHost(name) {
     h.patches.map((p) => [p.patch, p.state, p.error_code, p.errno, p.refused_object, p.observed_at]),
   );
   fill("host-events", h.events.map((e) => [e.at, e.kind, details(e.details)]));
+  fill(
+    "host-functions",
+    (h.functions || []).map((f) => [f.object, `${f.function},${f.sympos}`, f.in_effect, f.patches.join(" > "), f.stack_order_source]),
+  );
+  document.getElementById("host-reboot").textContent = (h.reboot_required || []).length
+    ? `owes a reboot: ${h.reboot_required.map((r) => r.why).join("; ")}`
+    : "";
   // Who held a transition back, and where it sleeps: the top of its stack names the patched function.
   const stalled = h.patches.flatMap((p) => (p.stalled_tasks || []).map((t) => [p.patch, t.pid, t.comm, (t.stack || []).slice(0, 4).join(" < ")]));
   document.getElementById("host-stalled-section").hidden = !stalled.length;
