@@ -117,5 +117,10 @@ def test_read_only_addresses_colours_details_and_stalled_tasks(finished):
         expect(pasted).to_have_url(f"{server.url}/#/cves/{PATCH_CVE}")
         expect(pasted.locator("#cve-title")).to_have_text(f"{PATCH_CVE}: 4 covered, 2 exposed, 0 unknown")
         expect(pasted.locator("#cve-hosts tbody tr", has_text="sim-05")).to_contain_text("stalled")
+        pasted.goto(f"{server.url}/#/hosts/sim-01")  # the function map: what the host's sysfs listed at the load
+        functions = pasted.locator("#host-functions tbody tr")
+        expect(functions).to_have_count(1)
+        expect(functions).to_contain_text("tcp_send_challenge_ack,1")
+        expect(functions).to_contain_text(PATCH)
         browser.close()
         assert errors == [] and more == []
