@@ -119,8 +119,8 @@ patches:
   elements: dict
   sample: [{"name": "livepatch_cve_2026_1234", "enabled": true, "transition": false, "replace": null,
             "stack_order": 1, "stack_order_source": "module_load_order", "stack_order_estimated": true,
-            "stack_order_conflict": false, "objects": {"vmlinux": true}, "functions": {"vmlinux": ["cmdline_proc_show,1"]},
-            "forced": false, "module_refcnt": 1,
+            "stack_order_conflict": false, "objects": {"vmlinux": true},
+            "functions": {"vmlinux": ["cmdline_proc_show,1"]}, "forced": false, "module_refcnt": 1,
             "build_id": "ee1143d5f1d876dfbae8af4a6628ba7eaa27f6ff"}]
 forced_modules:
   description:
