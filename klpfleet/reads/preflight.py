@@ -176,20 +176,14 @@ def _states(v: Verdict, patch: Patch, others: list[tuple[HostPatch, Patch]]) -> 
             continue
         for state in theirs or []:
             sid, version = state["id"], state["version"]
+            # The kernel's klp_is_state_compatible, for each state of each registered patch.
+            conflict = None
             if sid in mine and mine[sid] < version:
-                v.add(
-                    REFUSE,
-                    "incompatible_state",
-                    f"state {sid} version {mine[sid]} is older than installed {other.name}'s version {version}",
-                    predicted_errno="EINVAL",
-                )
+                conflict = f"state {sid} version {mine[sid]} is older than installed {other.name}'s version {version}"
             elif sid not in mine and replace is True:
-                v.add(
-                    REFUSE,
-                    "incompatible_state",
-                    f"a replace patch without state {sid}, which installed {other.name} holds",
-                    predicted_errno="EINVAL",
-                )
+                conflict = f"a replace patch without state {sid}, which installed {other.name} holds"
+            if conflict:
+                v.add(REFUSE, "incompatible_state", conflict, predicted_errno="EINVAL")
             elif sid not in mine and replace is None:
                 v.add(
                     WARN,

@@ -271,6 +271,18 @@ def _is_strings(elf: _Elf, index: int) -> bool:
     return elf.by_name.get(KPATCH_STRINGS) == index
 
 
+def _object(elf: _Elf, contents: PatchContents, relocs: dict[int, Any], at: int) -> str:
+    """An object entry (klp_object or klp_object_ext; both start {name, funcs, callbacks}): its name (no name is
+    vmlinux) and which of its four callbacks are set."""
+    name_at = relocs.get(at)
+    obj = elf.string(name_at) if name_at is not None else "vmlinux"
+    contents.objects.setdefault(obj, [])
+    named = [cb for i, cb in enumerate(CALLBACKS) if at + 16 + 8 * i in relocs]
+    if named:
+        contents.callbacks[obj] = named
+    return obj
+
+
 def _klp_build(elf: _Elf, index: int) -> PatchContents:
     size = elf.size_of(index)
     if size % KLP_OBJECT_EXT_SIZE:
@@ -278,12 +290,7 @@ def _klp_build(elf: _Elf, index: int) -> PatchContents:
     relocs = elf.relocs(index)
     contents = PatchContents(format="klp-build", replace=None, replace_source="build option (klp-build)")
     for start in range(0, size, KLP_OBJECT_EXT_SIZE):
-        name_at = relocs.get(start)
-        obj = elf.string(name_at) if name_at is not None else "vmlinux"
-        contents.objects.setdefault(obj, [])
-        named = [cb for i, cb in enumerate(CALLBACKS) if start + 16 + 8 * i in relocs]
-        if named:
-            contents.callbacks[obj] = named
+        obj = _object(elf, contents, relocs, start)
         funcs = relocs.get(start + 8)
         count = elf.word(index, start + 56, 4)
         if funcs is None or isinstance(funcs, str):
@@ -347,12 +354,7 @@ def _plain_patch(elf: _Elf, index: int, offset: int, objs: tuple[int, int], para
     relocs = elf.relocs(obj_index)
     at = obj_start
     while (at + 8) in relocs:
-        name_at = relocs.get(at)
-        obj = elf.string(name_at) if name_at is not None else "vmlinux"
-        contents.objects.setdefault(obj, [])
-        named = [cb for i, cb in enumerate(CALLBACKS) if at + 16 + 8 * i in relocs]
-        if named:
-            contents.callbacks[obj] = named
+        obj = _object(elf, contents, relocs, at)
         funcs = relocs[at + 8]
         if isinstance(funcs, str):
             raise elf.fail(f"object {obj!r} points at undefined functions {funcs!r}")
