@@ -45,6 +45,27 @@ def test_preflight_predicts_what_the_kernel_then_does(cli, env):
     assert seen["sim-01"] is None and seen["sim-04"] is None
     assert PATCH in enabled_on(tmp, "sim-01") and PATCH not in enabled_on(tmp, "sim-02")
 
+    # reconcile wants the refused hosts back; its pre-flight leaves them out with the reason, and plans nothing.
+    wanted = cli("--db", url, "reconcile", "--dry-run", "-o", "json").json()["data"]
+    assert sorted(h["host"] for p in wanted for h in p["hosts"]) == ["sim-02", "sim-03"]
+    again = cli("--db", url, "reconcile", "-o", "json")
+    assert again.code == 0, again.err
+    record = next(p for p in again.json()["data"] if p["patch"] == PATCH)
+    assert record["rollout"] is None and record["hosts"] == []
+    skipped = {h["host"]: h["reason"] for h in record["skipped"]}
+    assert "signature" in skipped["sim-02"] and "locked down" in skipped["sim-03"]
+
+
+def test_live_check_probes_the_hosts_first(cli, env):
+    tmp, url = env
+    db = fleet_db(tmp, url, hosts=2, faults={"sim-02": {"sig_enforce": True}}, gather=False)
+    register(db, tmp, PATCH)
+    unknown = cli("--db", url, "patch", "check", PATCH, "-o", "json").json()["data"]
+    assert {v["verdict"] for v in unknown["verdicts"]} == {"unknown"}  # never read: nothing is guessed
+    live = cli("--db", url, "patch", "check", PATCH, "--live", "-o", "json")
+    assert live.code == 1, live.err
+    assert [(v["host"], v["klp_error"]) for v in live.json()["data"]["verdicts"]] == [("sim-02", "signature_rejected")]
+
 
 def test_rollout_leaves_out_hosts_that_would_refuse_and_records_why(cli, env):
     tmp, url = env
