@@ -194,3 +194,26 @@ def test_reboot_debt_is_listed_with_since_and_why_and_exported(cli, env):
     register(db, tmp, "livepatch_other", kernel_release=old, objects=[{"name": "vmlinux", "funcs": ["other_func"]}])
     checked = cli("--db", url, "patch", "check", "livepatch_other", "--hosts", "sim-01", "-o", "json")
     assert "reboot_debt" in [r["code"] for r in checked.json()["data"]["verdicts"][0]["reasons"]]
+
+
+def test_forged_rows_are_not_believed(cli, env):
+    from sqlalchemy import update
+
+    from klpfleet.db.models import HostPatch, Patch
+
+    tmp, url = env
+    db = fleet_db(tmp, url, hosts=1)
+    register(db, tmp, "klp_below", replace=False)
+    register(db, tmp, "klp_above", replace=True, states=[{"id": 1, "version": 1}])
+    created = cli("--db", url, "rollout", "create", "klp_below", "-o", "json").json()["data"]
+    assert cli("--db", url, "rollout", "start", str(created["id"]), "--wait").code == 0
+    with db.session.begin() as s:  # what a compromised database writer could leave
+        s.execute(update(Patch).where(Patch.name == "klp_below").values(contents={"objects": "x", "states": [{}]}))
+        s.execute(update(HostPatch).values(functions={"vmlinux": ["$(reboot),1", "ok_func,1"], "../x": ["f,1"]}))
+    checked = cli("--db", url, "patch", "check", "klp_above", "-o", "json")
+    assert checked.code == 0 and "Traceback" not in checked.err
+    reasons = checked.json()["data"]["verdicts"][0]["reasons"]
+    assert "contents_unknown" in [r["code"] for r in reasons]  # the installed patch's states: not known, said so
+    shown = cli("--db", url, "functions", "sim-01", "-o", "json").json()["data"]
+    assert [(r["object"], r["function"]) for r in shown] == [("vmlinux", "ok_func")]
+    assert cli("--db", url, "patch", "show", "klp_below").code == 0

@@ -6,7 +6,6 @@ state row and the audit trail can never disagree.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from klpfleet.db import events
 from klpfleet.db.models import Event, Host, HostPatch, Patch, utcnow
+from klpfleet.names import sysfs_functions
 from klpfleet.states import PatchState
 
 
@@ -50,23 +50,6 @@ class PatchObservation:
             functions=sysfs_functions(sysfs.get("functions")),
             host_clean=host_clean,
         )
-
-
-# A sysfs function directory: `<function>,<sympos>` (kallsyms names: letters, digits, _ . $).
-FUNCTION_DIR_RE = re.compile(r"^[A-Za-z0-9_.$]{1,128},[0-9]{1,9}$")
-OBJECT_RE = re.compile(r"^[A-Za-z0-9_-]{1,55}$")
-
-
-def sysfs_functions(value: Any) -> dict[str, list[str]]:
-    """A host's report of a patch's functions per object, keeping only what sysfs could have listed (the
-    report is the host's word: a name that is not an object or a `function,sympos` is dropped)."""
-    if not isinstance(value, dict):
-        return {}
-    out: dict[str, list[str]] = {}
-    for obj, funcs in value.items():
-        if isinstance(obj, str) and OBJECT_RE.match(obj) and isinstance(funcs, list):
-            out[obj] = sorted({f for f in funcs if isinstance(f, str) and FUNCTION_DIR_RE.match(f)})
-    return out
 
 
 TRACKED = (

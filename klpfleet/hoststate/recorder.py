@@ -18,7 +18,7 @@ from klpfleet.hoststate import boots
 from klpfleet.hoststate.kernel_log import check_stack_order, record_refusals
 from klpfleet.hoststate.lookups import find_patch
 from klpfleet.hoststate.module_results import sanitize
-from klpfleet.hoststate.observations import PatchObservation, module_signatures, observe, sysfs_functions
+from klpfleet.hoststate.observations import PatchObservation, module_signatures, observe
 from klpfleet.hoststate.task_results import (
     INFO_ACTIONS,
     args_of,
@@ -30,7 +30,7 @@ from klpfleet.hoststate.task_results import (
     stalled_task,
     task_results,
 )
-from klpfleet.names import HOST_NAME_RE, valid_kernel_release
+from klpfleet.names import HOST_NAME_RE, sysfs_functions, valid_kernel_release
 from klpfleet.states import FAILURE_OUTCOME_STATES, PatchState
 
 

@@ -15,6 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from klpfleet.db.models import Event, Host, HostPatch, Patch
+from klpfleet.names import sysfs_functions
+from klpfleet.registry.klp_contents import stored_contents
 from klpfleet.states import PatchState
 
 # Enabled patches: their functions are hooked (a transitioning one for some tasks already).
@@ -36,7 +38,7 @@ def stack_order_source(release: str | None) -> str:
 
 def patch_functions(patch: Patch) -> dict[str, list[str]]:
     """What a patch's .ko says it patches, named as sysfs names the directories (sympos 0 shows as 1)."""
-    objects = (patch.contents or {}).get("objects") or {}
+    objects = (stored_contents(patch.contents) or {}).get("objects") or {}
     return {
         str(obj): sorted(f"{f['function']},{max(1, int(f.get('sympos') or 0))}" for f in funcs or [])
         for obj, funcs in objects.items()
@@ -61,7 +63,7 @@ def host_stacks(session: Session, host_names: list[str] | None = None) -> dict[s
     releases: dict[str, str | None] = {}
     for host, release, patch, order, functions in session.execute(query).all():
         releases[host] = release
-        listed = {k: v for k, v in (functions or {}).items() if isinstance(v, list)}
+        listed = sysfs_functions(functions)  # a row is believed only in the shape a host report could have
         source = "sysfs" if listed else "module"
         per_host[host].append((order, patch.name, listed or patch_functions(patch), source))
     loaded = load_order(session, [h for h, patches in per_host.items() if not _ordered(patches)])

@@ -19,7 +19,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from klpfleet.db.models import Host, HostPatch, Patch
+from klpfleet.names import sysfs_functions
 from klpfleet.reads.function_map import patch_functions
+from klpfleet.registry.klp_contents import stored_contents
+from klpfleet.registry.module_signature import stored_signature
 from klpfleet.states import PatchState
 
 REFUSE, WARN, OK, UNKNOWN = "refuse", "warn", "ok", "unknown"
@@ -127,7 +130,7 @@ def _verdict(
 
 
 def _signatures(v: Verdict, host: Host, patch: Patch) -> None:
-    policy = host.module_signatures or {}
+    policy = host.module_signatures if isinstance(host.module_signatures, dict) else {}  # a row, read as hostile
     enforced = policy.get("enforced") is True
     locked = policy.get("lockdown") in ("integrity", "confidentiality")
     if patch.signed is None:
@@ -152,7 +155,7 @@ def _signatures(v: Verdict, host: Host, patch: Patch) -> None:
             )
         return
     if enforced or locked:
-        sig = patch.signature or {}
+        sig = stored_signature(patch.signature) or {}
         v.add(
             WARN,
             "signature_trust_unchecked",
@@ -162,7 +165,7 @@ def _signatures(v: Verdict, host: Host, patch: Patch) -> None:
 
 
 def _states(v: Verdict, patch: Patch, others: list[tuple[HostPatch, Patch]]) -> None:
-    contents = patch.contents
+    contents = stored_contents(patch.contents)
     if contents is None:
         if others:
             v.add(WARN, "contents_unknown", "what this patch declares was never read from its .ko")
@@ -170,8 +173,9 @@ def _states(v: Verdict, patch: Patch, others: list[tuple[HostPatch, Patch]]) -> 
     mine = {s["id"]: s["version"] for s in contents.get("states") or []}
     replace = contents.get("replace")
     for _row, other in others:
-        theirs = (other.contents or {}).get("states")
-        if other.contents is None:
+        installed = stored_contents(other.contents)
+        theirs = (installed or {}).get("states")
+        if installed is None:
             v.add(WARN, "contents_unknown", f"the system states of installed {other.name} were never read")
             continue
         for state in theirs or []:
@@ -194,7 +198,7 @@ def _states(v: Verdict, patch: Patch, others: list[tuple[HostPatch, Patch]]) -> 
 
 
 def _stacking(v: Verdict, patch: Patch, others: list[tuple[HostPatch, Patch]], require_replace: bool) -> None:
-    contents = patch.contents or {}
+    contents = stored_contents(patch.contents) or {}
     if contents.get("replace") is True:
         replaced = sorted(other.name for _row, other in others)
         if replaced:
@@ -202,7 +206,7 @@ def _stacking(v: Verdict, patch: Patch, others: list[tuple[HostPatch, Patch]], r
         return
     mine = {(obj, f) for obj, funcs in patch_functions(patch).items() for f in funcs}
     for row, other in others:
-        on_host = row.functions or patch_functions(other)
+        on_host = sysfs_functions(row.functions) or patch_functions(other)
         shared = sorted(f"{obj}:{f}" for obj, funcs in on_host.items() for f in funcs if (obj, f) in mine)
         if not shared:
             continue

@@ -12,6 +12,8 @@ from klpfleet.errors import UsageError
 from klpfleet.inventory.export import host_details
 from klpfleet.reads.function_map import function_rows, host_stacks
 from klpfleet.reads.reboot_debt import reboot_debt
+from klpfleet.registry.klp_contents import stored_contents
+from klpfleet.registry.module_signature import stored_signature
 from klpfleet.registry.patches import get_patch
 from klpfleet.states import PatchState
 
@@ -165,8 +167,8 @@ def patch_record(session: Session, p: Patch, *, with_states: bool = False) -> di
     }
     if with_states:
         record["signed"] = p.signed
-        record["signature"] = p.signature
-        record["contents"] = p.contents
+        record["signature"] = stored_signature(p.signature)
+        record["contents"] = stored_contents(p.contents)  # a forged or damaged row shows as not read
         record["states"] = dict(
             session.execute(
                 select(HostPatch.state, func.count()).where(HostPatch.patch_id == p.id).group_by(HostPatch.state)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +30,8 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
+from klpfleet.names import FUNCTION_NAME_RE as FUNC_NAME_RE
+from klpfleet.names import OBJECT_NAME_RE
 from klpfleet.registry.modinfo import ModuleFileError
 
 SIM_SPEC_SECTION = ".klpfleet.spec"
@@ -42,8 +43,6 @@ KLP_BUILD_FUNCS = (".init.klp_funcs", "__klp_funcs")
 CALLBACKS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")
 # Relocation types that store a symbol's absolute 64-bit address (the only kind static pointers use).
 ABS64 = {"EM_X86_64": 1, "EM_AARCH64": 257, "EM_PPC64": 38, "EM_S390": 22, "EM_RISCV": 2, "EM_LOONGARCH": 2}
-FUNC_NAME_RE = re.compile(r"^[A-Za-z0-9_.$]{1,128}$")
-OBJECT_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,55}$")
 MAX_FUNCTIONS = 10_000
 MAX_STATES = 64
 KLP_STATE_SIZE = 24  # struct klp_state {unsigned long id; unsigned int version; void *data;}
@@ -410,3 +409,29 @@ def _klp_states(elf: _Elf, where: tuple[int, int]) -> list[dict[str, int]]:
             return states
         states.append({"id": sid, "version": elf.word(index, at + 8, 4)})
     raise elf.fail("the system states are not terminated within the module")
+
+
+def stored_contents(value: Any) -> dict[str, Any] | None:
+    """A patch's contents as kept in the database, believed only in the shape `as_dict` writes (a forged or
+    damaged row reads as not known, never as a crash or a wrong verdict)."""
+    if not isinstance(value, dict):
+        return None
+    objects, states, callbacks = value.get("objects"), value.get("states"), value.get("callbacks", {})
+    if not isinstance(objects, dict) or not isinstance(states, list) or not isinstance(callbacks, dict):
+        return None
+    for obj, funcs in objects.items():
+        if not (isinstance(obj, str) and OBJECT_NAME_RE.match(obj) and isinstance(funcs, list)):
+            return None
+        for f in funcs:
+            if not (isinstance(f, dict) and isinstance(f.get("function"), str) and FUNC_NAME_RE.match(f["function"])):
+                return None
+            if not isinstance(f.get("sympos"), int) or isinstance(f.get("sympos"), bool) or f["sympos"] < 0:
+                return None
+    for state in states:
+        if not isinstance(state, dict) or not all(
+            isinstance(state.get(k), int) and not isinstance(state.get(k), bool) for k in ("id", "version")
+        ):
+            return None
+    if value.get("replace") not in (True, False, None):
+        return None
+    return value

@@ -72,3 +72,13 @@ def _signer(der: bytes) -> dict[str, Any]:
 
 def _colon_hex(raw: bytes) -> str:
     return ":".join(f"{b:02X}" for b in raw)
+
+
+def stored_signature(value: Any) -> dict[str, Any] | None:
+    """A signature as kept in the database, believed only in the shape read_signature writes."""
+    if not isinstance(value, dict):
+        return None
+    keys = ("signer", "key_id", "key_id_type", "hash_algo")
+    if set(value) != set(keys) or not all(v is None or (isinstance(v, str) and len(v) < 512) for v in value.values()):
+        return None
+    return {k: value[k] for k in keys}
