@@ -204,11 +204,35 @@ def create_rollout(
     return rollout
 
 
+MAX_VERDICT_EVENTS = 1000  # per rollout; the counts of all of them are in `preflight.summary`
+
+
 def record_verdicts(session: Session, rollout: Rollout, patch: Patch, plan: Plan, actor: str | None) -> None:
     """Each host's pre-flight verdict that is not `ok`, as an event of the rollout: `preflight.excluded` for a
-    host left out of the waves, `preflight.verdict` for one planned anyway (a warning, or --no-preflight)."""
-    hosts = {h.name: h for h in session.scalars(select(Host).where(Host.name.in_(sorted(plan.preflight))))}
-    for name, verdict in sorted(plan.preflight.items()):
+    host left out of the waves, `preflight.verdict` for one planned anyway (a warning, or --no-preflight); the
+    left out first, at most MAX_VERDICT_EVENTS, and one `preflight.summary` with the counts per verdict and code."""
+    if not plan.preflight:
+        return
+    counts: dict[str, dict[str, int]] = {}
+    for verdict in plan.preflight.values():
+        for r in verdict["reasons"]:
+            if r["level"] != "ok":
+                by_code = counts.setdefault(r["level"], {})
+                by_code[r["code"]] = by_code.get(r["code"], 0) + 1
+    events.add(
+        session,
+        "preflight.summary",
+        actor=actor,
+        patch=patch,
+        rollout=rollout,
+        excluded=sum(1 for h in plan.preflight if h in plan.excluded),
+        planned_with_warnings=sum(1 for h in plan.preflight if h not in plan.excluded),
+        reasons=counts,
+    )
+    shown = sorted(plan.preflight, key=lambda h: (h not in plan.excluded, h))[:MAX_VERDICT_EVENTS]
+    hosts = {h.name: h for h in session.scalars(select(Host).where(Host.name.in_(shown)))}
+    for name in shown:
+        verdict = plan.preflight[name]
         events.add(
             session,
             "preflight.excluded" if name in plan.excluded else "preflight.verdict",
@@ -228,5 +252,8 @@ def plan_record(plan: Plan) -> dict[str, Any]:
             {"index": i, "domain": d, "hosts": w} for i, (w, d) in enumerate(zip(plan.waves, plan.domains, strict=True))
         ],
         "excluded": [{"host": h, "reason": r} for h, r in sorted(plan.excluded.items())],
-        "preflight": [plan.preflight[h] for h in sorted(plan.preflight)],
+        # Every verdict that is not `ok`, the left out first (at most 1,000: the counts are in the events).
+        "preflight": [
+            plan.preflight[h] for h in sorted(plan.preflight, key=lambda h: (h not in plan.excluded, h))[:1000]
+        ],
     }

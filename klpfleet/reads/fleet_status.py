@@ -6,6 +6,7 @@ plain SQL and no ORM (importing the ORM alone costs more than the queries).
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Any
 
@@ -139,12 +140,20 @@ def fleet_status(conn: Connection, attention_limit: int = 50) -> dict[str, Any]:
 
     debt = reboot_debt(conn)
     # Hosts the pre-flight left out of the active rollouts (they would have refused): listed by `rollout status`.
-    preflight_excluded = conn.execute(
+    preflight_excluded = 0
+    for (details,) in conn.execute(
         text(
-            "SELECT count(DISTINCT e.host_name) FROM events e JOIN rollouts r ON r.id = e.rollout_id "
-            "WHERE e.kind = 'preflight.excluded' AND r.status IN :active"
+            "SELECT e.details FROM events e JOIN rollouts r ON r.id = e.rollout_id "
+            "WHERE e.kind = 'preflight.summary' AND r.status IN :active"
         ).bindparams(_ACTIVE)
-    ).scalar()
+    ):
+        try:
+            summary = json.loads(details) if isinstance(details, (str, bytes)) else details
+        except ValueError:
+            continue
+        excluded = summary.get("excluded") if isinstance(summary, dict) else None
+        if isinstance(excluded, int) and not isinstance(excluded, bool) and 0 <= excluded < 10**7:  # a row, hostile
+            preflight_excluded += excluded
 
     cves = [dict(e.counts(), cve=e.cve, exposed_by_reason=e.exposed_by_reason()) for e in exposure_counts(conn)]
     return {

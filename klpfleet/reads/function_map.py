@@ -8,10 +8,11 @@ kernel's own `stack_order` from 6.13, else the order the host's modules were loa
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Text, cast, select
 from sqlalchemy.orm import Session
 
 from klpfleet.db.models import Event, Host, HostPatch, Patch
@@ -48,10 +49,18 @@ def patch_functions(patch: Patch) -> dict[str, list[str]]:
 def host_stacks(session: Session, host_names: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """host -> {kernel_release, stack_order_source, functions: {(object, "func,sympos"): [patch, ...] top first},
     sources: {patch: "sysfs"|"module"}}: every enabled patch on the host."""
+    rows = {p.id: p for p in session.scalars(select(Patch))}
+    known = {pid: patch_functions(p) for pid, p in rows.items()}
     query = (
-        select(Host.name, Host.kernel_release, Patch, HostPatch.stack_order, HostPatch.functions)
+        select(
+            Host.name,
+            Host.kernel_release,
+            HostPatch.patch_id,
+            HostPatch.stack_order,
+            # As text: the hosts of a patch list the same functions, so each distinct list is parsed once.
+            cast(HostPatch.functions, Text),
+        )
         .join(HostPatch, HostPatch.host_id == Host.id)
-        .join(Patch, Patch.id == HostPatch.patch_id)
         .where(
             HostPatch.state.in_(IN_EFFECT)
             | ((HostPatch.state == PatchState.DRIFT.value) & HostPatch.enabled.is_(True))  # found loaded anyway
@@ -61,11 +70,13 @@ def host_stacks(session: Session, host_names: list[str] | None = None) -> dict[s
         query = query.where(Host.name.in_(sorted(host_names)))
     per_host: dict[str, list[tuple[int | None, str, dict[str, list[str]], str]]] = defaultdict(list)
     releases: dict[str, str | None] = {}
-    for host, release, patch, order, functions in session.execute(query).all():
+    parsed: dict[str, dict[str, list[str]]] = {}
+    for host, release, patch_id, order, raw in session.execute(query).all():
         releases[host] = release
-        listed = sysfs_functions(functions)  # a row is believed only in the shape a host report could have
-        source = "sysfs" if listed else "module"
-        per_host[host].append((order, patch.name, listed or patch_functions(patch), source))
+        if raw not in parsed:
+            parsed[raw] = sysfs_functions(_json(raw))
+        listed = parsed[raw]
+        per_host[host].append((order, rows[patch_id].name, listed or known[patch_id], "sysfs" if listed else "module"))
     loaded = load_order(session, [h for h, patches in per_host.items() if not _ordered(patches)])
     out: dict[str, dict[str, Any]] = {}
     for host, patches in per_host.items():
@@ -158,3 +169,10 @@ def fleet_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         for (obj, func, sympos, patches), hosts in sorted(grouped.items())
     ]
+
+
+def _json(raw: str | None) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
