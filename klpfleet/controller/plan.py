@@ -198,7 +198,6 @@ def create_rollout(
         excluded=len(plan.excluded),
         selector=selector,
         policy=policy.to_json(),
-        preflight={v: sum(1 for x in plan.preflight.values() if x["verdict"] == v) for v in ("refuse", "warn")},
     )
     record_verdicts(session, rollout, patch, plan, actor)
     return rollout
@@ -229,7 +228,7 @@ def record_verdicts(session: Session, rollout: Rollout, patch: Patch, plan: Plan
         planned_with_warnings=sum(1 for h in plan.preflight if h not in plan.excluded),
         reasons=counts,
     )
-    shown = sorted(plan.preflight, key=lambda h: (h not in plan.excluded, h))[:MAX_VERDICT_EVENTS]
+    shown = verdicts_shown(plan)
     hosts = {h.name: h for h in session.scalars(select(Host).where(Host.name.in_(shown)))}
     for name in shown:
         verdict = plan.preflight[name]
@@ -246,6 +245,12 @@ def record_verdicts(session: Session, rollout: Rollout, patch: Patch, plan: Plan
         )
 
 
+def verdicts_shown(plan: Plan) -> list[str]:
+    """The hosts whose verdict is shown one by one (events, the plan's record): the left out first, at most
+    MAX_VERDICT_EVENTS."""
+    return sorted(plan.preflight, key=lambda h: (h not in plan.excluded, h))[:MAX_VERDICT_EVENTS]
+
+
 def plan_record(plan: Plan) -> dict[str, Any]:
     return {
         "waves": [
@@ -253,7 +258,5 @@ def plan_record(plan: Plan) -> dict[str, Any]:
         ],
         "excluded": [{"host": h, "reason": r} for h, r in sorted(plan.excluded.items())],
         # Every verdict that is not `ok`, the left out first (at most 1,000: the counts are in the events).
-        "preflight": [
-            plan.preflight[h] for h in sorted(plan.preflight, key=lambda h: (h not in plan.excluded, h))[:1000]
-        ],
+        "preflight": [plan.preflight[h] for h in verdicts_shown(plan)],
     }
