@@ -3,7 +3,8 @@ first, and so which one's code runs.
 
 A host's functions are what its sysfs listed at the last gather or probe (`<function>,<sympos>` directories);
 for a patch gathered before klpfleet read them, what the patch's .ko says it patches. The stack order is the
-kernel's own `stack_order` from 6.13, else the order the host's modules were loaded in, as the host reported it.
+kernel's own `stack_order` from 6.13, else the order the host's modules were loaded in as a gather read it, else
+(a host whose whole order was never reported) the order klpfleet's own loads happened in.
 """
 
 from __future__ import annotations
