@@ -27,6 +27,21 @@ from klpfleet.sim.elfbuild import build_module
 
 pytest_plugins = ("tests.sshhelpers", "tests.nodehelpers", "tests.labhelpers")  # sshd, execution nodes, the lab
 
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Say why a test failed the moment it fails: a run cut short by its time limit still shows the cause."""
+    report = yield
+    reporter = item.config.pluginmanager.get_plugin("terminalreporter")
+    if report.failed and reporter is not None:
+        text = report.longreprtext.splitlines()
+        reporter.write_line("")
+        reporter.write_line(f"FAILED {report.nodeid} ({report.when})", red=True)
+        for line in [line for line in text if line.startswith("E ")][:3] or text[-1:]:
+            reporter.write_line(f"    {line[:300]}")
+    return report
+
+
 ROOT = Path(__file__).resolve().parents[1]
 VERMAGIC_61 = "6.1.0-56-amd64 SMP preempt mod_unload modversions "
 

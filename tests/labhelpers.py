@@ -21,6 +21,7 @@ from .conftest import run_klpfleet
 
 LAB_VMS = 3
 LAB_UP_TIMEOUT = 45 * 60  # a cold cache fetches a kernel, builds modules and debootstraps
+LAB_TEST_TIMEOUT = 15 * 60  # the slowest lab test, with its VM reboots, takes a few minutes
 DEFAULT_KERNELS = "bullseye,bookworm,trixie,trixie-backports"
 
 
@@ -119,6 +120,28 @@ def stop_lab(lab: Lab) -> None:
     proc = run_klpfleet("lab", "down", "--dir", str(lab.directory))
     assert proc.returncode == 0, proc.stderr
     shutil.rmtree(lab.directory, ignore_errors=True)
+
+
+def _lab_kernel(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("lab") if callspec is not None else None
+
+
+@pytest.hookimpl(trylast=True)  # after pytest has grouped the items by lab kernel
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The lab's tests run last, and bounded: the last kernel's VMs then never run beside the other tests, and a
+    lab that hangs fails its test (a first lab test on a cold cache waits for `lab up`) instead of the run.
+    Tests marked `any_kernel` prove klpfleet's own paths (transport, a host's files), not the kernel's behaviour:
+    they run on the first lab kernel only."""
+    first = lab_kernels()[0] if lab_kernels() else None
+    other_kernels = [i for i in items if i.get_closest_marker("any_kernel") and _lab_kernel(i) not in (None, first)]
+    if other_kernels:
+        config.hook.pytest_deselected(items=other_kernels)
+        items[:] = [i for i in items if i not in other_kernels]
+    items.sort(key=lambda item: _lab_kernel(item) is not None)
+    for item in items:
+        if _lab_kernel(item) is not None:
+            item.add_marker(pytest.mark.timeout(LAB_UP_TIMEOUT + LAB_TEST_TIMEOUT))
 
 
 # Session-scoped: the tests of every lab module share one lab per kernel (pytest groups them by kernel and stops

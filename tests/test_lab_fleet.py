@@ -37,6 +37,7 @@ PATCHED_CMDLINE = "test_klp_livepatch: this has been live patched\n"
 # ------------------------------------------------------------------------------- controller and probe
 
 
+@pytest.mark.any_kernel  # the controller and the boot manifest, not the kernel
 def test_a_rollout_over_three_vms_with_one_refusing_then_a_rollback(clean_lab, tmp_path, lab_db):
     lab = clean_lab
     # lab3 refuses: its pre_patch callback returns -ENODEV there (a host var, as a vendor patch might check).
@@ -85,6 +86,7 @@ def test_a_rollout_over_three_vms_with_one_refusing_then_a_rollback(clean_lab, t
     assert state(lab_db, "lab1", "test_klp_callbacks_demo")[0] == "absent"
 
 
+@pytest.mark.any_kernel  # transport and host files, not the kernel
 def test_a_rollout_through_an_execution_node_drives_the_real_kernels(clean_lab, tmp_path, lab_db, node_lab):
     """The node (root behind a loopback sshd, with only ansible-core and ansible-runner in its virtualenv)
     reaches the VMs over SSH; the controller only streams the job and records what comes back."""
@@ -189,6 +191,7 @@ def test_kept_patches_come_back_after_a_reboot_in_stack_order(clean_lab, lab_db)
     assert state(lab_db, "lab1", "test_klp_atomic_replace")[0] == "applied"
 
 
+@pytest.mark.any_kernel  # the controller and the boot manifest, not the kernel
 def test_a_removed_patch_stays_removed_after_a_reboot(clean_lab, lab_db):
     lab = clean_lab
     assert apply(lab, lab_db, "test_klp_livepatch").returncode == 0
@@ -198,6 +201,7 @@ def test_a_removed_patch_stays_removed_after_a_reboot(clean_lab, lab_db):
     assert livepatches(lab, "lab1") == [] and lab.sh("lab1", "cat /proc/cmdline") != PATCHED_CMDLINE
 
 
+@pytest.mark.any_kernel  # transport and host files, not the kernel
 def test_directories_another_user_owns_are_refused_on_a_real_host(clean_lab, lab_db):
     """On a real kernel as root: a boot directory given to another user after a patch was kept is refused by the boot
     loader before it loads anything; a klp_remote_dir another user owns is refused before any module is loaded."""
@@ -228,6 +232,7 @@ def test_probe_over_real_ssh_reads_the_vms_and_marks_drift(clean_lab, lab_db):
     assert state(lab_db, "lab1", "test_klp_livepatch")[0] == "applied"
 
 
+@pytest.mark.any_kernel  # transport and host files, not the kernel
 def test_probe_refuses_a_vm_whose_host_key_is_not_known(clean_lab, lab_db, tmp_path):
     (tmp_path / "known_hosts").write_text("")
     proc = run_klpfleet("--db", lab_db, "probe", "--known-hosts", str(tmp_path / "known_hosts"), "-o", "json")
@@ -257,6 +262,7 @@ def drop_ssh_connections(port: int) -> int:
     return killed
 
 
+@pytest.mark.any_kernel  # transport and host files, not the kernel
 def test_an_ssh_connection_dropped_during_a_transition_is_re_read_not_repeated(clean_lab, lab_db):
     lab = clean_lab
     port = next(vm["port"] for vm in lab.info["vms"] if vm["name"] == "lab2")
