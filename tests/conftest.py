@@ -39,7 +39,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
         reporter.write_line(f"FAILED {report.nodeid} ({report.when})", red=True)
         for line in [line for line in text if line.startswith("E ")][:3] or text[-1:]:
             reporter.write_line(f"    {line[:300]}")
+        reporter.write_line(f"    machine: {_machine_now()}")
     return report
+
+
+def _machine_now() -> str:
+    """What a failure on a machine that ran out of something would need to show."""
+    tmp = shutil.disk_usage(tempfile.gettempdir()).free >> 20
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+    available = int(meminfo.get("MemAvailable", "0 kB").split()[0]) >> 10
+    load = os.getloadavg()[0]
+    return f"{tmp} MB free in {tempfile.gettempdir()}, {available} MB memory available, load {load:.1f}"
 
 
 ROOT = Path(__file__).resolve().parents[1]
