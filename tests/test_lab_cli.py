@@ -1,12 +1,16 @@
 """`klpfleet lab` without booting anything: bad input, an absent lab, the step lines sent to a VM."""
 
 import json
+import os
+import signal
 import subprocess
+import sys
+import time
 from importlib import resources
 
 import pytest
 
-from klpfleet.lab.artifacts import LabError, release_numbers, suite_of
+from klpfleet.lab.artifacts import LabError, cache_locked, release_numbers, suite_of
 from klpfleet.lab.conformance import run_on_vm
 from klpfleet.lab.selftest import step_line
 from klpfleet.sim.kselftest import judge_script
@@ -35,6 +39,42 @@ def test_lab_up_will_not_take_over_a_directory_that_is_not_a_lab(tmp_path):
     proc = run_klpfleet("lab", "up", "--dir", str(tmp_path))
     assert proc.returncode == 2 and "is not a klpfleet lab directory" in proc.stderr
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_a_second_build_of_the_lab_cache_waits_for_the_first_and_gives_up_in_time(tmp_path):
+    said: list[str] = []
+    with cache_locked(tmp_path, said.append):
+        started = time.monotonic()
+        with (
+            pytest.raises(LabError, match="still being built by another klpfleet after"),
+            cache_locked(tmp_path, said.append, wait=1.5),
+        ):
+            pass
+        assert 1.5 <= time.monotonic() - started < 10
+    assert said == ["waiting for another klpfleet's build of the lab cache"]
+    with cache_locked(tmp_path, said.append, wait=0):  # released: taken at once, nothing said
+        assert len(said) == 1
+
+
+def test_lab_prepare_waits_for_a_build_in_another_process_and_ctrl_c_ends_it_in_one_line(tmp_path):
+    """`lab prepare` (as CI runs it, beside the tests' `lab up`) waits for the lock another process holds; Ctrl-C
+    while it waits is one line and exit 130, and the other build's lock is untouched."""
+    cache = tmp_path / "cache"
+    with cache_locked(cache, lambda _line: None):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "klpfleet.cli.main", "lab", "prepare", "--kernel", "bookworm"],
+            env={**os.environ, "KLPFLEET_LAB_CACHE": str(cache)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stderr is not None
+        assert proc.stderr.readline().strip() == "waiting for another klpfleet's build of the lab cache"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert not any(p.name != ".lock" for p in cache.iterdir())  # it built nothing while it waited
 
 
 def test_status_of_no_lab_exits_1_and_down_is_a_no_op(tmp_path):

@@ -92,6 +92,33 @@ def up(
 
 
 @lab.command()
+@click.option(
+    "--kernel",
+    "releases",
+    metavar="RELEASE",
+    multiple=True,
+    help="As for `up`; repeatable (default: the kernel `up` would choose).",
+)
+@click.option("--modules", "module_source", type=click.Path(file_okay=False, exists=True), help="Test module sources.")
+@output_option
+def prepare(releases: tuple[str, ...], module_source: str | None, output: str) -> None:
+    """Build the cache a lab on these kernels needs (toolchain, kernel, test modules, the kernel's own
+    selftests, root filesystem) and boot nothing; a `lab up` started meanwhile waits for it."""
+    from klpfleet.lab.control import prepare as lab_prepare
+
+    source = Path(module_source) if module_source else None
+    prepared = [lab_prepare(release, source, info) for release in (releases or (None,))]
+    emit(
+        "lab_prepare",
+        {"kernels": prepared},
+        output,
+        lambda data, out: table(
+            "lab cache", ["kernel", "test modules"], [(k["release"], k["test_modules"]) for k in data["kernels"]], out
+        ),
+    )
+
+
+@lab.command()
 @LAB_DIR_OPTION
 @output_option
 def status(directory: str, output: str) -> None:

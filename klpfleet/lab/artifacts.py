@@ -8,6 +8,7 @@ an interrupted build is redone, never half-used.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import lzma
@@ -16,6 +17,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +39,7 @@ ROOTFS_PRUNE = (
 E1000 = "kernel/drivers/net/ethernet/intel/e1000/e1000.ko"
 REBUILT = "test_klp_livepatch"  # also built a second time, with -DLAB_REBUILD, into rebuilt/
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+CACHE_LOCK_WAIT = 60 * 60.0  # longer than the slowest cold build of one kernel's artifacts
 
 Progress = Callable[[str], None]
 
@@ -63,6 +66,33 @@ def run(argv: list[str], what: str, cwd: Path | None = None) -> str:
         tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
         raise LabError(f"{what} failed (exit {proc.returncode}): {tail[0]}")
     return proc.stdout
+
+
+@contextmanager
+def cache_locked(cache: Path, progress: Progress, wait: float = CACHE_LOCK_WAIT) -> Iterator[None]:
+    """One builder of the cache at a time: a second `lab up` or `lab prepare` started meanwhile waits (bounded)
+    rather than replacing an artifact the first is building or reading."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "a") as handle:
+        deadline = time.monotonic() + wait
+        said = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LabError(
+                        f"the lab cache {cache} is still being built by another klpfleet after {wait / 60:.0f} min"
+                    ) from None
+                if not said:
+                    progress("waiting for another klpfleet's build of the lab cache")
+                    said = True
+                time.sleep(1.0)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +62,56 @@ def up(
         raise UsageError("--accel must be auto, tcg or kvm")
     lab = lab.resolve()
     _claim(lab)
+    with artifacts.cache_locked(artifacts.cache_dir(), progress):
+        return _up(lab, count, release, accel, module_source, db_url, progress)
+
+
+def prepare(release: str | None, module_source: Path | None, progress: Progress) -> dict[str, Any]:
+    """Build (or find) everything a lab on this kernel boots, and boot nothing: a cache made ahead of time."""
     cache = artifacts.cache_dir()
+    with artifacts.cache_locked(cache, progress):
+        built = _artifacts(cache, release, module_source, progress)
+    return {"cache": str(cache), "release": built.release, "test_modules": str(built.modules)}
+
+
+@dataclass(frozen=True)
+class _Artifacts:
+    release: str
+    kernel: Path
+    modules: Path
+    upstream_suite: Path
+    rootfs: Path
+
+
+def _artifacts(cache: Path, release: str | None, module_source: Path | None, progress: Progress) -> _Artifacts:
     chosen = artifacts.choose_release(cache, release, progress)
-    kernel_dir = artifacts.ensure_kernel(cache, chosen, progress)
-    modules_dir = artifacts.build_test_modules(cache, chosen, module_source or default_module_source(), progress)
-    suite = upstream.ensure_upstream_suite(cache, chosen, progress)
-    rootfs = artifacts.ensure_rootfs(cache, progress)
+    return _Artifacts(
+        release=chosen,
+        kernel=artifacts.ensure_kernel(cache, chosen, progress),
+        modules=artifacts.build_test_modules(cache, chosen, module_source or default_module_source(), progress),
+        upstream_suite=upstream.ensure_upstream_suite(cache, chosen, progress),
+        rootfs=artifacts.ensure_rootfs(cache, progress),
+    )
+
+
+def _up(
+    lab: Path,
+    count: int,
+    release: str | None,
+    accel: str,
+    module_source: Path | None,
+    db_url: str | None,
+    progress: Progress,
+) -> dict[str, Any]:
+    cache = artifacts.cache_dir()
+    built = _artifacts(cache, release, module_source, progress)
+    chosen, kernel_dir, modules_dir, suite, rootfs = (
+        built.release,
+        built.kernel,
+        built.modules,
+        built.upstream_suite,
+        built.rootfs,
+    )
 
     state = LabState.load(lab)
     if (
