@@ -8,14 +8,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from klpfleet.db.engine import open_database
+from klpfleet.db.migrate import upgrade
 from klpfleet.lab.selftest import vm_target
 from klpfleet.probe.ssh import OK, run_remote
+from klpfleet.registry.patches import add_patch
 
 from .conftest import run_klpfleet
 
@@ -90,8 +94,10 @@ class Lab:
         return int(major), int(minor)
 
     def reset(self) -> None:
-        for vm in self.names:
-            leftover = self.sh(vm, RESET_SCRIPT).split()
+        with ThreadPoolExecutor(len(self.names)) as pool:  # before every lab test: the VMs in parallel
+            found = pool.map(lambda vm: self.sh(vm, RESET_SCRIPT).split(), self.names)
+            leftovers = dict(zip(self.names, found, strict=True))
+        for vm, leftover in leftovers.items():
             if leftover:  # a module a forced transition pinned stays until reboot: boot this VM afresh
                 self.reboot(vm)
 
@@ -168,9 +174,12 @@ def lab_db(clean_lab, tmp_path):
     """A database of the test's own holding the lab's VMs and the livepatches the tests apply (registered
     through pyelftools like any vendor artifact)."""
     url = f"sqlite:///{tmp_path / 'klpfleet.db'}"
-    commands = [("db", "upgrade"), ("inventory", "import", "-i", str(clean_lab.inventory))]
-    commands += [("patch", "add", str(clean_lab.module(name))) for name in LIVEPATCHES]
-    for args in commands:
-        proc = run_klpfleet("--db", url, *args)
-        assert proc.returncode == 0, proc.stderr
+    db = open_database(url, create=True)  # in this process: before each of a hundred lab tests, a process each
+    upgrade(db)  # would cost seconds
+    # ansible-core reads its configuration once per process: the import runs in its own, as operators run it.
+    proc = run_klpfleet("--db", url, "inventory", "import", "-i", str(clean_lab.inventory))
+    assert proc.returncode == 0, proc.stderr
+    with db.session.begin() as s:
+        for name in LIVEPATCHES:
+            add_patch(s, clean_lab.module(name))
     return url
