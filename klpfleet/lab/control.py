@@ -62,8 +62,10 @@ def up(
         raise UsageError("--accel must be auto, tcg or kvm")
     lab = lab.resolve()
     _claim(lab)
-    with artifacts.cache_locked(artifacts.cache_dir(), progress):
-        return _up(lab, count, release, accel, module_source, db_url, progress)
+    cache = artifacts.cache_dir()
+    with artifacts.cache_locked(cache, progress):
+        built = _artifacts(cache, release, module_source, progress)
+        return _boot_lab(lab, count, built, accel, cache, db_url, progress)
 
 
 def prepare(release: str | None, module_source: Path | None, progress: Progress) -> dict[str, Any]:
@@ -94,17 +96,9 @@ def _artifacts(cache: Path, release: str | None, module_source: Path | None, pro
     )
 
 
-def _up(
-    lab: Path,
-    count: int,
-    release: str | None,
-    accel: str,
-    module_source: Path | None,
-    db_url: str | None,
-    progress: Progress,
+def _boot_lab(
+    lab: Path, count: int, built: _Artifacts, accel: str, cache: Path, db_url: str | None, progress: Progress
 ) -> dict[str, Any]:
-    cache = artifacts.cache_dir()
-    built = _artifacts(cache, release, module_source, progress)
     chosen, kernel_dir, modules_dir, suite, rootfs = (
         built.release,
         built.kernel,
