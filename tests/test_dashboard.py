@@ -117,6 +117,22 @@ def test_the_api_says_what_the_cli_says(fleet):
             assert b"klpfleet_hosts 6.0" in r.read()
         assert server.post(f"/api/rollouts/{rid}/pause")[0] == 403  # read-only
 
+        vex = server.get("/api/vex/openvex")  # the scanners' document, as `klpfleet cves -o openvex` writes it
+        cli_vex = json.loads(run_klpfleet("--db", url, "cves", "-o", "openvex").stdout)
+        assert [(x["products"], x["status"]) for x in vex["statements"]] == [
+            (x["products"], x["status"]) for x in cli_vex["statements"]
+        ]
+        one = server.get("/api/vex/cyclonedx?host=sim-02")
+        assert [c["name"] for c in one["components"]] == ["sim-02"] and one["bomFormat"] == "CycloneDX"
+        for bad, code in (("/api/vex/csaf", 404), ("/api/vex/openvex?host=%1b%5b2J", 400)):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                server.get(bad)
+            assert refused.value.code == code
+        blocking = run_klpfleet("--db", url, "patch", "block", "livepatch_cve_2026_1234", "--reason", "INC-9")
+        assert blocking.returncode == 0, blocking.stderr
+        blocked = server.get("/api/status")["blocked_patches"]
+        assert [(b["patch"], b["reason"]) for b in blocked] == [("livepatch_cve_2026_1234", "INC-9")]
+
 
 def test_actions_need_the_token_and_the_csrf_token_and_name_who(fleet):
     _, rid, db = fleet

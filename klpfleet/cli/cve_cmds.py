@@ -6,12 +6,14 @@ Exit status (Nagios, like status): 0 no host exposed and none unknown, 1 hosts w
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
 
 from klpfleet.cli import completion
 from klpfleet.cli.context import database
+from klpfleet.cli.host_options import hosts_option
 from klpfleet.cli.output import emit, info, output_option, table
 from klpfleet.errors import DatabaseError, first_line
 from klpfleet.wording import counted
@@ -36,24 +38,73 @@ def _exit_code(found: list[Any]) -> int:
 
 
 @click.command("cves")
-@output_option
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(("table", "json", "yaml", "openvex", "cyclonedx")),
+    default="table",
+    show_default=True,
+    help="Output format; openvex and cyclonedx write a VEX document for scanners.",
+)
+@hosts_option("Only these hosts (Ansible host pattern).")
+@click.option("--author", help="The VEX document's author (default: who runs klpfleet, or KLPFLEET_ACTOR).")
 @click.pass_context
-def cves(ctx: click.Context, output: str) -> None:
+def cves(ctx: click.Context, output: str, pattern: str | None, author: str | None) -> None:
     """Every CVE a registered patch names: hosts covered, exposed (and why) and unknown.
 
-    Exit status: 0 nothing exposed, 1 hosts nobody can judge (no patch for their kernel release), 2 exposed
-    hosts, 3 the database cannot be read.
+    With -o openvex or -o cyclonedx, a VEX document a scanner reads: per host and CVE, fixed (the livepatch
+    running there and since when, or a kernel release that fixes it), affected (why, and what to do), or
+    under investigation (no patch for the host's kernel release). Each statement names the host and its kernel
+    package as a purl.
+
+    Exit status: 0 nothing exposed (or a VEX document written), 1 hosts nobody can judge (no patch for their
+    kernel release), 2 exposed hosts, 3 the database cannot be read.
 
     \b
     Examples:
       klpfleet cves
+      klpfleet cves -o openvex --hosts web-17 > web-17.vex.json    # trivy ... --vex web-17.vex.json
+      klpfleet cves -o cyclonedx > fleet.cdx.json
       klpfleet cve CVE-2026-1234 -o json | jq '.data.hosts.exposed[].host'
       klpfleet cve fixed CVE-2026-1234 --kernel-release 6.1.0-57-amd64
     """
-    found = _read(ctx, None, counts_only=True)
+    chosen = None
+    if pattern:
+        from klpfleet.controller.selection import select_hosts
 
+        chosen = set(select_hosts(database(ctx), pattern))
+    if output in ("openvex", "cyclonedx"):
+        sys.stdout.write(vex_document(ctx, output, chosen, author) + "\n")
+        return
+    found = _read(ctx, None, counts_only=chosen is None)
+    if chosen is not None:
+        for e in found:
+            e.hosts = {kind: [h for h in hosts if h["host"] in chosen] for kind, hosts in e.hosts.items()}
     emit("cves", [e.summary() for e in found], output, cves_table)
     ctx.exit(_exit_code(found))
+
+
+def vex_document(ctx: click.Context, fmt: str, hosts: set[str] | None, author: str | None) -> str:
+    """The fleet's (or these hosts') VEX document, as text."""
+    import json
+    from datetime import UTC, datetime
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from klpfleet import __version__
+    from klpfleet.db.events import default_actor
+    from klpfleet.reads.vex import cyclonedx_document, host_verdicts, openvex_document
+
+    now = datetime.now(UTC)
+    try:
+        with database(ctx).engine.connect() as conn:
+            verdicts = host_verdicts(conn, hosts)
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot read the database: {first_line(exc)}") from None
+    if fmt == "cyclonedx":
+        return cyclonedx_document(verdicts, __version__, now)
+    document = openvex_document(verdicts, author or default_actor(), f"klpfleet {__version__}", now)
+    return json.dumps(document, indent=2)
 
 
 def cves_table(d: list[dict[str, Any]], out: Any) -> None:
@@ -63,7 +114,7 @@ def cves_table(d: list[dict[str, Any]], out: Any) -> None:
     rows = [
         [
             e["cve"],
-            ", ".join(sorted({p["name"] for p in e["patches"]})) or "-",
+            ", ".join(sorted({p["name"] + (" (blocked)" if p.get("blocked") else "") for p in e["patches"]})) or "-",
             e["counts"]["covered"],
             e["counts"]["exposed"],
             e["counts"]["unknown"],

@@ -78,7 +78,7 @@ def list_(ctx: click.Context, output: str) -> None:
         output,
         lambda rows, out: table(
             None,
-            ["name", "sha256", "kernel release", "size", "cves", "applied hosts", "added"],
+            ["name", "sha256", "kernel release", "size", "cves", "applied hosts", "added", "blocked"],
             [
                 [
                     r["name"],
@@ -88,6 +88,7 @@ def list_(ctx: click.Context, output: str) -> None:
                     r["cves"],
                     r["applied_hosts"],
                     r["added_at"],
+                    "BLOCKED" if r["blocked"] else "",
                 ]
                 for r in rows
             ],
@@ -122,7 +123,10 @@ def show(ctx: click.Context, ref: str, output: str) -> None:
 
 
 def _patch_table(record: dict[str, Any], out: Any) -> None:
-    rows = [[k, v] for k, v in record.items() if k not in ("rollouts", "contents", "signature")]
+    rows = [[k, v] for k, v in record.items() if k not in ("rollouts", "contents", "signature", "blocked")]
+    blocked = record.get("blocked")
+    said = f"since {blocked['at'][:16]}Z by {blocked['by']}: {blocked['reason']}" if blocked else "no"
+    rows.append(["blocked", said])
     if "contents" in record:
         contents = record["contents"] or {}
         sig = record.get("signature")
@@ -232,3 +236,78 @@ def _check_table(d: dict[str, Any], out: Any) -> None:
         ],
         out,
     )
+
+
+@patch.command("block")
+@click.argument("patch_ref", metavar="PATCH", shell_complete=completion.patches)
+@click.option("--reason", required=True, help="Why (one line, shown wherever the block is).")
+@click.option("--rollback", "roll_back", is_flag=True, help="Also take it off every host now (`klpfleet rollback`).")
+@click.option("--cascade", is_flag=True, help="With --rollback: remove patches stacked on top first.")
+@click.option("--to", "previous_ref", metavar="PATCH", help="With --rollback of a cumulative patch: load this instead.")
+@click.option("--allow-unpatched", is_flag=True, help="With --rollback: a cumulative patch may leave no livepatch.")
+@output_option
+@click.pass_context
+def block_cmd(
+    ctx: click.Context,
+    patch_ref: str,
+    reason: str,
+    roll_back: bool,
+    cascade: bool,
+    previous_ref: str | None,
+    allow_unpatched: bool,
+    output: str,
+) -> None:
+    """Stop PATCH from loading anywhere again: no rollout, resume or reconcile of it starts, its planned and
+    running rollouts pause, and each host drops it from its boot manifest at its next apply or gather.
+
+    \b
+    Examples:
+      klpfleet patch block livepatch_cve_2026_1234 --reason 'INC-4411: soft lockups in nfsd'
+      klpfleet patch block livepatch_cve_2026_1234 --reason 'INC-4411' --rollback --cascade
+      klpfleet patch unblock livepatch_cve_2026_1234
+
+    Exit status: 0 blocked (and with --rollback, removed wherever it ran), 1 some host still has it.
+    """
+    from klpfleet.cli.rollback_cmds import all_removed, rollback_table
+    from klpfleet.cli.rollback_cmds import roll_back as run_rollback
+    from klpfleet.controller.patch_block import block_patch, wait_for_drivers
+
+    db = database(ctx)
+    done = block_patch(db, patch_ref, reason)
+    info(("blocked" if done.newly else "already blocked") + f": {done.sentence}")
+    if done.paused:
+        info(f"paused rollout {', '.join(map(str, done.paused))}")
+    rows = None
+    if roll_back:
+        if done.running:
+            info("waiting for the running rollouts' drivers to stop at their next safe point")
+            wait_for_drivers(db, done.running)
+        rows = run_rollback(
+            db,
+            f"{done.name}@{done.sha256}",
+            cascade=cascade,
+            fast=True,
+            previous_ref=previous_ref,
+            allow_unpatched=allow_unpatched,
+        )
+    record = {
+        "patch": done.name,
+        "sha256": done.sha256,
+        "newly_blocked": done.newly,
+        "block": done.block,
+        "paused_rollouts": done.paused,
+        "rollback": rows,
+    }
+    emit("patch.block", record, output, lambda r, out: rollback_table(r["rollback"], out) if r["rollback"] else None)
+    ctx.exit(0 if rows is None or all_removed(rows) else 1)
+
+
+@patch.command("unblock")
+@click.argument("patch_ref", metavar="PATCH", shell_complete=completion.patches)
+@click.pass_context
+def unblock_cmd(ctx: click.Context, patch_ref: str) -> None:
+    """Lift a block: PATCH may be rolled out again (its paused rollouts stay paused until resumed)."""
+    from klpfleet.controller.patch_block import unblock_patch
+
+    name, was = unblock_patch(database(ctx), patch_ref)
+    info(f"unblocked {name}" if was else f"{name} was not blocked")

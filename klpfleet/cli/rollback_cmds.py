@@ -62,15 +62,61 @@ def rollback(
     A cumulative (replace) patch freed the patches it replaced: removing it leaves no livepatch at all. Such a
     rollback is refused unless --to names the patch to load in its place (the database suggests the one it
     replaced) or --allow-unpatched says that is the intent."""
+    db = database(ctx)
+    rows = roll_back(
+        db,
+        patch_ref,
+        pattern=pattern,
+        cascade=cascade,
+        fast=fast,
+        bake=bake,
+        health_check=health_check,
+        forks=forks,
+        previous_ref=previous_ref,
+        allow_unpatched=allow_unpatched,
+        engine=engine,
+    )
+    emit("rollback", rows, output, rollback_table)
+    ctx.exit(0 if all_removed(rows) else 1)
+
+
+def rollback_table(rows: list[dict[str, Any]], out: Any) -> None:
+    table(
+        None,
+        ["host", "result", "removed", "detail"],
+        [[r["host"], r["result"], r["removed"], r["detail"]] for r in rows],
+        out,
+    )
+
+
+def all_removed(rows: list[dict[str, Any]]) -> bool:
+    from klpfleet.controller.rollback import REMOVED
+
+    return all(r["result"] in (REMOVED, "nothing_to_remove") for r in rows)
+
+
+def roll_back(
+    db: Any,
+    patch_ref: str,
+    *,
+    pattern: str | None = None,
+    cascade: bool = False,
+    fast: bool = False,
+    bake: str | None = None,
+    health_check: str | None = None,
+    forks: int = 20,
+    previous_ref: str | None = None,
+    allow_unpatched: bool = False,
+    engine: str = "auto",
+) -> list[dict[str, Any]]:
+    """The rollback as `klpfleet rollback` runs it (progress on stderr): one row per host."""
     import shlex
 
     from klpfleet.controller.policy import parse_duration
-    from klpfleet.controller.rollback import REMOVED
     from klpfleet.controller.rollback_plan import plan_rollback, run_rollback
     from klpfleet.controller.selection import select_hosts
     from klpfleet.runs.engine import resolve as resolve_engine
 
-    db = database(ctx)
     chosen = set(select_hosts(db, pattern)) if pattern else None
     plan = plan_rollback(db, patch_ref, chosen, previous_ref, allow_unpatched)
     argv = None if fast or not health_check else shlex.split(health_check)
@@ -98,19 +144,7 @@ def rollback(
         fast=fast,
         on_batch=report,
     )
-    rows = [
+    return [
         {"host": a.host, "result": a.result, "removed": a.removed, "detail": a.detail, "klp_error": a.klp_error}
         for a in answers
     ]
-    emit(
-        "rollback",
-        rows,
-        output,
-        lambda rows, out: table(
-            None,
-            ["host", "result", "removed", "detail"],
-            [[r["host"], r["result"], r["removed"], r["detail"]] for r in rows],
-            out,
-        ),
-    )
-    ctx.exit(0 if all(a.result in (REMOVED, "nothing_to_remove") for a in answers) else 1)

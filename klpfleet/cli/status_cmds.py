@@ -10,6 +10,7 @@ from klpfleet.cli.context import DURATION, ROLLOUT_ID, database
 from klpfleet.cli.output import emit, output_option, printable, table
 from klpfleet.errors import DatabaseError, UsageError, first_line
 from klpfleet.reads.envelope import iso, plain
+from klpfleet.wording import counted
 
 
 @click.command()
@@ -24,8 +25,8 @@ def status(ctx: click.Context, limit: int, output: str) -> None:
       klpfleet status                       # a monitoring check as it is: exit 0/1/2/3
       klpfleet status -o json | jq '.data.attention.by_state'
 
-    Exit status: 0 healthy, 1 degraded (refused, unreachable, forced or drifted hosts), 2 critical
-    (stalled or failed hosts), 3 unknown (the database cannot be read).
+    Exit status: 0 healthy, 1 degraded (refused, unreachable, forced or drifted hosts, a blocked patch still
+    running), 2 critical (stalled or failed hosts), 3 unknown (the database cannot be read).
     """
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -95,6 +96,16 @@ def status_table(d: dict[str, Any], out: Any) -> None:
             f"reboot required ({debt['total']})",
             ["host", "since", "why"],
             [[h["host"], h["since"], "; ".join(r["why"] for r in h["reasons"])] for h in debt["hosts"]],
+            out,
+        )
+    if d.get("blocked_patches"):
+        table(
+            "blocked patches (klpfleet patch unblock PATCH lifts a block)",
+            ["patch", "since", "by", "reason", "still running on"],
+            [
+                [b["patch"], b["blocked_at"], b["blocked_by"], b["reason"], counted(b["running_on"], "host")]
+                for b in d["blocked_patches"]
+            ],
             out,
         )
     if d.get("preflight_excluded"):

@@ -13,10 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from klpfleet.db import events
 from klpfleet.db.engine import Database
 from klpfleet.db.models import Rollout, utcnow
 from klpfleet.errors import UsageError
+from klpfleet.registry.blocks import refuse_if_blocked
 from klpfleet.states import (
     ROLLOUT_TRANSITIONS,
     TERMINAL_ROLLOUT_STATUSES,
@@ -42,38 +45,47 @@ def request(
         r = s.get(Rollout, rollout_id)
         if r is None:
             raise UsageError(f"no rollout {rollout_id} (see `klpfleet rollout list`)")
-        previous = RolloutStatus(r.status)
-        to = ROLLOUT_TRANSITIONS.get((what, previous))
-        if to is None:
-            needs = " or ".join(allowed_from(what))
-            raise UsageError(f"rollout {rollout_id} is {previous}; {what} needs it {needs}")
-        r.status = to
-        if to in TERMINAL_ROLLOUT_STATUSES:
-            r.finished_at, r.pause_reason = utcnow(), reason
-        elif to == RolloutStatus.PAUSED:
-            r.pause_reason = reason
-        elif to == RolloutStatus.RUNNING:
-            r.pause_reason = None
-        details: dict[str, Any] = {}
-        if what == Request.PROMOTE:
-            wave = r.current_wave or 0
-            r.gate_overrides = sorted(set(r.gate_overrides or []) | {wave})
-            r.promoted_full = r.promoted_full or full
-            for w in r.waves:
-                if w.status == WaveStatus.BLOCKED:
-                    w.status = WaveStatus.RUNNING
-            details = {"wave": wave + 1, "full": full}
-        events.add(
-            s,
-            f"rollout.{what}_requested",
-            actor=actor,
-            rollout=r,
-            patch=r.patch,
-            previous=previous.value,
-            reason=reason,
-            **details,
-        )
-        return r
+        return apply_request(s, r, what, reason=reason, actor=actor, full=full)
+
+
+def apply_request(
+    s: Session, r: Rollout, what: Request, *, reason: str | None, actor: str | None, full: bool = False
+) -> Rollout:
+    """The request on a rollout read in the caller's transaction (see `request`)."""
+    previous = RolloutStatus(r.status)
+    if what in (Request.RESUME, Request.PROMOTE):
+        refuse_if_blocked(r.patch)  # going on would load it on more hosts
+    to = ROLLOUT_TRANSITIONS.get((what, previous))
+    if to is None:
+        needs = " or ".join(allowed_from(what))
+        raise UsageError(f"rollout {r.id} is {previous}; {what} needs it {needs}")
+    r.status = to
+    if to in TERMINAL_ROLLOUT_STATUSES:
+        r.finished_at, r.pause_reason = utcnow(), reason
+    elif to == RolloutStatus.PAUSED:
+        r.pause_reason = reason
+    elif to == RolloutStatus.RUNNING:
+        r.pause_reason = None
+    details: dict[str, Any] = {}
+    if what == Request.PROMOTE:
+        wave = r.current_wave or 0
+        r.gate_overrides = sorted(set(r.gate_overrides or []) | {wave})
+        r.promoted_full = r.promoted_full or full
+        for w in r.waves:
+            if w.status == WaveStatus.BLOCKED:
+                w.status = WaveStatus.RUNNING
+        details = {"wave": wave + 1, "full": full}
+    events.add(
+        s,
+        f"rollout.{what}_requested",
+        actor=actor,
+        rollout=r,
+        patch=r.patch,
+        previous=previous.value,
+        reason=reason,
+        **details,
+    )
+    return r
 
 
 def delete_planned(db: Database, rollout_id: int, actor: str | None = None) -> int:

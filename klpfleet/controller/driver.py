@@ -130,6 +130,8 @@ class Driver:
                 return self.abort()
             if status == RolloutStatus.PAUSED or status in TERMINAL_ROLLOUT_STATUSES:
                 return status
+            if (blocked := self.store.blocked()) is not None:
+                return self.paused_by_block(blocked)
             wave = self.store.next_wave()
             if wave is None:
                 return self.mark_completed()
@@ -151,6 +153,15 @@ class Driver:
             status = RolloutStatus(r.status)
         self.progress.note(f"rollout {self.id} {status}: resume it with `klpfleet rollout resume {self.id} --wait`")
         return status
+
+    def paused_by_block(self, sentence: str) -> RolloutStatus:
+        """The patch was blocked (`klpfleet patch block`) while nothing asked this driver to pause: it loads the
+        patch nowhere else."""
+        with self.tx() as s:
+            r = self.lease.check(s)
+            self.pause(s, r, sentence, "patch_block")
+        self.progress.note(sentence)
+        return RolloutStatus.PAUSED
 
     def refuse_to_run(self, reason: str) -> RolloutStatus:
         """A value from the database is not what a run may be given (runs.variables): nothing ran, and the

@@ -12,6 +12,7 @@ from klpfleet.controller.policy import Policy, serial_batches
 from klpfleet.db import events, locks
 from klpfleet.db.models import ExecutionNode, Host, HostLabel, HostPatch, Patch, Rollout, Wave, WaveHost
 from klpfleet.errors import UsageError
+from klpfleet.registry.blocks import refuse_if_blocked
 from klpfleet.states import ACTIVE_ROLLOUT_STATUSES, PatchState
 from klpfleet.wording import counted
 
@@ -131,6 +132,7 @@ def make_plan(
     preflight: bool = True,
     require_replace: bool = False,
 ) -> Plan:
+    refuse_if_blocked(patch)
     hosts, excluded = eligible_hosts(session, patch, names)
     hosts, refused, verdicts = preflight_hosts(
         session, patch, hosts, enforce=preflight, require_replace=require_replace

@@ -13,7 +13,8 @@ for P says the patch is not running although it was meant to be. Included, with 
 Excluded: hosts a rollback took P off (their last rollout of P rolled them back, or `klpfleet rollback` removed
 it after P's last rollout was planned), every host when the latest word on P is a rollback of the whole fleet
 (unless P is asked for by name: `reconcile --patch P`), hosts that are not on P's kernel release (superseded: P
-cannot load there), and everything the ordinary rollout plan excludes.
+cannot load there), every host of a blocked patch (`klpfleet patch block`), and everything the ordinary rollout
+plan excludes.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from klpfleet.controller.plan import NoEligibleHost, create_rollout, make_plan, 
 from klpfleet.controller.policy import Policy
 from klpfleet.db.engine import Database
 from klpfleet.db.models import Event, Host, HostPatch, Patch, Rollout, WaveHost
+from klpfleet.registry.blocks import block_sentence
 from klpfleet.registry.patches import get_patch
 from klpfleet.states import ACTIVE_ROLLOUT_STATUSES, PatchState, WaveHostStatus
 
@@ -60,11 +62,14 @@ def candidates(session: Session, patch: Patch, names: list[str], by_name: bool =
         .order_by(Host.name)
     ).all()
     rolled_back = _rolled_back(session, patch)
+    blocked = block_sentence(patch) if patch.blocked_at is not None else None
     for host, release, state, clean, error in rows:
         if host not in selected:
             continue
         kind = PatchState(state)
-        if host in rolled_back or host in withdrawn:
+        if blocked:
+            found.skipped[host] = blocked
+        elif host in rolled_back or host in withdrawn:
             found.skipped[host] = "a rollback took the patch off this host"
         elif everywhere and not by_name:
             found.skipped[host] = f"{everywhere}: reconcile --patch {patch.name} to put it back anyway"

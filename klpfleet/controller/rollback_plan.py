@@ -23,6 +23,7 @@ from klpfleet.db import events
 from klpfleet.db.engine import Database
 from klpfleet.db.models import Host, HostPatch, Patch
 from klpfleet.errors import UsageError
+from klpfleet.registry.blocks import refuse_if_blocked
 from klpfleet.registry.patches import get_patch
 from klpfleet.runs.engine import Engine
 from klpfleet.runs.types import RunRequest, runs_dir
@@ -58,6 +59,7 @@ def plan_rollback(
         if previous is not None:
             if previous.kernel_release != patch.kernel_release or previous.id == patch.id:
                 raise UsageError(f"--to {previous_ref}: not another patch for kernel {patch.kernel_release}")
+            refuse_if_blocked(previous)  # --to loads it
             s.expunge(previous)
         elif not allow_unpatched:
             _refuse_if_cumulative(s, patch, hosts)

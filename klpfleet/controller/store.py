@@ -11,6 +11,7 @@ from klpfleet.controller.gate import Control, WaveCounts
 from klpfleet.controller.policy import Policy
 from klpfleet.db.engine import Database
 from klpfleet.db.models import Host, HostPatch, Rollout, Wave, WaveHost
+from klpfleet.registry.blocks import block_sentence
 from klpfleet.states import HARD_FAILURES, Outcome, RolloutStatus, WaveHostStatus, WaveStatus, counted_as
 
 # What counted_as gives for a host without a final outcome (a rolled-back host no longer counts for a gate).
@@ -39,6 +40,12 @@ class RolloutStore:
     def status(self) -> RolloutStatus:
         with self.db.session() as s:
             return RolloutStatus(self._rollout(s).status)
+
+    def blocked(self) -> str | None:
+        """The block's sentence when the rollout's patch is blocked (`klpfleet patch block`)."""
+        with self.db.session() as s:
+            patch = self._rollout(s).patch
+            return block_sentence(patch) if patch is not None and patch.blocked_at is not None else None
 
     def next_wave(self) -> tuple[int, int] | None:
         """(id of the first wave not completed, number of waves), or None when every wave completed."""

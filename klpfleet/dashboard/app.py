@@ -49,6 +49,7 @@ MAX_STREAMS = 16  # open event streams at once; each polls the database every PO
 MAX_ID = MAX_ROW_ID
 SESSION_COOKIE = "klpfleet_session"
 MAX_WEBHOOK_BODY = 256 * 1024  # an Alertmanager notification of a few hundred alerts
+MAX_VEX_HOSTS = 1000  # host= names in one VEX request; the whole fleet is the request without any
 
 
 def host_of(header: str) -> str:
@@ -178,6 +179,21 @@ def create_app(
             (found,) = exposure(conn, cve_id(request.path_params["cve"]))
         return dict(found.summary(), hosts=found.hosts)
 
+    async def vex(request: Request) -> Response:
+        """The fleet's VEX document (`klpfleet cves -o openvex|cyclonedx`), or only the hosts named by ?host=."""
+        fmt = request.path_params["fmt"]
+        if fmt not in ("openvex", "cyclonedx"):
+            return JSONResponse({"error": "no such VEX format (openvex, cyclonedx)"}, status_code=404)
+        names = request.query_params.getlist("host")
+        if len(names) > MAX_VEX_HOSTS or not all(HOST_NAME_RE.match(n) for n in names):
+            return JSONResponse({"error": f"host= takes up to {MAX_VEX_HOSTS} host names"}, status_code=400)
+        try:
+            body = await run_in_threadpool(_vex, db, fmt, set(names) or None)
+        except KlpfleetError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        kind = "application/vnd.cyclonedx+json" if fmt == "cyclonedx" else "application/json"
+        return Response(body, media_type=kind)
+
     history: dict[str, Any] = {"at": 0.0, "data": None}
 
     def exposure_over_time(_: Request) -> Any:
@@ -306,6 +322,7 @@ def create_app(
             Route("/api/rollouts/{rid:int}/{action:str}", action, methods=["POST"]),
             Route("/api/hosts/{name:str}", read(host)),
             Route("/api/cves/history", read(exposure_over_time)),
+            Route("/api/vex/{fmt:str}", guarded(vex)),
             Route("/api/cves/{cve:str}", read(one_cve)),
             Route("/api/events", guarded(stream)),
             Route("/metrics", guarded(metrics)),
@@ -327,6 +344,20 @@ def _alerts(db: Database, body: bytes, actor: str) -> list[dict[str, Any]]:
         if not driver_alive(db, rid):
             spawn_driver(db, rid)  # an abort rolls back: something must drive it
     return done
+
+
+def _vex(db: Database, fmt: str, hosts: set[str] | None) -> str:
+    from datetime import UTC, datetime
+
+    from klpfleet import __version__
+    from klpfleet.reads.vex import cyclonedx_document, host_verdicts, openvex_document
+
+    now = datetime.now(UTC)
+    with db.engine.connect() as conn:
+        verdicts = host_verdicts(conn, hosts)
+    if fmt == "cyclonedx":
+        return cyclonedx_document(verdicts, __version__, now)
+    return json.dumps(openvex_document(verdicts, "klpfleet dashboard", f"klpfleet {__version__}", now))
 
 
 def _act(db: Database, rollout_id: int, what: str, actor: str) -> str:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # the ORM costs ~70 ms to import; `klpfleet status` does with
 
 # The Alembic revision this code expects. tests/test_migrations.py checks it equals the scripts' head,
 # so the schema gate needs no Alembic import on the hot path of every command.
-SCHEMA_HEAD = "0008"
+SCHEMA_HEAD = "0009"
 
 # How long a SQLite writer waits for another writer (KLPFLEET_BUSY_TIMEOUT seconds, default 10).
 DEFAULT_BUSY_TIMEOUT_S = 10.0

@@ -136,6 +136,10 @@ class Patch(Base):
     contents: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     signed: Mapped[bool | None]
     signature: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # signer, key id, hash (module_signature)
+    # `klpfleet patch block`: while set, no rollout, reconcile or host's boot loads the patch (registry.blocks).
+    blocked_at: Mapped[datetime | None]
+    blocked_by: Mapped[str | None] = mapped_column(String(255))
+    blocked_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class CveFix(Base):

@@ -17,9 +17,10 @@ from klpfleet.db.models import AnsibleRun, Host, HostPatch, Patch, utcnow
 from klpfleet.hoststate import boots
 from klpfleet.hoststate.kernel_log import check_stack_order, record_refusals
 from klpfleet.hoststate.lookups import find_patch
-from klpfleet.hoststate.module_results import sanitize
+from klpfleet.hoststate.module_results import is_module_name, sanitize
 from klpfleet.hoststate.observations import PatchObservation, module_signatures, observe
 from klpfleet.hoststate.task_results import (
+    BOOT_ACTIONS,
     INFO_ACTIONS,
     args_of,
     clean_result,
@@ -30,7 +31,7 @@ from klpfleet.hoststate.task_results import (
     stalled_task,
     task_results,
 )
-from klpfleet.names import HOST_NAME_RE, sysfs_functions, valid_kernel_release
+from klpfleet.names import HOST_NAME_RE, SHA256_RE, sysfs_functions, valid_kernel_release
 from klpfleet.states import FAILURE_OUTCOME_STATES, PatchState
 
 
@@ -163,6 +164,13 @@ class Recorder:
                 if status == "ok":
                     self._record_info(s, host, result, observed_by)
                 return
+            if action in BOOT_ACTIONS:
+                if status == "ok":
+                    self._record_dropped(s, host, result.get("dropped"), run_id)
+                else:  # the boot loader may still load a blocked patch there: say so where status reads events
+                    msg = None if no_log else str(result.get("msg", ""))[:500]
+                    events.add(s, "boot.drop_failed", actor=self.actor, host=host, run_id=run_id, msg=msg)
+                return
             self._record_patch(s, host, status, result, args, observed_by, no_log)
 
     def _record_patch(
@@ -242,6 +250,28 @@ class Recorder:
                 continue
             seen = PatchObservation(state=PatchState.ABSENT, host_clean=False, notes={"replaced_by": name})
             observe(s, host, patch, seen, observed_by=observed_by, actor=self.actor)
+
+    def _record_dropped(self, s: Session, host: Host, dropped: Any, run_id: int | None) -> None:
+        """Builds the host took out of its boot manifest (boot_manifest, for blocked patches): one event each."""
+        for entry in dropped if isinstance(dropped, list) else []:
+            if not isinstance(entry, dict):
+                continue
+            sha, name, release = entry.get("sha256"), entry.get("name"), entry.get("kernel_release")
+            if not (isinstance(sha, str) and SHA256_RE.match(sha) and is_module_name(name)):
+                continue  # not what the module reports: nothing worth keeping
+            patch = s.scalar(select(Patch).where(Patch.sha256 == sha))
+            events.add(
+                s,
+                "boot.dropped",
+                actor=self.actor,
+                host=host,
+                patch=patch,
+                patch_name=None if patch else name,
+                sha256=sha,
+                kernel_release=release if valid_kernel_release(release) else None,
+                run_id=run_id,
+                blocked=bool(patch is not None and patch.blocked_at is not None),
+            )
 
     def _record_info(self, s: Session, host: Host, facts: dict[str, Any], observed_by: str) -> None:
         host.livepatch_supported = facts.get("livepatch_supported")

@@ -11,6 +11,7 @@ from klpfleet.names import HOST_NAME_RE
 
 PATCH_ACTIONS = {"klpfleet.livepatch.patch", "patch"}
 INFO_ACTIONS = {"klpfleet.livepatch.patch_info", "patch_info"}
+BOOT_ACTIONS = {"klpfleet.livepatch.boot_manifest", "boot_manifest"}
 SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
@@ -27,12 +28,16 @@ def stalled_task(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def is_livepatch_action(action: str) -> bool:
-    return action in PATCH_ACTIONS or action in INFO_ACTIONS
+    return action in PATCH_ACTIONS or action in INFO_ACTIONS or action in BOOT_ACTIONS
 
 
 # Every result of the collection's modules names its module in `klp_module`, so a result that reaches a
 # callback under another action (async_status collecting an async task, a wrapper module) is still known.
-RESULT_MODULES = {"patch": "klpfleet.livepatch.patch", "patch_info": "klpfleet.livepatch.patch_info"}
+RESULT_MODULES = {
+    "patch": "klpfleet.livepatch.patch",
+    "patch_info": "klpfleet.livepatch.patch_info",
+    "boot_manifest": "klpfleet.livepatch.boot_manifest",
+}
 
 
 def livepatch_action_of(action: str, result: dict[str, Any]) -> str | None:

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import BindParameter, Connection, bindparam, select, text
 
 from klpfleet.db.engine import Database
+from klpfleet.names import SHA256_RE
 
 # How the repo's simulated hosts name their interpreter (the playbook's own Python). klpfleet writes this
 # value itself; it is the only stored string Ansible may evaluate, and only as this host var.
@@ -51,6 +52,9 @@ def host_vars(record: dict[str, Any]) -> dict[str, Any]:
         hv[key] = value
     for key, value in record["labels"].items():
         hv.setdefault(key, value)
+    # The builds blocked with `klpfleet patch block`: the playbooks take them out of the host's boot manifest.
+    # Always set, so that a stored var of that name never stands in for the database's word.
+    hv["klp_blocked"] = list(record.get("blocked", []))
     return hv
 
 
@@ -86,6 +90,13 @@ def host_details(
     return labels, groups, states
 
 
+def blocked_builds(conn: Connection) -> list[str]:
+    """The sha256 of every blocked patch, as the boot manifest names builds (a forged value is left out: the
+    host's module would refuse the whole list)."""
+    found = conn.execute(text("SELECT sha256 FROM patches WHERE blocked_at IS NOT NULL ORDER BY sha256")).scalars()
+    return [sha for sha in found if isinstance(sha, str) and SHA256_RE.match(sha)]
+
+
 def fleet_inventory(db: Database, host_names: list[str] | None = None) -> list[dict[str, Any]]:
     """Every host (or those named) with connection vars, stored vars, labels, groups and patch states."""
     from klpfleet.db.models import Host
@@ -96,6 +107,7 @@ def fleet_inventory(db: Database, host_names: list[str] | None = None) -> list[d
             query = query.where(Host.name.in_(host_names))
         hosts = list(s.scalars(query))
         labels, groups, states = host_details(s.connection(), [h.id for h in hosts])
+        blocked = blocked_builds(s.connection())
         return [
             {
                 "name": h.name,
@@ -108,6 +120,7 @@ def fleet_inventory(db: Database, host_names: list[str] | None = None) -> list[d
                 "labels": labels.get(h.id, {}),
                 "groups": groups.get(h.id, []),
                 "patch_states": states.get(h.id, {}),
+                "blocked": blocked,
             }
             for h in hosts
         ]

@@ -5,8 +5,9 @@ For each CVE a registered patch names (or an operator marked a kernel release as
 - covered: a patch naming the CVE is applied there (applied or forced), or it runs a kernel release marked as
   fixing the CVE (`klpfleet cve fixed`);
 - exposed: a patch naming the CVE exists for the kernel release it runs and is not applied; the reason is the
-  patch's state there (pending when it was never tried, refused, stalled, failed, lost_at_reboot, ...), or
-  unreachable when the host could not be reached when last tried;
+  patch's state there (pending when it was never tried, refused, stalled, failed, lost_at_reboot, ...),
+  unreachable when the host could not be reached when last tried, or blocked when every such patch is blocked
+  (`klpfleet patch block`: nothing will load it until it is unblocked);
 - unknown: no patch naming the CVE is registered for its kernel release (or its release is not known yet).
 
 Plain SQL over four small queries (no ORM), like `klpfleet status`: monitoring runs it per CVE.
@@ -97,20 +98,32 @@ class Catalogue:
     fixed: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     names: dict[int, str] = field(default_factory=dict)
     release_of: dict[int, str] = field(default_factory=dict)
+    sha_of: dict[int, str] = field(default_factory=dict)
+    blocked_ids: set[int] = field(default_factory=set)
+
+    def blocked_releases(self, cve: str) -> set[str]:
+        """The releases whose every patch naming the CVE is blocked: exposed there because of the block."""
+        releases: dict[str, bool] = {}
+        for pid in self.patch_ids[cve]:
+            release = self.release_of[pid]
+            releases[release] = releases.get(release, True) and pid in self.blocked_ids
+        return {r for r, all_blocked in releases.items() if all_blocked}
 
 
 def catalogue(conn: Connection, only: str | None = None) -> Catalogue:
     cat = Catalogue()
-    for pid, name, sha, release, cves in conn.execute(
-        text("SELECT id, name, sha256, kernel_release, cves FROM patches ORDER BY name, added_at")
+    for pid, name, sha, release, cves, blocked_at in conn.execute(
+        text("SELECT id, name, sha256, kernel_release, cves, blocked_at FROM patches ORDER BY name, added_at")
     ):
         for cve in (c for c in cves_of(cves) if only is None or c == only):
             cat.by_cve.setdefault(cve, Exposure(cve)).patches.append(
-                {"name": name, "sha256": sha, "kernel_release": release}
+                {"name": name, "sha256": sha, "kernel_release": release, "blocked": blocked_at is not None}
             )
             cat.patch_ids[cve].append(pid)
             cat.patched[cve].add(release)
-            cat.names[pid], cat.release_of[pid] = name, release
+            cat.names[pid], cat.release_of[pid], cat.sha_of[pid] = name, release, sha
+            if blocked_at is not None:
+                cat.blocked_ids.add(pid)
     for cve, release in conn.execute(text("SELECT cve, kernel_release FROM cve_fixes ORDER BY cve, kernel_release")):
         if only is None or cve == only:
             cat.fixed[cve].add(release)
@@ -136,30 +149,35 @@ def exposure(conn: Connection, only: str | None = None) -> list[Exposure]:
     hosts = conn.execute(text("SELECT id, name, kernel_release, reachable FROM hosts ORDER BY name")).all()
     for cve, exp in sorted(cat.by_cve.items()):
         fixed, patched, cve_patch_ids = cat.fixed[cve], cat.patched[cve], cat.patch_ids[cve]
+        blocked = cat.blocked_releases(cve)
         for host_id, host, release, reachable in hosts:
             on_host = states.get(host_id, {})
-            applied = [cat.names[p] for p in cve_patch_ids if on_host.get(p) in COVERING_STATES]
+            applied = [p for p in cve_patch_ids if on_host.get(p) in COVERING_STATES]
             here = [p for p in cve_patch_ids if cat.release_of[p] == release]
             st = max((on_host[p] for p in here if p in on_host), default=None)
-            kind, reason = _classify(release, reachable, bool(applied), st, fixed, patched)
+            kind, reason = _classify(release, reachable, bool(applied), st, fixed, patched, blocked)
             entry: dict[str, Any] = {"host": host, "kernel_release": release}
             if kind == COVERED and applied:
-                entry.update(reason="applied", patch=applied[0])
+                entry.update(reason="applied", patch=cat.names[applied[0]], sha256=cat.sha_of[applied[0]])
             elif kind == COVERED:
                 entry["reason"] = "kernel release fixes it"
             elif kind == EXPOSED:
-                entry.update(reason=reason, patch=cat.names[here[-1]])
+                entry.update(reason=reason, patch=cat.names[here[-1]], sha256=cat.sha_of[here[-1]])
             else:
                 entry["reason"] = "kernel release not known yet" if release is None else f"no patch for {release}"
             exp.hosts[kind].append(entry)
     return [cat.by_cve[c] for c in sorted(cat.by_cve)]
 
 
-def _classify(rel: Any, reach: Any, cov: Any, st: Any, fixed: set[str], patched: set[str]) -> tuple[str, str]:
+def _classify(
+    rel: Any, reach: Any, cov: Any, st: Any, fixed: set[str], patched: set[str], blocked: set[str]
+) -> tuple[str, str]:
     """(kind, reason) of one host, by the rules exposure() applies host by host."""
     if (rel is not None and rel in fixed) or cov:
         return COVERED, ""
     if rel is not None and rel in patched:
+        if rel in blocked:
+            return EXPOSED, "blocked"
         return EXPOSED, "unreachable" if reach is not None and not reach else (st or "pending")
     return UNKNOWN, ""
 
@@ -215,12 +233,13 @@ def exposure_counts(conn: Connection) -> list[Exposure]:
     for rel, reach, n in conn.execute(text("SELECT kernel_release, reachable, count(*) FROM hosts GROUP BY 1, 2")):
         rows.append((rel, reach, {}, n - seen[(rel, reach)]))  # hosts with no row for any of these patches
     for cve in cves:
+        blocked = cat.blocked_releases(cve)
         counts: dict[str, int] = defaultdict(int)
         reasons: dict[str, int] = defaultdict(int)
         for rel, reach, per_cve, n in rows:
             if n:
                 cov, st = per_cve.get(cve, (0, None))
-                kind, reason = _classify(rel, reach, cov, st, cat.fixed[cve], cat.patched[cve])
+                kind, reason = _classify(rel, reach, cov, st, cat.fixed[cve], cat.patched[cve], blocked)
                 counts[kind] += n
                 if kind == EXPOSED:
                     reasons[reason] += n

@@ -127,11 +127,14 @@ def fleet_status(conn: Connection, attention_limit: int = 50) -> dict[str, Any]:
     strange = conn.execute(
         text("SELECT count(*) FROM host_patches WHERE state NOT IN :known").bindparams(_KNOWN)
     ).scalar()
+    from klpfleet.reads.blocked import blocked_patches
+
+    blocked = blocked_patches(conn)
     if strange:
         health = "unknown"
     elif critical:
         health = "critical"
-    elif by_state or unreachable:
+    elif by_state or unreachable or any(b["running_on"] for b in blocked):
         health = "degraded"
     else:
         health = "healthy"
@@ -166,6 +169,8 @@ def fleet_status(conn: Connection, attention_limit: int = 50) -> dict[str, Any]:
         # Hosts only a reboot can make clean (forced or pinned modules, patches that could not be removed).
         "reboot_required": {"total": len(debt), "hosts": debt[:attention_limit]},
         "preflight_excluded": preflight_excluded,
+        # Patches an operator blocked (klpfleet patch block), and on how many hosts each still runs.
+        "blocked_patches": blocked,
         "attention": {
             "total": sum(by_state.values()) + unreachable,
             "by_state": by_state,

@@ -109,6 +109,15 @@ def fleet_metrics(conn: Connection, now: datetime) -> list[GaugeMetricFamily]:
         debt_since.add_metric([h["host"]], h["since"].timestamp())
     out += [debt, debt_since]
 
+    blocked = _gauge(
+        "klpfleet_patch_blocked",
+        "Hosts each blocked patch (klpfleet patch block) still runs on; the series exists while it is blocked.",
+        ["patch", "sha256"],
+    )
+    for b in status["blocked_patches"]:
+        blocked.add_metric([b["patch"], b["sha256"]], b["running_on"])
+    out.append(blocked)
+
     out += rollout_metrics(conn)
     out += analysis_metrics(conn)
     out.append(observation_age(conn, now))

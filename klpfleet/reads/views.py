@@ -12,6 +12,7 @@ from klpfleet.errors import UsageError
 from klpfleet.inventory.export import host_details
 from klpfleet.reads.function_map import function_rows, host_stacks
 from klpfleet.reads.reboot_debt import reboot_debt
+from klpfleet.registry.blocks import describe_block
 from klpfleet.registry.klp_contents import stored_contents
 from klpfleet.registry.module_signature import stored_signature
 from klpfleet.registry.patches import get_patch
@@ -164,6 +165,7 @@ def patch_record(session: Session, p: Patch, *, with_states: bool = False) -> di
         "path": p.path,
         "source_path": p.source_path,
         "added_at": p.added_at,
+        "blocked": describe_block(p),  # None, or when, by whom and why (`klpfleet patch block`)
     }
     if with_states:
         record["signed"] = p.signed

@@ -37,7 +37,7 @@ class RunEventHandler:
         self.delegation = delegation  # whether a result may name a delegate (only when Ansible ran here)
 
     def on_event(self, event: dict[str, Any]) -> bool:
-        from klpfleet.hoststate.task_results import livepatch_action_of
+        from klpfleet.hoststate.task_results import BOOT_ACTIONS, livepatch_action_of
 
         kind = event.get("event")
         data = event.get("event_data") or {}
@@ -56,9 +56,12 @@ class RunEventHandler:
             res.pop("_ansible_delegated_vars", None)
         status = {"runner_on_ok": "ok", "runner_on_failed": "failed"}.get(kind, "unreachable")
         self.recorder.record_task_result(self.run_id, host, str(action), status, res, data.get("task_args") or {})
+        found = livepatch_action_of(str(action), res)
         if kind == "runner_on_unreachable":
             self.results[host] = HostResult(host, "unreachable", res)
-        elif livepatch_action_of(str(action), res):
+        elif found in BOOT_ACTIONS:
+            pass  # recorded above (boot.dropped, boot.drop_failed); the host's answer is its patch or patch_info result
+        elif found:
             self.results[host] = HostResult(host, status, res)
         elif kind == "runner_on_failed" and not data.get("ignore_errors"):
             self.results[host] = HostResult(host, "failed", {"msg": res.get("msg"), "task": data.get("task")})

@@ -119,6 +119,10 @@ async function loadStatus() {
   document.getElementById("hosts-summary").textContent =
     `${s.hosts.total} hosts, ${s.hosts.reachable} reachable`;
   fill("patches", s.patches.map((p) => [p.name, p.kernel_release, pairs(p.states)]));
+  fill(
+    "blocked",
+    (s.blocked_patches || []).map((b) => [b.patch, b.blocked_at, b.blocked_by, b.reason, `${b.running_on} hosts`]),
+  );
   const history = await cveHistory();
   fill(
     "cves",

@@ -178,6 +178,31 @@ def forget(persist_dir, release, name, check_mode=False):
         raise LivepatchError("install_failed", "cannot drop %s from boot: %s" % (name, exc.strerror or exc)) from None
 
 
+def drop(persist_dir, sha256s, check_mode=False):
+    """Take these builds out of every release's manifest, their .ko files with them: a patch blocked on the
+    controller is not loaded at any later boot, whichever kernel release the host boots next (the one place
+    that writes another release's directory: dropping only ever removes). The entries dropped, as
+    [{name, sha256, kernel_release}]."""
+    wanted = {artifact.sha256_hex(value) for value in sha256s}
+    if not wanted or not os.path.isdir(persist_dir):
+        return []
+    with contextlib.ExitStack() as stack:
+        if not check_mode:
+            stack.enter_context(locked(persist_dir))
+        dropped = []
+        for release in sorted(os.listdir(persist_dir)):
+            if release.startswith(".") or not os.path.isfile(os.path.join(persist_dir, release, MANIFEST)):
+                continue  # the lock, the loader, a release never kept for
+            entries = manifest(persist_dir, release)
+            gone = [e for e in entries if e["sha256"] in wanted]
+            if not gone:
+                continue
+            dropped += [{"name": e["name"], "sha256": e["sha256"], "kernel_release": release} for e in gone]
+            if not check_mode:
+                _save(persist_dir, release, [e for e in entries if e["sha256"] not in wanted])
+        return dropped
+
+
 def boot_status(persist_dir, release):
     """What the loader did at the last boot into this release, or None."""
     try:
