@@ -201,6 +201,24 @@ def test_a_removed_patch_stays_removed_after_a_reboot(clean_lab, lab_db):
     assert livepatches(lab, "lab1") == [] and lab.sh("lab1", "cat /proc/cmdline") != PATCHED_CMDLINE
 
 
+@pytest.mark.any_kernel  # the controller and the boot manifest, not the kernel
+def test_a_blocked_patch_is_dropped_at_the_next_gather_and_not_loaded_at_the_next_boot(clean_lab, lab_db, tmp_path):
+    lab = clean_lab
+    assert apply(lab, lab_db, "test_klp_livepatch").returncode == 0
+    blocked = run_klpfleet("--db", lab_db, "patch", "block", "test_klp_livepatch", "--reason", "INC-7: oopses")
+    assert blocked.returncode == 0, blocked.stderr
+    config = tmp_path / "fleet.klpfleet.yml"  # an operator's own gather, through klpfleet's inventory plugin
+    config.write_text(f"plugin: klpfleet.livepatch.fleet\ndb: {lab_db}\n")
+    gathered = playbook(config, ROOT / "playbooks" / "gather.yml", "--limit", "lab1", db_url=lab_db)
+    assert gathered.returncode == 0, gathered.stdout[-3000:]
+    assert json.loads(lab.sh("lab1", f"cat {BOOT_DIR}/manifest.json"))["patches"] == []
+    assert not [f for f in lab.sh("lab1", f"ls {BOOT_DIR}").split() if f.endswith(".ko")]  # its kept copy too
+    assert livepatches(lab, "lab1") == ["test_klp_livepatch"]  # running until a rollback or a reboot
+    assert last_event(lab_db, "lab1", "boot.dropped", "test_klp_livepatch").details["blocked"] is True
+    lab_reboot(lab, "lab1")
+    assert livepatches(lab, "lab1") == [] and lab.sh("lab1", "cat /proc/cmdline") != PATCHED_CMDLINE
+
+
 @pytest.mark.any_kernel  # transport and host files, not the kernel
 def test_directories_another_user_owns_are_refused_on_a_real_host(clean_lab, lab_db):
     """On a real kernel as root: a boot directory given to another user after a patch was kept is refused by the boot
