@@ -172,6 +172,8 @@ class Recorder:
                     events.add(s, "boot.drop_failed", actor=self.actor, host=host, run_id=run_id, msg=msg)
                 return
             self._record_patch(s, host, status, result, args, observed_by, no_log)
+            if status == "ok":  # the blocked builds its run took out of the boot manifest (apply.yml)
+                self._record_dropped(s, host, result.get("boot_dropped"), run_id)
 
     def _record_patch(
         self,

@@ -50,6 +50,16 @@ options:
     description:
       - The C(.ko)'s bytes, base64. Set by the action plugin from O(src); not meant to be set by hand.
     type: str
+  drop_from_boot:
+    description:
+      - Builds (by sha256) to take out of the boot manifest after the load, for every kernel release kept for, with
+        their kept C(.ko) files (as M(klpfleet.livepatch.boot_manifest) does), so that no later boot loads them.
+        klpfleet's apply playbook passes the host var C(klp_blocked), the patches blocked with C(klpfleet patch block).
+      - Failing to drop them does not undo the load; the result says so in RV(boot_drop_error) with a warning.
+    type: list
+    elements: str
+    default: []
+    version_added: 0.11.0
   persist:
     description:
       - Keep the patch for boot. Once it is applied, its verified C(.ko) is kept in O(persist_dir) under the running
@@ -376,6 +386,27 @@ persisted:
   returned: when O(persist=true) and the patch is applied or removed
   type: bool
   sample: true
+boot_dropped:
+  description: The builds O(drop_from_boot) took out of the boot manifest (would, in check mode).
+  returned: when O(drop_from_boot) is set and the patch is applied
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: The patch's module name.
+      type: str
+    sha256:
+      description: The build's sha256.
+      type: str
+    kernel_release:
+      description: The kernel release whose manifest held it.
+      type: str
+  version_added: 0.11.0
+boot_drop_error:
+  description: Why the builds in O(drop_from_boot) could not be taken out of the boot manifest.
+  returned: when dropping them failed
+  type: str
+  version_added: 0.11.0
 persist_error:
   description: Why an applied patch could not be kept for boot.
   returned: when it could not
@@ -450,6 +481,19 @@ def keep_for_boot(module, result, src, data):
         return False
 
 
+def drop_from_boot(module, result):
+    """After a successful load: the blocked builds taken out of the boot manifest. Whether any was."""
+    try:
+        dropped = persist.drop(persist_dir(module.params), module.params["drop_from_boot"], module.check_mode)
+    except (OSError, LivepatchError) as exc:
+        message = getattr(exc, "msg", None) or str(exc)
+        module.warn("blocked patches are still kept for boot: %s" % message)
+        result.update(boot_dropped=[], boot_drop_error=message)
+        return False
+    result.update(boot_dropped=dropped)
+    return bool(dropped)
+
+
 def forget_for_boot(module, result):
     p = module.params
     try:
@@ -478,6 +522,7 @@ def main():
             content=dict(type="str", no_log=True),
             persist=dict(type="bool", default=True),
             persist_dir=dict(type="path"),
+            drop_from_boot=dict(type="list", elements="str", default=[]),
             loader=dict(type="str", no_log=True),
             state=dict(type="str", default="present", choices=["present", "absent"]),
             params=dict(type="dict", default={}),
@@ -529,6 +574,8 @@ def main():
             )
             if p["persist"] and (data is not None or os.path.exists(src)):  # check mode may have neither yet
                 copy["boot_changed"] = keep_for_boot(module, result, src, data)
+            if p["drop_from_boot"]:
+                copy["boot_changed"] = drop_from_boot(module, result) or copy.get("boot_changed", False)
         else:
             if p["on_stall"] == "force":
                 raise LivepatchError(
