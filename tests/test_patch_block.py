@@ -32,6 +32,15 @@ def env(tmp_path, monkeypatch):
     return tmp_path, url, db
 
 
+@pytest.fixture
+def registry(tmp_path):
+    """The patch registered and the hosts imported, none of them read yet: enough for what touches no host."""
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    db = fleet_db(tmp_path, url, hosts=2, gather=False)
+    register(db, tmp_path, PATCH)
+    return tmp_path, url, db
+
+
 def roll_out(cli, url, patch=PATCH, *args):
     created = cli("--db", url, "rollout", "create", patch, "--transition-timeout", "2s", *args, "-o", "json")
     assert created.code == 0, created.err
@@ -83,8 +92,8 @@ def test_a_blocked_patch_is_refused_by_rollout_create_until_unblocked(cli, env):
     ("reason", "said"),
     [("  ", "--reason is empty"), ("two\nlines", "one line of printable text"), ("x" * 501, "at most 500")],
 )
-def test_a_reason_is_one_printable_line_of_bounded_size(cli, env, reason, said):
-    _tmp, url, db = env
+def test_a_reason_is_one_printable_line_of_bounded_size(cli, registry, reason, said):
+    _tmp, url, db = registry
     result = cli("--db", url, "patch", "block", PATCH, "--reason", reason)
     assert result.code == 2 and said in result.err and len(result.err.strip().splitlines()) == 1
     with db.session() as s:
@@ -207,8 +216,8 @@ def test_block_with_rollback_leaves_no_host_with_it_loaded_or_kept_after_a_reboo
     assert len(rollback) == 1 and rollback[0].details["selector"] == "all"
 
 
-def test_a_forged_block_row_is_bounded_and_reaches_no_terminal_as_control_text(cli, env):
-    _tmp, url, db = env
+def test_a_forged_block_row_is_bounded_and_reaches_no_terminal_as_control_text(cli, registry):
+    _tmp, url, db = registry
     with db.session.begin() as s:  # as someone with the database's password could write it
         s.execute(
             update(Patch).values(

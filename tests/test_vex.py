@@ -87,7 +87,7 @@ fleets = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(spec=fleets)
 def test_vex_documents_are_valid_and_say_what_cve_json_says(cli, openvex_validator, spec):
     with tempfile.TemporaryDirectory() as tmp:
