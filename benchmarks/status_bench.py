@@ -3,9 +3,10 @@
 Compares the whole process (interpreter start, imports, queries, JSON) with the same aggregation done
 in raw SQL through Python's sqlite3 in-process, and times `klpfleet --help` cold start.
 Targets (issue 2): status <= 1.0 s and <= 5x raw SQL; --help <= 0.3 s. With --cves each patch names a CVE,
-so status also counts exposure per CVE (and `klpfleet cves -o json` is timed).
+so status also counts exposure per CVE (and `klpfleet cves -o json` is timed); with --vex also the VEX documents
+(`cves -o openvex` and `-o cyclonedx`, one statement per host and CVE): wall time, peak memory, size.
 
-    python benchmarks/status_bench.py [--hosts 100000] [--runs 5] [--cves]
+    python benchmarks/status_bench.py [--hosts 100000] [--runs 5] [--cves] [--vex]
 """
 
 from __future__ import annotations
@@ -115,12 +116,32 @@ def best(fn, runs: int) -> tuple[float, float]:
     return min(times), statistics.median(times)
 
 
+def vex_document(klp: list[str], path: Path, fmt: str, hosts: int) -> None:
+    """One `klpfleet cves -o FMT` to a file: its wall time, the process's peak memory, the document's size."""
+    import resource
+
+    with tempfile.TemporaryFile() as out:
+        start = time.perf_counter()
+        proc = subprocess.run([*klp, "--db", str(path), "cves", "-o", fmt], stdout=out, stderr=subprocess.PIPE)
+        seconds = time.perf_counter() - start
+        assert proc.returncode == 0, proc.stderr
+        size = out.seek(0, 2)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child so far, in MiB
+    statements = hosts * 3
+    print(
+        f"klpfleet cves -o {fmt:<9} (process): {seconds:.2f} s for {statements} statements "
+        f"({statements / seconds:,.0f}/s), {size / 1e6:.0f} MB, peak RSS of the largest child so far {peak:.0f} MiB"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--cves", action="store_true", help="each patch names a CVE (status counts exposure)")
+    parser.add_argument("--vex", action="store_true", help="also time the VEX documents (implies --cves)")
     args = parser.parse_args()
+    args.cves = args.cves or args.vex
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.db"
         t0 = time.perf_counter()
@@ -157,6 +178,9 @@ def main() -> None:
 
             c_best, c_med = best(cves, args.runs)
             print(f"klpfleet cves -o json (process):   best {c_best:.3f} s, median {c_med:.3f} s")
+        if args.vex:
+            for fmt in ("openvex", "cyclonedx"):
+                vex_document(klp, path, fmt, args.hosts)
         ok = s_best <= 1.0 and ratio <= 5 and h_best <= 0.3
         print("targets met" if ok else "TARGETS MISSED")
         sys.exit(0 if ok else 1)

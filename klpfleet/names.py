@@ -21,6 +21,8 @@ def valid_kernel_release(value: Any) -> bool:
 
 # A livepatch object (vmlinux or a module name) and a function as kallsyms names it; sysfs names a patched
 # function's directory `<function>,<sympos>`.
+# Characters of the reason a patch is blocked for (`klpfleet patch block`): a sentence and a ticket link.
+MAX_BLOCK_REASON = 500
 # A patch build as klpfleet names it: its sha256, lower-case hex (the file name of its kept copies).
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 OBJECT_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,55}$")

@@ -55,11 +55,15 @@ def cyclonedx_sets(text):
 
     assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
     bom = Bom.from_json(json.loads(text))  # parsed back by the library
-    hosts = {str(c.bom_ref): c.name for c in bom.components}
+    (fleet,) = bom.components  # the fleet, holding its hosts, each holding its kernel
+    hosts = {str(c.bom_ref): c.name for c in fleet.components}
+    assert all([k.type.value for k in c.components] == ["operating-system"] for c in fleet.components)
     found = set()
     for v in bom.vulnerabilities:
-        (target,) = v.affects
-        found.add((v.id, hosts[target.ref.removesuffix("/kernel")], CDX_STATE[v.analysis.state.value]))
+        for target in v.affects:
+            entry = (v.id, hosts[target.ref.removesuffix("/kernel")], CDX_STATE[v.analysis.state.value])
+            assert entry not in found  # each host has one word on each CVE
+            found.add(entry)
     return found
 
 

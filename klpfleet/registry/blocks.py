@@ -14,8 +14,7 @@ from sqlalchemy.orm import Session
 from klpfleet.db import events
 from klpfleet.db.models import Patch, utcnow
 from klpfleet.errors import KlpfleetError, UsageError
-
-MAX_REASON = 500  # characters: a sentence and a ticket link, not a document
+from klpfleet.names import MAX_BLOCK_REASON as MAX_REASON
 
 
 class PatchBlocked(KlpfleetError):
