@@ -86,25 +86,18 @@ def cves(ctx: click.Context, output: str, pattern: str | None, author: str | Non
 
 def vex_document(ctx: click.Context, fmt: str, hosts: set[str] | None, author: str | None) -> str:
     """The fleet's (or these hosts') VEX document, as text."""
-    import json
     from datetime import UTC, datetime
 
     from sqlalchemy.exc import SQLAlchemyError
 
-    from klpfleet import __version__
     from klpfleet.db.events import default_actor
-    from klpfleet.reads.vex import cyclonedx_document, host_verdicts, openvex_document
+    from klpfleet.reads.vex import vex_text
 
-    now = datetime.now(UTC)
     try:
         with database(ctx).engine.connect() as conn:
-            verdicts = host_verdicts(conn, hosts)
+            return vex_text(conn, fmt, hosts, author or default_actor(), datetime.now(UTC))
     except SQLAlchemyError as exc:
         raise DatabaseError(f"cannot read the database: {first_line(exc)}") from None
-    if fmt == "cyclonedx":
-        return cyclonedx_document(verdicts, __version__, now)
-    document = openvex_document(verdicts, author or default_actor(), f"klpfleet {__version__}", now)
-    return json.dumps(document, indent=2)
 
 
 def cves_table(d: list[dict[str, Any]], out: Any) -> None:

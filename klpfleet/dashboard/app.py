@@ -349,15 +349,10 @@ def _alerts(db: Database, body: bytes, actor: str) -> list[dict[str, Any]]:
 def _vex(db: Database, fmt: str, hosts: set[str] | None) -> str:
     from datetime import UTC, datetime
 
-    from klpfleet import __version__
-    from klpfleet.reads.vex import cyclonedx_document, host_verdicts, openvex_document
+    from klpfleet.reads.vex import vex_text
 
-    now = datetime.now(UTC)
     with db.engine.connect() as conn:
-        verdicts = host_verdicts(conn, hosts)
-    if fmt == "cyclonedx":
-        return cyclonedx_document(verdicts, __version__, now)
-    return json.dumps(openvex_document(verdicts, "klpfleet dashboard", f"klpfleet {__version__}", now))
+        return vex_text(conn, fmt, hosts, "klpfleet dashboard", datetime.now(UTC))
 
 
 def _act(db: Database, rollout_id: int, what: str, actor: str) -> str:

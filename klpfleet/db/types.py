@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +12,17 @@ from sqlalchemy.types import TypeDecorator
 # The largest id a row can have (Integer columns are 32-bit on PostgreSQL): anything larger names nothing, and is
 # refused before it reaches a query (SQLite raises OverflowError past 2**63).
 MAX_ROW_ID = 2**31 - 1
+
+
+def json_object(raw: Any) -> dict[str, Any]:
+    """A JSON column read through plain SQL (text on SQLite, decoded on PostgreSQL) as a mapping; a row that does
+    not decode to one (hand-edited, forged) reads as empty."""
+    if isinstance(raw, str | bytes):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return {}
+    return raw if isinstance(raw, dict) else {}
 
 
 def utcnow() -> datetime:

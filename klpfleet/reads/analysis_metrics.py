@@ -5,13 +5,11 @@ rollouts still running or paused, one series each."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import Connection, text
 
 from klpfleet.analysis.measure import transition_seconds, transition_stats
+from klpfleet.db.types import json_object
 from klpfleet.states import Outcome, RolloutStatus, WaveHostStatus
 
 LIVE = f"'{RolloutStatus.RUNNING.value}', '{RolloutStatus.PAUSED.value}'"  # the enum's own values
@@ -80,7 +78,7 @@ def check_metrics(conn: Connection) -> list[GaugeMetricFamily]:
     ).all()
     seen: set[tuple[int, str]] = set()
     for rid, raw in rows:
-        details = _details(raw)
+        details = json_object(raw)
         check, wave, result = details.get("check"), details.get("wave"), details.get("result")
         if not isinstance(check, str) or not isinstance(wave, int) or (rid, check) in seen:
             continue
@@ -90,12 +88,3 @@ def check_metrics(conn: Connection) -> list[GaugeMetricFamily]:
             value.add_metric(labels, float(details["value"]))
         passing.add_metric(labels, {"passed": 1, "failed": 0}.get(str(result), -1))
     return [value, passing]
-
-
-def _details(raw: Any) -> dict[str, Any]:
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError:
-            return {}
-    return raw if isinstance(raw, dict) else {}

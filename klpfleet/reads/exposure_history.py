@@ -5,12 +5,12 @@ fixing the CVE counts as covered throughout."""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, text
 
+from klpfleet.db.types import json_object
 from klpfleet.reads.exposure import COVERED, COVERING_STATES, EXPOSED, catalogue, exposure
 
 POINTS = 48  # a day at half-hour steps, a week at 3.5 hours: enough for a line, little to send
@@ -56,10 +56,5 @@ def _utc(value: Any) -> datetime:
 
 def _state_to(details: Any) -> str | None:
     """The state an event's details say the patch went to; a row that does not decode says nothing."""
-    if isinstance(details, str):
-        try:
-            details = json.loads(details)
-        except ValueError:
-            return None
-    to = details.get("to") if isinstance(details, dict) else None
+    to = json_object(details).get("to")
     return to if isinstance(to, str) else None

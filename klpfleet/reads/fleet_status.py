@@ -6,13 +6,12 @@ plain SQL and no ORM (importing the ORM alone costs more than the queries).
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import BindParameter, Connection, bindparam, text
 
-from klpfleet.db.types import UTCDateTime
+from klpfleet.db.types import UTCDateTime, json_object
 from klpfleet.states import (
     ACTIVE_ROLLOUT_STATUSES,
     ATTENTION_REASONS,
@@ -150,11 +149,7 @@ def fleet_status(conn: Connection, attention_limit: int = 50) -> dict[str, Any]:
             "WHERE e.kind = 'preflight.summary' AND r.status IN :active"
         ).bindparams(_ACTIVE)
     ):
-        try:
-            summary = json.loads(details) if isinstance(details, (str, bytes)) else details
-        except ValueError:
-            continue
-        excluded = summary.get("excluded") if isinstance(summary, dict) else None
+        excluded = json_object(details).get("excluded")
         if isinstance(excluded, int) and not isinstance(excluded, bool) and 0 <= excluded < 10**7:  # a row, hostile
             preflight_excluded += excluded
 

@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 from sqlalchemy import Connection, text
 
+from klpfleet.db.types import UTCDateTime, json_object
 from klpfleet.errors import KlpfleetError
 from klpfleet.reads.envelope import iso
 from klpfleet.reads.exposure import COVERED, COVERING_STATES, EXPOSED, UNKNOWN, exposure
@@ -108,35 +109,26 @@ def applied_since(conn: Connection) -> dict[tuple[str, str], datetime]:
             "SELECT h.name, p.sha256, e.at, e.details FROM events e "
             "JOIN hosts h ON h.id = e.host_id JOIN patches p ON p.id = e.patch_id "
             "WHERE e.kind = 'patch.state' ORDER BY e.id"
-        )
+        ).columns(at=UTCDateTime)
     )
     for host, sha, at, details in rows:
-        change = _decoded(details)
+        change = json_object(details)
         before, after = change.get("from"), change.get("to")
         if after in COVERING_STATES and before not in COVERING_STATES:
-            since[(host, sha)] = at if isinstance(at, datetime) else _parsed(at)
+            since[(host, sha)] = at
         elif after not in COVERING_STATES:
             since.pop((host, sha), None)
-    return {k: v for k, v in since.items() if v is not None}
+    return since
 
 
-def _decoded(details: Any) -> dict[str, Any]:
-    if isinstance(details, str | bytes):
-        try:
-            details = json.loads(details)
-        except ValueError:
-            return {}
-    return details if isinstance(details, dict) else {}
+def vex_text(conn: Connection, fmt: str, hosts: set[str] | None, author: str, now: datetime) -> str:
+    """The fleet's (or these hosts') VEX document in FORMATS, as the CLI writes it and the dashboard serves it."""
+    from klpfleet import __version__
 
-
-def _parsed(value: Any) -> Any:
-    from datetime import UTC
-
-    try:
-        parsed = datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    verdicts = host_verdicts(conn, hosts)
+    if fmt == "cyclonedx":
+        return cyclonedx_document(verdicts, __version__, now)
+    return json.dumps(openvex_document(verdicts, author, f"klpfleet {__version__}", now), indent=2)
 
 
 def host_iri(host: str) -> str:
